@@ -1,0 +1,146 @@
+//! Turns a trained run into deployable artifacts that are proven to compute what the Burn model
+//! computes, before they are written:
+//!
+//! - [`onnx`]: the decoder as ONNX (stable I/O names, metadata), run with tract and with ONNX
+//!   Runtime on real latents and compared with Burn;
+//! - [`quantize`]: the decoder as an int8 q8 blob for the firmware, evaluated with
+//!   `firmware-core` itself (the one int8 implementation) against the float decoder.
+//!
+//! [`export_run`] does both and writes `decoder.onnx`, `decoder.q8` and `report.json`.
+#![warn(missing_docs)]
+
+pub mod onnx;
+pub mod quantize;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use burn::prelude::*;
+use serde::Serialize;
+use trainer::{
+    data::{Mnist, Split},
+    model::ConvVae,
+    run::{load_run, write_atomic},
+};
+
+/// Largest difference allowed between Burn and a float ONNX runtime on the same latent, in
+/// output units (pixels in `[0, 1]`).
+pub const FLOAT_TOLERANCE: f32 = 1e-4;
+/// Lowest PSNR (dB) of the int8 decoder against the float one that the exporter accepts.
+pub const MIN_INT8_PSNR_DB: f64 = 20.0;
+
+/// What to export and how.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Directory with MNIST (for calibration and check latents).
+    pub data_dir: PathBuf,
+    /// Training images encoded to calibrate the int8 activations.
+    pub calibration: usize,
+    /// Latents each artifact is checked on (half test-set encodings, half N(0, I) samples).
+    pub check: usize,
+    /// ONNX Runtime shared library; `None` skips the ORT check (tract still runs).
+    pub ort_dylib: Option<PathBuf>,
+}
+
+/// Parity of one float runtime with Burn.
+#[derive(Debug, Clone, Serialize)]
+pub struct Parity {
+    /// Runtime name.
+    pub runtime: String,
+    /// Latents compared.
+    pub latents: usize,
+    /// Largest absolute difference from Burn.
+    pub max_abs_diff: f32,
+}
+
+/// What `report.json` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Run directory exported.
+    pub run: String,
+    /// Latent size.
+    pub latent: usize,
+    /// ONNX decoder file name.
+    pub onnx_decoder: String,
+    /// Float runtimes checked against Burn.
+    pub onnx_parity: Vec<Parity>,
+    /// Tolerance those checks used.
+    pub float_tolerance: f32,
+    /// q8 decoder file name.
+    pub q8_decoder: String,
+    /// Quantization error and size.
+    pub q8: quantize::Q8Report,
+}
+
+/// Latents from encoding `n` images of `split` (the means), `[n, latent]`.
+fn encode(model: &ConvVae, data_dir: &Path, split: Split, n: usize, device: &Device) -> anyhow::Result<Tensor<2>> {
+    let mut data = Mnist::load(data_dir, split)?;
+    data.truncate(n);
+    let indices: Vec<usize> = (0..data.len()).collect();
+    let means = indices
+        .chunks(500)
+        .map(|chunk| model.encoder.forward(data.batch(chunk, device)).0)
+        .collect();
+    Ok(Tensor::cat(means, 0))
+}
+
+/// Deterministic N(0, I) samples, `[n, latent]`.
+fn normal_samples(n: usize, latent: usize, seed: u64, device: &Device) -> Tensor<2> {
+    device.seed(seed);
+    Tensor::random([n, latent], burn::tensor::Distribution::Normal(0.0, 1.0), device)
+}
+
+/// Exports the run in `run_dir` into `out_dir`. Nothing is written unless every check passes.
+pub fn export_run(run_dir: &Path, out_dir: &Path, options: &ExportOptions) -> anyhow::Result<Report> {
+    let device = Device::flex();
+    let (config, model) = load_run(run_dir, &device)?;
+    let latent = config.model.latent;
+
+    let half = options.check.div_ceil(2);
+    let check = Tensor::cat(
+        vec![
+            encode(&model, &options.data_dir, Split::Test, half, &device)?,
+            normal_samples(half, latent, 7, &device),
+        ],
+        0,
+    );
+    let calibration = Tensor::cat(
+        vec![
+            encode(&model, &options.data_dir, Split::Train, options.calibration, &device)?,
+            normal_samples(options.calibration, latent, 11, &device),
+        ],
+        0,
+    );
+
+    let onnx_bytes = onnx::export_decoder(&model.decoder, run_dir).context("exporting the decoder to ONNX")?;
+    let onnx_parity = onnx::verify_decoder(&onnx_bytes, &model.decoder, check.clone(), options.ort_dylib.as_deref())?;
+    for p in &onnx_parity {
+        if !(p.max_abs_diff <= FLOAT_TOLERANCE) {
+            bail!(
+                "{} differs from Burn by {} (> {FLOAT_TOLERANCE}) on the ONNX decoder; nothing written",
+                p.runtime,
+                p.max_abs_diff
+            );
+        }
+    }
+
+    let (blob, q8) = quantize::quantize_decoder(&model.decoder, calibration, check)?;
+    if !(q8.psnr_db >= MIN_INT8_PSNR_DB) {
+        bail!("int8 decoder PSNR {:.2} dB is below {MIN_INT8_PSNR_DB} dB; nothing written", q8.psnr_db);
+    }
+
+    let report = Report {
+        run: run_dir.display().to_string(),
+        latent,
+        onnx_decoder: "decoder.onnx".into(),
+        onnx_parity,
+        float_tolerance: FLOAT_TOLERANCE,
+        q8_decoder: "decoder.q8".into(),
+        q8,
+    };
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    write_atomic(&out_dir.join(&report.onnx_decoder), &onnx_bytes)?;
+    write_atomic(&out_dir.join(&report.q8_decoder), &blob)?;
+    write_atomic(&out_dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    Ok(report)
+}

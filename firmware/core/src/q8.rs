@@ -1,0 +1,745 @@
+//! The q8 model blob: a versioned, little-endian int8 decoder (spec: `firmware/core/Q8.md`).
+//!
+//! [`Model::parse`] validates the whole blob once (magic, version, sizes, CRC, layer chain,
+//! working-memory needs) and then hands out zero-copy views into it, so the blob can stay in
+//! flash. With the `std` feature, [`write`] builds a blob from quantized layers.
+
+/// The four bytes every q8 blob starts with.
+pub const MAGIC: [u8; 4] = *b"AEQ8";
+/// The format version this crate reads and writes.
+pub const VERSION: u16 = 1;
+/// Size of the fixed header.
+pub const HEADER_LEN: usize = 32;
+/// Size of one layer record.
+pub const LAYER_RECORD_LEN: usize = 32;
+/// Most layers a blob may hold.
+pub const MAX_LAYERS: usize = 16;
+/// Largest latent size a blob may declare.
+pub const MAX_LATENT: usize = 64;
+/// Size of the output table (int8 logit -> u8 pixel).
+pub const TABLE_LEN: usize = 256;
+
+const KIND_DENSE: u8 = 1;
+const KIND_CONV: u8 = 2;
+const FLAG_RELU: u8 = 1;
+
+/// Why a blob was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Error {
+    /// The blob is shorter than its header says (or than a header).
+    Truncated,
+    /// The blob does not start with [`MAGIC`].
+    BadMagic,
+    /// The blob's version is not [`VERSION`].
+    UnsupportedVersion(u16),
+    /// The stored CRC does not match the contents.
+    BadCrc,
+    /// A header field is out of range; the string names it.
+    BadHeader(&'static str),
+    /// Layer `index` is malformed; the string says how.
+    BadLayer {
+        /// Position of the layer in the table.
+        index: u16,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A latent vector of the wrong length was given.
+    LatentLength {
+        /// What the model takes.
+        expected: u16,
+        /// What was given.
+        got: u16,
+    },
+    /// A latent value is NaN or infinite.
+    NonFiniteLatent,
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::Truncated => write!(f, "q8 blob is truncated"),
+            Error::BadMagic => write!(f, "not a q8 blob (bad magic)"),
+            Error::UnsupportedVersion(v) => write!(f, "unsupported q8 version {v}"),
+            Error::BadCrc => write!(f, "q8 blob CRC mismatch (corrupt blob)"),
+            Error::BadHeader(what) => write!(f, "bad q8 header: {what}"),
+            Error::BadLayer { index, reason } => write!(f, "bad q8 layer {index}: {reason}"),
+            Error::LatentLength { expected, got } => {
+                write!(f, "latent has {got} values, the model takes {expected}")
+            }
+            Error::NonFiniteLatent => write!(f, "latent contains NaN or infinity"),
+        }
+    }
+}
+
+#[cfg(any(test, feature = "std"))]
+impl std::error::Error for Error {}
+
+/// What a layer computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum LayerKind {
+    /// Fully connected: `C_out x C_in` weights.
+    Dense,
+    /// 3x3-style convolution, stride 1, with zero padding and nearest upsampling of its input.
+    Conv {
+        /// Kernel size `k` (square).
+        kernel: u8,
+        /// Zero padding on each side.
+        padding: u8,
+        /// Nearest-neighbour upsampling factor applied to the input first (1 = none).
+        upsample: u8,
+    },
+}
+
+/// A tensor shape, channels first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Shape {
+    /// Channels (dense: features).
+    pub c: u16,
+    /// Height (dense: 1).
+    pub h: u16,
+    /// Width (dense: 1).
+    pub w: u16,
+}
+
+impl Shape {
+    /// Number of elements.
+    pub const fn len(&self) -> usize {
+        self.c as usize * self.h as usize * self.w as usize
+    }
+
+    /// Whether the shape holds no element.
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A zero-copy view of one layer of a parsed [`Model`].
+#[derive(Debug, Clone, Copy)]
+pub struct Layer<'a> {
+    /// What the layer computes.
+    pub kind: LayerKind,
+    /// Whether a ReLU follows.
+    pub relu: bool,
+    /// Zero point of the input activations.
+    pub input_zero_point: i8,
+    /// Zero point of the output activations.
+    pub output_zero_point: i8,
+    /// Input shape.
+    pub input: Shape,
+    /// Output shape.
+    pub output: Shape,
+    weights: &'a [u8],
+    params: &'a [u8],
+}
+
+impl<'a> Layer<'a> {
+    /// Int8 weights as stored (`[C_out][C_in]` or `[C_out][C_in][k][k]`), bytes to read as `i8`.
+    #[inline]
+    pub fn weights(&self) -> &'a [u8] {
+        self.weights
+    }
+
+    /// `(bias, multiplier, shift)` of output channel `o` (`o < C_out`, checked at parse time).
+    #[inline]
+    pub fn params(&self, o: usize) -> (i32, i32, i32) {
+        let p = &self.params[o * 12..o * 12 + 12];
+        (read_i32(p, 0), read_i32(p, 4), read_i32(p, 8))
+    }
+
+    /// Multiply-accumulate operations this layer performs per decode.
+    pub fn macs(&self) -> usize {
+        match self.kind {
+            LayerKind::Dense => self.input.len() * self.output.len(),
+            LayerKind::Conv { kernel, .. } => {
+                self.output.len() * self.input.c as usize * kernel as usize * kernel as usize
+            }
+        }
+    }
+}
+
+/// A validated q8 blob. Cheap to copy; borrows the bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Model<'a> {
+    blob: &'a [u8],
+    layer_count: u16,
+    latent_dim: u16,
+    latent_scale: f32,
+    output: Shape,
+    table: &'a [u8],
+    largest_activation: usize,
+}
+
+fn read_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn read_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn read_i32(b: &[u8], at: usize) -> i32 {
+    read_u32(b, at) as i32
+}
+
+/// CRC-32 (IEEE 802.3, reflected, the one zlib and PNG use), bitwise so it needs no table.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+/// Returns `blob[offset..offset + len]` if it lies before the CRC.
+fn section(blob: &[u8], offset: u32, len: usize, index: u16) -> Result<&[u8], Error> {
+    let start = offset as usize;
+    let end = start.checked_add(len).ok_or(Error::BadLayer {
+        index,
+        reason: "section size overflows",
+    })?;
+    if end > blob.len() - 4 {
+        return Err(Error::BadLayer {
+            index,
+            reason: "section lies outside the blob",
+        });
+    }
+    Ok(&blob[start..end])
+}
+
+impl<'a> Model<'a> {
+    /// Validates `blob` and returns a view of it. Never panics, whatever the bytes.
+    pub fn parse(blob: &'a [u8]) -> Result<Model<'a>, Error> {
+        if blob.len() < HEADER_LEN + 4 {
+            return Err(if blob.len() >= 4 && blob[..4] != MAGIC {
+                Error::BadMagic
+            } else {
+                Error::Truncated
+            });
+        }
+        if blob[..4] != MAGIC {
+            return Err(Error::BadMagic);
+        }
+        let version = read_u16(blob, 4);
+        if version != VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        let total = read_u32(blob, 24) as usize;
+        if total > blob.len() {
+            return Err(Error::Truncated);
+        }
+        if total < HEADER_LEN + 4 {
+            return Err(Error::BadHeader("total length"));
+        }
+        // Trailing bytes beyond `total` (e.g. flash padding) are ignored.
+        let blob = &blob[..total];
+        let stored_crc = read_u32(blob, total - 4);
+        if crc32(&blob[..total - 4]) != stored_crc {
+            return Err(Error::BadCrc);
+        }
+
+        let layer_count = read_u16(blob, 6);
+        if layer_count == 0 || layer_count as usize > MAX_LAYERS {
+            return Err(Error::BadHeader("layer count"));
+        }
+        let latent_dim = read_u16(blob, 8);
+        if latent_dim == 0 || latent_dim as usize > MAX_LATENT {
+            return Err(Error::BadHeader("latent size"));
+        }
+        let output = Shape {
+            c: read_u16(blob, 10),
+            h: read_u16(blob, 12),
+            w: read_u16(blob, 14),
+        };
+        if output.c != 1 || output.is_empty() {
+            return Err(Error::BadHeader("output shape"));
+        }
+        let latent_scale = f32::from_bits(read_u32(blob, 16));
+        if !(latent_scale.is_finite() && latent_scale > 0.0) {
+            return Err(Error::BadHeader("latent scale"));
+        }
+        if HEADER_LEN + LAYER_RECORD_LEN * layer_count as usize > total - 4 {
+            return Err(Error::Truncated);
+        }
+        let table = section(blob, read_u32(blob, 20), TABLE_LEN, layer_count)
+            .map_err(|_| Error::BadHeader("output table offset"))?;
+
+        let mut model = Model {
+            blob,
+            layer_count,
+            latent_dim,
+            latent_scale,
+            output,
+            table,
+            largest_activation: 0,
+        };
+        let mut previous: Option<Layer<'a>> = None;
+        for i in 0..layer_count {
+            let layer = model.read_layer(i)?;
+            let bad = |reason| Error::BadLayer { index: i, reason };
+            match previous {
+                None => {
+                    if layer.kind != LayerKind::Dense
+                        || layer.input.len() != latent_dim as usize
+                        || layer.input_zero_point != 0
+                    {
+                        return Err(bad("first layer must be dense on the latent, zero point 0"));
+                    }
+                }
+                Some(p) => {
+                    if p.output.len() != layer.input.len() {
+                        return Err(bad("input size differs from the previous output"));
+                    }
+                    if p.output_zero_point != layer.input_zero_point {
+                        return Err(bad("input zero point differs from the previous output"));
+                    }
+                }
+            }
+            model.largest_activation = model
+                .largest_activation
+                .max(layer.input.len())
+                .max(layer.output.len());
+            previous = Some(layer);
+        }
+        let last = previous.ok_or(Error::BadHeader("layer count"))?;
+        if last.output != output || last.relu {
+            return Err(Error::BadLayer {
+                index: layer_count - 1,
+                reason: "last layer must produce the output shape, without ReLU",
+            });
+        }
+        Ok(model)
+    }
+
+    fn read_layer(&self, index: u16) -> Result<Layer<'a>, Error> {
+        let bad = |reason| Error::BadLayer { index, reason };
+        let r = &self.blob[HEADER_LEN + LAYER_RECORD_LEN * index as usize..][..LAYER_RECORD_LEN];
+        let shape = |at| Shape {
+            c: read_u16(r, at),
+            h: read_u16(r, at + 2),
+            w: read_u16(r, at + 4),
+        };
+        let (input, output) = (shape(8), shape(14));
+        if input.is_empty() || output.is_empty() {
+            return Err(bad("empty shape"));
+        }
+        let (k, pad, up) = (r[2], r[3], r[4]);
+        let kind = match r[0] {
+            KIND_DENSE => {
+                if input.h != 1 || input.w != 1 || output.h != 1 || output.w != 1 {
+                    return Err(bad("dense shapes must be [features, 1, 1]"));
+                }
+                LayerKind::Dense
+            }
+            KIND_CONV => {
+                if !(1..=7).contains(&k) || up == 0 || up > 8 || pad >= k {
+                    return Err(bad("conv kernel, padding or upsampling out of range"));
+                }
+                let side = |n: u16| (n as i64) * up as i64 + 2 * pad as i64 - k as i64 + 1;
+                if side(input.h) != output.h as i64 || side(input.w) != output.w as i64 {
+                    return Err(bad("conv output size does not follow from its input"));
+                }
+                LayerKind::Conv {
+                    kernel: k,
+                    padding: pad,
+                    upsample: up,
+                }
+            }
+            _ => return Err(bad("unknown layer kind")),
+        };
+        if r[1] & !FLAG_RELU != 0 {
+            return Err(bad("unknown flags"));
+        }
+        let weight_len = match kind {
+            LayerKind::Dense => input.len() * output.c as usize,
+            LayerKind::Conv { kernel, .. } => {
+                output.c as usize * input.c as usize * kernel as usize * kernel as usize
+            }
+        };
+        let params_offset = read_u32(r, 24);
+        if !params_offset.is_multiple_of(4) {
+            return Err(bad("parameters are not 4-byte aligned"));
+        }
+        Ok(Layer {
+            kind,
+            relu: r[1] & FLAG_RELU != 0,
+            input_zero_point: r[5] as i8,
+            output_zero_point: r[6] as i8,
+            input,
+            output,
+            weights: section(self.blob, read_u32(r, 20), weight_len, index)?,
+            params: section(self.blob, params_offset, output.c as usize * 12, index)?,
+        })
+    }
+
+    /// Size of the latent vector the decoder takes.
+    pub fn latent_dim(&self) -> usize {
+        self.latent_dim as usize
+    }
+
+    /// The float step of one int8 latent unit.
+    pub fn latent_scale(&self) -> f32 {
+        self.latent_scale
+    }
+
+    /// Shape of the decoded image (`c` is 1).
+    pub fn output_shape(&self) -> Shape {
+        self.output
+    }
+
+    /// Number of layers.
+    pub fn layer_count(&self) -> usize {
+        self.layer_count as usize
+    }
+
+    /// Layer `index` (`None` past the end). Layers were validated by [`Model::parse`].
+    pub fn layer(&self, index: usize) -> Option<Layer<'a>> {
+        if index >= self.layer_count as usize {
+            return None;
+        }
+        self.read_layer(index as u16).ok()
+    }
+
+    /// The 256-entry table that maps the last layer's int8 output (`y + 128`) to a pixel.
+    pub fn output_table(&self) -> &'a [u8] {
+        self.table
+    }
+
+    /// Largest activation tensor (elements) any layer reads or writes.
+    pub fn largest_activation(&self) -> usize {
+        self.largest_activation
+    }
+
+    /// Multiply-accumulate operations per decode.
+    pub fn macs(&self) -> usize {
+        (0..self.layer_count())
+            .filter_map(|i| self.layer(i))
+            .map(|l| l.macs())
+            .sum()
+    }
+
+    /// The whole blob, as validated.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.blob
+    }
+
+    /// Quantizes float latents into the model's int8 input: `round(z / scale)` clamped to
+    /// [-127, 127]. Uses plain IEEE f32 operations, so host and target agree bit for bit.
+    pub fn quantize_latent(&self, z: &[f32], out: &mut [i8]) -> Result<(), Error> {
+        let d = self.latent_dim as usize;
+        if z.len() != d || out.len() != d {
+            return Err(Error::LatentLength {
+                expected: self.latent_dim,
+                got: z.len().min(u16::MAX as usize) as u16,
+            });
+        }
+        for (q, &v) in out.iter_mut().zip(z) {
+            if !v.is_finite() {
+                return Err(Error::NonFiniteLatent);
+            }
+            let x = v / self.latent_scale;
+            // `as` saturates; adding 0.5 away from zero rounds half away from zero.
+            let r = if x >= 0.0 { x + 0.5 } else { x - 0.5 } as i32;
+            *q = r.clamp(-127, 127) as i8;
+        }
+        Ok(())
+    }
+}
+
+/// Splits a real positive factor into a Q31 multiplier in `[2^30, 2^31)` and a power-of-two
+/// shift, so that `factor ~= multiplier * 2^shift / 2^31` (see `Q8.md`, "Arithmetic").
+///
+/// Returns `None` when the factor is not finite and positive or needs a shift outside the range
+/// the kernels support.
+pub fn quantize_multiplier(factor: f64) -> Option<(i32, i32)> {
+    if !(factor.is_finite() && factor > 0.0) {
+        return None;
+    }
+    let mut shift = 0i32;
+    let mut m = factor;
+    while m >= 1.0 {
+        m /= 2.0;
+        shift += 1;
+    }
+    while m < 0.5 {
+        m *= 2.0;
+        shift -= 1;
+    }
+    // m in [0.5, 1): scale to Q31, rounding; rounding up to 2^31 moves one binade.
+    let mut q = (m * (1u64 << 31) as f64 + 0.5) as i64;
+    if q == 1i64 << 31 {
+        q /= 2;
+        shift += 1;
+    }
+    let n = 31 - shift;
+    if !(1..=62).contains(&n) {
+        return None;
+    }
+    Some((q as i32, shift))
+}
+
+#[cfg(any(test, feature = "std"))]
+pub use writer::{LayerSpec, write};
+
+#[cfg(any(test, feature = "std"))]
+mod writer {
+    use super::*;
+
+    /// One quantized layer, as the exporter hands it to [`write`].
+    #[derive(Debug, Clone)]
+    pub struct LayerSpec {
+        /// What the layer computes.
+        pub kind: LayerKind,
+        /// Whether a ReLU follows.
+        pub relu: bool,
+        /// Input shape.
+        pub input: Shape,
+        /// Output shape.
+        pub output: Shape,
+        /// Input zero point.
+        pub input_zero_point: i8,
+        /// Output zero point.
+        pub output_zero_point: i8,
+        /// Int8 weights, `[C_out][C_in]` or `[C_out][C_in][k][k]`.
+        pub weights: Vec<i8>,
+        /// Per-output-channel int32 bias (input zero point folded in).
+        pub bias: Vec<i32>,
+        /// Per-output-channel Q31 multiplier.
+        pub multiplier: Vec<i32>,
+        /// Per-output-channel power-of-two shift.
+        pub shift: Vec<i32>,
+    }
+
+    fn put_u16(out: &mut Vec<u8>, v: usize) -> Result<(), Error> {
+        let v = u16::try_from(v).map_err(|_| Error::BadHeader("value does not fit in u16"))?;
+        out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+
+    fn align4(out: &mut Vec<u8>) {
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+    }
+
+    /// Serializes a decoder into a q8 blob, then parses it back, so a blob this returns is
+    /// one [`Model::parse`] accepts.
+    pub fn write(
+        latent_dim: usize,
+        latent_scale: f32,
+        layers: &[LayerSpec],
+        table: &[u8; TABLE_LEN],
+    ) -> Result<Vec<u8>, Error> {
+        let last = layers.last().ok_or(Error::BadHeader("layer count"))?;
+        let mut head = Vec::with_capacity(HEADER_LEN);
+        head.extend_from_slice(&MAGIC);
+        head.extend_from_slice(&VERSION.to_le_bytes());
+        put_u16(&mut head, layers.len())?;
+        put_u16(&mut head, latent_dim)?;
+        put_u16(&mut head, last.output.c as usize)?;
+        put_u16(&mut head, last.output.h as usize)?;
+        put_u16(&mut head, last.output.w as usize)?;
+        head.extend_from_slice(&latent_scale.to_bits().to_le_bytes());
+
+        // Data sections follow the layer table; offsets are known once laid out.
+        let mut data = Vec::new();
+        let base = HEADER_LEN + LAYER_RECORD_LEN * layers.len();
+        let mut records = Vec::with_capacity(LAYER_RECORD_LEN * layers.len());
+        for (i, l) in layers.iter().enumerate() {
+            let c_out = l.output.c as usize;
+            if l.bias.len() != c_out || l.multiplier.len() != c_out || l.shift.len() != c_out {
+                return Err(Error::BadLayer {
+                    index: i as u16,
+                    reason: "parameter count differs from output channels",
+                });
+            }
+            let weights_at = base + data.len();
+            data.extend(l.weights.iter().map(|&w| w as u8));
+            align4(&mut data);
+            let params_at = base + data.len();
+            for o in 0..c_out {
+                for v in [l.bias[o], l.multiplier[o], l.shift[o]] {
+                    data.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            let (kind, k, pad, up) = match l.kind {
+                LayerKind::Dense => (KIND_DENSE, 0, 0, 1),
+                LayerKind::Conv {
+                    kernel,
+                    padding,
+                    upsample,
+                } => (KIND_CONV, kernel, padding, upsample),
+            };
+            let flags = if l.relu { FLAG_RELU } else { 0 };
+            records.extend_from_slice(&[
+                kind,
+                flags,
+                k,
+                pad,
+                up,
+                l.input_zero_point as u8,
+                l.output_zero_point as u8,
+                0,
+            ]);
+            for s in [l.input, l.output] {
+                for v in [s.c, s.h, s.w] {
+                    records.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            records.extend_from_slice(&(weights_at as u32).to_le_bytes());
+            records.extend_from_slice(&(params_at as u32).to_le_bytes());
+            records.extend_from_slice(&0u32.to_le_bytes());
+        }
+        let table_at = base + data.len();
+        data.extend_from_slice(table);
+        let total = base + data.len() + 4;
+        head.extend_from_slice(&(table_at as u32).to_le_bytes());
+        head.extend_from_slice(&(total as u32).to_le_bytes());
+        head.extend_from_slice(&0u32.to_le_bytes());
+
+        let mut blob = head;
+        blob.extend_from_slice(&records);
+        blob.extend_from_slice(&data);
+        let crc = crc32(&blob);
+        blob.extend_from_slice(&crc.to_le_bytes());
+        Model::parse(&blob)?;
+        Ok(blob)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A 2 -> 4 dense layer, then a 1->1 channel 3x3 conv over the 2x2 map upsampled to 4x4.
+    pub(crate) fn tiny_blob() -> Vec<u8> {
+        let (m, s) = quantize_multiplier(0.01).expect("multiplier");
+        let dense = LayerSpec {
+            kind: LayerKind::Dense,
+            relu: true,
+            input: Shape { c: 2, h: 1, w: 1 },
+            output: Shape { c: 4, h: 1, w: 1 },
+            input_zero_point: 0,
+            output_zero_point: -128,
+            weights: vec![10, -20, 30, 40, -50, 60, 70, 80],
+            bias: vec![100, -100, 0, 5],
+            multiplier: vec![m; 4],
+            shift: vec![s; 4],
+        };
+        let conv = LayerSpec {
+            kind: LayerKind::Conv {
+                kernel: 3,
+                padding: 1,
+                upsample: 2,
+            },
+            relu: false,
+            input: Shape { c: 1, h: 2, w: 2 },
+            output: Shape { c: 1, h: 4, w: 4 },
+            input_zero_point: -128,
+            output_zero_point: 3,
+            weights: vec![1, 2, 3, 4, 5, 6, 7, 8, 9],
+            bias: vec![-7],
+            multiplier: vec![m],
+            shift: vec![s],
+        };
+        let mut table = [0u8; TABLE_LEN];
+        for (i, t) in table.iter_mut().enumerate() {
+            *t = i as u8;
+        }
+        write(2, 0.05, &[dense, conv], &table).expect("valid blob")
+    }
+
+    #[test]
+    fn crc_matches_the_zlib_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn round_trip() {
+        let blob = tiny_blob();
+        let m = Model::parse(&blob).expect("parses");
+        assert_eq!(m.latent_dim(), 2);
+        assert_eq!(m.layer_count(), 2);
+        assert_eq!(m.output_shape(), Shape { c: 1, h: 4, w: 4 });
+        assert_eq!(m.largest_activation(), 16);
+        assert_eq!(m.macs(), 8 + 16 * 9);
+        let l = m.layer(1).expect("layer 1");
+        assert_eq!(l.input_zero_point, -128);
+        assert_eq!(l.weights()[8] as i8, 9);
+        assert_eq!(l.params(0).0, -7);
+        assert!(m.layer(2).is_none());
+    }
+
+    #[test]
+    fn every_truncation_and_every_bit_flip_is_an_error_not_a_panic() {
+        let blob = tiny_blob();
+        for n in 0..blob.len() {
+            assert!(Model::parse(&blob[..n]).is_err(), "prefix of {n} bytes accepted");
+        }
+        for i in 0..blob.len() {
+            for bit in 0..8 {
+                let mut b = blob.clone();
+                b[i] ^= 1 << bit;
+                assert!(Model::parse(&b).is_err(), "flip of byte {i} bit {bit} accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn specific_errors() {
+        let blob = tiny_blob();
+        let mut b = blob.clone();
+        b[0] = b'X';
+        assert_eq!(Model::parse(&b).unwrap_err(), Error::BadMagic);
+        let mut b = blob.clone();
+        b[4] = 2;
+        assert_eq!(Model::parse(&b).unwrap_err(), Error::UnsupportedVersion(2));
+        let mut b = blob.clone();
+        let n = b.len();
+        b[n - 10] ^= 0xff;
+        assert_eq!(Model::parse(&b).unwrap_err(), Error::BadCrc);
+        assert_eq!(Model::parse(&blob[..40]).unwrap_err(), Error::Truncated);
+        // Flash padding after the blob is fine.
+        let mut padded = blob.clone();
+        padded.extend_from_slice(&[0xff; 13]);
+        assert!(Model::parse(&padded).is_ok());
+    }
+
+    #[test]
+    fn latent_quantization_rounds_clamps_and_rejects_nan() {
+        let blob = tiny_blob();
+        let m = Model::parse(&blob).expect("parses");
+        let mut q = [0i8; 2];
+        m.quantize_latent(&[0.074, -0.076], &mut q).expect("ok");
+        assert_eq!(q, [1, -2]);
+        m.quantize_latent(&[100.0, -100.0], &mut q).expect("ok");
+        assert_eq!(q, [127, -127]);
+        assert_eq!(
+            m.quantize_latent(&[f32::NAN, 0.0], &mut q),
+            Err(Error::NonFiniteLatent)
+        );
+        assert!(matches!(
+            m.quantize_latent(&[0.0], &mut q),
+            Err(Error::LatentLength { .. })
+        ));
+    }
+
+    #[test]
+    fn multipliers_reproduce_the_factor() {
+        for f in [1e-6, 0.003, 0.25, 0.5, 0.9999, 1.0, 3.7, 1000.0] {
+            let (m, s) = quantize_multiplier(f).expect("in range");
+            assert!((1 << 30..=i32::MAX).contains(&m), "{f}: {m}");
+            let back = m as f64 * 2f64.powi(s) / 2f64.powi(31);
+            assert!((back - f).abs() / f < 1e-9, "{f} -> {back}");
+        }
+        assert_eq!(quantize_multiplier(0.0), None);
+        assert_eq!(quantize_multiplier(f64::NAN), None);
+    }
+}

@@ -1,0 +1,61 @@
+//! Platform glue for the firmware running in QEMU's `mps2-an386` (Cortex-M4F).
+//!
+//! Every binary does `use firmware_qemu as _;` to get, from here:
+//! - the defmt global logger, which writes frames to the host's stdout through semihosting
+//!   (decode them with `defmt-print -e <elf>`);
+//! - a panic handler and HardFault / default interrupt handlers that log and end QEMU with a
+//!   failure exit code, so that a crash never hangs a CI job;
+//! - [`exit`] and [`exit_failure`], which end the QEMU session with exit code 0 or 1;
+//! - [`hostfs`]: reading and writing files in the host's current directory.
+#![no_std]
+
+// Linked for its `critical-section` implementation (single core), which the defmt logger uses;
+// without this line a binary that does not use `cortex_m` itself fails to link.
+use cortex_m as _;
+use cortex_m_rt::{ExceptionFrame, exception};
+use cortex_m_semihosting::debug;
+use defmt_semihosting as _;
+
+pub mod hostfs;
+
+/// Ends the QEMU session with exit code 0.
+pub fn exit() -> ! {
+    loop {
+        debug::exit(debug::EXIT_SUCCESS);
+    }
+}
+
+/// Ends the QEMU session with a failure exit code (1).
+pub fn exit_failure() -> ! {
+    loop {
+        debug::exit(debug::EXIT_FAILURE);
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    defmt::error!("panicked: {}", defmt::Display2Format(info));
+    exit_failure()
+}
+
+// `defmt::panic!` and friends have already logged their message when they get here.
+#[defmt::panic_handler]
+fn defmt_panic() -> ! {
+    exit_failure()
+}
+
+#[exception]
+unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+    defmt::error!(
+        "HardFault: pc={=u32:#010x} lr={=u32:#010x}",
+        frame.pc(),
+        frame.lr()
+    );
+    exit_failure()
+}
+
+#[exception]
+unsafe fn DefaultHandler(irqn: i16) {
+    defmt::error!("unexpected exception or interrupt {=i16}", irqn);
+    exit_failure()
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The project's test command (README, CI): installs what is missing, builds every target once in
+# the release profile, and runs all tests: host workspace (unit, integration, end-to-end), the
+# edge runtime's tests on aarch64 under qemu-user, and the firmware under QEMU (from the e2e test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stage_start=$SECONDS
+stage() {
+  local now=$SECONDS
+  [ -n "${stage_name:-}" ] && printf '== stage %-28s %5ss\n' "$stage_name" $((now - stage_start)) | tee -a target/stage-times.txt
+  stage_name=$1
+  stage_start=$now
+  echo "== $1"
+}
+mkdir -p target
+: > target/stage-times.txt
+
+stage "install dependencies"
+scripts/deps.sh
+ORT_DYLIB_PATH=$(python3 -c 'import onnxruntime, glob, os; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])')
+export ORT_DYLIB_PATH
+
+stage "format check"
+cargo fmt --all -- --check
+(cd firmware/qemu && cargo fmt -- --check)
+
+stage "build host (release)"
+cargo build --release --workspace --all-targets
+
+stage "build aarch64 edge runtime"
+cargo build --release --target aarch64-unknown-linux-gnu -p edge-runtime --all-targets
+
+stage "build firmware (thumbv7em)"
+(cd firmware/qemu && cargo build --release)
+
+stage "test host + e2e"
+cargo test --release --workspace
+
+stage "test aarch64 (qemu-user)"
+cargo test --release --target aarch64-unknown-linux-gnu -p edge-runtime
+
+stage "done"
+cat target/stage-times.txt

@@ -1,0 +1,248 @@
+//! The walking skeleton, end to end: train -> export -> every runtime -> firmware, compared on the
+//! same latents.
+//!
+//! Stages and their tolerances (see `e2e::Tolerance`):
+//! - Burn (reference) vs tract x86_64, ONNX Runtime, tract aarch64 (qemu-user, Cortex-A72 NEON):
+//!   float runtimes, max |diff| <= 1e-4;
+//! - int8 firmware core on the host vs Burn: PSNR reported and bounded below;
+//! - QEMU Cortex-M4F firmware vs the host firmware core: identical pixels and framebuffers.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use burn::prelude::*;
+use e2e::{Tolerance, assert_close, psnr_u8_vs_float, scratch_dir, target_dir, workspace_root};
+use exporter::{ExportOptions, FLOAT_TOLERANCE, export_run, onnx::run_ort};
+use firmware_core::{
+    decoder::{self, IMAGE_PIXELS, Scratch},
+    q8::Model,
+    render::{Framebuffer, PBM_LEN, render_frame},
+};
+use trainer::{
+    data::{self, Mnist, Split},
+    model::ConvVaeConfig,
+    run::{TrainingConfig, load_run},
+    training,
+};
+
+/// Lowest PSNR of the int8 decoder against Burn on the comparison latents. Measured: see
+/// BENCHMARKS.md ("e2e"); the bound leaves room for run-to-run training differences.
+const MIN_INT8_PSNR_DB: f64 = 30.0;
+/// A trained 2-d VAE must do clearly better than an untrained one (BCE of a constant 0.5 image is
+/// 784 ln 2 = 543 nats).
+const MAX_TEST_LOSS_AFTER_TRAINING: f64 = 250.0;
+
+fn ort_dylib() -> PathBuf {
+    let path = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).expect(
+        "ORT_DYLIB_PATH must point at libonnxruntime.so (scripts/test.sh sets it from the onnxruntime wheel)",
+    );
+    assert!(path.exists(), "ORT_DYLIB_PATH={} does not exist", path.display());
+    path
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// Runs the cross-built aarch64 `edge` binary under qemu-user (Cortex-A72: tract's NEON kernels,
+/// as on a Raspberry Pi 4) and returns the float pixels it writes.
+fn tract_aarch64(onnx: &Path, latents: &[Vec<f32>], dir: &Path) -> Vec<f32> {
+    let edge = target_dir().join("aarch64-unknown-linux-gnu/release/edge");
+    assert!(
+        edge.exists(),
+        "{} is missing: build it with `cargo build --release --target aarch64-unknown-linux-gnu -p edge-runtime` (scripts/test.sh does)",
+        edge.display()
+    );
+    let raw = dir.join("aarch64.f32");
+    let mut cmd = Command::new("qemu-aarch64");
+    cmd.args(["-cpu", "cortex-a72", "-L", "/usr/aarch64-linux-gnu"])
+        .arg(&edge)
+        .arg("generate")
+        .arg("--model")
+        .arg(onnx);
+    for z in latents {
+        let joined: Vec<String> = z.iter().map(|v| format!("{v:?}")).collect();
+        cmd.arg(format!("--latent={}", joined.join(",")));
+    }
+    cmd.arg("--out").arg(dir.join("aarch64.png")).arg("--raw").arg(&raw);
+    run(&mut cmd);
+    f32s_from_le(&fs::read(&raw).expect("aarch64 raw output"))
+}
+
+/// Builds the QEMU firmware, runs it on `model.q8` + `latents.f32` in `dir`, and returns the
+/// decoded defmt log.
+fn run_qemu_firmware(dir: &Path) -> String {
+    let fw = workspace_root().join("firmware/qemu");
+    run(Command::new(env!("CARGO")).current_dir(&fw).env_remove("CARGO_TARGET_DIR").args(["build", "--release", "--quiet"]));
+    let elf = fw.join("target/thumbv7em-none-eabihf/release/decode");
+    let out = Command::new("qemu-system-arm")
+        .args(["-cpu", "cortex-m4", "-machine", "mps2-an386", "-nographic"])
+        .args(["-semihosting-config", "enable=on,target=native", "-kernel"])
+        .arg(&elf)
+        .current_dir(dir)
+        .output()
+        .expect("starting qemu-system-arm");
+    let log = Command::new("defmt-print")
+        .arg("-e")
+        .arg(&elf)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(&out.stdout)?;
+            child.wait_with_output()
+        })
+        .expect("running defmt-print");
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "firmware exited with {}; log:\n{log}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    log
+}
+
+#[test]
+fn train_export_and_run_everywhere() {
+    let work = scratch_dir("skeleton");
+    let run_dir = work.join("run");
+    let out_dir = work.join("export");
+    let device = Device::flex();
+
+    // 1. Train a few hundred steps on a subset: 6,400 images, batch 64, 3 epochs = 300 steps.
+    let config = TrainingConfig::new(ConvVaeConfig::new())
+        .with_epochs(3)
+        .with_batch_size(64)
+        .with_train_subset(Some(6400))
+        .with_test_subset(Some(1000));
+    let mut losses = Vec::new();
+    training::train(&config, &data::bundled_dir(), &run_dir, &device, |m| {
+        eprintln!("epoch {}: train {:.2} test {:.2} ({:.0} img/s)", m.epoch, m.train_loss, m.test_loss, m.images_per_second);
+        losses.push(m.test_loss);
+    })
+    .expect("training");
+    assert!(losses.windows(2).all(|w| w[1] < w[0]), "test loss did not fall every epoch: {losses:?}");
+    let last = *losses.last().expect("one epoch");
+    assert!(last < MAX_TEST_LOSS_AFTER_TRAINING, "test loss {last} after training");
+
+    // 2. Export; the exporter itself refuses to write files that fail its checks.
+    let options = ExportOptions {
+        data_dir: data::bundled_dir(),
+        calibration: 500,
+        check: 200,
+        ort_dylib: Some(ort_dylib()),
+    };
+    let report = export_run(&run_dir, &out_dir, &options).expect("export");
+    assert_eq!(report.onnx_parity.len(), 2, "tract and ONNX Runtime both checked");
+    for p in &report.onnx_parity {
+        assert!(p.max_abs_diff <= FLOAT_TOLERANCE, "{p:?}");
+    }
+    eprintln!("export report: {}", summary(&report));
+    let onnx = out_dir.join("decoder.onnx");
+    let blob = fs::read(out_dir.join("decoder.q8")).expect("q8 blob");
+
+    // 3. The comparison latents: corners and centre of the 2-d plane, and encoded test digits.
+    let (_, model) = load_run(&run_dir, &device).expect("reload the run");
+    let mut latents: Vec<Vec<f32>> = vec![vec![0.0, 0.0], vec![-1.5, 1.5], vec![1.5, -1.5], vec![2.0, 2.0]];
+    let mut test = Mnist::load(&data::bundled_dir(), Split::Test).expect("test set");
+    test.truncate(4);
+    let means = model.encoder.forward(test.batch(&[0, 1, 2, 3], &device)).0;
+    latents.extend(
+        means.into_data().try_to_vec::<f32>().expect("f32").chunks(2).map(|c| c.to_vec()),
+    );
+    let flat: Vec<f32> = latents.concat();
+    let n = latents.len();
+
+    // 4. Burn, the reference.
+    let burn = model
+        .decoder
+        .forward(Tensor::<1>::from_floats(flat.as_slice(), &device).reshape([n, 2]))
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("f32");
+
+    // 5. tract on x86_64 through the edge runtime library.
+    let decoder = edge_runtime::Decoder::load(&onnx).expect("edge runtime loads the decoder");
+    let tract: Vec<f32> = latents
+        .iter()
+        .flat_map(|z| decoder.decode(z).expect("tract decode").pixels)
+        .collect();
+    let d_tract = assert_close("tract x86_64 vs Burn", &burn, &tract, Tolerance::FloatRuntime);
+
+    // 6. ONNX Runtime.
+    let ort = run_ort(&fs::read(&onnx).expect("onnx"), &flat, 2, &ort_dylib()).expect("ORT");
+    let d_ort = assert_close("ONNX Runtime vs Burn", &burn, &ort, Tolerance::FloatRuntime);
+
+    // 7. tract on aarch64 (qemu-user), the Raspberry Pi build.
+    let arm = tract_aarch64(&onnx, &latents, &work);
+    let d_arm = assert_close("tract aarch64 vs Burn", &burn, &arm, Tolerance::FloatRuntime);
+    assert_close("tract aarch64 vs tract x86_64", &tract, &arm, Tolerance::FloatRuntime);
+
+    // 8. The int8 firmware core on the host.
+    let q8 = Model::parse(&blob).expect("q8 parses");
+    let mut scratch = Scratch::new();
+    let mut host_digits = Vec::new();
+    let mut host_frames = Vec::new();
+    for (i, z) in latents.iter().enumerate() {
+        let mut q = [0i8; 2];
+        q8.quantize_latent(z, &mut q).expect("quantize");
+        let mut digit = [0u8; IMAGE_PIXELS];
+        decoder::decode(&q8, &q, &mut scratch, &mut digit).expect("int8 decode");
+        host_digits.extend_from_slice(&digit);
+        let mut fb = Framebuffer::new();
+        render_frame(&mut fb, &digit, i, z);
+        let mut pbm = [0u8; PBM_LEN];
+        host_frames.push(fb.pbm(&mut pbm).to_vec());
+    }
+    let psnr = psnr_u8_vs_float(&host_digits, &burn);
+    assert!(psnr >= MIN_INT8_PSNR_DB, "int8 core PSNR {psnr:.2} dB < {MIN_INT8_PSNR_DB} dB");
+
+    // 9. The firmware on an emulated Cortex-M4F (mps2-an386): same pixels, same framebuffer.
+    let fw_dir = work.join("firmware");
+    fs::create_dir_all(&fw_dir).expect("mkdir");
+    fs::write(fw_dir.join("model.q8"), &blob).expect("write model");
+    let le: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
+    fs::write(fw_dir.join("latents.f32"), le).expect("write latents");
+    let log = run_qemu_firmware(&fw_dir);
+    assert!(log.contains(&format!("decoded {n} latents")), "defmt log:\n{log}");
+    let fw_digits = fs::read(fw_dir.join("digits.gray")).expect("firmware digits");
+    assert!(fw_digits == host_digits, "firmware pixels differ from the host firmware core");
+    for (i, frame) in host_frames.iter().enumerate() {
+        let fw_frame = fs::read(fw_dir.join(format!("frame_{i:03}.pbm"))).expect("firmware frame");
+        assert!(&fw_frame == frame, "framebuffer {i} differs between QEMU and the host");
+    }
+
+    eprintln!(
+        "max |diff| vs Burn: tract x86_64 {d_tract:e}, ORT {d_ort:e}, tract aarch64 {d_arm:e}; \
+         int8 PSNR {psnr:.2} dB on {n} latents ({:.2} dB on {} in the export report)",
+        report.q8.psnr_db, report.q8.latents
+    );
+}
+
+fn summary(report: &exporter::Report) -> String {
+    format!(
+        "tract {:e}, ORT {:e}, int8 {:.2} dB, {} bytes, {} MACs",
+        report.onnx_parity[0].max_abs_diff,
+        report.onnx_parity[1].max_abs_diff,
+        report.q8.psnr_db,
+        report.q8.bytes,
+        report.q8.macs
+    )
+}

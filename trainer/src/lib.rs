@@ -1,0 +1,15 @@
+//! Trains the project's autoencoders on MNIST with Burn and writes run directories.
+//!
+//! - [`data`]: the MNIST IDX loader (checksums, headers, sizes);
+//! - [`model`]: the convolutional VAE and its loss;
+//! - [`training`]: the training loop;
+//! - [`run`]: the run directory (config, weights, metrics) and how to load it back.
+//!
+//! Training runs on Burn's `flex` CPU backend by default; the `cuda` and `wgpu` features add GPU
+//! devices.
+#![warn(missing_docs)]
+
+pub mod data;
+pub mod model;
+pub mod run;
+pub mod training;

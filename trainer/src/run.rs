@@ -1,0 +1,191 @@
+//! The run directory: what a training run leaves behind and what the exporter reads back.
+//!
+//! - `config.json`: the [`TrainingConfig`] (model hyper-parameters included), enough to rebuild
+//!   the model exactly;
+//! - `model.bpk`: the weights in Burn's record format (burnpack);
+//! - `metrics.csv`: one row per epoch.
+//!
+//! Every file is written atomically (temporary file in the same directory, then rename), so an
+//! interrupted run never leaves half a file behind.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use burn::{module::Module, prelude::*, store::ModuleRecord};
+
+use crate::model::{ConvVae, ConvVaeConfig};
+
+/// Version of the run-directory layout; bumped when `config.json` or the weights change meaning.
+pub const RUN_FORMAT: u32 = 1;
+/// Name of the configuration file in a run directory.
+pub const CONFIG_FILE: &str = "config.json";
+/// Name of the weights file in a run directory.
+pub const WEIGHTS_FILE: &str = "model.bpk";
+/// Name of the metrics file in a run directory.
+pub const METRICS_FILE: &str = "metrics.csv";
+
+/// Everything a training run was configured with.
+#[derive(Config, Debug)]
+pub struct TrainingConfig {
+    /// Run-directory format this config belongs to ([`RUN_FORMAT`]).
+    #[config(default = 1)]
+    pub format: u32,
+    /// Model family; only `conv-vae` so far.
+    #[config(default = "String::from(\"conv-vae\")")]
+    pub family: String,
+    /// Model hyper-parameters.
+    pub model: ConvVaeConfig,
+    /// Passes over the training images.
+    #[config(default = 10)]
+    pub epochs: usize,
+    /// Images per optimisation step.
+    #[config(default = 128)]
+    pub batch_size: usize,
+    /// Adam learning rate.
+    #[config(default = 1e-3)]
+    pub learning_rate: f64,
+    /// Seed of the initialisation, the shuffling and the latent sampling.
+    #[config(default = 42)]
+    pub seed: u64,
+    /// Train on the first N training images only (all when absent).
+    #[config(default = "None")]
+    pub train_subset: Option<usize>,
+    /// Evaluate on the first N test images only (all when absent).
+    #[config(default = "None")]
+    pub test_subset: Option<usize>,
+}
+
+/// Why a run directory could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The directory or one of its files is missing or unreadable.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `config.json` does not parse.
+    #[error("{path} is not a valid training config: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The run was written by another version of the run format.
+    #[error("{path} has run format {found}; this build reads format {RUN_FORMAT}")]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Its format.
+        found: u32,
+    },
+    /// A model family this build does not know.
+    #[error("{path}: unknown model family {family:?}")]
+    Family {
+        /// The file.
+        path: PathBuf,
+        /// The family named there.
+        family: String,
+    },
+    /// The weights file is corrupt or does not fit the model.
+    #[error("cannot load weights {path}: {reason}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// Burn's message.
+        reason: String,
+    },
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
+/// renamed over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        fs::remove_file(&tmp).ok();
+    }
+    result
+}
+
+/// Saves the model's weights into `dir` atomically.
+pub fn save_weights(model: &ConvVae, dir: &Path) -> anyhow::Result<()> {
+    let bytes = model
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| anyhow::anyhow!("cannot serialise weights: {e}"))?;
+    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
+    Ok(())
+}
+
+/// Saves the configuration into `dir` atomically.
+pub fn save_config(config: &TrainingConfig, dir: &Path) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(config)?;
+    write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
+    Ok(())
+}
+
+/// Reads a run's configuration, checking its format version and family.
+pub fn load_config(dir: &Path) -> Result<TrainingConfig, RunError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = fs::read_to_string(&path).map_err(|source| RunError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    // Look at the version first, so an old or new layout gets the right message.
+    let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| RunError::Config {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let found = raw.get("format").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    if found != RUN_FORMAT {
+        return Err(RunError::Version { path, found });
+    }
+    let config: TrainingConfig = serde_json::from_value(raw).map_err(|e| RunError::Config {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    if config.family != "conv-vae" {
+        return Err(RunError::Family {
+            path,
+            family: config.family,
+        });
+    }
+    Ok(config)
+}
+
+/// Rebuilds the trained model of the run in `dir` on `device`.
+pub fn load_run(dir: &Path, device: &Device) -> Result<(TrainingConfig, ConvVae), RunError> {
+    let config = load_config(dir)?;
+    let path = dir.join(WEIGHTS_FILE);
+    let bytes = fs::read(&path).map_err(|source| RunError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let weights = |reason: String| RunError::Weights {
+        path: path.clone(),
+        reason,
+    };
+    let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(|e| weights(e.to_string()))?;
+    let model = config
+        .model
+        .init(device)
+        .try_load_record(record)
+        .map_err(|e| weights(e.to_string()))?;
+    Ok((config, model))
+}

@@ -1,0 +1,187 @@
+//! The training loop: Adam on the VAE loss, one checkpoint and one metrics row per epoch.
+//!
+//! A plain loop rather than burn-train's `Learner`: it keeps the build small and the logs readable
+//! in a non-interactive terminal.
+
+use std::{path::Path, time::Instant};
+
+use anyhow::{Context, bail};
+use burn::{
+    optim::{AdamConfig, GradientsParams},
+    prelude::*,
+    tensor::Distribution,
+};
+
+use crate::{
+    data::{Mnist, Split},
+    model::{ConvVae, vae_loss},
+    run::{METRICS_FILE, TrainingConfig, save_config, save_weights, write_atomic},
+};
+
+/// Losses of one epoch, averaged per image.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EpochMetrics {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Training loss (reconstruction + KL).
+    pub train_loss: f64,
+    /// Training reconstruction (BCE summed over pixels).
+    pub train_reconstruction: f64,
+    /// Training KL.
+    pub train_kl: f64,
+    /// Test loss, decoding the latent mean.
+    pub test_loss: f64,
+    /// Test reconstruction.
+    pub test_reconstruction: f64,
+    /// Test KL.
+    pub test_kl: f64,
+    /// Training throughput.
+    pub images_per_second: f64,
+    /// Wall time of the epoch (training and evaluation).
+    pub seconds: f64,
+}
+
+impl EpochMetrics {
+    const CSV_HEADER: &'static str = "epoch,train_loss,train_reconstruction,train_kl,test_loss,test_reconstruction,test_kl,images_per_second,seconds\n";
+
+    fn csv_row(&self) -> String {
+        format!(
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.1},{:.2}\n",
+            self.epoch,
+            self.train_loss,
+            self.train_reconstruction,
+            self.train_kl,
+            self.test_loss,
+            self.test_reconstruction,
+            self.test_kl,
+            self.images_per_second,
+            self.seconds
+        )
+    }
+}
+
+/// SplitMix64: a small, fast, seedable generator for the shuffling (no extra dependency).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn shuffle(&mut self, v: &mut [usize]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_scalar::<f32>() as f64
+}
+
+/// Mean losses over `data` with the latent mean decoded (no sampling noise).
+fn evaluate(model: &ConvVae, data: &Mnist, batch_size: usize, device: &Device) -> [f64; 3] {
+    let mut sums = [0.0; 3];
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(batch_size) {
+        let images = data.batch(chunk, device);
+        let eps = Tensor::zeros([chunk.len(), model.decoder.latent()], device);
+        let loss = vae_loss(&model.forward(images.clone(), eps), images);
+        let n = chunk.len() as f64;
+        sums[0] += scalar(loss.total) * n;
+        sums[1] += scalar(loss.reconstruction) * n;
+        sums[2] += scalar(loss.kl) * n;
+    }
+    sums.map(|s| s / data.len().max(1) as f64)
+}
+
+/// Trains a model as `config` says on the MNIST in `data_dir`, writing the run into `out`
+/// (`config.json` first, then weights and a metrics row after every epoch). `report` sees every
+/// epoch's metrics as soon as they are known.
+///
+/// Stops with an error naming the epoch and batch if the loss becomes NaN or infinite.
+pub fn train(
+    config: &TrainingConfig,
+    data_dir: &Path,
+    out: &Path,
+    device: &Device,
+    mut report: impl FnMut(&EpochMetrics),
+) -> anyhow::Result<ConvVae> {
+    if config.batch_size == 0 || config.epochs == 0 {
+        bail!("batch size and epochs must be at least 1");
+    }
+    let mut train_set = Mnist::load(data_dir, Split::Train).context("loading the training set")?;
+    let mut test_set = Mnist::load(data_dir, Split::Test).context("loading the test set")?;
+    if let Some(n) = config.train_subset {
+        train_set.truncate(n);
+    }
+    if let Some(n) = config.test_subset {
+        test_set.truncate(n);
+    }
+    if train_set.is_empty() || test_set.is_empty() {
+        bail!("the training and test subsets must not be empty");
+    }
+
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    save_config(config, out)?;
+
+    let device = device.clone().autodiff();
+    device.seed(config.seed);
+    let mut model = config.model.init(&device);
+    let mut optim = AdamConfig::new().init();
+    let mut rng = SplitMix64(config.seed);
+    let mut metrics_csv = String::from(EpochMetrics::CSV_HEADER);
+    let latent = config.model.latent;
+
+    for epoch in 1..=config.epochs {
+        let start = Instant::now();
+        let mut order: Vec<usize> = (0..train_set.len()).collect();
+        rng.shuffle(&mut order);
+        let mut sums = [0.0; 3];
+        for (batch_index, chunk) in order.chunks(config.batch_size).enumerate() {
+            let images = train_set.batch(chunk, &device);
+            let eps = Tensor::random([chunk.len(), latent], Distribution::Normal(0.0, 1.0), &device);
+            let output = model.forward(images.clone(), eps);
+            let loss = vae_loss(&output, images);
+            let total = scalar(loss.total.clone());
+            if !total.is_finite() {
+                bail!(
+                    "loss became {total} at epoch {epoch}, batch {batch_index}: \
+                     lower the learning rate (now {})",
+                    config.learning_rate
+                );
+            }
+            let n = chunk.len() as f64;
+            sums[0] += total * n;
+            sums[1] += scalar(loss.reconstruction) * n;
+            sums[2] += scalar(loss.kl) * n;
+            let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+            model = optim.step(config.learning_rate, model, grads);
+        }
+        let train_seconds = start.elapsed().as_secs_f64();
+        let [test_loss, test_reconstruction, test_kl] =
+            evaluate(&model.valid(), &test_set, config.batch_size.max(256), &device);
+        let n = train_set.len() as f64;
+        let m = EpochMetrics {
+            epoch,
+            train_loss: sums[0] / n,
+            train_reconstruction: sums[1] / n,
+            train_kl: sums[2] / n,
+            test_loss,
+            test_reconstruction,
+            test_kl,
+            images_per_second: n / train_seconds,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        save_weights(&model.valid(), out)?;
+        metrics_csv.push_str(&m.csv_row());
+        write_atomic(&out.join(METRICS_FILE), metrics_csv.as_bytes())?;
+        report(&m);
+    }
+    Ok(model.valid())
+}
