@@ -21,9 +21,10 @@ scripts/deps.sh
 ORT_DYLIB_PATH=$(python3 -c 'import onnxruntime, glob, os; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])')
 export ORT_DYLIB_PATH
 
-stage "format check"
+stage "lint (fmt, clippy)"
 cargo fmt --all -- --check
 (cd firmware/qemu && cargo fmt -- --check)
+cargo clippy --release --workspace --all-targets -- -D warnings
 
 stage "build host (release)"
 cargo build --release --workspace --all-targets
@@ -32,7 +33,7 @@ stage "build aarch64 edge runtime"
 cargo build --release --target aarch64-unknown-linux-gnu -p edge-runtime --all-targets
 
 stage "build firmware (thumbv7em)"
-(cd firmware/qemu && cargo build --release)
+(cd firmware/qemu && cargo clippy --release -- -D warnings && cargo build --release)
 
 stage "test host + e2e"
 cargo test --release --workspace

@@ -73,7 +73,13 @@ pub struct Report {
 }
 
 /// Latents from encoding `n` images of `split` (the means), `[n, latent]`.
-fn encode(model: &ConvVae, data_dir: &Path, split: Split, n: usize, device: &Device) -> anyhow::Result<Tensor<2>> {
+fn encode(
+    model: &ConvVae,
+    data_dir: &Path,
+    split: Split,
+    n: usize,
+    device: &Device,
+) -> anyhow::Result<Tensor<2>> {
     let mut data = Mnist::load(data_dir, split)?;
     data.truncate(n);
     let indices: Vec<usize> = (0..data.len()).collect();
@@ -87,11 +93,19 @@ fn encode(model: &ConvVae, data_dir: &Path, split: Split, n: usize, device: &Dev
 /// Deterministic N(0, I) samples, `[n, latent]`.
 fn normal_samples(n: usize, latent: usize, seed: u64, device: &Device) -> Tensor<2> {
     device.seed(seed);
-    Tensor::random([n, latent], burn::tensor::Distribution::Normal(0.0, 1.0), device)
+    Tensor::random(
+        [n, latent],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        device,
+    )
 }
 
 /// Exports the run in `run_dir` into `out_dir`. Nothing is written unless every check passes.
-pub fn export_run(run_dir: &Path, out_dir: &Path, options: &ExportOptions) -> anyhow::Result<Report> {
+pub fn export_run(
+    run_dir: &Path,
+    out_dir: &Path,
+    options: &ExportOptions,
+) -> anyhow::Result<Report> {
     let device = Device::flex();
     let (config, model) = load_run(run_dir, &device)?;
     let latent = config.model.latent;
@@ -106,16 +120,28 @@ pub fn export_run(run_dir: &Path, out_dir: &Path, options: &ExportOptions) -> an
     );
     let calibration = Tensor::cat(
         vec![
-            encode(&model, &options.data_dir, Split::Train, options.calibration, &device)?,
+            encode(
+                &model,
+                &options.data_dir,
+                Split::Train,
+                options.calibration,
+                &device,
+            )?,
             normal_samples(options.calibration, latent, 11, &device),
         ],
         0,
     );
 
-    let onnx_bytes = onnx::export_decoder(&model.decoder, run_dir).context("exporting the decoder to ONNX")?;
-    let onnx_parity = onnx::verify_decoder(&onnx_bytes, &model.decoder, check.clone(), options.ort_dylib.as_deref())?;
+    let onnx_bytes =
+        onnx::export_decoder(&model.decoder, run_dir).context("exporting the decoder to ONNX")?;
+    let onnx_parity = onnx::verify_decoder(
+        &onnx_bytes,
+        &model.decoder,
+        check.clone(),
+        options.ort_dylib.as_deref(),
+    )?;
     for p in &onnx_parity {
-        if !(p.max_abs_diff <= FLOAT_TOLERANCE) {
+        if p.max_abs_diff.is_nan() || p.max_abs_diff > FLOAT_TOLERANCE {
             bail!(
                 "{} differs from Burn by {} (> {FLOAT_TOLERANCE}) on the ONNX decoder; nothing written",
                 p.runtime,
@@ -125,8 +151,11 @@ pub fn export_run(run_dir: &Path, out_dir: &Path, options: &ExportOptions) -> an
     }
 
     let (blob, q8) = quantize::quantize_decoder(&model.decoder, calibration, check)?;
-    if !(q8.psnr_db >= MIN_INT8_PSNR_DB) {
-        bail!("int8 decoder PSNR {:.2} dB is below {MIN_INT8_PSNR_DB} dB; nothing written", q8.psnr_db);
+    if q8.psnr_db.is_nan() || q8.psnr_db < MIN_INT8_PSNR_DB {
+        bail!(
+            "int8 decoder PSNR {:.2} dB is below {MIN_INT8_PSNR_DB} dB; nothing written",
+            q8.psnr_db
+        );
     }
 
     let report = Report {
@@ -141,6 +170,9 @@ pub fn export_run(run_dir: &Path, out_dir: &Path, options: &ExportOptions) -> an
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     write_atomic(&out_dir.join(&report.onnx_decoder), &onnx_bytes)?;
     write_atomic(&out_dir.join(&report.q8_decoder), &blob)?;
-    write_atomic(&out_dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    write_atomic(
+        &out_dir.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     Ok(report)
 }

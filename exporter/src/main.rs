@@ -55,11 +55,18 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("exporting {}", cli.run.display()))?;
     println!("{:<24} {:>12}", "check", "result");
     for p in &report.onnx_parity {
-        println!("{:<24} {:>12.2e}  max |diff| vs Burn over {} latents", p.runtime, p.max_abs_diff, p.latents);
+        println!(
+            "{:<24} {:>12.2e}  max |diff| vs Burn over {} latents",
+            p.runtime, p.max_abs_diff, p.latents
+        );
     }
     println!(
         "{:<24} {:>9.2} dB  max |diff| {:.4}, {} bytes, {} MACs",
-        "int8 decoder PSNR", report.q8.psnr_db, report.q8.max_abs_diff, report.q8.bytes, report.q8.macs
+        "int8 decoder PSNR",
+        report.q8.psnr_db,
+        report.q8.max_abs_diff,
+        report.q8.bytes,
+        report.q8.macs
     );
     println!("wrote {}", cli.out.display());
     Ok(())

@@ -1,7 +1,10 @@
 //! The decoder as ONNX: exported with burn-onnx's tracing exporter, given stable I/O names and
 //! metadata, and checked with tract and ONNX Runtime against Burn.
 
-use std::path::Path;
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
 
 use anyhow::{Context, anyhow, bail};
 use burn::prelude::*;
@@ -19,13 +22,26 @@ pub const IMAGE_OUTPUT: &str = "image";
 /// Renames graph input 0 and output 0 everywhere they are used, and records metadata.
 fn post_process(bytes: &[u8], metadata: &[(&str, String)]) -> anyhow::Result<Vec<u8>> {
     let mut model = ModelProto::parse_from_bytes(bytes).context("re-reading the exported ONNX")?;
-    let graph = model.graph.as_mut().ok_or_else(|| anyhow!("exported ONNX has no graph"))?;
+    let graph = model
+        .graph
+        .as_mut()
+        .ok_or_else(|| anyhow!("exported ONNX has no graph"))?;
     if graph.input.len() != 1 || graph.output.len() != 1 {
-        bail!("expected one input and one output, got {} and {}", graph.input.len(), graph.output.len());
+        bail!(
+            "expected one input and one output, got {} and {}",
+            graph.input.len(),
+            graph.output.len()
+        );
     }
     let renames = [
-        (std::mem::replace(&mut graph.input[0].name, LATENT_INPUT.into()), LATENT_INPUT),
-        (std::mem::replace(&mut graph.output[0].name, IMAGE_OUTPUT.into()), IMAGE_OUTPUT),
+        (
+            std::mem::replace(&mut graph.input[0].name, LATENT_INPUT.into()),
+            LATENT_INPUT,
+        ),
+        (
+            std::mem::replace(&mut graph.output[0].name, IMAGE_OUTPUT.into()),
+            IMAGE_OUTPUT,
+        ),
     ];
     for node in graph.node.iter_mut() {
         for name in node.input.iter_mut().chain(node.output.iter_mut()) {
@@ -96,15 +112,37 @@ pub fn run_tract(model_bytes: &[u8], latents: &[f32], latent: usize) -> anyhow::
     Ok(out)
 }
 
+/// The process's ONNX Runtime environment. ORT allows one per process, so it is created on
+/// first use from `dylib` and shared; asking for another library later is an error.
+fn ort_environment(dylib: &Path) -> anyhow::Result<&'static ort::environment::Environment> {
+    static ENV: OnceLock<(PathBuf, Result<ort::environment::Environment, String>)> =
+        OnceLock::new();
+    let (loaded, env) = ENV.get_or_init(|| {
+        let env = ort::init_from(dylib)
+            .map_err(|e| e.to_string())
+            .and_then(|builder| builder.build().map_err(|e| e.to_string()));
+        (dylib.to_owned(), env)
+    });
+    if loaded != dylib {
+        bail!("ONNX Runtime was already loaded from {}", loaded.display());
+    }
+    env.as_ref()
+        .map_err(|e| anyhow!("cannot load ONNX Runtime from {}: {e}", dylib.display()))
+}
+
 /// Runs the ONNX decoder with ONNX Runtime (loaded from `dylib`) on each row of `latents`.
-pub fn run_ort(onnx: &[u8], latents: &[f32], latent: usize, dylib: &Path) -> anyhow::Result<Vec<f32>> {
-    let env = ort::init_from(dylib)
-        .map_err(|e| anyhow!("cannot load ONNX Runtime from {}: {e}", dylib.display()))?
-        .build()?;
-    let mut session = ort::session::Session::builder(&env)?.commit_from_memory(onnx)?;
+pub fn run_ort(
+    onnx: &[u8],
+    latents: &[f32],
+    latent: usize,
+    dylib: &Path,
+) -> anyhow::Result<Vec<f32>> {
+    let mut session =
+        ort::session::Session::builder(ort_environment(dylib)?)?.commit_from_memory(onnx)?;
     let mut out = Vec::with_capacity(latents.len() / latent * 784);
     for z in latents.chunks(latent) {
-        let input = ort::value::Tensor::from_array(([1usize, latent], z.to_vec().into_boxed_slice()))?;
+        let input =
+            ort::value::Tensor::from_array(([1usize, latent], z.to_vec().into_boxed_slice()))?;
         let outputs = session.run(ort::inputs![input])?;
         let (_, values) = outputs[0].try_extract_tensor::<f32>()?;
         out.extend_from_slice(values);
@@ -120,18 +158,32 @@ pub fn verify_decoder(
     ort_dylib: Option<&Path>,
 ) -> anyhow::Result<Vec<Parity>> {
     let [n, latent] = latents.dims();
-    let expected = decoder.forward(latents.clone()).into_data().try_to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?;
-    let z = latents.into_data().try_to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?;
+    let expected = decoder
+        .forward(latents.clone())
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let z = latents
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow!("{e:?}"))?;
     let mut parity = vec![Parity {
         runtime: "tract".into(),
         latents: n,
-        max_abs_diff: max_abs_diff(&expected, &run_tract(onnx, &z, latent).context("running the ONNX decoder with tract")?),
+        max_abs_diff: max_abs_diff(
+            &expected,
+            &run_tract(onnx, &z, latent).context("running the ONNX decoder with tract")?,
+        ),
     }];
     if let Some(dylib) = ort_dylib {
         parity.push(Parity {
             runtime: "onnxruntime".into(),
             latents: n,
-            max_abs_diff: max_abs_diff(&expected, &run_ort(onnx, &z, latent, dylib).context("running the ONNX decoder with ONNX Runtime")?),
+            max_abs_diff: max_abs_diff(
+                &expected,
+                &run_ort(onnx, &z, latent, dylib)
+                    .context("running the ONNX decoder with ONNX Runtime")?,
+            ),
         });
     }
     Ok(parity)

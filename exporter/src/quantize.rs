@@ -41,7 +41,9 @@ struct Affine {
 }
 
 fn tensor_values<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
-    t.into_data().try_to_vec::<f32>().map_err(|e| anyhow!("reading tensor: {e:?}"))
+    t.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow!("reading tensor: {e:?}"))
 }
 
 /// Range of a calibrated activation: `[0, max]` after a ReLU, `[min, max]` otherwise.
@@ -61,7 +63,11 @@ fn activation_affine(values: &[f32], relu: bool) -> Affine {
     }
 }
 
-fn quantize_layer(layer: &LayerWeights, input: Affine, output: Affine) -> anyhow::Result<LayerSpec> {
+fn quantize_layer(
+    layer: &LayerWeights,
+    input: Affine,
+    output: Affine,
+) -> anyhow::Result<LayerSpec> {
     let out_channels = layer.output[0];
     let per_channel = layer.weights.len() / out_channels.max(1);
     if per_channel * out_channels != layer.weights.len() || layer.bias.len() != out_channels {
@@ -93,11 +99,16 @@ fn quantize_layer(layer: &LayerWeights, input: Affine, output: Affine) -> anyhow
     for (o, w) in layer.weights.chunks(per_channel).enumerate() {
         let w_max = w.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
         let w_scale = if w_max > 0.0 { w_max / 127.0 } else { 1.0 };
-        let q: Vec<i8> = w.iter().map(|&v| (v as f64 / w_scale).round().clamp(-127.0, 127.0) as i8).collect();
+        let q: Vec<i8> = w
+            .iter()
+            .map(|&v| (v as f64 / w_scale).round().clamp(-127.0, 127.0) as i8)
+            .collect();
         let sum: i64 = q.iter().map(|&v| v as i64).sum();
         let acc_scale = input.scale * w_scale;
-        let bias = (layer.bias[o] as f64 / acc_scale).round() as i64 - input.zero_point as i64 * sum;
-        let bias = i32::try_from(bias).map_err(|_| anyhow!("bias of channel {o} overflows int32"))?;
+        let bias =
+            (layer.bias[o] as f64 / acc_scale).round() as i64 - input.zero_point as i64 * sum;
+        let bias =
+            i32::try_from(bias).map_err(|_| anyhow!("bias of channel {o} overflows int32"))?;
         let (m, s) = q8::quantize_multiplier(acc_scale / output.scale)
             .ok_or_else(|| anyhow!("requantization factor of channel {o} is out of range"))?;
         spec.weights.extend(q);
@@ -131,7 +142,11 @@ pub fn quantize_decoder(
     let mut trace = Vec::new();
     decoder.forward_logits(calibration, Some(&mut trace));
     if trace.len() != layers.len() {
-        bail!("decoder traced {} layers but describes {}", trace.len(), layers.len());
+        bail!(
+            "decoder traced {} layers but describes {}",
+            trace.len(),
+            layers.len()
+        );
     }
 
     let latent_max = latent_values.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
@@ -159,7 +174,11 @@ pub fn quantize_decoder(
 }
 
 /// Decodes every row of `latents` with the float decoder and with the int8 blob.
-pub fn evaluate(decoder: &ConvDecoder, blob: &[u8], latents: Tensor<2>) -> anyhow::Result<Q8Report> {
+pub fn evaluate(
+    decoder: &ConvDecoder,
+    blob: &[u8],
+    latents: Tensor<2>,
+) -> anyhow::Result<Q8Report> {
     let model = Model::parse(blob)?;
     let [n, latent] = latents.dims();
     let float = tensor_values(decoder.forward(latents.clone()))?;

@@ -31,20 +31,27 @@ use trainer::{
 /// Lowest PSNR of the int8 decoder against Burn on the comparison latents. Measured: see
 /// BENCHMARKS.md ("e2e"); the bound leaves room for run-to-run training differences.
 const MIN_INT8_PSNR_DB: f64 = 30.0;
-/// A trained 2-d VAE must do clearly better than an untrained one (BCE of a constant 0.5 image is
-/// 784 ln 2 = 543 nats).
-const MAX_TEST_LOSS_AFTER_TRAINING: f64 = 250.0;
+/// The trained VAE must do clearly better than decoding every latent to the mean digit (test
+/// loss ~202 nats; a constant 0.5 image scores 784 ln 2 = 543). Measured after these 600 steps:
+/// ~175 (BENCHMARKS.md, "e2e").
+const MAX_TEST_LOSS_AFTER_TRAINING: f64 = 190.0;
 
 fn ort_dylib() -> PathBuf {
     let path = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).expect(
         "ORT_DYLIB_PATH must point at libonnxruntime.so (scripts/test.sh sets it from the onnxruntime wheel)",
     );
-    assert!(path.exists(), "ORT_DYLIB_PATH={} does not exist", path.display());
+    assert!(
+        path.exists(),
+        "ORT_DYLIB_PATH={} does not exist",
+        path.display()
+    );
     path
 }
 
 fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed with {}\nstdout: {}\nstderr: {}",
@@ -56,7 +63,10 @@ fn run(cmd: &mut Command) -> std::process::Output {
 }
 
 fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// Runs the cross-built aarch64 `edge` binary under qemu-user (Cortex-A72: tract's NEON kernels,
@@ -79,7 +89,10 @@ fn tract_aarch64(onnx: &Path, latents: &[Vec<f32>], dir: &Path) -> Vec<f32> {
         let joined: Vec<String> = z.iter().map(|v| format!("{v:?}")).collect();
         cmd.arg(format!("--latent={}", joined.join(",")));
     }
-    cmd.arg("--out").arg(dir.join("aarch64.png")).arg("--raw").arg(&raw);
+    cmd.arg("--out")
+        .arg(dir.join("aarch64.png"))
+        .arg("--raw")
+        .arg(&raw);
     run(&mut cmd);
     f32s_from_le(&fs::read(&raw).expect("aarch64 raw output"))
 }
@@ -88,7 +101,10 @@ fn tract_aarch64(onnx: &Path, latents: &[Vec<f32>], dir: &Path) -> Vec<f32> {
 /// decoded defmt log.
 fn run_qemu_firmware(dir: &Path) -> String {
     let fw = workspace_root().join("firmware/qemu");
-    run(Command::new(env!("CARGO")).current_dir(&fw).env_remove("CARGO_TARGET_DIR").args(["build", "--release", "--quiet"]));
+    run(Command::new(env!("CARGO"))
+        .current_dir(&fw)
+        .env_remove("CARGO_TARGET_DIR")
+        .args(["build", "--release", "--quiet"]));
     let elf = fw.join("target/thumbv7em-none-eabihf/release/decode");
     let out = Command::new("qemu-system-arm")
         .args(["-cpu", "cortex-m4", "-machine", "mps2-an386", "-nographic"])
@@ -126,21 +142,33 @@ fn train_export_and_run_everywhere() {
     let out_dir = work.join("export");
     let device = Device::flex();
 
-    // 1. Train a few hundred steps on a subset: 6,400 images, batch 64, 3 epochs = 300 steps.
+    // 1. Train a few hundred steps on a subset: 6,400 images, batch 32, 3 epochs = 600 steps.
+    // (With batch 64 and lr 1e-3 this subset stays in posterior collapse: every latent decodes
+    // to the mean digit, test loss ~202.)
     let config = TrainingConfig::new(ConvVaeConfig::new())
         .with_epochs(3)
-        .with_batch_size(64)
+        .with_batch_size(32)
+        .with_learning_rate(2e-3)
         .with_train_subset(Some(6400))
         .with_test_subset(Some(1000));
     let mut losses = Vec::new();
     training::train(&config, &data::bundled_dir(), &run_dir, &device, |m| {
-        eprintln!("epoch {}: train {:.2} test {:.2} ({:.0} img/s)", m.epoch, m.train_loss, m.test_loss, m.images_per_second);
+        eprintln!(
+            "epoch {}: train {:.2} test {:.2} ({:.0} img/s)",
+            m.epoch, m.train_loss, m.test_loss, m.images_per_second
+        );
         losses.push(m.test_loss);
     })
     .expect("training");
-    assert!(losses.windows(2).all(|w| w[1] < w[0]), "test loss did not fall every epoch: {losses:?}");
+    assert!(
+        losses.windows(2).all(|w| w[1] < w[0]),
+        "test loss did not fall every epoch: {losses:?}"
+    );
     let last = *losses.last().expect("one epoch");
-    assert!(last < MAX_TEST_LOSS_AFTER_TRAINING, "test loss {last} after training");
+    assert!(
+        last < MAX_TEST_LOSS_AFTER_TRAINING,
+        "test loss {last} after training"
+    );
 
     // 2. Export; the exporter itself refuses to write files that fail its checks.
     let options = ExportOptions {
@@ -150,7 +178,11 @@ fn train_export_and_run_everywhere() {
         ort_dylib: Some(ort_dylib()),
     };
     let report = export_run(&run_dir, &out_dir, &options).expect("export");
-    assert_eq!(report.onnx_parity.len(), 2, "tract and ONNX Runtime both checked");
+    assert_eq!(
+        report.onnx_parity.len(),
+        2,
+        "tract and ONNX Runtime both checked"
+    );
     for p in &report.onnx_parity {
         assert!(p.max_abs_diff <= FLOAT_TOLERANCE, "{p:?}");
     }
@@ -160,12 +192,22 @@ fn train_export_and_run_everywhere() {
 
     // 3. The comparison latents: corners and centre of the 2-d plane, and encoded test digits.
     let (_, model) = load_run(&run_dir, &device).expect("reload the run");
-    let mut latents: Vec<Vec<f32>> = vec![vec![0.0, 0.0], vec![-1.5, 1.5], vec![1.5, -1.5], vec![2.0, 2.0]];
+    let mut latents: Vec<Vec<f32>> = vec![
+        vec![0.0, 0.0],
+        vec![-1.5, 1.5],
+        vec![1.5, -1.5],
+        vec![2.0, 2.0],
+    ];
     let mut test = Mnist::load(&data::bundled_dir(), Split::Test).expect("test set");
     test.truncate(4);
     let means = model.encoder.forward(test.batch(&[0, 1, 2, 3], &device)).0;
     latents.extend(
-        means.into_data().try_to_vec::<f32>().expect("f32").chunks(2).map(|c| c.to_vec()),
+        means
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32")
+            .chunks(2)
+            .map(|c| c.to_vec()),
     );
     let flat: Vec<f32> = latents.concat();
     let n = latents.len();
@@ -182,9 +224,14 @@ fn train_export_and_run_everywhere() {
     let decoder = edge_runtime::Decoder::load(&onnx).expect("edge runtime loads the decoder");
     let tract: Vec<f32> = latents
         .iter()
-        .flat_map(|z| decoder.decode(z).expect("tract decode").pixels)
+        .flat_map(|z| decoder.decode(z).expect("tract decode").into_pixels())
         .collect();
-    let d_tract = assert_close("tract x86_64 vs Burn", &burn, &tract, Tolerance::FloatRuntime);
+    let d_tract = assert_close(
+        "tract x86_64 vs Burn",
+        &burn,
+        &tract,
+        Tolerance::FloatRuntime,
+    );
 
     // 6. ONNX Runtime.
     let ort = run_ort(&fs::read(&onnx).expect("onnx"), &flat, 2, &ort_dylib()).expect("ORT");
@@ -192,8 +239,18 @@ fn train_export_and_run_everywhere() {
 
     // 7. tract on aarch64 (qemu-user), the Raspberry Pi build.
     let arm = tract_aarch64(&onnx, &latents, &work);
-    let d_arm = assert_close("tract aarch64 vs Burn", &burn, &arm, Tolerance::FloatRuntime);
-    assert_close("tract aarch64 vs tract x86_64", &tract, &arm, Tolerance::FloatRuntime);
+    let d_arm = assert_close(
+        "tract aarch64 vs Burn",
+        &burn,
+        &arm,
+        Tolerance::FloatRuntime,
+    );
+    assert_close(
+        "tract aarch64 vs tract x86_64",
+        &tract,
+        &arm,
+        Tolerance::FloatRuntime,
+    );
 
     // 8. The int8 firmware core on the host.
     let q8 = Model::parse(&blob).expect("q8 parses");
@@ -212,7 +269,10 @@ fn train_export_and_run_everywhere() {
         host_frames.push(fb.pbm(&mut pbm).to_vec());
     }
     let psnr = psnr_u8_vs_float(&host_digits, &burn);
-    assert!(psnr >= MIN_INT8_PSNR_DB, "int8 core PSNR {psnr:.2} dB < {MIN_INT8_PSNR_DB} dB");
+    assert!(
+        psnr >= MIN_INT8_PSNR_DB,
+        "int8 core PSNR {psnr:.2} dB < {MIN_INT8_PSNR_DB} dB"
+    );
 
     // 9. The firmware on an emulated Cortex-M4F (mps2-an386): same pixels, same framebuffer.
     let fw_dir = work.join("firmware");
@@ -221,12 +281,21 @@ fn train_export_and_run_everywhere() {
     let le: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
     fs::write(fw_dir.join("latents.f32"), le).expect("write latents");
     let log = run_qemu_firmware(&fw_dir);
-    assert!(log.contains(&format!("decoded {n} latents")), "defmt log:\n{log}");
+    assert!(
+        log.contains(&format!("decoded {n} latents")),
+        "defmt log:\n{log}"
+    );
     let fw_digits = fs::read(fw_dir.join("digits.gray")).expect("firmware digits");
-    assert!(fw_digits == host_digits, "firmware pixels differ from the host firmware core");
+    assert!(
+        fw_digits == host_digits,
+        "firmware pixels differ from the host firmware core"
+    );
     for (i, frame) in host_frames.iter().enumerate() {
         let fw_frame = fs::read(fw_dir.join(format!("frame_{i:03}.pbm"))).expect("firmware frame");
-        assert!(&fw_frame == frame, "framebuffer {i} differs between QEMU and the host");
+        assert!(
+            &fw_frame == frame,
+            "framebuffer {i} differs between QEMU and the host"
+        );
     }
 
     eprintln!(

@@ -277,7 +277,9 @@ mod tests {
         assert!(err.contains("announces 8 bytes"), "{err}");
         let err = parse_idx(p, &ok, LABELS_MAGIC).unwrap_err().to_string();
         assert!(err.contains("bad IDX magic"), "{err}");
-        let err = parse_idx(p, &ok[..9], IMAGES_MAGIC).unwrap_err().to_string();
+        let err = parse_idx(p, &ok[..9], IMAGES_MAGIC)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("truncated"), "{err}");
     }
 
@@ -289,7 +291,10 @@ mod tests {
         for &l in &test.labels {
             counts[l as usize] += 1;
         }
-        assert_eq!(counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
+        assert_eq!(
+            counts,
+            [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+        );
     }
 
     fn copy_dataset(to: &Path) {
@@ -317,7 +322,10 @@ mod tests {
         bytes[100] ^= 0x55;
         let cut = &bytes[..bytes.len() / 2];
         fs::write(&labels, cut).expect("write");
-        let digest: String = Sha256::digest(cut).iter().map(|b| format!("{b:02x}")).collect();
+        let digest: String = Sha256::digest(cut)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let sums = fs::read_to_string(dir.join("SHA256SUMS")).expect("sums");
         let sums: String = sums
             .lines()

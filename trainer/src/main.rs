@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use trainer::{data, model::ConvVaeConfig, run::TrainingConfig, training};
 
 #[derive(Parser)]
-#[command(version, about, after_help = "Example:\n  trainer train --epochs 10 --out runs/conv-vae")]
+#[command(
+    version,
+    about,
+    after_help = "Example:\n  trainer train --epochs 10 --out runs/conv-vae"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -64,7 +64,9 @@ pub struct ConvVae {
 
 fn conv(channels: [usize; 2], padding: usize, device: &Device) -> Conv2d {
     Conv2dConfig::new(channels, [3, 3])
-        .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+        .with_padding(PaddingConfig2d::Explicit(
+            padding, padding, padding, padding,
+        ))
         .init(device)
 }
 
@@ -173,7 +175,11 @@ impl ConvDecoder {
     /// - latent: `[batch, latent]`
     /// - output: `[batch, 1, 28, 28]`
     /// - trace entries: `[batch, c * h * w]`, one per entry of [`ConvDecoder::layers`]
-    pub fn forward_logits(&self, latent: Tensor<2>, mut trace: Option<&mut Vec<Tensor<2>>>) -> Tensor<4> {
+    pub fn forward_logits(
+        &self,
+        latent: Tensor<2>,
+        mut trace: Option<&mut Vec<Tensor<2>>>,
+    ) -> Tensor<4> {
         let mut record = |t: &Tensor<4>| {
             if let Some(trace) = trace.as_deref_mut() {
                 trace.push(t.clone().flatten(1, 3));
@@ -213,7 +219,7 @@ impl ConvDecoder {
             weights: w,
             bias: b,
         }];
-        let convs: [(&Conv2d, usize, usize, [usize; 3], [usize; 3], bool); 4] = [
+        let convs = [
             (&self.conv1, 1, 1, BOTTLENECK, [8, 4, 4], true),
             (&self.conv2, 1, 2, [8, 4, 4], [8, 8, 8], true),
             (&self.conv3, 0, 2, [8, 8, 8], [16, 14, 14], true),

@@ -145,7 +145,11 @@ pub fn train(
         let mut sums = [0.0; 3];
         for (batch_index, chunk) in order.chunks(config.batch_size).enumerate() {
             let images = train_set.batch(chunk, &device);
-            let eps = Tensor::random([chunk.len(), latent], Distribution::Normal(0.0, 1.0), &device);
+            let eps = Tensor::random(
+                [chunk.len(), latent],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
             let output = model.forward(images.clone(), eps);
             let loss = vae_loss(&output, images);
             let total = scalar(loss.total.clone());
@@ -164,8 +168,12 @@ pub fn train(
             model = optim.step(config.learning_rate, model, grads);
         }
         let train_seconds = start.elapsed().as_secs_f64();
-        let [test_loss, test_reconstruction, test_kl] =
-            evaluate(&model.valid(), &test_set, config.batch_size.max(256), &device);
+        let [test_loss, test_reconstruction, test_kl] = evaluate(
+            &model.valid(),
+            &test_set,
+            config.batch_size.max(256),
+            &device,
+        );
         let n = train_set.len() as f64;
         let m = EpochMetrics {
             epoch,

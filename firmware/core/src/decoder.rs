@@ -248,11 +248,16 @@ mod tests {
                 LayerKind::Dense => (0..l.output.c as usize)
                     .map(|o| {
                         let row = &w[o * x.len()..(o + 1) * x.len()];
-                        let acc = l.params(o).0 + row.iter().zip(&x).map(|(a, b)| a * b).sum::<i32>();
+                        let acc =
+                            l.params(o).0 + row.iter().zip(&x).map(|(a, b)| a * b).sum::<i32>();
                         fin(acc, o)
                     })
                     .collect(),
-                LayerKind::Conv { kernel, padding, upsample } => {
+                LayerKind::Conv {
+                    kernel,
+                    padding,
+                    upsample,
+                } => {
                     let (k, p, u) = (kernel as usize, padding as usize, upsample as usize);
                     let (c, h, wd) = (l.input.c as usize, l.input.h as usize, l.input.w as usize);
                     let (hp, wp) = (h * u + 2 * p, wd * u + 2 * p);
@@ -265,7 +270,11 @@ mod tests {
                             }
                         }
                     }
-                    let (co, ho, wo) = (l.output.c as usize, l.output.h as usize, l.output.w as usize);
+                    let (co, ho, wo) = (
+                        l.output.c as usize,
+                        l.output.h as usize,
+                        l.output.w as usize,
+                    );
                     let mut y = vec![0; co * ho * wo];
                     for o in 0..co {
                         for oy in 0..ho {
@@ -287,7 +296,10 @@ mod tests {
                 }
             };
             if i + 1 == n {
-                last = y.iter().map(|&v| model.output_table()[(v + 128) as usize]).collect();
+                last = y
+                    .iter()
+                    .map(|&v| model.output_table()[(v + 128) as usize])
+                    .collect();
             }
             x = y;
         }
@@ -302,7 +314,11 @@ mod tests {
         for latent in [[0i8, 0], [127, -127], [-50, 33], [5, 90]] {
             let mut out = [0u8; 16];
             decode(&model, &latent, &mut scratch, &mut out).expect("decodes");
-            assert_eq!(out.to_vec(), reference(&model, &latent), "latent {latent:?}");
+            assert_eq!(
+                out.to_vec(),
+                reference(&model, &latent),
+                "latent {latent:?}"
+            );
         }
     }
 
@@ -314,7 +330,10 @@ mod tests {
         let mut out = [0u8; 16];
         assert_eq!(
             decode(&model, &[1], &mut scratch, &mut out),
-            Err(Error::LatentLength { expected: 2, got: 1 })
+            Err(Error::LatentLength {
+                expected: 2,
+                got: 1
+            })
         );
         assert_eq!(
             decode(&model, &[1, 2], &mut scratch, &mut out[..15]),

@@ -681,13 +681,19 @@ pub(crate) mod tests {
     fn every_truncation_and_every_bit_flip_is_an_error_not_a_panic() {
         let blob = tiny_blob();
         for n in 0..blob.len() {
-            assert!(Model::parse(&blob[..n]).is_err(), "prefix of {n} bytes accepted");
+            assert!(
+                Model::parse(&blob[..n]).is_err(),
+                "prefix of {n} bytes accepted"
+            );
         }
         for i in 0..blob.len() {
             for bit in 0..8 {
                 let mut b = blob.clone();
                 b[i] ^= 1 << bit;
-                assert!(Model::parse(&b).is_err(), "flip of byte {i} bit {bit} accepted");
+                assert!(
+                    Model::parse(&b).is_err(),
+                    "flip of byte {i} bit {bit} accepted"
+                );
             }
         }
     }

@@ -1,0 +1,108 @@
+//! The one error type of this crate.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A failure from tract, with its chain of causes (tract reports errors as `anyhow::Error`).
+pub type TractFailure = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong while loading a model, decoding a latent or writing an image.
+///
+/// Bad input (a missing or corrupt file, a graph of the wrong shape, a latent of the wrong length,
+/// an unknown file extension) always ends up here; nothing in this crate panics on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The model file could not be opened or read.
+    #[error("cannot read model file {path}")]
+    ReadModel {
+        /// The model file.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The file is not an ONNX model tract can parse (garbage, truncated, unsupported operator).
+    #[error("cannot parse ONNX model {path}")]
+    ParseModel {
+        /// The model file.
+        path: PathBuf,
+        /// tract's explanation.
+        #[source]
+        source: TractFailure,
+    },
+
+    /// The model parsed, but its inputs or outputs do not look like a decoder's.
+    #[error("{path} is not a decoder: {reason}")]
+    NotADecoder {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong with the graph's interface.
+        reason: String,
+    },
+
+    /// tract could not type-check or optimise the graph for the fixed input shape.
+    #[error("cannot prepare model {path} for inference")]
+    PrepareModel {
+        /// The model file.
+        path: PathBuf,
+        /// tract's explanation.
+        #[source]
+        source: TractFailure,
+    },
+
+    /// A latent vector does not have as many values as the decoder's input.
+    #[error("latent has {actual} values but the decoder expects {expected}")]
+    LatentLength {
+        /// The decoder's latent size.
+        expected: usize,
+        /// The number of values given.
+        actual: usize,
+    },
+
+    /// A latent vector holds NaN or an infinity.
+    #[error("latent value #{index} is {value}, not a finite number")]
+    NonFiniteLatent {
+        /// Position of the value in the latent vector.
+        index: usize,
+        /// The offending value.
+        value: f32,
+    },
+
+    /// tract failed while running the graph.
+    #[error("inference failed")]
+    Inference {
+        /// tract's explanation.
+        #[source]
+        source: TractFailure,
+    },
+
+    /// Pixel data whose length does not match the image size.
+    #[error("a {width}x{height} image cannot hold {actual} pixels")]
+    PixelCount {
+        /// Image width.
+        width: usize,
+        /// Image height.
+        height: usize,
+        /// Number of pixels given.
+        actual: usize,
+    },
+
+    /// The image file name has no extension this crate knows how to write.
+    #[error("cannot tell the image format of {path}: use a .png or .pgm extension")]
+    UnknownImageFormat {
+        /// The requested file.
+        path: PathBuf,
+    },
+
+    /// An output file could not be written.
+    #[error("cannot write {path}")]
+    Write {
+        /// The file being written.
+        path: PathBuf,
+        /// Why (PNG encoding errors are reported as [`io::ErrorKind::Other`]).
+        #[source]
+        source: io::Error,
+    },
+}

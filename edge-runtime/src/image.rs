@@ -1,0 +1,355 @@
+//! Grayscale images as a decoder produces them, and their PNG / PGM writers.
+
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::Error;
+
+/// A single-channel image of `f32` values, row-major, as the model produced them.
+///
+/// Decoders trained with a sigmoid output give values in `[0, 1]`; nothing here clamps them
+/// except [`Image::to_gray8`], so [`Image::pixels`] can be compared bit for bit across machines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    width: usize,
+    height: usize,
+    pixels: Vec<f32>,
+}
+
+impl Image {
+    /// Wraps `pixels` (row-major, `height` rows of `width` values).
+    ///
+    /// # Errors
+    /// [`Error::PixelCount`] when `pixels.len() != width * height`.
+    pub fn new(width: usize, height: usize, pixels: Vec<f32>) -> Result<Self, Error> {
+        if width.checked_mul(height) != Some(pixels.len()) {
+            return Err(Error::PixelCount {
+                width,
+                height,
+                actual: pixels.len(),
+            });
+        }
+        Ok(Self {
+            width,
+            height,
+            pixels,
+        })
+    }
+
+    /// Number of columns.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Number of rows.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// The values, row-major: pixel `(x, y)` is `pixels()[y * width() + x]`.
+    pub fn pixels(&self) -> &[f32] {
+        &self.pixels
+    }
+
+    /// Gives back the pixel values (row-major).
+    pub fn into_pixels(self) -> Vec<f32> {
+        self.pixels
+    }
+
+    /// 8-bit gray levels: `round(clamp(v, 0, 1) * 255)` per pixel (NaN becomes 0).
+    pub fn to_gray8(&self) -> Vec<u8> {
+        // `as u8` saturates and maps NaN to 0, so this never panics.
+        self.pixels
+            .iter()
+            .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect()
+    }
+
+    /// The image as an 8-bit grayscale PNG file.
+    ///
+    /// # Errors
+    /// [`io::Error`] when the PNG encoder refuses the image (a side of 0 or beyond `u32`).
+    pub fn encode_png(&self) -> io::Result<Vec<u8>> {
+        let side = |n: usize| {
+            u32::try_from(n)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "image too large"))
+        };
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, side(self.width)?, side(self.height)?);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(io::Error::other)?;
+        writer
+            .write_image_data(&self.to_gray8())
+            .map_err(io::Error::other)?;
+        writer.finish().map_err(io::Error::other)?;
+        Ok(out)
+    }
+
+    /// The image as a binary PGM (`P5`, maxval 255) file.
+    pub fn encode_pgm(&self) -> Vec<u8> {
+        let mut out = format!("P5\n{} {}\n255\n", self.width, self.height).into_bytes();
+        out.extend(self.to_gray8());
+        out
+    }
+
+    /// Writes an 8-bit grayscale PNG, atomically (see [`write_atomically`]).
+    ///
+    /// # Errors
+    /// [`Error::Write`] when the file cannot be encoded or written.
+    pub fn write_png(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
+        let bytes = self.encode_png().map_err(|source| Error::Write {
+            path: path.into(),
+            source,
+        })?;
+        write_atomically(path, &bytes)
+    }
+
+    /// Writes a binary PGM (`P5`), atomically (see [`write_atomically`]).
+    ///
+    /// # Errors
+    /// [`Error::Write`] when the file cannot be written.
+    pub fn write_pgm(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        write_atomically(path.as_ref(), &self.encode_pgm())
+    }
+
+    /// Writes a PNG or a PGM, chosen by the extension of `path` (see [`ImageFormat::from_path`]).
+    ///
+    /// # Errors
+    /// [`Error::UnknownImageFormat`] for any other extension, [`Error::Write`] when writing fails.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
+        match ImageFormat::from_path(path)? {
+            ImageFormat::Png => self.write_png(path),
+            ImageFormat::Pgm => self.write_pgm(path),
+        }
+    }
+}
+
+/// The image file formats this crate writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// 8-bit grayscale PNG.
+    Png,
+    /// Binary PGM (`P5`), 8 bits per pixel.
+    Pgm,
+}
+
+impl ImageFormat {
+    /// The format named by the extension of `path`: `.png` or `.pgm`, in any letter case.
+    ///
+    /// # Errors
+    /// [`Error::UnknownImageFormat`] for any other extension or none.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match extension.as_deref() {
+            Some("png") => Ok(Self::Png),
+            Some("pgm") => Ok(Self::Pgm),
+            _ => Err(Error::UnknownImageFormat { path: path.into() }),
+        }
+    }
+
+    /// The usual file extension, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Pgm => "pgm",
+        }
+    }
+}
+
+/// Replaces `path` with `contents` so that readers see either the old file or the complete new
+/// one, never a partial write.
+///
+/// The bytes go to a hidden temporary file in the same directory, are synced, and the temporary
+/// file is renamed over `path` (a rename within one file system is atomic on POSIX). The
+/// temporary file is removed if anything fails. The parent directory must exist.
+///
+/// # Errors
+/// [`Error::Write`] when `path` has no file name or any step fails.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    let fail = |source| Error::Write {
+        path: path.into(),
+        source,
+    };
+    let Some(file_name) = path.file_name() else {
+        return Err(fail(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path has no file name",
+        )));
+    };
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    // Unique among live processes (pid) and among threads of this one (counter).
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = dir.join(tmp_name);
+
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        // Best effort: the original error is the one worth reporting.
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 3x2 gradient covering the clamping and rounding cases of `to_gray8`.
+    fn sample() -> Image {
+        Image::new(3, 2, vec![-0.5, 0.0, 0.5, 1.0 / 255.0 * 0.49, 1.0, 7.0]).expect("3x2 image")
+    }
+
+    #[test]
+    fn gray8_clamps_and_rounds() {
+        assert_eq!(sample().to_gray8(), vec![0, 0, 128, 0, 255, 255]);
+        let nan = Image::new(1, 1, vec![f32::NAN]).expect("1x1 image");
+        assert_eq!(nan.to_gray8(), vec![0]);
+    }
+
+    #[test]
+    fn new_rejects_wrong_pixel_count() {
+        let err = Image::new(28, 28, vec![0.0; 10]).expect_err("10 pixels for 28x28");
+        assert!(
+            matches!(
+                err,
+                Error::PixelCount {
+                    width: 28,
+                    height: 28,
+                    actual: 10
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            Image::new(usize::MAX, 2, vec![]).is_err(),
+            "overflowing size must not panic"
+        );
+    }
+
+    #[test]
+    fn format_from_extension() {
+        assert_eq!(
+            ImageFormat::from_path("a/b.png").ok(),
+            Some(ImageFormat::Png)
+        );
+        assert_eq!(ImageFormat::from_path("B.PGM").ok(), Some(ImageFormat::Pgm));
+        for bad in ["digit.jpg", "digit", "digit.png.txt", ""] {
+            let err = ImageFormat::from_path(bad).expect_err(bad);
+            assert!(
+                matches!(err, Error::UnknownImageFormat { .. }),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().contains(".png or .pgm"), "{err}");
+        }
+    }
+
+    #[test]
+    fn save_rejects_unknown_extension_without_writing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("digit.jpg");
+        let err = sample().save(&path).expect_err("jpg is not supported");
+        assert!(matches!(err, Error::UnknownImageFormat { .. }), "{err}");
+        assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 0);
+    }
+
+    #[test]
+    fn png_round_trip() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("digit.png");
+        let image = sample();
+        image.save(&path).expect("write png");
+
+        let decoder = png::Decoder::new(io::BufReader::new(fs::File::open(&path).expect("open")));
+        let mut reader = decoder.read_info().expect("png header");
+        let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
+        let info = reader.next_frame(&mut buf).expect("png frame");
+        assert_eq!((info.width, info.height), (3, 2));
+        assert_eq!(info.color_type, png::ColorType::Grayscale);
+        assert_eq!(info.bit_depth, png::BitDepth::Eight);
+        assert_eq!(&buf[..info.buffer_size()], image.to_gray8().as_slice());
+        assert_only_file(dir.path(), "digit.png");
+    }
+
+    #[test]
+    fn pgm_round_trip() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("digit.pgm");
+        let image = sample();
+        image.save(&path).expect("write pgm");
+
+        let bytes = fs::read(&path).expect("read back");
+        let header = b"P5\n3 2\n255\n";
+        assert_eq!(&bytes[..header.len()], header);
+        assert_eq!(&bytes[header.len()..], image.to_gray8().as_slice());
+        assert_only_file(dir.path(), "digit.pgm");
+    }
+
+    #[test]
+    fn atomic_write_replaces_existing_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("out.bin");
+        fs::write(&path, b"old contents, longer than the new ones").expect("seed file");
+        write_atomically(&path, b"new").expect("replace");
+        assert_eq!(fs::read(&path).expect("read back"), b"new");
+        assert_only_file(dir.path(), "out.bin");
+    }
+
+    #[test]
+    fn atomic_write_into_missing_directory_fails_cleanly() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("missing").join("digit.pgm");
+        let err = sample().save(&path).expect_err("parent does not exist");
+        match &err {
+            Error::Write { path: p, source } => {
+                assert_eq!(p, &path);
+                assert_eq!(source.kind(), io::ErrorKind::NotFound);
+            }
+            other => panic!("unexpected error: {other}"),
+        }
+        assert!(err.to_string().contains("digit.pgm"), "{err}");
+    }
+
+    #[test]
+    fn atomic_write_rejects_directory_like_path() {
+        let err = write_atomically(Path::new("/"), b"x").expect_err("no file name");
+        assert!(matches!(err, Error::Write { .. }), "{err}");
+    }
+
+    /// The directory holds `name` and nothing else (no temporary file left behind).
+    fn assert_only_file(dir: &Path, name: &str) {
+        let names: Vec<_> = fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [name]);
+    }
+}

@@ -1,0 +1,37 @@
+//! Runs the exported MNIST autoencoders with [tract] on small Linux devices (Raspberry Pi).
+//!
+//! The trainer and exporter produce ONNX files; this crate loads a decoder, checks that its
+//! interface is the one a decoder must have, optimises it once for batch 1, and turns latent
+//! vectors into 28x28 grayscale images written as PNG or PGM.
+//!
+//! ```no_run
+//! use edge_runtime::Decoder;
+//!
+//! # fn main() -> Result<(), edge_runtime::Error> {
+//! let decoder = Decoder::load("runs/conv/conv.decoder.onnx")?;
+//! let image = decoder.decode(&vec![0.0; decoder.latent_dim()])?;
+//! image.save("digit.png")?; // or .pgm; written atomically
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The decoder contract
+//! One input, `f32 [1, D]` or `f32 [N, D]` with a symbolic batch `N` (fixed to 1 at load time);
+//! one output, `f32 [1, 1, H, W]`, values in `[0, 1]` for the trained models. Inputs and outputs
+//! are found by position, not by name. Anything else is reported as [`Error::NotADecoder`].
+//!
+//! # Portability
+//! Nothing here is specific to a CPU: the same code is tested on x86_64 and, through
+//! `qemu-aarch64 -cpu cortex-a72`, on the aarch64 build that runs on a Pi (see the workspace's
+//! `.cargo/config.toml`).
+//!
+//! [tract]: https://github.com/sonos/tract
+#![warn(missing_docs)]
+
+mod decoder;
+mod error;
+mod image;
+
+pub use decoder::Decoder;
+pub use error::{Error, TractFailure};
+pub use image::{Image, ImageFormat, write_atomically};

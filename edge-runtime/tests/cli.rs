@@ -1,0 +1,311 @@
+//! Runs the `edge` binary on the hand-built test decoder (see `common/mod.rs`).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::{ATOL, Batch, PIXELS, SIDE, decoder_model, expected_pixels, max_abs_diff};
+
+/// A temporary directory holding the test decoder as `decoder.onnx`.
+fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    common::write_model(
+        &dir.path().join("decoder.onnx"),
+        &decoder_model(Batch::Dynamic),
+    );
+    dir
+}
+
+/// Runs `edge` with `args` in `dir`.
+fn edge(dir: &Path, args: &[&str]) -> Output {
+    edge_command()
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run edge")
+}
+
+/// A command that starts the `edge` binary built for these tests.
+///
+/// Cross-built tests run under qemu-user, and a process inside qemu-user cannot start a foreign
+/// binary by itself unless binfmt_misc is set up (glibc's spawn then fails in the child, which
+/// exits with 127). So `edge --version` is tried once; if it does not run natively, `edge` is
+/// started through `EDGE_<ARCH>_RUNNER` (e.g. `EDGE_AARCH64_RUNNER`), which the workspace's
+/// `.cargo/config.toml` sets to the same qemu command line as cargo's runner.
+fn edge_command() -> Command {
+    const EXE: &str = env!("CARGO_BIN_EXE_edge");
+    static RUNNER: OnceLock<Option<Vec<String>>> = OnceLock::new();
+    let runner = RUNNER.get_or_init(|| {
+        let native = Command::new(EXE).arg("--version").output();
+        if native.as_ref().is_ok_and(|o| o.status.success()) {
+            return None;
+        }
+        let variable = format!("EDGE_{}_RUNNER", std::env::consts::ARCH.to_uppercase());
+        let runner = std::env::var(&variable).unwrap_or_else(|_| {
+            panic!("{EXE} does not run natively ({native:?}) and {variable} is not set")
+        });
+        Some(runner.split_whitespace().map(String::from).collect())
+    });
+    match runner.as_deref() {
+        None => Command::new(EXE),
+        Some([program, args @ ..]) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(EXE);
+            command
+        }
+        Some([]) => panic!(
+            "EDGE_{}_RUNNER is empty",
+            std::env::consts::ARCH.to_uppercase()
+        ),
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Little-endian f32 values.
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Gray levels of an 8-bit grayscale PNG, after checking its header.
+fn read_png(path: &Path) -> Vec<u8> {
+    let file = std::fs::File::open(path).expect("open png");
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .expect("png header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
+    let info = reader.next_frame(&mut buf).expect("png frame");
+    assert_eq!((info.width, info.height), (SIDE as u32, SIDE as u32));
+    assert_eq!(
+        (info.color_type, info.bit_depth),
+        (png::ColorType::Grayscale, png::BitDepth::Eight)
+    );
+    buf.truncate(info.buffer_size());
+    buf
+}
+
+#[test]
+fn generates_one_png_and_raw_pixels() {
+    let dir = workspace();
+    let out = edge(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            "decoder.onnx",
+            "--latent",
+            "0.5,-1.2",
+            "--out",
+            "digit.png",
+            "--raw",
+            "digit.f32",
+        ],
+    );
+    assert!(out.status.success(), "edge failed: {}", stderr(&out));
+
+    let expected = expected_pixels(&[0.5, -1.2]);
+    let raw = f32s(&std::fs::read(dir.path().join("digit.f32")).expect("raw file"));
+    let diff = max_abs_diff(&raw, &expected);
+    assert!(
+        diff <= ATOL,
+        "raw pixels differ from the reference by {diff}"
+    );
+
+    let gray = read_png(&dir.path().join("digit.png"));
+    let expected_gray: Vec<u8> = expected
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+    // A value within ATOL of a rounding boundary may land on either side of it.
+    let worst = gray
+        .iter()
+        .zip(&expected_gray)
+        .map(|(a, e)| a.abs_diff(*e))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        worst <= 1,
+        "PNG gray levels differ from the reference by {worst}"
+    );
+}
+
+#[test]
+fn several_latents_get_numbered_files() {
+    let dir = workspace();
+    let out = edge(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            "decoder.onnx",
+            "--latent",
+            "0,0",
+            "--latent",
+            "-1,2",
+            "--out",
+            "d.pgm",
+            "--raw",
+            "d.f32",
+        ],
+    );
+    assert!(out.status.success(), "edge failed: {}", stderr(&out));
+    assert!(
+        !dir.path().join("d.pgm").exists(),
+        "plain --out name must not be written"
+    );
+
+    let header = format!("P5\n{SIDE} {SIDE}\n255\n");
+    for i in 0..2 {
+        let pgm = std::fs::read(dir.path().join(format!("d_{i}.pgm"))).expect("numbered pgm");
+        assert!(
+            pgm.starts_with(header.as_bytes()),
+            "digit {i}: bad PGM header"
+        );
+        assert_eq!(pgm.len(), header.len() + PIXELS);
+    }
+    let raw = f32s(&std::fs::read(dir.path().join("d.f32")).expect("raw file"));
+    assert_eq!(raw.len(), 2 * PIXELS);
+    assert!(max_abs_diff(&raw[..PIXELS], &expected_pixels(&[0.0, 0.0])) <= ATOL);
+    assert!(max_abs_diff(&raw[PIXELS..], &expected_pixels(&[-1.0, 2.0])) <= ATOL);
+}
+
+#[test]
+fn wrong_latent_length_fails_clearly_and_writes_nothing() {
+    let dir = workspace();
+    let out = edge(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            "decoder.onnx",
+            "--latent",
+            "1,2",
+            "--latent",
+            "1,2,3",
+            "--out",
+            "d.png",
+        ],
+    );
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(message.contains("decoding latent 1 (1,2,3)"), "{message}");
+    assert!(
+        message.contains("latent has 3 values but the decoder expects 2"),
+        "{message}"
+    );
+    assert!(
+        !dir.path().join("d_0.png").exists(),
+        "nothing may be written when a latent is bad"
+    );
+}
+
+#[test]
+fn non_numeric_latent_is_a_usage_error() {
+    let dir = workspace();
+    let out = edge(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            "decoder.onnx",
+            "--latent",
+            "1,abc",
+            "--out",
+            "d.png",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "clap's usage-error code");
+    assert!(
+        stderr(&out).contains("`abc` is not a number"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn non_finite_latent_fails_clearly() {
+    let dir = workspace();
+    let out = edge(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            "decoder.onnx",
+            "--latent",
+            "0,NaN",
+            "--out",
+            "d.png",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("latent value #1 is NaN, not a finite number"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn missing_model_fails_clearly() {
+    let dir = workspace();
+    let out = edge(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            "nope.onnx",
+            "--latent",
+            "0,0",
+            "--out",
+            "d.png",
+        ],
+    );
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.contains("cannot read model file nope.onnx"),
+        "{message}"
+    );
+}
+
+#[test]
+fn unknown_extension_fails_before_loading() {
+    let dir = workspace();
+    let out = edge(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            "nope.onnx",
+            "--latent",
+            "0,0",
+            "--out",
+            "d.jpg",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("use a .png or .pgm extension"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn help_shows_an_example() {
+    let dir = workspace();
+    let out = edge(dir.path(), &["generate", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Examples:") && help.contains("--latent 0.5,-1.2"),
+        "{help}"
+    );
+}

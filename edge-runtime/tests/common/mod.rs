@@ -1,0 +1,183 @@
+//! A tiny ONNX decoder built by hand, so the load/check/run path is tested without any exporter.
+//!
+//! The graph is `image = Reshape(Sigmoid(latent @ W + b), [-1, 1, 28, 28])` with
+//! `latent: f32 [batch, 2]`, `W: [2, 784]`, `b: [784]` given by closed formulas below, so the
+//! expected pixels are computed independently in f64 by [`expected_pixels`].
+#![allow(dead_code)] // each test crate uses a different part of this module
+
+use std::path::Path;
+
+use prost::Message;
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
+use tract_onnx::pb::{
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
+    TypeProto, ValueInfoProto, type_proto,
+};
+
+/// Latent size of the test decoder.
+pub const LATENT_DIM: usize = 2;
+/// Side of the square images it produces.
+pub const SIDE: usize = 28;
+/// Pixels per image.
+pub const PIXELS: usize = SIDE * SIDE;
+
+/// Tolerance between tract's f32 output and the f64 reference (tract approximates the sigmoid).
+pub const ATOL: f32 = 1e-5;
+
+/// How the batch axis of the input and output is declared.
+#[derive(Debug, Clone, Copy)]
+pub enum Batch {
+    /// `1`.
+    Static,
+    /// A symbolic `dim_param`, as exporters write for a dynamic batch.
+    Dynamic,
+}
+
+/// `W[k][j]`: input `k` pushes the pixel at column `j % 28` (k = 0) or row `j / 28` (k = 1).
+pub fn weight(k: usize, j: usize) -> f32 {
+    let coordinate = if k == 0 { j % SIDE } else { j / SIDE };
+    (coordinate as f32 - 13.5) / 7.0
+}
+
+/// `b[j]`: a small pseudo-random offset in `[-0.5, 0.5]`.
+pub fn bias(j: usize) -> f32 {
+    ((j * 37) % 11) as f32 * 0.1 - 0.5
+}
+
+/// The pixels the test decoder must produce for `latent`, computed in f64.
+pub fn expected_pixels(latent: &[f32; LATENT_DIM]) -> Vec<f32> {
+    (0..PIXELS)
+        .map(|j| {
+            let z: f64 = (0..LATENT_DIM)
+                .map(|k| f64::from(latent[k]) * f64::from(weight(k, j)))
+                .sum::<f64>()
+                + f64::from(bias(j));
+            (1.0 / (1.0 + (-z).exp())) as f32
+        })
+        .collect()
+}
+
+/// Largest absolute difference between two equally long slices.
+pub fn max_abs_diff(actual: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(actual.len(), expected.len(), "lengths differ");
+    actual
+        .iter()
+        .zip(expected)
+        .map(|(a, e)| (a - e).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The test decoder as an ONNX model (opset 13); its input is named like burn-onnx's.
+pub fn decoder_model(batch: Batch) -> ModelProto {
+    let weights: Vec<f32> = (0..LATENT_DIM)
+        .flat_map(|k| (0..PIXELS).map(move |j| weight(k, j)))
+        .collect();
+    let biases: Vec<f32> = (0..PIXELS).map(bias).collect();
+    let graph = GraphProto {
+        name: "test_decoder".into(),
+        node: vec![
+            node("MatMul", &["tensor_8", "W"], "h"),
+            node("Add", &["h", "b"], "z"),
+            node("Sigmoid", &["z"], "s"),
+            node("Reshape", &["s", "image_shape"], "image"),
+        ],
+        initializer: vec![
+            f32_tensor("W", &[LATENT_DIM, PIXELS], weights),
+            f32_tensor("b", &[PIXELS], biases),
+            TensorProto {
+                name: "image_shape".into(),
+                dims: vec![4],
+                data_type: DataType::Int64 as i32,
+                int64_data: vec![-1, 1, SIDE as i64, SIDE as i64],
+                ..Default::default()
+            },
+        ],
+        input: vec![f32_value(
+            "tensor_8",
+            &[batch_dim(batch), fixed(LATENT_DIM)],
+        )],
+        output: vec![f32_value(
+            "image",
+            &[batch_dim(batch), fixed(1), fixed(SIDE), fixed(SIDE)],
+        )],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: 8,
+        producer_name: "edge-runtime tests".into(),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+/// Encodes `model` into `path`.
+pub fn write_model(path: &Path, model: &ModelProto) {
+    std::fs::write(path, model.encode_to_vec()).expect("write test model");
+}
+
+/// A graph input or output `f32 [dims]`.
+pub fn f32_value(name: &str, dims: &[Dimension]) -> ValueInfoProto {
+    f32_value_with_shape(name, Some(TensorShapeProto { dim: dims.to_vec() }))
+}
+
+/// A graph input or output `f32` whose shape is left to inference.
+pub fn f32_value_any_shape(name: &str) -> ValueInfoProto {
+    f32_value_with_shape(name, None)
+}
+
+fn f32_value_with_shape(name: &str, shape: Option<TensorShapeProto>) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape,
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A dimension of fixed size.
+pub fn fixed(size: usize) -> Dimension {
+    Dimension {
+        value: Some(dimension::Value::DimValue(size as i64)),
+        ..Default::default()
+    }
+}
+
+fn batch_dim(batch: Batch) -> Dimension {
+    match batch {
+        Batch::Static => fixed(1),
+        Batch::Dynamic => Dimension {
+            value: Some(dimension::Value::DimParam("batch".into())),
+            ..Default::default()
+        },
+    }
+}
+
+fn node(op_type: &str, inputs: &[&str], output: &str) -> NodeProto {
+    NodeProto {
+        name: format!("{op_type}_{output}"),
+        op_type: op_type.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+fn f32_tensor(name: &str, dims: &[usize], values: Vec<f32>) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::Float as i32,
+        float_data: values,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,173 @@
+//! Loads and runs the hand-built test decoder (see `common/mod.rs`) through the public API.
+
+mod common;
+
+use common::{ATOL, Batch, LATENT_DIM, PIXELS, SIDE, decoder_model, expected_pixels, max_abs_diff};
+use edge_runtime::{Decoder, Error};
+use tract_onnx::pb::ModelProto;
+
+/// Latents covering the flat middle and both saturated ends of the sigmoid.
+const LATENTS: [[f32; LATENT_DIM]; 4] = [[0.0, 0.0], [0.5, -1.2], [-3.0, 2.5], [10.0, 10.0]];
+
+/// Writes `model` into a fresh directory and loads it.
+fn load(model: &ModelProto) -> Result<Decoder, Error> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("decoder.onnx");
+    common::write_model(&path, model);
+    Decoder::load(&path)
+}
+
+fn check_decodes_like_reference(batch: Batch) {
+    let decoder = load(&decoder_model(batch)).expect("valid decoder");
+    assert_eq!(decoder.latent_dim(), LATENT_DIM);
+    assert_eq!(decoder.image_size(), (SIDE, SIDE));
+    for latent in LATENTS {
+        let image = decoder.decode(&latent).expect("decode");
+        assert_eq!((image.width(), image.height()), (SIDE, SIDE));
+        assert_eq!(image.pixels().len(), PIXELS);
+        let diff = max_abs_diff(image.pixels(), &expected_pixels(&latent));
+        assert!(
+            diff <= ATOL,
+            "{batch:?} batch, latent {latent:?}: max abs diff {diff}"
+        );
+    }
+}
+
+#[test]
+fn static_batch_decoder_matches_reference() {
+    check_decodes_like_reference(Batch::Static);
+}
+
+#[test]
+fn dynamic_batch_decoder_matches_reference() {
+    check_decodes_like_reference(Batch::Dynamic);
+}
+
+#[test]
+fn pixels_are_row_major() {
+    // With latent (4, 0) only the column term varies: every row is the same ramp (up to the bias).
+    let decoder = load(&decoder_model(Batch::Static)).expect("valid decoder");
+    let image = decoder.decode(&[4.0, 0.0]).expect("decode");
+    let first_row = &image.pixels()[..SIDE];
+    assert!(
+        first_row[0] < 0.01 && first_row[SIDE - 1] > 0.99,
+        "{first_row:?}"
+    );
+}
+
+#[test]
+fn decoding_is_deterministic() {
+    let decoder = load(&decoder_model(Batch::Dynamic)).expect("valid decoder");
+    let a = decoder.decode(&[0.5, -1.2]).expect("decode");
+    let b = decoder.decode(&[0.5, -1.2]).expect("decode");
+    assert_eq!(a.pixels(), b.pixels());
+}
+
+#[test]
+fn wrong_latent_length_is_rejected() {
+    let decoder = load(&decoder_model(Batch::Static)).expect("valid decoder");
+    for latent in [&[][..], &[1.0], &[1.0, 2.0, 3.0]] {
+        let err = decoder.decode(latent).expect_err("wrong length");
+        assert!(
+            matches!(err, Error::LatentLength { expected: 2, actual } if actual == latent.len()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("expects 2"), "{err}");
+    }
+}
+
+#[test]
+fn non_finite_latent_is_rejected() {
+    let decoder = load(&decoder_model(Batch::Static)).expect("valid decoder");
+    for (latent, bad) in [
+        ([0.0, f32::NAN], 1),
+        ([f32::INFINITY, 0.0], 0),
+        ([0.0, f32::NEG_INFINITY], 1),
+    ] {
+        let err = decoder.decode(&latent).expect_err("non-finite");
+        assert!(
+            matches!(err, Error::NonFiniteLatent { index, .. } if index == bad),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not a finite number"), "{err}");
+    }
+}
+
+#[test]
+fn truncated_model_is_rejected() {
+    let bytes = prost::Message::encode_to_vec(&decoder_model(Batch::Static));
+    for cut in [1, 10, bytes.len() / 2, bytes.len() - 1] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("decoder.onnx");
+        std::fs::write(&path, &bytes[..cut]).expect("write truncated model");
+        let err = Decoder::load(&path).expect_err("truncated model");
+        assert!(
+            matches!(err, Error::ParseModel { .. } | Error::NotADecoder { .. }),
+            "cut at {cut}: unexpected error {err}"
+        );
+    }
+}
+
+/// Loading `model` fails with [`Error::NotADecoder`] whose message contains `needle`.
+fn assert_not_a_decoder(model: &ModelProto, needle: &str) {
+    let err = load(model).expect_err("not a decoder");
+    assert!(
+        matches!(err, Error::NotADecoder { .. }),
+        "unexpected error: {err}"
+    );
+    assert!(
+        err.to_string().contains(needle),
+        "`{err}` does not mention `{needle}`"
+    );
+}
+
+/// The test decoder with its graph changed by `edit`.
+fn edited(edit: impl FnOnce(&mut tract_onnx::pb::GraphProto)) -> ModelProto {
+    let mut model = decoder_model(Batch::Static);
+    edit(model.graph.as_mut().expect("graph"));
+    model
+}
+
+#[test]
+fn two_inputs_are_rejected() {
+    let model = edited(|g| {
+        g.input
+            .push(common::f32_value("extra", &[common::fixed(1)]))
+    });
+    assert_not_a_decoder(&model, "2 inputs");
+}
+
+#[test]
+fn wrong_input_rank_is_rejected() {
+    let model = edited(|g| {
+        g.input[0] = common::f32_value(
+            "tensor_8",
+            &[common::fixed(1), common::fixed(1), common::fixed(2)],
+        );
+    });
+    assert_not_a_decoder(&model, "rank 3");
+}
+
+#[test]
+fn batch_other_than_one_is_rejected() {
+    let model = edited(|g| {
+        g.input[0] = common::f32_value("tensor_8", &[common::fixed(4), common::fixed(2)]);
+    });
+    assert_not_a_decoder(&model, "batch size 4");
+}
+
+#[test]
+fn wrong_output_rank_is_rejected() {
+    let model = edited(|g| {
+        g.initializer[2].dims = vec![3];
+        g.initializer[2].int64_data = vec![-1, SIDE as i64, SIDE as i64];
+        g.output[0] = common::f32_value_any_shape("image");
+    });
+    assert_not_a_decoder(&model, "expected [1, 1, height, width]");
+}
+
+#[test]
+fn two_outputs_are_rejected() {
+    let model = edited(|g| g.output.push(common::f32_value_any_shape("z")));
+    assert_not_a_decoder(&model, "2 outputs");
+}
