@@ -16,7 +16,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 installed=$(rustup target list --installed)
-for t in aarch64-unknown-linux-gnu thumbv7em-none-eabihf; do
+for t in aarch64-unknown-linux-gnu thumbv7em-none-eabihf thumbv6m-none-eabi; do
   grep -qx "$t" <<<"$installed" || rustup target add "$t"
 done
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt

@@ -32,8 +32,11 @@ cargo build --release --workspace --all-targets
 stage "build aarch64 edge runtime"
 cargo build --release --target aarch64-unknown-linux-gnu -p edge-runtime --all-targets
 
-stage "build firmware (thumbv7em)"
-(cd firmware/qemu && cargo clippy --release -- -D warnings && cargo build --release)
+stage "build firmware (thumbv7em, thumbv6m)"
+(cd firmware/qemu \
+  && cargo clippy --release -- -D warnings \
+  && cargo clippy --release --target thumbv6m-none-eabi -- -D warnings \
+  && cargo build --release)
 
 stage "test host + e2e"
 cargo test --release --workspace

@@ -9,16 +9,16 @@ use edge_runtime::{Decoder, Image, ImageFormat, write_atomically};
 
 const EXAMPLES: &str = "\
 Examples:
-  edge generate --model runs/conv/conv.decoder.onnx --latent 0.5,-1.2 --out digit.png";
+  edge generate --model out/conv-vae/decoder.onnx --latent 0.5,-1.2 --out digit.png";
 
 const GENERATE_EXAMPLES: &str = "\
 Examples:
   # One digit:
-  edge generate --model conv.decoder.onnx --latent 0.5,-1.2 --out digit.png
+  edge generate --model out/conv-vae/decoder.onnx --latent 0.5,-1.2 --out digit.png
 
   # Two digits, written to digits_0.pgm and digits_1.pgm, plus their raw pixels
   # (2 x 784 little-endian f32 values) in digits.f32:
-  edge generate --model conv.decoder.onnx --latent 0,0 --latent -1,2 --out digits.pgm --raw digits.f32";
+  edge generate --model out/conv-vae/decoder.onnx --latent 0,0 --latent -1,2 --out digits.pgm --raw digits.f32";
 
 /// Runs the exported MNIST autoencoders with tract.
 #[derive(Debug, Parser)]
@@ -37,7 +37,7 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct GenerateArgs {
-    /// ONNX decoder written by the exporter (`<run>.decoder.onnx`).
+    /// ONNX decoder written by the exporter (`decoder.onnx` in its output directory).
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
 

@@ -229,13 +229,18 @@ fn non_numeric_latent_is_a_usage_error() {
     );
 }
 
-#[test]
-fn non_finite_latent_fails_clearly() {
+/// Runs `edge generate` with `args` in a fresh workspace and checks it fails with `message`.
+fn generate_fails_with(args: &[&str], message: &str) {
     let dir = workspace();
-    let out = edge(
-        dir.path(),
+    let out = edge(dir.path(), &[&["generate"], args].concat());
+    assert!(!out.status.success(), "edge {args:?} succeeded");
+    assert!(stderr(&out).contains(message), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_inputs_fail_clearly() {
+    generate_fails_with(
         &[
-            "generate",
             "--model",
             "decoder.onnx",
             "--latent",
@@ -243,58 +248,16 @@ fn non_finite_latent_fails_clearly() {
             "--out",
             "d.png",
         ],
+        "latent value #1 is NaN, not a finite number",
     );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("latent value #1 is NaN, not a finite number"),
-        "{}",
-        stderr(&out)
+    generate_fails_with(
+        &["--model", "nope.onnx", "--latent", "0,0", "--out", "d.png"],
+        "cannot read model file nope.onnx",
     );
-}
-
-#[test]
-fn missing_model_fails_clearly() {
-    let dir = workspace();
-    let out = edge(
-        dir.path(),
-        &[
-            "generate",
-            "--model",
-            "nope.onnx",
-            "--latent",
-            "0,0",
-            "--out",
-            "d.png",
-        ],
-    );
-    assert!(!out.status.success());
-    let message = stderr(&out);
-    assert!(
-        message.contains("cannot read model file nope.onnx"),
-        "{message}"
-    );
-}
-
-#[test]
-fn unknown_extension_fails_before_loading() {
-    let dir = workspace();
-    let out = edge(
-        dir.path(),
-        &[
-            "generate",
-            "--model",
-            "nope.onnx",
-            "--latent",
-            "0,0",
-            "--out",
-            "d.jpg",
-        ],
-    );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("use a .png or .pgm extension"),
-        "{}",
-        stderr(&out)
+    // The extension is checked before the (missing) model is loaded.
+    generate_fails_with(
+        &["--model", "nope.onnx", "--latent", "0,0", "--out", "d.jpg"],
+        "use a .png or .pgm extension",
     );
 }
 

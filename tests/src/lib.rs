@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+pub use exporter::onnx::max_abs_diff;
+
 /// How close two float outputs must be.
 #[derive(Debug, Clone, Copy)]
 pub enum Tolerance {
@@ -20,23 +22,6 @@ impl Tolerance {
             Tolerance::FloatRuntime => 1e-4,
         }
     }
-}
-
-/// Largest absolute difference (infinite for different lengths or any NaN).
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    if a.len() != b.len() {
-        return f32::INFINITY;
-    }
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            if x.is_nan() || y.is_nan() {
-                f32::INFINITY
-            } else {
-                (x - y).abs()
-            }
-        })
-        .fold(0.0, f32::max)
 }
 
 /// Panics with both names and the observed difference unless `actual` is within `tolerance` of

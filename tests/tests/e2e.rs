@@ -5,7 +5,8 @@
 //! - Burn (reference) vs tract x86_64, ONNX Runtime, tract aarch64 (qemu-user, Cortex-A72 NEON):
 //!   float runtimes, max |diff| <= 1e-4;
 //! - int8 firmware core on the host vs Burn: PSNR reported and bounded below;
-//! - QEMU Cortex-M4F firmware vs the host firmware core: identical pixels and framebuffers.
+//! - QEMU Cortex-M4F and Cortex-M0 firmware vs the host firmware core: identical pixels and
+//!   framebuffers.
 
 use std::{
     fs,
@@ -97,18 +98,49 @@ fn tract_aarch64(onnx: &Path, latents: &[Vec<f32>], dir: &Path) -> Vec<f32> {
     f32s_from_le(&fs::read(&raw).expect("aarch64 raw output"))
 }
 
-/// Builds the QEMU firmware, runs it on `model.q8` + `latents.f32` in `dir`, and returns the
-/// decoded defmt log.
-fn run_qemu_firmware(dir: &Path) -> String {
+/// The QEMU boards the firmware runs on.
+#[derive(Debug, Clone, Copy)]
+enum Board {
+    /// `mps2-an386`: Cortex-M4F; reads the model from the host into RAM.
+    Mps2An386,
+    /// `microbit`: Cortex-M0 (nRF51, 16 KiB RAM); the model is built into flash.
+    Microbit,
+}
+
+impl Board {
+    fn target(self) -> &'static str {
+        match self {
+            Board::Mps2An386 => "thumbv7em-none-eabihf",
+            Board::Microbit => "thumbv6m-none-eabi",
+        }
+    }
+
+    fn qemu_args(self) -> &'static [&'static str] {
+        match self {
+            Board::Mps2An386 => &["-cpu", "cortex-m4", "-machine", "mps2-an386"],
+            Board::Microbit => &["-machine", "microbit"],
+        }
+    }
+}
+
+/// Builds the firmware for `board`, runs it under QEMU on `model.q8` + `latents.f32` in `dir`,
+/// and returns the decoded defmt log.
+fn run_qemu_firmware(board: Board, dir: &Path) -> String {
     let fw = workspace_root().join("firmware/qemu");
     run(Command::new(env!("CARGO"))
         .current_dir(&fw)
         .env_remove("CARGO_TARGET_DIR")
-        .args(["build", "--release", "--quiet"]));
-    let elf = fw.join("target/thumbv7em-none-eabihf/release/decode");
+        .env("DECODE_MODEL", dir.join("model.q8"))
+        .args(["build", "--release", "--quiet", "--target", board.target()]));
+    let elf = fw.join(format!("target/{}/release/decode", board.target()));
     let out = Command::new("qemu-system-arm")
-        .args(["-cpu", "cortex-m4", "-machine", "mps2-an386", "-nographic"])
-        .args(["-semihosting-config", "enable=on,target=native", "-kernel"])
+        .args(board.qemu_args())
+        .args([
+            "-nographic",
+            "-semihosting-config",
+            "enable=on,target=native",
+            "-kernel",
+        ])
         .arg(&elf)
         .current_dir(dir)
         .output()
@@ -128,7 +160,7 @@ fn run_qemu_firmware(dir: &Path) -> String {
     let log = String::from_utf8_lossy(&log.stdout).into_owned();
     assert!(
         out.status.success(),
-        "firmware exited with {}; log:\n{log}\nstderr: {}",
+        "{board:?} firmware exited with {}; log:\n{log}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -274,28 +306,32 @@ fn train_export_and_run_everywhere() {
         "int8 core PSNR {psnr:.2} dB < {MIN_INT8_PSNR_DB} dB"
     );
 
-    // 9. The firmware on an emulated Cortex-M4F (mps2-an386): same pixels, same framebuffer.
-    let fw_dir = work.join("firmware");
-    fs::create_dir_all(&fw_dir).expect("mkdir");
-    fs::write(fw_dir.join("model.q8"), &blob).expect("write model");
+    // 9. The firmware on an emulated Cortex-M4F (mps2-an386) and Cortex-M0 (microbit): the same
+    //    pixels and the same framebuffers as the host core.
     let le: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
-    fs::write(fw_dir.join("latents.f32"), le).expect("write latents");
-    let log = run_qemu_firmware(&fw_dir);
-    assert!(
-        log.contains(&format!("decoded {n} latents")),
-        "defmt log:\n{log}"
-    );
-    let fw_digits = fs::read(fw_dir.join("digits.gray")).expect("firmware digits");
-    assert!(
-        fw_digits == host_digits,
-        "firmware pixels differ from the host firmware core"
-    );
-    for (i, frame) in host_frames.iter().enumerate() {
-        let fw_frame = fs::read(fw_dir.join(format!("frame_{i:03}.pbm"))).expect("firmware frame");
+    for board in [Board::Mps2An386, Board::Microbit] {
+        let fw_dir = work.join(format!("firmware-{board:?}"));
+        fs::create_dir_all(&fw_dir).expect("mkdir");
+        fs::write(fw_dir.join("model.q8"), &blob).expect("write model");
+        fs::write(fw_dir.join("latents.f32"), &le).expect("write latents");
+        let log = run_qemu_firmware(board, &fw_dir);
         assert!(
-            &fw_frame == frame,
-            "framebuffer {i} differs between QEMU and the host"
+            log.contains(&format!("decoded {n} latents")),
+            "{board:?} defmt log:\n{log}"
         );
+        let fw_digits = fs::read(fw_dir.join("digits.gray")).expect("firmware digits");
+        assert!(
+            fw_digits == host_digits,
+            "{board:?} firmware pixels differ from the host firmware core"
+        );
+        for (i, frame) in host_frames.iter().enumerate() {
+            let fw_frame =
+                fs::read(fw_dir.join(format!("frame_{i:03}.pbm"))).expect("firmware frame");
+            assert!(
+                &fw_frame == frame,
+                "{board:?} framebuffer {i} differs from the host's"
+            );
+        }
     }
 
     eprintln!(

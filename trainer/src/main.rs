@@ -27,6 +27,9 @@ enum Command {
 enum Backend {
     /// Burn's pure-Rust CPU backend.
     Flex,
+    /// Burn's deprecated ndarray CPU backend (build with `--features ndarray`; for comparison).
+    #[cfg(feature = "ndarray")]
+    Ndarray,
     /// NVIDIA GPU (build with `--features cuda`).
     #[cfg(feature = "cuda")]
     Cuda,
@@ -74,6 +77,9 @@ fn main() -> anyhow::Result<()> {
         Command::Train(args) => {
             let device = match args.backend {
                 Backend::Flex => Device::flex(),
+                #[cfg(feature = "ndarray")]
+                #[allow(deprecated)]
+                Backend::Ndarray => Device::ndarray(),
                 #[cfg(feature = "cuda")]
                 Backend::Cuda => Device::cuda(0),
                 #[cfg(feature = "wgpu")]

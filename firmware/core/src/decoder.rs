@@ -1,8 +1,29 @@
 //! The int8 decoder: runs a parsed [`Model`] on a quantized latent and writes a grayscale image.
 //!
 //! Integer arithmetic only (int8 x int8 -> int32 accumulation, fixed-point requantization, see
-//! `Q8.md`), working memory in a statically sized [`Scratch`]. Nearest upsampling is folded into
-//! the next convolution's indexing, so upsampled maps are never materialised.
+//! `Q8.md`). Nearest upsampling is folded into the next convolution's indexing, so upsampled maps
+//! are never materialised.
+//!
+//! # Working memory
+//!
+//! All activations live in one statically sized arena, [`Scratch`], of [`SCRATCH_BYTES`] bytes.
+//! A layer reads its input from one end of the arena and writes its output at the other end; the
+//! next layer reads that output where it lies and writes at the opposite end, so the ends
+//! alternate from layer to layer and nothing is copied:
+//!
+//! ```text
+//! layer 0:  [latent ......................... out0]
+//! layer 1:  [out1 ........................... out0]   (reads out0, writes out1)
+//! layer 2:  [out1 ........................... out2]   (reads out1, writes out2)
+//! ```
+//!
+//! A layer's input and output must therefore fit side by side: `input + output <= SCRATCH_BYTES`.
+//! The last layer writes through the output table straight into the caller's pixel buffer, so
+//! only its input counts. [`Model::working_bytes`] is the largest such need of a model;
+//! [`decode`] returns [`Error::ScratchTooSmall`] (before computing anything) for a model that
+//! needs more. The MNIST decoder's largest pair is its third conv, 8x8x8 in (512 bytes, upsampled
+//! on the fly) and 16x14x14 out (3136 bytes): 3648 bytes; its last conv reads those 3136 bytes and
+//! writes the 784 pixels directly.
 
 use crate::q8::{Layer, LayerKind, Model};
 
@@ -10,7 +31,7 @@ use crate::q8::{Layer, LayerKind, Model};
 pub const IMAGE_SIDE: usize = 28;
 /// Pixels in that image.
 pub const IMAGE_PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
-/// Bytes in each of the two ping-pong activation buffers of [`Scratch`].
+/// Bytes in the activation arena of [`Scratch`]: a layer's input and output together must fit.
 pub const SCRATCH_BYTES: usize = 4096;
 
 /// Why a decode did not run.
@@ -30,9 +51,10 @@ pub enum Error {
         /// What the model writes.
         expected: u32,
     },
-    /// An activation of the model does not fit in [`SCRATCH_BYTES`].
+    /// A layer's input and output together (the last layer: its input) do not fit in
+    /// [`SCRATCH_BYTES`]; see [`Model::working_bytes`].
     ScratchTooSmall {
-        /// Elements needed.
+        /// Bytes needed.
         needed: u32,
     },
 }
@@ -48,7 +70,8 @@ impl core::fmt::Display for Error {
             }
             Error::ScratchTooSmall { needed } => write!(
                 f,
-                "model needs {needed} bytes per activation buffer, firmware has {SCRATCH_BYTES}"
+                "model needs {needed} bytes of working memory (a layer's input and output), \
+                 firmware has {SCRATCH_BYTES}"
             ),
         }
     }
@@ -57,18 +80,17 @@ impl core::fmt::Display for Error {
 #[cfg(any(test, feature = "std"))]
 impl std::error::Error for Error {}
 
-/// Working memory for [`decode`]: two activation buffers used in turn.
+/// Working memory for [`decode`]: one arena holding a layer's input at one end and its output at
+/// the other (see the module docs).
 pub struct Scratch {
-    a: [i8; SCRATCH_BYTES],
-    b: [i8; SCRATCH_BYTES],
+    arena: [i8; SCRATCH_BYTES],
 }
 
 impl Scratch {
     /// Zeroed working memory (usable in a `static`).
     pub const fn new() -> Self {
         Scratch {
-            a: [0; SCRATCH_BYTES],
-            b: [0; SCRATCH_BYTES],
+            arena: [0; SCRATCH_BYTES],
         }
     }
 }
@@ -174,6 +196,10 @@ fn conv(layer: &Layer, kernel: u8, padding: u8, upsample: u8, input: &[i8], sink
 
 /// Decodes one quantized latent (see [`Model::quantize_latent`]) into `out`, a row-major
 /// grayscale image of the model's output shape (0 = background, 255 = stroke).
+///
+/// Fails, without touching `out`, if the latent or `out` has the wrong length, or with
+/// [`Error::ScratchTooSmall`] if the model needs more than [`SCRATCH_BYTES`] of working memory
+/// ([`Model::working_bytes`]).
 pub fn decode(
     model: &Model,
     latent_q: &[i8],
@@ -192,24 +218,35 @@ pub fn decode(
             expected: out_len as u32,
         });
     }
-    if model.largest_activation() > SCRATCH_BYTES {
-        return Err(Error::ScratchTooSmall {
-            needed: model.largest_activation() as u32,
-        });
+    let too_small = Error::ScratchTooSmall {
+        needed: model.working_bytes() as u32,
+    };
+    if model.working_bytes() > SCRATCH_BYTES {
+        return Err(too_small);
     }
-    let Scratch { a, b } = scratch;
-    a[..latent_q.len()].copy_from_slice(latent_q);
-    let (mut current, mut next) = (a, b);
+    let arena = &mut scratch.arena[..];
+    arena[..latent_q.len()].copy_from_slice(latent_q);
+    // Whether the current layer's input lies at the start of the arena (else at its end).
+    let mut input_at_start = true;
     let count = model.layer_count();
     for i in 0..count {
         let Some(layer) = model.layer(i) else {
             break; // unreachable: parse validated every layer
         };
-        let input = &current[..layer.input.len()];
-        let mut sink = if i + 1 == count {
-            Sink::Pixels(out, model.output_table())
+        let n_in = layer.input.len();
+        // `ok_or` cannot fail: `working_bytes` was checked above.
+        let (input, mut sink) = if i + 1 == count {
+            let input = if input_at_start {
+                arena.get(..n_in)
+            } else {
+                arena.len().checked_sub(n_in).and_then(|at| arena.get(at..))
+            };
+            let input = input.ok_or(too_small)?;
+            (input, Sink::Pixels(&mut *out, model.output_table()))
         } else {
-            Sink::Activations(&mut next[..layer.output.len()])
+            let (input, output) =
+                split(arena, n_in, layer.output.len(), input_at_start).ok_or(too_small)?;
+            (input, Sink::Activations(output))
         };
         match layer.kind {
             LayerKind::Dense => dense(&layer, input, &mut sink),
@@ -219,15 +256,106 @@ pub fn decode(
                 upsample,
             } => conv(&layer, kernel, padding, upsample, input, &mut sink),
         }
-        core::mem::swap(&mut current, &mut next);
+        input_at_start = !input_at_start;
     }
     Ok(())
+}
+
+/// Splits the arena into a layer's input (`n_in` bytes at the start, or at the end) and its output
+/// (`n_out` bytes at the other end). `None` if they do not fit side by side.
+fn split(
+    arena: &mut [i8],
+    n_in: usize,
+    n_out: usize,
+    input_at_start: bool,
+) -> Option<(&[i8], &mut [i8])> {
+    let len = arena.len();
+    if n_in.checked_add(n_out)? > len {
+        return None;
+    }
+    if input_at_start {
+        let (low, high) = arena.split_at_mut(len - n_out);
+        Some((&low[..n_in], high))
+    } else {
+        let (low, high) = arena.split_at_mut(n_out);
+        Some((&high[high.len() - n_in..], low))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::q8::tests::tiny_blob;
+    use crate::q8::{LayerSpec, Shape, TABLE_LEN, quantize_multiplier, write};
+
+    /// A model made of `layers` (kind, input, output, ReLU), with pseudo-random weights and
+    /// parameters scaled so that the activations spread over the int8 range.
+    fn chain(layers: &[(LayerKind, Shape, Shape, bool)]) -> Vec<u8> {
+        let mut seed = 0x2545_f491_u32;
+        let mut next = move |span: i32| {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ((seed >> 8) % (2 * span as u32 + 1)) as i32 - span
+        };
+        let mut zp_in = 0i8;
+        let specs: Vec<LayerSpec> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, &(kind, input, output, relu))| {
+                let k = match kind {
+                    LayerKind::Dense => 1,
+                    LayerKind::Conv { kernel, .. } => kernel as usize,
+                };
+                let fan_in = input.c as usize * k * k;
+                let c_out = output.c as usize;
+                let (m, s) = quantize_multiplier(0.06 / (fan_in as f64).sqrt()).expect("factor");
+                let zp_out = if i + 1 == layers.len() { 5 } else { -20 };
+                let spec = LayerSpec {
+                    kind,
+                    relu,
+                    input,
+                    output,
+                    input_zero_point: zp_in,
+                    output_zero_point: zp_out,
+                    weights: (0..c_out * fan_in).map(|_| next(20) as i8).collect(),
+                    bias: (0..c_out).map(|_| next(2000)).collect(),
+                    multiplier: vec![m; c_out],
+                    shift: vec![s; c_out],
+                };
+                zp_in = zp_out;
+                spec
+            })
+            .collect();
+        let mut table = [0u8; TABLE_LEN];
+        for (i, t) in table.iter_mut().enumerate() {
+            *t = i as u8;
+        }
+        write(2, 0.05, &specs, &table).expect("valid blob")
+    }
+
+    fn shape(c: u16, h: u16, w: u16) -> Shape {
+        Shape { c, h, w }
+    }
+
+    fn conv(kernel: u8, padding: u8, upsample: u8) -> LayerKind {
+        LayerKind::Conv {
+            kernel,
+            padding,
+            upsample,
+        }
+    }
+
+    /// Decodes a few latents and compares with [`reference`]; returns the distinct pixel values.
+    fn check_against_reference(model: &Model) -> usize {
+        let mut scratch = Scratch::new();
+        let mut distinct = std::collections::BTreeSet::new();
+        for latent in [[0i8, 0], [127, -127], [-50, 33], [5, 90]] {
+            let mut out = vec![0u8; model.output_shape().len()];
+            decode(model, &latent, &mut scratch, &mut out).expect("decodes");
+            assert_eq!(out, reference(model, &latent), "latent {latent:?}");
+            distinct.extend(out);
+        }
+        distinct.len()
+    }
 
     /// Straightforward reference of the same arithmetic, written from `Q8.md` with explicit
     /// upsampled and padded tensors (no index folding), to check the folded kernels.
@@ -320,6 +448,67 @@ mod tests {
                 "latent {latent:?}"
             );
         }
+    }
+
+    #[test]
+    fn layers_that_fill_the_arena_exactly_match_the_reference() {
+        // Two layers hold 2048 + 2048 bytes at once; the last layer's input lies at the end.
+        let blob = chain(&[
+            (LayerKind::Dense, shape(2, 1, 1), shape(2048, 1, 1), true),
+            (conv(1, 0, 1), shape(32, 8, 8), shape(32, 8, 8), true),
+            (conv(3, 1, 2), shape(32, 8, 8), shape(8, 16, 16), true),
+            (conv(3, 1, 1), shape(8, 16, 16), shape(1, 16, 16), false),
+        ]);
+        let model = Model::parse(&blob).expect("parses");
+        assert_eq!(model.working_bytes(), SCRATCH_BYTES);
+        assert!(
+            check_against_reference(&model) > 20,
+            "degenerate test model"
+        );
+    }
+
+    #[test]
+    fn only_the_last_layers_input_counts() {
+        // The last layer reads 4000 bytes and writes pixels, not scratch.
+        let blob = chain(&[
+            (LayerKind::Dense, shape(2, 1, 1), shape(4000, 1, 1), true),
+            (conv(3, 1, 1), shape(40, 10, 10), shape(1, 10, 10), false),
+        ]);
+        let model = Model::parse(&blob).expect("parses");
+        assert_eq!(model.working_bytes(), 4002);
+        assert!(
+            check_against_reference(&model) > 10,
+            "degenerate test model"
+        );
+    }
+
+    #[test]
+    fn a_model_that_needs_more_than_the_arena_is_an_error() {
+        // The middle conv holds 2100 + 2100 bytes at once, more than the arena.
+        let blob = chain(&[
+            (LayerKind::Dense, shape(2, 1, 1), shape(2100, 1, 1), true),
+            (conv(1, 0, 1), shape(21, 10, 10), shape(21, 10, 10), true),
+            (conv(3, 1, 1), shape(21, 10, 10), shape(1, 10, 10), false),
+        ]);
+        let model = Model::parse(&blob).expect("parses");
+        assert_eq!(model.working_bytes(), 4200);
+        let mut scratch = Scratch::new();
+        let mut out = [7u8; 100];
+        assert_eq!(
+            decode(&model, &[1, 2], &mut scratch, &mut out),
+            Err(Error::ScratchTooSmall { needed: 4200 })
+        );
+        assert_eq!(out, [7u8; 100], "output touched");
+        // The same for a single layer whose input alone is too big.
+        let blob = chain(&[
+            (LayerKind::Dense, shape(2, 1, 1), shape(4097, 1, 1), true),
+            (conv(1, 0, 1), shape(4097, 1, 1), shape(1, 1, 1), false),
+        ]);
+        let model = Model::parse(&blob).expect("parses");
+        assert_eq!(
+            decode(&model, &[1, 2], &mut scratch, &mut [0u8; 1]),
+            Err(Error::ScratchTooSmall { needed: 4099 })
+        );
     }
 
     #[test]

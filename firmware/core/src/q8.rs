@@ -171,6 +171,7 @@ pub struct Model<'a> {
     output: Shape,
     table: &'a [u8],
     largest_activation: usize,
+    working_bytes: usize,
 }
 
 fn read_u16(b: &[u8], at: usize) -> u16 {
@@ -279,6 +280,7 @@ impl<'a> Model<'a> {
             output,
             table,
             largest_activation: 0,
+            working_bytes: 0,
         };
         let mut previous: Option<Layer<'a>> = None;
         for i in 0..layer_count {
@@ -306,6 +308,13 @@ impl<'a> Model<'a> {
                 .largest_activation
                 .max(layer.input.len())
                 .max(layer.output.len());
+            // The last layer writes pixels straight into the caller's buffer.
+            let live = if i + 1 == layer_count {
+                layer.input.len()
+            } else {
+                layer.input.len() + layer.output.len()
+            };
+            model.working_bytes = model.working_bytes.max(live);
             previous = Some(layer);
         }
         let last = previous.ok_or(Error::BadHeader("layer count"))?;
@@ -415,6 +424,13 @@ impl<'a> Model<'a> {
     /// Largest activation tensor (elements) any layer reads or writes.
     pub fn largest_activation(&self) -> usize {
         self.largest_activation
+    }
+
+    /// Working memory (bytes) a decode needs when each layer's input and output sit side by side
+    /// in one arena: the largest `input + output` of any layer but the last, and the last
+    /// layer's input (its output goes through the output table straight to the pixels).
+    pub fn working_bytes(&self) -> usize {
+        self.working_bytes
     }
 
     /// Multiply-accumulate operations per decode.
@@ -669,6 +685,8 @@ pub(crate) mod tests {
         assert_eq!(m.layer_count(), 2);
         assert_eq!(m.output_shape(), Shape { c: 1, h: 4, w: 4 });
         assert_eq!(m.largest_activation(), 16);
+        // Dense 2 -> 4 holds 6 bytes at once; the last conv only its 4-byte input.
+        assert_eq!(m.working_bytes(), 6);
         assert_eq!(m.macs(), 8 + 16 * 9);
         let l = m.layer(1).expect("layer 1");
         assert_eq!(l.input_zero_point, -128);

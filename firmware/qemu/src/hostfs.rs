@@ -1,11 +1,12 @@
 //! Files in the host's current directory, through Arm semihosting.
 //!
 //! Uses the semihosting operations `SYS_OPEN`, `SYS_FLEN`, `SYS_READ`, `SYS_WRITE` and
-//! `SYS_CLOSE` (issued with `cortex_m_semihosting::syscall!`). QEMU serves them when started
-//! with `-semihosting-config enable=on,target=native`; on a board without a debugger attached
-//! the `bkpt` instruction behind them faults instead.
+//! `SYS_CLOSE` (issued with `cortex_m_semihosting::syscall!`), and `SYS_GET_CMDLINE` for the
+//! command line QEMU was given. QEMU serves them when started with `-semihosting-config
+//! enable=on,target=native`; on a board without a debugger attached the `bkpt` instruction behind
+//! them faults instead.
 
-use cortex_m_semihosting::{nr, syscall};
+use cortex_m_semihosting::{nr, syscall, syscall1};
 
 /// Longest path accepted, in bytes (a NUL is appended on the way to the host).
 pub const MAX_PATH: usize = 63;
@@ -30,6 +31,8 @@ pub enum Error {
     Read,
     /// Writing failed.
     Write,
+    /// The host could not hand over the command line (or it is longer than the buffer).
+    CommandLine,
 }
 
 /// An open host file, closed when dropped.
@@ -144,4 +147,19 @@ pub fn read(path: &str, buf: &mut [u8]) -> Result<usize, Error> {
 /// Creates (or truncates) the file at `path` and writes `data` into it.
 pub fn write(path: &str, data: &[u8]) -> Result<(), Error> {
     File::create(path)?.write_all(data)
+}
+
+/// The command line QEMU passes to the program, read into `buf`: the words given with
+/// `-semihosting-config ...,arg=WORD,arg=WORD`, or else the `-kernel` path followed by the
+/// `-append` string.
+pub fn command_line(buf: &mut [u8]) -> Result<&str, Error> {
+    // SYS_GET_CMDLINE takes a {buffer, length} block and writes the line's length back into it.
+    let mut block = [buf.as_mut_ptr() as usize, buf.len()];
+    // SAFETY: the host writes at most `buf.len()` bytes into `buf` and one word into `block`,
+    // both of which we borrow mutably for the call.
+    let status = unsafe { syscall1(nr::GET_CMDLINE, block.as_mut_ptr() as usize) };
+    if status != 0 || block[1] > buf.len() {
+        return Err(Error::CommandLine);
+    }
+    core::str::from_utf8(&buf[..block[1]]).map_err(|_| Error::CommandLine)
 }

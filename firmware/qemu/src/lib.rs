@@ -1,4 +1,5 @@
-//! Platform glue for the firmware running in QEMU's `mps2-an386` (Cortex-M4F).
+//! Platform glue for the firmware running in QEMU's `mps2-an386` (Cortex-M4F, target
+//! `thumbv7em-none-eabihf`) or `microbit` (Cortex-M0, target `thumbv6m-none-eabi`).
 //!
 //! Every binary does `use firmware_qemu as _;` to get, from here:
 //! - the defmt global logger, which writes frames to the host's stdout through semihosting
@@ -6,7 +7,10 @@
 //! - a panic handler and HardFault / default interrupt handlers that log and end QEMU with a
 //!   failure exit code, so that a crash never hangs a CI job;
 //! - [`exit`] and [`exit_failure`], which end the QEMU session with exit code 0 or 1;
-//! - [`hostfs`]: reading and writing files in the host's current directory.
+//! - [`hostfs`]: reading and writing files in the host's current directory;
+//! - [`measure`]: instruction counts (SysTick under `-icount shift=0`) and the stack high-water
+//!   mark;
+//! - [`board`]: the constants that differ between the two boards.
 #![no_std]
 
 // Linked for its `critical-section` implementation (single core), which the defmt logger uses;
@@ -16,7 +20,9 @@ use cortex_m_rt::{ExceptionFrame, exception};
 use cortex_m_semihosting::debug;
 use defmt_semihosting as _;
 
+pub mod board;
 pub mod hostfs;
+pub mod measure;
 
 /// Ends the QEMU session with exit code 0.
 pub fn exit() -> ! {
