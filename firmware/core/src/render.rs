@@ -252,6 +252,49 @@ where
     Ok(())
 }
 
+/// 4x4 Bayer matrix: the order in which the 16 screen pixels of a 4x4 tile light up as the gray
+/// level rises, spreading them evenly.
+const BAYER4: [[u8; 4]; 4] = [[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]];
+
+/// Draws a 28x28 grayscale digit with ordered (4x4 Bayer) dithering: each source pixel covers
+/// `scale x scale` screen pixels, of which a share proportional to its gray level is lit, so faint
+/// strokes stay visible where a threshold would drop them. The pattern follows screen
+/// coordinates, so neighbouring source pixels of equal gray tile seamlessly.
+///
+/// The screen pixel at `(x, y)` is lit when the gray level exceeds `16 * BAYER4[y % 4][x % 4] + 8`:
+/// 0 lights nothing, 255 everything, 128 half. Pixels outside the target are skipped.
+pub fn draw_digit_dithered<D>(
+    target: &mut D,
+    pixels: &[u8; IMAGE_PIXELS],
+    top_left: Point,
+    scale: u32,
+) -> Result<(), D::Error>
+where
+    D: DrawTarget<Color = BinaryColor>,
+{
+    let scale = i64::from(scale);
+    let side = IMAGE_SIDE as i64 * scale;
+    let bounds = target.bounding_box();
+    let Some(visible) = clip_to(
+        &bounds,
+        i64::from(top_left.x),
+        i64::from(top_left.y),
+        i64::from(top_left.x) + side,
+        i64::from(top_left.y) + side,
+    ) else {
+        return Ok(());
+    };
+    let lit = visible.points().filter(|p| {
+        // Inside `visible`, the offsets from `top_left` lie in [0, side).
+        let sx = (i64::from(p.x) - i64::from(top_left.x)) / scale;
+        let sy = (i64::from(p.y) - i64::from(top_left.y)) / scale;
+        let gray = pixels[sy as usize * IMAGE_SIDE + sx as usize];
+        let level = 16 * u16::from(BAYER4[(p.y & 3) as usize][(p.x & 3) as usize]) + 8;
+        u16::from(gray) > level
+    });
+    target.draw_iter(lit.map(|p| Pixel(p, BinaryColor::On)))
+}
+
 /// The part of the half-open box `[x0, x1) x [y0, y1)` inside `bounds`, if any.
 fn clip_to(bounds: &Rectangle, x0: i64, y0: i64, x1: i64, y1: i64) -> Option<Rectangle> {
     let bx0 = i64::from(bounds.top_left.x);
@@ -283,7 +326,7 @@ where
 }
 
 /// Renders one screen into `fb`: clears it, draws the digit at scale 2 at (0, 4) (56x56,
-/// threshold [`DEFAULT_THRESHOLD`]), and right of it a caption: `#<index>`, then one line per
+/// dithered with [`draw_digit_dithered`]), and right of it a caption: `#<index>`, then one line per
 /// latent component, `z<i> <value>` with two decimals, for at most
 /// [`MAX_CAPTION_COMPONENTS`] components.
 ///
@@ -297,7 +340,7 @@ pub fn render_frame(
     latent: &[f32],
 ) {
     fb.clear();
-    let Ok(()) = draw_digit(fb, pixels, DIGIT_ORIGIN, DIGIT_SCALE, DEFAULT_THRESHOLD);
+    let Ok(()) = draw_digit_dithered(fb, pixels, DIGIT_ORIGIN, DIGIT_SCALE);
     let text = caption(index, latent);
     let Ok(()) = draw_caption(fb, &text, CAPTION_ORIGIN);
 }
@@ -549,5 +592,33 @@ mod tests {
         let mut again = Framebuffer::new();
         render_frame(&mut again, &img, 3, &[0.25, -1.5]);
         assert_eq!(again.as_bytes(), fb.as_bytes());
+    }
+
+    #[test]
+    fn dithering_lights_a_share_proportional_to_gray() {
+        for (gray, lit_per_tile) in [(0u8, 0usize), (128, 8), (255, 16), (40, 2)] {
+            let img = [gray; IMAGE_PIXELS];
+            let mut fb = Framebuffer::new();
+            let Ok(()) = draw_digit_dithered(&mut fb, &img, Point::new(0, 0), 2);
+            // The 56x56 digit holds 14x14 whole 4x4 tiles.
+            let lit = (0..56u32)
+                .flat_map(|y| (0..56u32).map(move |x| (x, y)))
+                .filter(|&(x, y)| fb.pixel(x, y))
+                .count();
+            assert_eq!(lit, lit_per_tile * 14 * 14, "gray {gray}");
+            assert!(
+                !fb.pixel(56, 0) && !fb.pixel(0, 56),
+                "gray {gray}: drew outside"
+            );
+        }
+    }
+
+    #[test]
+    fn dithering_clips_at_the_target_edges() {
+        let img = [255u8; IMAGE_PIXELS];
+        let mut display = MockDisplay::<BinaryColor>::new();
+        // Mostly off-screen in both directions; MockDisplay panics on out-of-bounds draws.
+        let Ok(()) = draw_digit_dithered(&mut display, &img, Point::new(-50, 40), 2);
+        assert_eq!(display.affected_area().size, Size::new(6, 24));
     }
 }
