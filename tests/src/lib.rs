@@ -9,17 +9,15 @@ pub use exporter::onnx::max_abs_diff;
 /// How close two float outputs must be.
 #[derive(Debug, Clone, Copy)]
 pub enum Tolerance {
-    /// Bit-identical.
-    Exact,
-    /// Two float runtimes on the same graph: max abs diff <= 1e-4 (pixels in `[0, 1]`).
+    /// Two float runtimes on the same graph: max abs diff <= [`exporter::FLOAT_TOLERANCE`]
+    /// (1e-4, pixels in `[0, 1]`), the bound the exporter itself enforces.
     FloatRuntime,
 }
 
 impl Tolerance {
     fn max_abs(self) -> f32 {
         match self {
-            Tolerance::Exact => 0.0,
-            Tolerance::FloatRuntime => 1e-4,
+            Tolerance::FloatRuntime => exporter::FLOAT_TOLERANCE,
         }
     }
 }

@@ -283,6 +283,16 @@ fn train_export_and_run_everywhere() {
         &arm,
         Tolerance::FloatRuntime,
     );
+    // What a viewer sees must not differ at all: the same 8-bit pixels on both architectures.
+    let gray8 = |v: &[f32]| {
+        edge_runtime::Image::new(28, 28 * n, v.to_vec())
+            .expect("pixel count")
+            .to_gray8()
+    };
+    assert!(
+        gray8(&arm) == gray8(&tract),
+        "aarch64 and x86_64 write different 8-bit pixels"
+    );
 
     // 8. The int8 firmware core on the host.
     let q8 = Model::parse(&blob).expect("q8 parses");
