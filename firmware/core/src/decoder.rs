@@ -162,10 +162,11 @@ fn conv(layer: &Layer, kernel: u8, padding: u8, upsample: u8, input: &[i8], sink
     // Size of the (virtual) upsampled input.
     let (h_up, w_up) = ((h_in * up) as isize, (w_in * up) as isize);
     let zp_in = layer.input_zero_point as i32;
+    let (plane, kk) = (h_in * w_in, k * k);
     let w = layer.weights();
     for o in 0..c_out {
         let (bias, m, s) = layer.params(o);
-        let w_o = &w[o * c_in * k * k..(o + 1) * c_in * k * k];
+        let w_o = &w[o * c_in * kk..(o + 1) * c_in * kk];
         for oy in 0..h_out {
             for ox in 0..w_out {
                 let mut acc = bias;
@@ -174,17 +175,18 @@ fn conv(layer: &Layer, kernel: u8, padding: u8, upsample: u8, input: &[i8], sink
                     let row_inside = y >= 0 && y < h_up;
                     for kx in 0..k {
                         let x = ox as isize + kx as isize - pad;
+                        // This tap's weight for each input channel (`w_o[c * kk + tap]`); strided
+                        // iterators instead of indexing keep bounds checks out of the MAC loop.
+                        let taps = w_o[ky * k + kx..].iter().step_by(kk);
                         if row_inside && x >= 0 && x < w_up {
                             let src = (y as usize / up) * w_in + x as usize / up;
-                            for c in 0..c_in {
-                                let wv = w_o[(c * k + ky) * k + kx] as i8 as i32;
-                                acc += wv * input[c * h_in * w_in + src] as i32;
+                            let pixels = input[src..].iter().step_by(plane);
+                            for (&wv, &xv) in taps.zip(pixels) {
+                                acc += (wv as i8 as i32) * xv as i32;
                             }
                         } else {
                             // Padding reads a real zero, which is the input zero point.
-                            for c in 0..c_in {
-                                acc += (w_o[(c * k + ky) * k + kx] as i8 as i32) * zp_in;
-                            }
+                            acc += zp_in * taps.map(|&wv| wv as i8 as i32).sum::<i32>();
                         }
                     }
                 }
