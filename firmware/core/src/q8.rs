@@ -170,7 +170,6 @@ pub struct Model<'a> {
     latent_scale: f32,
     output: Shape,
     table: &'a [u8],
-    largest_activation: usize,
     working_bytes: usize,
 }
 
@@ -279,7 +278,6 @@ impl<'a> Model<'a> {
             latent_scale,
             output,
             table,
-            largest_activation: 0,
             working_bytes: 0,
         };
         let mut previous: Option<Layer<'a>> = None;
@@ -304,10 +302,6 @@ impl<'a> Model<'a> {
                     }
                 }
             }
-            model.largest_activation = model
-                .largest_activation
-                .max(layer.input.len())
-                .max(layer.output.len());
             // The last layer writes pixels straight into the caller's buffer.
             let live = if i + 1 == layer_count {
                 layer.input.len()
@@ -419,11 +413,6 @@ impl<'a> Model<'a> {
     /// The 256-entry table that maps the last layer's int8 output (`y + 128`) to a pixel.
     pub fn output_table(&self) -> &'a [u8] {
         self.table
-    }
-
-    /// Largest activation tensor (elements) any layer reads or writes.
-    pub fn largest_activation(&self) -> usize {
-        self.largest_activation
     }
 
     /// Working memory (bytes) a decode needs when each layer's input and output sit side by side
@@ -684,7 +673,6 @@ pub(crate) mod tests {
         assert_eq!(m.latent_dim(), 2);
         assert_eq!(m.layer_count(), 2);
         assert_eq!(m.output_shape(), Shape { c: 1, h: 4, w: 4 });
-        assert_eq!(m.largest_activation(), 16);
         // Dense 2 -> 4 holds 6 bytes at once; the last conv only its 4-byte input.
         assert_eq!(m.working_bytes(), 6);
         assert_eq!(m.macs(), 8 + 16 * 9);
