@@ -68,7 +68,10 @@ fi
 echo "board: $board ($target), outputs and log in $work"
 grep -m1 'calibration' "$work/log.txt" | sed 's/^INFO  //'
 awk '
-/MACs per digit/ { for (i = 1; i <= NF; i++) if ($i == "MACs") macs = $(i - 1) }
+/MACs per digit/ {
+    for (i = 1; i <= NF; i++) if ($i == "MACs") macs = $(i - 1)
+    for (i = 1; i <= NF; i++) if ($i == "with" && $(i + 1) == "folded") folded = substr($(i - 1), 2)
+}
 /^INFO  decode [0-9]+:/ {
     d = $4; r = $(NF - 1); n++; sum += d; rsum += r
     if (n == 1 || d < min) min = d
@@ -77,9 +80,9 @@ awk '
 /stack high-water/ { stack = $4; region = $6 }
 END {
     if (n == 0) { print "no decode lines in the log" > "/dev/stderr"; exit 1 }
-    printf "decodes: %d, %d MACs each\n", n, macs
+    printf "decodes: %d, %d MACs each (%d with folded weights)\n", n, macs, folded
     printf "instructions per decode: mean %.0f (min %d, max %d)\n", sum / n, min, max
-    printf "instructions per MAC: %.2f\n", sum / n / macs
+    printf "instructions per MAC: %.2f (per folded MAC: %.2f)\n", sum / n / macs, sum / n / folded
     printf "instructions per render: mean %.0f\n", rsum / n
     printf "stack high-water: %d bytes (of a %d-byte stack region)\n", stack, region
 }' "$work/log.txt"

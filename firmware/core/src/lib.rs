@@ -11,5 +11,8 @@
 #![warn(missing_docs)]
 
 pub mod decoder;
+#[cfg(arm_dsp)]
+mod dsp;
+pub mod fold;
 pub mod q8;
 pub mod render;

@@ -7,7 +7,7 @@
 /// The four bytes every q8 blob starts with.
 pub const MAGIC: [u8; 4] = *b"AEQ8";
 /// The format version this crate reads and writes.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 32;
 /// Size of one layer record.
@@ -134,6 +134,7 @@ pub struct Layer<'a> {
     pub output: Shape,
     weights: &'a [u8],
     params: &'a [u8],
+    folded: &'a [u8],
 }
 
 impl<'a> Layer<'a> {
@@ -143,6 +144,13 @@ impl<'a> Layer<'a> {
         self.weights
     }
 
+    /// A conv layer's folded weights (i16, little-endian; layout in [`crate::fold`]); empty for
+    /// a dense layer.
+    #[inline]
+    pub fn folded(&self) -> &'a [u8] {
+        self.folded
+    }
+
     /// `(bias, multiplier, shift)` of output channel `o` (`o < C_out`, checked at parse time).
     #[inline]
     pub fn params(&self, o: usize) -> (i32, i32, i32) {
@@ -150,7 +158,32 @@ impl<'a> Layer<'a> {
         (read_i32(p, 0), read_i32(p, 4), read_i32(p, 8))
     }
 
-    /// Multiply-accumulate operations this layer performs per decode.
+    /// Multiply-accumulate operations this layer performs per decode with folded weights (see
+    /// [`crate::fold`]): fewer than [`Layer::macs`] for upsampling convs; border taps that read
+    /// padding are counted too.
+    pub fn folded_macs(&self) -> usize {
+        match self.kind {
+            LayerKind::Dense => self.macs(),
+            LayerKind::Conv {
+                kernel,
+                padding,
+                upsample,
+            } => {
+                let phases = |len: u16| {
+                    (0..upsample as usize).map(move |p| {
+                        let axis = crate::fold::AxisPhase::new(p, kernel, padding, upsample);
+                        (len as usize).saturating_sub(p).div_ceil(upsample as usize) * axis.span
+                    })
+                };
+                let (ys, xs): (usize, usize) =
+                    (phases(self.output.h).sum(), phases(self.output.w).sum());
+                ys * xs * self.input.c as usize * self.output.c as usize
+            }
+        }
+    }
+
+    /// Multiply-accumulate operations of the convolution as defined (taps x outputs), the usual
+    /// measure of a layer's work.
     pub fn macs(&self) -> usize {
         match self.kind {
             LayerKind::Dense => self.input.len() * self.output.len(),
@@ -370,15 +403,38 @@ impl<'a> Model<'a> {
         if !params_offset.is_multiple_of(4) {
             return Err(bad("parameters are not 4-byte aligned"));
         }
+        let params = section(self.blob, params_offset, output.c as usize * 12, index)?;
+        for p in params.chunks_exact(12) {
+            let (multiplier, shift) = (read_i32(p, 4), read_i32(p, 8));
+            if multiplier < 1 << 30 || !(1..=62).contains(&(31i64 - shift as i64)) {
+                return Err(bad("requantization multiplier or shift out of range"));
+            }
+        }
+        let folded = match kind {
+            LayerKind::Dense => &[][..],
+            LayerKind::Conv {
+                kernel,
+                padding,
+                upsample,
+            } => {
+                let len = crate::fold::folded_len(
+                    (kernel, padding, upsample),
+                    input.c as usize,
+                    output.c as usize,
+                );
+                section(self.blob, read_u32(r, 28), 2 * len, index)?
+            }
+        };
         Ok(Layer {
             kind,
             relu: r[1] & FLAG_RELU != 0,
+            folded,
             input_zero_point: r[5] as i8,
             output_zero_point: r[6] as i8,
             input,
             output,
             weights: section(self.blob, read_u32(r, 20), weight_len, index)?,
-            params: section(self.blob, params_offset, output.c as usize * 12, index)?,
+            params,
         })
     }
 
@@ -422,11 +478,19 @@ impl<'a> Model<'a> {
         self.working_bytes
     }
 
-    /// Multiply-accumulate operations per decode.
+    /// Multiply-accumulate operations per decode, as the layers define them ([`Layer::macs`]).
     pub fn macs(&self) -> usize {
         (0..self.layer_count())
             .filter_map(|i| self.layer(i))
             .map(|l| l.macs())
+            .sum()
+    }
+
+    /// Multiply-accumulate operations per decode with folded weights ([`Layer::folded_macs`]).
+    pub fn folded_macs(&self) -> usize {
+        (0..self.layer_count())
+            .filter_map(|i| self.layer(i))
+            .map(|l| l.folded_macs())
             .sum()
     }
 
@@ -582,6 +646,21 @@ mod writer {
                     upsample,
                 } => (KIND_CONV, kernel, padding, upsample),
             };
+            let folded_at = if kind == KIND_CONV {
+                let (c_in, n) = (l.input.c as usize, k as usize * k as usize);
+                if l.weights.len() != c_out * c_in * n {
+                    return Err(Error::BadLayer {
+                        index: i as u16,
+                        reason: "weight count differs from the layer's shape",
+                    });
+                }
+                align4(&mut data);
+                let at = base + data.len();
+                crate::fold::append_folded((k, pad, up), c_in, c_out, &l.weights, &mut data);
+                at
+            } else {
+                0
+            };
             let flags = if l.relu { FLAG_RELU } else { 0 };
             records.extend_from_slice(&[
                 kind,
@@ -600,7 +679,7 @@ mod writer {
             }
             records.extend_from_slice(&(weights_at as u32).to_le_bytes());
             records.extend_from_slice(&(params_at as u32).to_le_bytes());
-            records.extend_from_slice(&0u32.to_le_bytes());
+            records.extend_from_slice(&(folded_at as u32).to_le_bytes());
         }
         let table_at = base + data.len();
         data.extend_from_slice(table);
@@ -711,13 +790,33 @@ pub(crate) mod tests {
         b[0] = b'X';
         assert_eq!(Model::parse(&b).unwrap_err(), Error::BadMagic);
         let mut b = blob.clone();
-        b[4] = 2;
-        assert_eq!(Model::parse(&b).unwrap_err(), Error::UnsupportedVersion(2));
+        b[4] = 1;
+        assert_eq!(Model::parse(&b).unwrap_err(), Error::UnsupportedVersion(1));
         let mut b = blob.clone();
         let n = b.len();
         b[n - 10] ^= 0xff;
         assert_eq!(Model::parse(&b).unwrap_err(), Error::BadCrc);
         assert_eq!(Model::parse(&blob[..40]).unwrap_err(), Error::Truncated);
+        // A valid CRC over out-of-range requantization parameters (a crafted blob).
+        let resealed = |mut b: Vec<u8>| {
+            let n = b.len();
+            let crc = crc32(&b[..n - 4]);
+            b[n - 4..].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        let params = read_u32(&blob, HEADER_LEN + 24) as usize;
+        for (at, value) in [(8, 40i32), (8, -40), (4, 5)] {
+            let mut b = blob.clone();
+            b[params + at..params + at + 4].copy_from_slice(&value.to_le_bytes());
+            assert_eq!(
+                Model::parse(&resealed(b)).unwrap_err(),
+                Error::BadLayer {
+                    index: 0,
+                    reason: "requantization multiplier or shift out of range"
+                },
+                "field {at} = {value}"
+            );
+        }
         // Flash padding after the blob is fine.
         let mut padded = blob.clone();
         padded.extend_from_slice(&[0xff; 13]);

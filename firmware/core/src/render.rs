@@ -339,10 +339,23 @@ pub fn render_frame(
     index: usize,
     latent: &[f32],
 ) {
-    fb.clear();
-    let Ok(()) = draw_digit_dithered(fb, pixels, DIGIT_ORIGIN, DIGIT_SCALE);
-    let text = caption(index, latent);
-    let Ok(()) = draw_caption(fb, &text, CAPTION_ORIGIN);
+    let Ok(()) = draw_frame(fb, pixels, index, latent);
+}
+
+/// [`render_frame`] on any monochrome `DrawTarget` (a display driver's buffer, say): clears it and
+/// draws the same screen, so a board shows exactly the frames the QEMU firmware writes.
+pub fn draw_frame<D>(
+    target: &mut D,
+    pixels: &[u8; IMAGE_PIXELS],
+    index: usize,
+    latent: &[f32],
+) -> Result<(), D::Error>
+where
+    D: DrawTarget<Color = BinaryColor>,
+{
+    target.clear(BinaryColor::Off)?;
+    draw_digit_dithered(target, pixels, DIGIT_ORIGIN, DIGIT_SCALE)?;
+    draw_caption(target, &caption(index, latent), CAPTION_ORIGIN)
 }
 
 /// The caption text of [`render_frame`].

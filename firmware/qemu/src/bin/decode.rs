@@ -153,11 +153,12 @@ fn run(buffers: &mut Buffers, measuring: bool) -> Result<usize, Error> {
     let dim = model.latent_dim();
     let macs = model.macs();
     info!(
-        "model: {} bytes, {} layers, latent size {}, {} MACs per digit",
+        "model: {} bytes, {} layers, latent size {}, {} MACs per digit ({} with folded weights)",
         blob.len(),
         model.layer_count(),
         dim,
-        macs
+        macs,
+        model.folded_macs()
     );
 
     // Latents are read one at a time, straight from the file.
