@@ -24,6 +24,7 @@ export ORT_DYLIB_PATH
 stage "lint (fmt, clippy)"
 cargo fmt --all -- --check
 (cd firmware/qemu && cargo fmt -- --check)
+(cd firmware/blackpill && cargo fmt -- --check)
 cargo clippy --release --workspace --all-targets -- -D warnings
 
 stage "build host (release)"
@@ -32,11 +33,16 @@ cargo build --release --workspace --all-targets
 stage "build aarch64 edge runtime"
 cargo build --release --target aarch64-unknown-linux-gnu -p edge-runtime --all-targets
 
-stage "build firmware (thumbv7em, thumbv6m)"
+stage "build firmware (QEMU boards, Black Pill)"
+# The firmware core on both thumb targets: the DSP kernels only exist on thumbv7em.
+cargo clippy --release -p firmware-core --features defmt --target thumbv7em-none-eabihf -- -D warnings
+cargo clippy --release -p firmware-core --target thumbv6m-none-eabi -- -D warnings
 (cd firmware/qemu \
   && cargo clippy --release -- -D warnings \
   && cargo clippy --release --target thumbv6m-none-eabi -- -D warnings \
   && cargo build --release)
+# The real board is built (with the golden model in flash), not run: CI has no probe.
+(cd firmware/blackpill && cargo clippy --release -- -D warnings && cargo build --release)
 
 stage "test host + e2e"
 cargo test --release --workspace

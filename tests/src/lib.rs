@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 pub use exporter::onnx::max_abs_diff;
 
+pub mod firmware;
+
 /// How close two float outputs must be.
 #[derive(Debug, Clone, Copy)]
 pub enum Tolerance {

@@ -15,7 +15,11 @@ use std::{
 };
 
 use burn::prelude::*;
-use e2e::{Tolerance, assert_close, psnr_u8_vs_float, scratch_dir, target_dir, workspace_root};
+use e2e::{
+    Tolerance, assert_close,
+    firmware::{Board, run, run_qemu_firmware},
+    psnr_u8_vs_float, scratch_dir, target_dir,
+};
 use exporter::{ExportOptions, FLOAT_TOLERANCE, export_run, onnx::run_ort};
 use firmware_core::{
     decoder::{self, IMAGE_PIXELS, Scratch},
@@ -47,20 +51,6 @@ fn ort_dylib() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed with {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
@@ -96,75 +86,6 @@ fn tract_aarch64(onnx: &Path, latents: &[Vec<f32>], dir: &Path) -> Vec<f32> {
         .arg(&raw);
     run(&mut cmd);
     f32s_from_le(&fs::read(&raw).expect("aarch64 raw output"))
-}
-
-/// The QEMU boards the firmware runs on.
-#[derive(Debug, Clone, Copy)]
-enum Board {
-    /// `mps2-an386`: Cortex-M4F; reads the model from the host into RAM.
-    Mps2An386,
-    /// `microbit`: Cortex-M0 (nRF51, 16 KiB RAM); the model is built into flash.
-    Microbit,
-}
-
-impl Board {
-    fn target(self) -> &'static str {
-        match self {
-            Board::Mps2An386 => "thumbv7em-none-eabihf",
-            Board::Microbit => "thumbv6m-none-eabi",
-        }
-    }
-
-    fn qemu_args(self) -> &'static [&'static str] {
-        match self {
-            Board::Mps2An386 => &["-cpu", "cortex-m4", "-machine", "mps2-an386"],
-            Board::Microbit => &["-machine", "microbit"],
-        }
-    }
-}
-
-/// Builds the firmware for `board`, runs it under QEMU on `model.q8` + `latents.f32` in `dir`,
-/// and returns the decoded defmt log.
-fn run_qemu_firmware(board: Board, dir: &Path) -> String {
-    let fw = workspace_root().join("firmware/qemu");
-    run(Command::new(env!("CARGO"))
-        .current_dir(&fw)
-        .env_remove("CARGO_TARGET_DIR")
-        .env("DECODE_MODEL", dir.join("model.q8"))
-        .args(["build", "--release", "--quiet", "--target", board.target()]));
-    let elf = fw.join(format!("target/{}/release/decode", board.target()));
-    let out = Command::new("qemu-system-arm")
-        .args(board.qemu_args())
-        .args([
-            "-nographic",
-            "-semihosting-config",
-            "enable=on,target=native",
-            "-kernel",
-        ])
-        .arg(&elf)
-        .current_dir(dir)
-        .output()
-        .expect("starting qemu-system-arm");
-    let log = Command::new("defmt-print")
-        .arg("-e")
-        .arg(&elf)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().expect("stdin").write_all(&out.stdout)?;
-            child.wait_with_output()
-        })
-        .expect("running defmt-print");
-    let log = String::from_utf8_lossy(&log.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{board:?} firmware exited with {}; log:\n{log}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    log
 }
 
 #[test]
@@ -319,7 +240,7 @@ fn train_export_and_run_everywhere() {
     // 9. The firmware on an emulated Cortex-M4F (mps2-an386) and Cortex-M0 (microbit): the same
     //    pixels and the same framebuffers as the host core.
     let le: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
-    for board in [Board::Mps2An386, Board::Microbit] {
+    for board in Board::ALL {
         let fw_dir = work.join(format!("firmware-{board:?}"));
         fs::create_dir_all(&fw_dir).expect("mkdir");
         fs::write(fw_dir.join("model.q8"), &blob).expect("write model");

@@ -1,0 +1,20 @@
+//! Puts `memory.x` on the linker's search path and copies the q8 model the firmware builds into
+//! flash to `OUT_DIR/model.q8`: the one named by the `DECODE_MODEL` environment variable, else
+//! the golden test model `firmware/golden/model.q8`.
+use std::{env, fs, path::PathBuf};
+
+fn main() {
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    fs::copy("memory.x", out.join("memory.x")).expect("copy memory.x into OUT_DIR");
+    println!("cargo::rustc-link-search={}", out.display());
+    println!("cargo::rerun-if-changed=memory.x");
+
+    println!("cargo::rerun-if-env-changed=DECODE_MODEL");
+    let model = env::var_os("DECODE_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../golden/model.q8"));
+    fs::copy(&model, out.join("model.q8"))
+        .unwrap_or_else(|e| panic!("model {}: {e} (set DECODE_MODEL)", model.display()));
+    println!("cargo::rerun-if-changed={}", model.display());
+    println!("cargo::rerun-if-changed=build.rs");
+}

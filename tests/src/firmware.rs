@@ -1,0 +1,97 @@
+//! Running the QEMU firmware (`firmware/qemu`) from tests.
+
+use std::{
+    io::Write,
+    path::Path,
+    process::{Command, Output, Stdio},
+};
+
+use crate::workspace_root;
+
+/// The QEMU boards the firmware runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Board {
+    /// `mps2-an386`: Cortex-M4F (DSP kernels); reads the model from the host into RAM.
+    Mps2An386,
+    /// `microbit`: Cortex-M0 (portable kernels, 16 KiB RAM); the model is built into flash.
+    Microbit,
+}
+
+impl Board {
+    /// Both boards.
+    pub const ALL: [Board; 2] = [Board::Mps2An386, Board::Microbit];
+
+    /// The Rust target the board's firmware is built for.
+    pub fn target(self) -> &'static str {
+        match self {
+            Board::Mps2An386 => "thumbv7em-none-eabihf",
+            Board::Microbit => "thumbv6m-none-eabi",
+        }
+    }
+
+    fn qemu_args(self) -> &'static [&'static str] {
+        match self {
+            Board::Mps2An386 => &["-cpu", "cortex-m4", "-machine", "mps2-an386"],
+            Board::Microbit => &["-machine", "microbit"],
+        }
+    }
+}
+
+/// Runs `cmd` and panics with its output unless it succeeds.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Builds the `decode` firmware for `board` (the microbit's with `dir/model.q8` in flash), runs
+/// it under QEMU on `model.q8` + `latents.f32` in `dir` (it writes `digits.gray` and
+/// `frame_NNN.pbm` there), and returns its defmt log, decoded by `defmt-print`.
+pub fn run_qemu_firmware(board: Board, dir: &Path) -> String {
+    let fw = workspace_root().join("firmware/qemu");
+    run(Command::new(env!("CARGO"))
+        .current_dir(&fw)
+        .env_remove("CARGO_TARGET_DIR")
+        .env("DECODE_MODEL", dir.join("model.q8"))
+        .args(["build", "--release", "--quiet", "--target", board.target()]));
+    let elf = fw.join(format!("target/{}/release/decode", board.target()));
+    let out = Command::new("qemu-system-arm")
+        .args(board.qemu_args())
+        .args([
+            "-nographic",
+            "-semihosting-config",
+            "enable=on,target=native",
+            "-kernel",
+        ])
+        .arg(&elf)
+        .current_dir(dir)
+        .output()
+        .expect("starting qemu-system-arm");
+    let log = Command::new("defmt-print")
+        .arg("-e")
+        .arg(&elf)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().expect("stdin").write_all(&out.stdout)?;
+            child.wait_with_output()
+        })
+        .expect("running defmt-print");
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{board:?} firmware exited with {}; log:\n{log}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    log
+}

@@ -1,0 +1,126 @@
+//! Golden snapshots of the firmware (`firmware/golden/`): a fixed q8 decoder and a morph of latent
+//! vectors, and the digits and 128x64 screens they must produce: on the host firmware core, on the
+//! emulated Cortex-M4F (DSP kernels) and on the emulated Cortex-M0 (portable kernels).
+//!
+//! After an intended change of the pixels or the screen layout, rewrite the snapshots from the host
+//! core, check that the boards agree, and review the diff (the frames are PBM images):
+//!
+//! ```text
+//! UPDATE_GOLDEN=1 cargo test --release -p e2e --test firmware_golden
+//! ```
+//!
+//! With `GOLDEN_MODEL=path/to/model.q8` as well, the model is replaced first (after a q8 format
+//! change, export a run again and pass its `decoder.q8`).
+
+use std::{env, fs, path::PathBuf};
+
+use e2e::{
+    firmware::{Board, run_qemu_firmware},
+    scratch_dir, workspace_root,
+};
+use firmware_core::{
+    decoder::{self, IMAGE_PIXELS, Scratch},
+    q8::Model,
+    render::{Framebuffer, PBM_LEN, render_frame},
+};
+
+fn golden_dir() -> PathBuf {
+    workspace_root().join("firmware/golden")
+}
+
+fn frame_name(i: usize) -> String {
+    format!("frame_{i:03}.pbm")
+}
+
+/// What the host firmware core makes of `model` and `latents`: the digits (784 bytes each, one
+/// after the other) and the screens (PBM).
+fn host_outputs(model: &[u8], latents: &[f32]) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let model = Model::parse(model).expect("golden model parses");
+    let mut scratch = Scratch::new();
+    let (mut digits, mut frames) = (Vec::new(), Vec::new());
+    for (i, z) in latents.chunks_exact(model.latent_dim()).enumerate() {
+        let mut q = vec![0i8; z.len()];
+        model.quantize_latent(z, &mut q).expect("quantize");
+        let mut digit = [0u8; IMAGE_PIXELS];
+        decoder::decode(&model, &q, &mut scratch, &mut digit).expect("decode");
+        digits.extend_from_slice(&digit);
+        let mut fb = Framebuffer::new();
+        render_frame(&mut fb, &digit, i, z);
+        let mut pbm = [0u8; PBM_LEN];
+        frames.push(fb.pbm(&mut pbm).to_vec());
+    }
+    (digits, frames)
+}
+
+fn assert_same(what: &str, expected: &[u8], actual: &[u8]) {
+    let differing = expected.iter().zip(actual).filter(|(a, b)| a != b).count();
+    assert!(
+        expected == actual,
+        "{what}: {differing} bytes differ (lengths {} and {}); if the change is intended, \
+         update the snapshots: UPDATE_GOLDEN=1 cargo test --release -p e2e --test firmware_golden",
+        expected.len(),
+        actual.len()
+    );
+}
+
+#[test]
+fn host_core_and_qemu_boards_match_the_golden_snapshots() {
+    let dir = golden_dir();
+    let update = env::var_os("UPDATE_GOLDEN").is_some();
+    if let (true, Some(model)) = (update, env::var_os("GOLDEN_MODEL")) {
+        fs::copy(&model, dir.join("model.q8")).expect("copy GOLDEN_MODEL");
+    }
+    let model = fs::read(dir.join("model.q8")).expect("golden model");
+    let latents_le = fs::read(dir.join("latents.f32")).expect("golden latents");
+    let latents: Vec<f32> = latents_le
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let (digits, frames) = host_outputs(&model, &latents);
+    let count = frames.len();
+    assert!(count >= 2, "the golden morph needs several latents");
+    if update {
+        fs::write(dir.join("digits.gray"), &digits).expect("write digits");
+        for (i, frame) in frames.iter().enumerate() {
+            fs::write(dir.join(frame_name(i)), frame).expect("write frame");
+        }
+        eprintln!(
+            "updated {count} golden digits and frames in {}",
+            dir.display()
+        );
+    }
+
+    // The host core against the snapshots.
+    let golden_digits = fs::read(dir.join("digits.gray")).expect("golden digits");
+    assert_same("host digits vs digits.gray", &golden_digits, &digits);
+    let golden_frames: Vec<Vec<u8>> = (0..count)
+        .map(|i| fs::read(dir.join(frame_name(i))).expect("golden frame"))
+        .collect();
+    for (i, (golden, frame)) in golden_frames.iter().zip(&frames).enumerate() {
+        assert_same(&format!("host {}", frame_name(i)), golden, frame);
+    }
+    // The digits are digits, not a blank or saturated screen.
+    let lit = golden_digits.iter().filter(|&&p| p >= 128).count();
+    assert!(
+        (count * 40..count * 400).contains(&lit),
+        "{lit} stroke pixels in {count} golden digits"
+    );
+
+    // Both QEMU boards against the same snapshots.
+    for board in Board::ALL {
+        let work = scratch_dir(&format!("golden-{board:?}"));
+        fs::write(work.join("model.q8"), &model).expect("write model");
+        fs::write(work.join("latents.f32"), &latents_le).expect("write latents");
+        let log = run_qemu_firmware(board, &work);
+        assert!(
+            log.contains(&format!("decoded {count} latents")),
+            "{board:?} defmt log:\n{log}"
+        );
+        let fw_digits = fs::read(work.join("digits.gray")).expect("firmware digits");
+        assert_same(&format!("{board:?} digits"), &golden_digits, &fw_digits);
+        for (i, golden) in golden_frames.iter().enumerate() {
+            let frame = fs::read(work.join(frame_name(i))).expect("firmware frame");
+            assert_same(&format!("{board:?} {}", frame_name(i)), golden, &frame);
+        }
+    }
+}
