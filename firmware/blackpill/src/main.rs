@@ -56,8 +56,7 @@ impl Rng {
 
 #[entry]
 fn main() -> ! {
-    let (Some(dp), Some(mut cp)) = (pac::Peripherals::take(), cortex_m::Peripherals::take())
-    else {
+    let (Some(dp), Some(mut cp)) = (pac::Peripherals::take(), cortex_m::Peripherals::take()) else {
         defmt::panic!("peripherals already taken");
     };
     let mut rcc = dp

@@ -121,7 +121,7 @@ impl Default for Scratch {
 /// ReLU, else -128.
 #[derive(Clone, Copy)]
 struct Requant {
-    multiplier: i64,
+    multiplier: i32,
     round: i64,
     n: u32,
     zero_point: i32,
@@ -134,7 +134,7 @@ impl Requant {
         let n = (31 - shift).clamp(1, 62) as u32;
         let zero_point = layer.output_zero_point as i32;
         Requant {
-            multiplier: multiplier as i64,
+            multiplier,
             round: 1 << (n - 1),
             n,
             zero_point,
@@ -144,7 +144,8 @@ impl Requant {
 
     #[inline(always)]
     fn apply(&self, acc: i32) -> i8 {
-        let sum = acc as i64 * self.multiplier + self.round;
+        // A 32 x 32 -> 64-bit product (one `smull` on Arm).
+        let sum = acc as i64 * self.multiplier as i64 + self.round;
         // The same floor division; for the usual n >= 32 a 32-bit shift of the high word is
         // enough, which is much cheaper than a 64-bit shift on a 32-bit core.
         let scaled = if self.n >= 32 {
@@ -152,7 +153,8 @@ impl Requant {
         } else {
             (sum >> self.n) as i32
         };
-        (scaled + self.zero_point).clamp(self.low, 127) as i8
+        // `max` then `min` rather than `clamp`, which would check `low <= 127` every time.
+        (scaled + self.zero_point).max(self.low).min(127) as i8
     }
 }
 
@@ -353,6 +355,52 @@ fn pixel_quads(xs: [&[[i8; 4]]; PIXEL_BLOCK], ws: &[[u8; 8]], acc: &mut [i32; PI
     *acc = [a0, a1, a2, a3];
 }
 
+/// A run of `count` neighbouring output pixels of one row for a block of [`CHANNEL_BLOCK`]
+/// channels, every tap inside the input, whole quads only: the hot loop of most conv layers.
+/// Pixel `p` reads `rows` tap rows of `quads` quads starting at `x_at + p * x_step`, rows
+/// `stride` apart, with the weights `w` (`rows x quads`); it writes its channels at
+/// `out_at + p * out_step`.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn channel_block_run(
+    x: &[i8],
+    (x_at, x_step, stride): (usize, usize, usize),
+    (rows, quads_per_row): (usize, usize),
+    w: &[[[u8; 8]; CHANNEL_BLOCK]],
+    init: [i32; CHANNEL_BLOCK],
+    requant: &[Requant; CHANNEL_BLOCK],
+    count: usize,
+    out: &mut [i8],
+    (out_at, out_step): (usize, usize),
+) {
+    let run = 4 * quads_per_row;
+    let mut w_rows: [&[[[u8; 8]; CHANNEL_BLOCK]]; MAX_SPAN] = [&[]; MAX_SPAN];
+    for (slot, w_row) in w_rows.iter_mut().zip(w.chunks_exact(quads_per_row.max(1))) {
+        *slot = w_row;
+    }
+    let w_rows = &w_rows[..rows.min(MAX_SPAN)];
+    // Input bytes one pixel's taps span.
+    let span = (rows.max(1) - 1) * stride + run;
+    for p in 0..count {
+        let mut acc = init;
+        let first = x_at + p * x_step;
+        if let Some(xs) = x.get(first..first + span) {
+            for (r, w_row) in w_rows.iter().enumerate() {
+                let at = r * stride;
+                if let Some(xs) = xs.get(at..at + run) {
+                    quads(xs.as_chunks::<4>().0, w_row, &mut acc);
+                }
+            }
+        }
+        let at = out_at + p * out_step;
+        if let Some(dst) = out.get_mut(at..at + CHANNEL_BLOCK) {
+            for ((d, &a), r) in dst.iter_mut().zip(&acc).zip(requant) {
+                *d = r.apply(a);
+            }
+        }
+    }
+}
+
 /// The MAC loop of a pixel at the left or right border, over the tap rows `rows` (inside the
 /// input): taps outside the input along x read the input zero point (a real zero).
 fn edge<const N: usize>(
@@ -440,9 +488,42 @@ fn phase_block<const N: usize>(
             }
         }
         let columns = w_out.saturating_sub(ax.phase).div_ceil(up);
+        // The columns whose taps all lie inside the input along x.
+        let inner = (-ax.base).max(0) as usize
+            ..((input.w as isize - sx as isize - ax.base + 1).max(0) as usize).min(columns);
         let mut i = 0;
         while i < columns {
             let (ox, col0) = (ax.phase + up * i, ax.start(i));
+            if N == CHANNEL_BLOCK
+                && i == inner.start
+                && !inner.is_empty()
+                && layout.run.is_multiple_of(4)
+                && let Sink::Activations(out) = sink
+                && let Ok(init) = <[i32; CHANNEL_BLOCK]>::try_from(&init[..])
+                && let Ok(requant) = <&[Requant; CHANNEL_BLOCK]>::try_from(&requant[..])
+            {
+                let quads_per_row = layout.run / 4;
+                // Rows of whole quads follow one another without padding (N = 4).
+                let bytes = 2 * layout.row_len;
+                let w = folded
+                    .get(rows.start * bytes..rows.end * bytes)
+                    .unwrap_or(&[]);
+                let (w, _) = w.as_chunks::<8>().0.as_chunks::<CHANNEL_BLOCK>();
+                let y = (row0 + rows.start as isize).max(0) as usize;
+                channel_block_run(
+                    input.values,
+                    (y * stride + col0 as usize * input.c, input.c, stride),
+                    (rows.len(), quads_per_row),
+                    w,
+                    init,
+                    requant,
+                    inner.len(),
+                    out,
+                    ((oy * w_out + ox) * c_out + o, up * c_out),
+                );
+                i = inner.end;
+                continue;
+            }
             // A single output channel with whole quads: PIXEL_BLOCK neighbouring pixels at once
             // where all their taps lie inside the input along x.
             if N == 1
@@ -1007,6 +1088,7 @@ mod tests {
         let model = Model::parse(&blob).expect("parses");
         let mut r = Requant::new(&model.layer(0).expect("layer"), 0);
         (r.multiplier, r.round, r.n, r.zero_point) = (1 << 30, 1 << 30, 31, 0);
+        r.low = -128;
         assert_eq!(r.apply(3), 2);
         assert_eq!(r.apply(-3), -1);
         assert_eq!(r.apply(4), 2);
