@@ -319,21 +319,26 @@ fn row_macs<const N: usize>(xs: &[i8], w: &WeightRow<N>, acc: &mut [i32; N]) {
 pub const PIXEL_BLOCK: usize = 4;
 
 /// `acc[p] += sum of w * x` over one tap row of four neighbouring pixels of a single output
-/// channel: pixel `p` reads the quads `xs[p]`, all with the same weights `ws`.
+/// channel, all with the weights `ws`: pixel `p` reads the quads `xq[p * QS..][..ws.len()]`
+/// (`QS` quads from one pixel to the next, a constant so that the four reads share one base
+/// register). `xq` must hold `ws.len() + 3 * QS` quads; missing ones end the sums early.
 #[cfg(arm_dsp)]
 #[inline(always)]
-fn pixel_quads(xs: [&[[i8; 4]]; PIXEL_BLOCK], ws: &[[u8; 8]], acc: &mut [i32; PIXEL_BLOCK]) {
+fn pixel_quads<const QS: usize>(xq: &[[i8; 4]], ws: &[[u8; 8]], acc: &mut [i32; PIXEL_BLOCK]) {
     use crate::dsp::{smlad, sxtb16, sxtb16_ror8};
     let [mut a0, mut a1, mut a2, mut a3] = *acc;
-    let pixels = xs[0].iter().zip(xs[1]).zip(xs[2]).zip(xs[3]);
-    for (w, (((x0, x1), x2), x3)) in ws.iter().zip(pixels) {
+    // One window per weight quad: the four pixels' quads at constant offsets.
+    for (w, x) in ws.iter().zip(xq.windows(3 * QS + 1)) {
         let w_even = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
         let w_odd = u32::from_le_bytes([w[4], w[5], w[6], w[7]]);
-        let mac = |a: i32, x: &[i8; 4]| {
+        let mac = |a: i32, x: [i8; 4]| {
             let x = u32::from_le_bytes(x.map(|b| b as u8));
             smlad(sxtb16_ror8(x), w_odd, smlad(sxtb16(x), w_even, a))
         };
-        (a0, a1, a2, a3) = (mac(a0, x0), mac(a1, x1), mac(a2, x2), mac(a3, x3));
+        a0 = mac(a0, x[0]);
+        a1 = mac(a1, x[QS]);
+        a2 = mac(a2, x[2 * QS]);
+        a3 = mac(a3, x[3 * QS]);
     }
     *acc = [a0, a1, a2, a3];
 }
@@ -341,16 +346,19 @@ fn pixel_quads(xs: [&[[i8; 4]]; PIXEL_BLOCK], ws: &[[u8; 8]], acc: &mut [i32; PI
 /// The same sums in plain Rust (hosts, Cortex-M0).
 #[cfg(not(arm_dsp))]
 #[inline(always)]
-fn pixel_quads(xs: [&[[i8; 4]]; PIXEL_BLOCK], ws: &[[u8; 8]], acc: &mut [i32; PIXEL_BLOCK]) {
+fn pixel_quads<const QS: usize>(xq: &[[i8; 4]], ws: &[[u8; 8]], acc: &mut [i32; PIXEL_BLOCK]) {
     let [mut a0, mut a1, mut a2, mut a3] = *acc;
-    let pixels = xs[0].iter().zip(xs[1]).zip(xs[2]).zip(xs[3]);
-    for (w, (((x0, x1), x2), x3)) in ws.iter().zip(pixels) {
+    // One window per weight quad: the four pixels' quads at constant offsets.
+    for (w, x) in ws.iter().zip(xq.windows(3 * QS + 1)) {
         let [w0, w2, w1, w3] = [0, 2, 4, 6].map(|i| i16::from_le_bytes([w[i], w[i + 1]]) as i32);
-        let mac = |a: i32, x: &[i8; 4]| {
+        let mac = |a: i32, x: [i8; 4]| {
             let [x0, x1, x2, x3] = x.map(|v| v as i32);
             a + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3
         };
-        (a0, a1, a2, a3) = (mac(a0, x0), mac(a1, x1), mac(a2, x2), mac(a3, x3));
+        a0 = mac(a0, x[0]);
+        a1 = mac(a1, x[QS]);
+        a2 = mac(a2, x[2 * QS]);
+        a3 = mac(a3, x[3 * QS]);
     }
     *acc = [a0, a1, a2, a3];
 }
@@ -397,6 +405,46 @@ fn channel_block_run(
             for ((d, &a), r) in dst.iter_mut().zip(&acc).zip(requant) {
                 *d = r.apply(a);
             }
+        }
+    }
+}
+
+/// Groups of [`PIXEL_BLOCK`] neighbouring output pixels of one row for a layer with a single
+/// output channel, every tap inside the input, whole quads only: the hot loop of the last layer.
+/// Group `g` starts at pixel `g * PIXEL_BLOCK`; pixel `p` reads `rows` tap rows of
+/// `quads_per_row` quads starting at `x_at + p * x_step`, rows `stride` apart, all with the
+/// weights `w` (`rows x quads_per_row`), and writes at `out_at + p * out_step`.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn pixel_block_run<const QS: usize>(
+    x: &[i8],
+    (x_at, stride): (usize, usize),
+    (rows, quads_per_row): (usize, usize),
+    w: &[[u8; 8]],
+    (init, requant): (i32, &Requant),
+    groups: usize,
+    sink: &mut Sink,
+    (out_at, out_step): (usize, usize),
+) {
+    let x_step = 4 * QS;
+    let mut w_rows: [&[[u8; 8]]; MAX_SPAN] = [&[]; MAX_SPAN];
+    for (slot, w_row) in w_rows.iter_mut().zip(w.chunks_exact(quads_per_row.max(1))) {
+        *slot = w_row;
+    }
+    let w_rows = &w_rows[..rows.min(MAX_SPAN)];
+    // Input bytes one tap row of a group spans.
+    let row_span = (PIXEL_BLOCK - 1) * x_step + 4 * quads_per_row;
+    for g in 0..groups {
+        let mut acc = [init; PIXEL_BLOCK];
+        let first = x_at + g * PIXEL_BLOCK * x_step;
+        for (r, w_row) in w_rows.iter().enumerate() {
+            let at = first + r * stride;
+            if let Some(xs) = x.get(at..at + row_span) {
+                pixel_quads::<QS>(xs.as_chunks::<4>().0, w_row, &mut acc);
+            }
+        }
+        for (p, &a) in acc.iter().enumerate() {
+            sink.put(out_at + (g * PIXEL_BLOCK + p) * out_step, requant.apply(a));
         }
     }
 }
@@ -524,40 +572,30 @@ fn phase_block<const N: usize>(
                 i = inner.end;
                 continue;
             }
-            // A single output channel with whole quads: PIXEL_BLOCK neighbouring pixels at once
-            // where all their taps lie inside the input along x.
-            if N == 1
-                && input.c.is_multiple_of(4)
-                && i + PIXEL_BLOCK <= columns
-                && col0 >= 0
-                && col0 as usize + PIXEL_BLOCK - 1 + sx <= input.w
-            {
-                let mut acc = [init[0]; PIXEL_BLOCK];
-                let q = input.c / 4;
-                for dy in rows.clone() {
-                    let y = (row0 + dy as isize) as usize;
-                    let at = y * stride + col0 as usize * input.c;
-                    let (Some(xs), Some(w)) = (
-                        input
-                            .values
-                            .get(at..at + layout.run + (PIXEL_BLOCK - 1) * input.c),
-                        weight_rows.get(dy),
-                    ) else {
-                        continue;
-                    };
-                    let (xq, _) = xs.as_chunks::<4>();
-                    // N == 1 here: one weight quad per input quad.
-                    let ws = w.quads.as_flattened();
-                    let n = ws.len();
-                    let pixels: [&[[i8; 4]]; PIXEL_BLOCK] =
-                        core::array::from_fn(|p| xq.get(p * q..p * q + n).unwrap_or(&[]));
-                    pixel_quads(pixels, ws, &mut acc);
+            // A single output channel with whole quads: PIXEL_BLOCK neighbouring pixels at once.
+            let groups = inner.len() / PIXEL_BLOCK;
+            if N == 1 && i == inner.start && groups > 0 && matches!(input.c, 4 | 8 | 16) {
+                let bytes = 2 * layout.row_len;
+                let w = folded
+                    .get(rows.start * bytes..rows.end * bytes)
+                    .unwrap_or(&[]);
+                let y = (row0 + rows.start as isize).max(0) as usize;
+                let args = (
+                    input.values,
+                    (y * stride + col0 as usize * input.c, stride),
+                    (rows.len(), layout.run / 4),
+                    w.as_chunks::<8>().0,
+                    (init[0], &requant[0]),
+                    groups,
+                );
+                let out = ((oy * w_out + ox) * c_out + o, up * c_out);
+                let (x, at, shape, w, finish, groups) = args;
+                match input.c {
+                    4 => pixel_block_run::<1>(x, at, shape, w, finish, groups, sink, out),
+                    8 => pixel_block_run::<2>(x, at, shape, w, finish, groups, sink, out),
+                    _ => pixel_block_run::<4>(x, at, shape, w, finish, groups, sink, out),
                 }
-                for (p, &a) in acc.iter().enumerate() {
-                    let at = (oy * w_out + ox + up * p) * c_out + o;
-                    sink.put(at, requant[0].apply(a));
-                }
-                i += PIXEL_BLOCK;
+                i += groups * PIXEL_BLOCK;
                 continue;
             }
             i += 1;
