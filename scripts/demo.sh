@@ -20,12 +20,12 @@ else
   target/release/exporter runs/conv-vae --out out/conv-vae --no-ort
 fi
 
-# A 5x5 walk over the 2-d latent plane.
-args=()
-for y in 1.5 0.75 0 -0.75 -1.5; do
-  for x in -1.5 -0.75 0 0.75 1.5; do
-    args+=("--latent=$x,$y")
-  done
-done
-target/release/edge generate --model out/conv-vae/decoder.onnx "${args[@]}" --out out/conv-vae/digit.png
-echo "generated digits: out/conv-vae/digit_*.png"
+# A 10x10 walk over the 2-d latent plane (z0 and z1 from -2 to 2) as one contact sheet, 16 samples
+# of the prior, and a morph; then the same 5x5 corner of the plane as single digit files.
+edge=target/release/edge
+model=out/conv-vae/decoder.onnx
+$edge generate --model $model --grid 10 --span 2 --sheet out/conv-vae/latent_grid.png
+$edge generate --model $model --random 16 --seed 1 --sheet out/conv-vae/samples.png
+$edge generate --model $model --morph -1.5,1 1.5,-1 --steps 10 --sheet out/conv-vae/morph.png
+$edge generate --model $model --grid 5 --span 1.5 --out out/conv-vae/digit.png
+echo "generated digits: out/conv-vae/{latent_grid,samples,morph}.png and out/conv-vae/digit_*.png"

@@ -89,6 +89,24 @@ pub enum Error {
         actual: usize,
     },
 
+    /// A file of latent vectors could not be read or parsed.
+    #[error("cannot read latents from {path}: {reason}")]
+    LatentFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line or position where it applies.
+        reason: String,
+    },
+
+    /// Images of different sizes were given to [`crate::Image::tile`].
+    #[error("cannot tile images of different sizes ({first} and {other})")]
+    MixedSizes {
+        /// Size of the first image, `WxH`.
+        first: String,
+        /// Size of the first image that differs, `WxH`.
+        other: String,
+    },
+
     /// The image file name has no extension this crate knows how to write.
     #[error("cannot tell the image format of {path}: use a .png or .pgm extension")]
     UnknownImageFormat {

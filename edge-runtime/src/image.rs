@@ -59,6 +59,48 @@ impl Image {
         self.pixels
     }
 
+    /// A contact sheet: `images` left to right, top to bottom, `columns` per row, with `gap`
+    /// pixels of mid gray (0.5) between them and around them; cells of a last, short row stay
+    /// black.
+    ///
+    /// # Errors
+    /// [`Error::MixedSizes`] when the images differ in size; [`Error::PixelCount`] when there is
+    /// no image or `columns` is 0.
+    pub fn tile(images: &[Image], columns: usize, gap: usize) -> Result<Image, Error> {
+        let (Some(first), true) = (images.first(), columns > 0) else {
+            return Err(Error::PixelCount {
+                width: 0,
+                height: 0,
+                actual: images.len(),
+            });
+        };
+        let (w, h) = (first.width, first.height);
+        if let Some(other) = images.iter().find(|i| (i.width, i.height) != (w, h)) {
+            return Err(Error::MixedSizes {
+                first: format!("{w}x{h}"),
+                other: format!("{}x{}", other.width, other.height),
+            });
+        }
+        let columns = columns.min(images.len());
+        let rows = images.len().div_ceil(columns);
+        let (sheet_w, sheet_h) = (columns * (w + gap) + gap, rows * (h + gap) + gap);
+        let mut pixels = vec![0.5f32; sheet_w * sheet_h];
+        for row in 0..rows {
+            for col in 0..columns {
+                let (x0, y0) = (gap + col * (w + gap), gap + row * (h + gap));
+                let image = images.get(row * columns + col);
+                for y in 0..h {
+                    let line = &mut pixels[(y0 + y) * sheet_w + x0..][..w];
+                    match image {
+                        Some(image) => line.copy_from_slice(&image.pixels[y * w..][..w]),
+                        None => line.fill(0.0),
+                    }
+                }
+            }
+        }
+        Image::new(sheet_w, sheet_h, pixels)
+    }
+
     /// 8-bit gray levels: `round(clamp(v, 0, 1) * 255)` per pixel (NaN becomes 0).
     pub fn to_gray8(&self) -> Vec<u8> {
         // `as u8` saturates and maps NaN to 0, so this never panics.
@@ -351,5 +393,38 @@ mod tests {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, [name]);
+    }
+
+    #[test]
+    fn tiles_a_contact_sheet() {
+        let cell = |v: f32| Image::new(2, 1, vec![v, v]).expect("2x1");
+        let sheet = Image::tile(&[cell(1.0), cell(0.2), cell(0.7)], 2, 1).expect("tiles");
+        // 2 columns, 2 rows of 2x1 cells with 1-pixel gaps: 7 x 5.
+        assert_eq!((sheet.width(), sheet.height()), (7, 5));
+        let g = 0.5;
+        #[rustfmt::skip]
+        let expected = vec![
+            g, g,   g,   g, g,   g,   g,
+            g, 1.0, 1.0, g, 0.2, 0.2, g,
+            g, g,   g,   g, g,   g,   g,
+            g, 0.7, 0.7, g, 0.0, 0.0, g,
+            g, g,   g,   g, g,   g,   g,
+        ];
+        assert_eq!(sheet.pixels(), &expected[..]);
+        // More columns than images: one row.
+        let row = Image::tile(&[cell(1.0), cell(1.0)], 5, 0).expect("tiles");
+        assert_eq!((row.width(), row.height()), (4, 1));
+    }
+
+    #[test]
+    fn tile_rejects_mixed_sizes_and_nothing() {
+        let a = Image::new(2, 1, vec![0.0; 2]).expect("2x1");
+        let b = Image::new(1, 2, vec![0.0; 2]).expect("1x2");
+        assert!(matches!(
+            Image::tile(&[a.clone(), b], 2, 0),
+            Err(Error::MixedSizes { .. })
+        ));
+        assert!(Image::tile(&[], 2, 0).is_err());
+        assert!(Image::tile(&[a], 0, 0).is_err());
     }
 }

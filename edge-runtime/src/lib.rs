@@ -31,6 +31,7 @@
 mod decoder;
 mod error;
 mod image;
+pub mod latents;
 
 pub use decoder::Decoder;
 pub use error::{Error, TractFailure};

@@ -3,13 +3,15 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use anyhow::bail;
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
-use edge_runtime::{Decoder, Image, ImageFormat, write_atomically};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use edge_runtime::{Decoder, Image, ImageFormat, latents, write_atomically};
 
 const EXAMPLES: &str = "\
 Examples:
-  edge generate --model out/conv-vae/decoder.onnx --latent 0.5,-1.2 --out digit.png";
+  edge generate --model out/conv-vae/decoder.onnx --latent 0.5,-1.2 --out digit.png
+  edge generate --model out/conv-vae/decoder.onnx --grid 10 --sheet grid.png";
 
 const GENERATE_EXAMPLES: &str = "\
 Examples:
@@ -18,7 +20,17 @@ Examples:
 
   # Two digits, written to digits_0.pgm and digits_1.pgm, plus their raw pixels
   # (2 x 784 little-endian f32 values) in digits.f32:
-  edge generate --model out/conv-vae/decoder.onnx --latent 0,0 --latent -1,2 --out digits.pgm --raw digits.f32";
+  edge generate --model out/conv-vae/decoder.onnx --latent 0,0 --latent -1,2 --out digits.pgm --raw digits.f32
+
+  # A 10 x 10 walk over the 2-d latent plane, from -2 to 2 on both axes, as one contact sheet:
+  edge generate --model out/conv-vae/decoder.onnx --grid 10 --span 2 --sheet grid.png
+
+  # 16 samples of the prior N(0, I), and a 12-step morph from one digit to another:
+  edge generate --model out/conv-vae/decoder.onnx --random 16 --seed 7 --sheet samples.png
+  edge generate --model out/conv-vae/decoder.onnx --morph -1.5,1 1.5,-1 --steps 12 --sheet morph.png
+
+  # Latents from a file: CSV (one vector per line) or JSON ([[0.5, -1.2], [0, 0]]):
+  edge generate --model out/conv-vae/decoder.onnx --latents z.csv --out digit.png";
 
 /// Runs the exported MNIST autoencoders with tract.
 #[derive(Debug, Parser)]
@@ -35,7 +47,12 @@ enum Command {
     Generate(GenerateArgs),
 }
 
+/// Most digits one `generate` decodes.
+const MAX_DIGITS: u32 = 10_000;
+
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["latent", "latents", "random", "grid", "morph"])))]
+#[command(group(ArgGroup::new("output").required(true).multiple(true).args(["out", "sheet", "raw"])))]
 struct GenerateArgs {
     /// ONNX decoder written by the exporter (`decoder.onnx` in its output directory).
     #[arg(long, value_name = "FILE")]
@@ -46,21 +63,74 @@ struct GenerateArgs {
     #[arg(
         long,
         value_name = "V,V,...",
-        required = true,
         allow_hyphen_values = true,
         value_parser = Latent::parse
     )]
     latent: Vec<Latent>,
 
-    /// Output image, `.png` or `.pgm`. With several `--latent`s, digit i (counting from 0) is
-    /// written to `<stem>_<i>.<ext>` instead, e.g. `digits_0.png`, `digits_1.png`.
+    /// Latent vectors from a file: `.csv` (one vector per line, comma-separated; blank lines and
+    /// `#` comments skipped) or `.json` (an array of arrays of numbers).
     #[arg(long, value_name = "FILE")]
-    out: PathBuf,
+    latents: Option<PathBuf>,
+
+    /// N latents drawn from the VAE's prior N(0, I), reproducible with `--seed`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_DIGITS as i64))]
+    random: Option<u32>,
+
+    /// Seed of `--random` [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+
+    /// An N x N grid over the 2-d latent plane (2-d decoders only), row by row from the top
+    /// left: z0 from -SPAN to SPAN, z1 from SPAN to -SPAN.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    grid: Option<u32>,
+
+    /// Half-width of `--grid` on both axes [default: 2].
+    #[arg(long, value_name = "SPAN", value_parser = positive)]
+    span: Option<f32>,
+
+    /// A morph: `--steps` digits on the straight line from the latent FROM to the latent TO
+    /// (both included).
+    #[arg(
+        long,
+        num_args = 2,
+        value_names = ["FROM", "TO"],
+        allow_hyphen_values = true,
+        value_parser = Latent::parse
+    )]
+    morph: Vec<Latent>,
+
+    /// Digits in `--morph` [default: 8].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    steps: Option<u32>,
+
+    /// Output image, `.png` or `.pgm`. With several digits, digit i (counting from 0) is written
+    /// to `<stem>_<i>.<ext>` instead, e.g. `digits_0.png`, `digits_1.png`.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+
+    /// One contact sheet of all the digits, `.png` or `.pgm`: left to right, top to bottom.
+    #[arg(long, value_name = "FILE")]
+    sheet: Option<PathBuf>,
+
+    /// Digits per row of `--sheet` (default: N for `--grid`, `--steps` for `--morph`, else the
+    /// smallest square that holds them all).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    columns: Option<u32>,
 
     /// Also write the pixels of every digit as little-endian f32 values (height x width per
-    /// digit, row-major), concatenated in `--latent` order, exactly as the model produced them.
+    /// digit, row-major), concatenated in order, exactly as the model produced them.
     #[arg(long, value_name = "FILE")]
     raw: Option<PathBuf>,
+}
+
+/// A finite, positive number.
+fn positive(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{text}` is not a positive number")),
+    }
 }
 
 /// A latent vector parsed from the command line.
@@ -101,26 +171,71 @@ fn main() -> Result<()> {
     }
 }
 
-fn generate(args: &GenerateArgs) -> Result<()> {
-    // Check the cheap things before loading the model.
-    ImageFormat::from_path(&args.out).context("checking --out")?;
+/// Options that only make sense with another one.
+fn check_companions(args: &GenerateArgs) -> Result<()> {
+    let pairs = [
+        (
+            args.seed.is_some(),
+            args.random.is_some(),
+            "--seed",
+            "--random",
+        ),
+        (args.span.is_some(), args.grid.is_some(), "--span", "--grid"),
+        (
+            args.steps.is_some(),
+            !args.morph.is_empty(),
+            "--steps",
+            "--morph",
+        ),
+        (
+            args.columns.is_some(),
+            args.sheet.is_some(),
+            "--columns",
+            "--sheet",
+        ),
+    ];
+    for (given, companion, option, needs) in pairs {
+        if given && !companion {
+            bail!("{option} only applies with {needs}");
+        }
+    }
+    Ok(())
+}
 
+fn generate(args: &GenerateArgs) -> Result<()> {
+    check_companions(args)?;
+    // Check the cheap things before loading the model.
+    for path in [&args.out, &args.sheet].into_iter().flatten() {
+        ImageFormat::from_path(path).context("checking the output file name")?;
+    }
     let decoder = Decoder::load(&args.model).context("loading the decoder")?;
+    let (latents, natural_columns) = latents(args, &decoder)?;
+    if latents.len() > MAX_DIGITS as usize {
+        bail!("{} latents: at most {MAX_DIGITS} per run", latents.len());
+    }
     // Decode everything before writing anything: a bad latent leaves no partial output.
-    let images = args
-        .latent
+    let images = latents
         .iter()
         .enumerate()
         .map(|(i, latent)| {
             decoder
-                .decode(&latent.0)
-                .with_context(|| format!("decoding latent {i} ({latent})"))
+                .decode(latent)
+                .with_context(|| format!("decoding latent {i} ({})", Latent(latent.clone())))
         })
         .collect::<Result<Vec<Image>>>()?;
 
-    for (image, path) in images.iter().zip(output_paths(&args.out, images.len())) {
-        image.save(&path).context("writing an image")?;
-        println!("wrote {}", path.display());
+    if let Some(out) = &args.out {
+        for (image, path) in images.iter().zip(output_paths(out, images.len())) {
+            image.save(&path).context("writing an image")?;
+            println!("wrote {}", path.display());
+        }
+    }
+    if let Some(sheet) = &args.sheet {
+        let columns = args.columns.map_or(natural_columns, |c| c as usize);
+        Image::tile(&images, columns, SHEET_GAP)
+            .and_then(|tiled| tiled.save(sheet))
+            .context("writing the contact sheet")?;
+        println!("wrote {} ({} digits)", sheet.display(), images.len());
     }
     if let Some(raw) = &args.raw {
         let bytes: Vec<u8> = images
@@ -132,6 +247,45 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         println!("wrote {}", raw.display());
     }
     Ok(())
+}
+
+/// Pixels between the digits of a contact sheet.
+const SHEET_GAP: usize = 2;
+
+/// The latents the arguments ask for, and how many a contact sheet should put on a row.
+fn latents(args: &GenerateArgs, decoder: &Decoder) -> Result<(Vec<Vec<f32>>, usize)> {
+    let square = |n: usize| (n as f64).sqrt().ceil() as usize;
+    let dim = decoder.latent_dim();
+    if !args.latent.is_empty() {
+        let latents: Vec<Vec<f32>> = args.latent.iter().map(|l| l.0.clone()).collect();
+        let columns = square(latents.len());
+        return Ok((latents, columns));
+    }
+    if let Some(path) = &args.latents {
+        let latents = latents::read_file(path)?;
+        let columns = square(latents.len());
+        return Ok((latents, columns));
+    }
+    if let Some(n) = args.random {
+        return Ok((
+            latents::random_normal(n as usize, dim, args.seed.unwrap_or(0)),
+            square(n as usize),
+        ));
+    }
+    if let Some(side) = args.grid {
+        if dim != 2 {
+            bail!("--grid walks the 2-d latent plane, but this decoder takes {dim} values");
+        }
+        let span = args.span.unwrap_or(2.0);
+        return Ok((latents::grid(side as usize, span), side as usize));
+    }
+    if let [from, to] = args.morph.as_slice() {
+        let steps = args.steps.unwrap_or(8) as usize;
+        let latents = latents::morph(&from.0, &to.0, steps)
+            .context("--morph needs two latents of the same length")?;
+        return Ok((latents, steps));
+    }
+    bail!("no latents: give --latent, --latents, --random, --grid or --morph")
 }
 
 /// `out` itself for a single image; `<stem>_<i>.<ext>` beside it for several.
@@ -185,6 +339,67 @@ mod tests {
             args.latent,
             [Latent(vec![-1.0, 2.0]), Latent(vec![3.0, -4.0])]
         );
+    }
+
+    fn parse(args: &[&str]) -> Result<GenerateArgs, clap::Error> {
+        let full = [&["edge", "generate", "--model", "m.onnx"], args].concat();
+        Cli::try_parse_from(full).map(|cli| {
+            let Command::Generate(args) = cli.command;
+            args
+        })
+    }
+
+    #[test]
+    fn latent_sources_are_exclusive_and_one_is_required() {
+        let args = parse(&[
+            "--morph", "-1,1", "1,-1", "--steps", "5", "--sheet", "m.png",
+        ])
+        .expect("morph");
+        assert_eq!(
+            args.morph,
+            [Latent(vec![-1.0, 1.0]), Latent(vec![1.0, -1.0])]
+        );
+        assert_eq!(args.steps, Some(5));
+        let args = parse(&[
+            "--grid",
+            "4",
+            "--span",
+            "1.5",
+            "--sheet",
+            "g.png",
+            "--columns",
+            "2",
+        ])
+        .expect("grid");
+        assert_eq!(
+            (args.grid, args.span, args.columns),
+            (Some(4), Some(1.5), Some(2))
+        );
+        assert!(parse(&["--random", "3", "--raw", "r.f32"]).is_ok());
+        assert!(parse(&["--latents", "z.csv", "--out", "d.png"]).is_ok());
+        // None, or two at once.
+        assert!(parse(&["--out", "d.png"]).is_err());
+        assert!(parse(&["--grid", "3", "--random", "2", "--out", "d.png"]).is_err());
+        // No output at all.
+        assert!(parse(&["--grid", "3"]).is_err());
+        // Options that belong to another source or output.
+        for extra in [
+            ["--seed", "3"],
+            ["--span", "1"],
+            ["--steps", "3"],
+            ["--columns", "3"],
+        ] {
+            let args = parse(&[&["--latent", "0,0", "--out", "d.png"], &extra[..]].concat())
+                .expect("parses");
+            let message = check_companions(&args).expect_err("rejected").to_string();
+            assert!(message.starts_with(extra[0]), "{message}");
+        }
+        // Out-of-range counts.
+        assert!(parse(&["--random", "0", "--out", "d.png"]).is_err());
+        assert!(parse(&["--grid", "101", "--out", "d.png"]).is_err());
+        assert!(parse(&["--morph", "0,0", "1,1", "--steps", "1", "--out", "d.png"]).is_err());
+        assert!(parse(&["--grid", "3", "--span", "-1", "--out", "d.png"]).is_err());
+        assert!(parse(&["--grid", "3", "--span", "inf", "--out", "d.png"]).is_err());
     }
 
     #[test]

@@ -272,3 +272,108 @@ fn help_shows_an_example() {
         "{help}"
     );
 }
+
+/// Runs `edge generate` with `args` in `dir` and returns the raw pixels it wrote to `r.f32`.
+fn generate_raw(dir: &Path, args: &[&str]) -> Vec<f32> {
+    let out = edge(
+        dir,
+        &[
+            &["generate", "--model", "decoder.onnx", "--raw", "r.f32"],
+            args,
+        ]
+        .concat(),
+    );
+    assert!(
+        out.status.success(),
+        "edge {args:?} failed: {}",
+        stderr(&out)
+    );
+    f32s(&std::fs::read(dir.join("r.f32")).expect("raw file"))
+}
+
+#[test]
+fn grid_contact_sheet_holds_every_digit_in_order() {
+    let dir = workspace();
+    let raw = generate_raw(
+        dir.path(),
+        &["--grid", "3", "--span", "1", "--sheet", "grid.pgm"],
+    );
+    // Row by row from the top left: z0 from -1 to 1, z1 from 1 to -1.
+    let expected: Vec<f32> = [-1.0f32, 0.0, 1.0]
+        .iter()
+        .flat_map(|&z1| [-1.0f32, 0.0, 1.0].map(|z0| expected_pixels(&[z0, -z1])))
+        .flatten()
+        .collect();
+    assert!(max_abs_diff(&raw, &expected) <= ATOL);
+
+    // 3 x 3 cells of 28 pixels with 2-pixel gaps: 92 x 92.
+    let pgm = std::fs::read(dir.path().join("grid.pgm")).expect("sheet");
+    let header = b"P5\n92 92\n255\n";
+    assert!(pgm.starts_with(header), "sheet header");
+    let gray = &pgm[header.len()..];
+    assert_eq!(gray.len(), 92 * 92);
+    // Cell (row 1, column 2) is latent (1, 0); the gaps are mid gray.
+    let cell = expected_pixels(&[1.0, 0.0]);
+    for y in 0..SIDE {
+        for x in 0..SIDE {
+            let sheet = gray[(2 + 30 + y) * 92 + 2 + 2 * 30 + x];
+            let want = (cell[y * SIDE + x].clamp(0.0, 1.0) * 255.0).round() as u8;
+            assert!(sheet.abs_diff(want) <= 1, "pixel ({x}, {y}) of cell (1, 2)");
+        }
+    }
+    assert_eq!(gray[0], 128, "gap");
+}
+
+#[test]
+fn morph_and_random_latents() {
+    let dir = workspace();
+    let raw = generate_raw(dir.path(), &["--morph", "-1,1", "1,-1", "--steps", "3"]);
+    let expected: Vec<f32> = [[-1.0, 1.0], [0.0, 0.0], [1.0, -1.0]]
+        .iter()
+        .flat_map(expected_pixels)
+        .collect();
+    assert!(max_abs_diff(&raw, &expected) <= ATOL);
+
+    let a = generate_raw(dir.path(), &["--random", "4", "--seed", "5"]);
+    let b = generate_raw(dir.path(), &["--random", "4", "--seed", "5"]);
+    let c = generate_raw(dir.path(), &["--random", "4", "--seed", "6"]);
+    assert_eq!(a.len(), 4 * PIXELS);
+    assert_eq!(a, b, "the same seed gives the same digits");
+    assert_ne!(a, c, "another seed gives other digits");
+}
+
+#[test]
+fn latents_from_csv_and_json_files() {
+    let dir = workspace();
+    std::fs::write(dir.path().join("z.csv"), "# z0,z1\n0.5,-1.2\n\n0,0\n").expect("csv");
+    std::fs::write(dir.path().join("z.json"), "[[0.5, -1.2], [0, 0]]").expect("json");
+    let expected: Vec<f32> = [[0.5, -1.2], [0.0, 0.0]]
+        .iter()
+        .flat_map(expected_pixels)
+        .collect();
+    for file in ["z.csv", "z.json"] {
+        let raw = generate_raw(dir.path(), &["--latents", file]);
+        assert!(max_abs_diff(&raw, &expected) <= ATOL, "{file}");
+    }
+
+    std::fs::write(dir.path().join("bad.csv"), "1,2\n3\n").expect("csv");
+    let out = edge(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            "decoder.onnx",
+            "--latents",
+            "bad.csv",
+            "--out",
+            "b.png",
+        ],
+    );
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.contains("bad.csv") && message.contains("vector 1 has 1 values"),
+        "{message}"
+    );
+    assert!(!dir.path().join("b_0.png").exists(), "nothing written");
+}
