@@ -26,6 +26,8 @@ cargo fmt --all -- --check
 (cd firmware/qemu && cargo fmt -- --check)
 (cd firmware/blackpill && cargo fmt -- --check)
 cargo clippy --release --workspace --all-targets -- -D warnings
+# The edge runtime's optional ONNX Runtime benchmark path.
+cargo clippy --release -p edge-runtime --features ort --all-targets -- -D warnings
 
 stage "build host (release)"
 cargo build --release --workspace --all-targets

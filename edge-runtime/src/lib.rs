@@ -28,6 +28,7 @@
 //! [tract]: https://github.com/sonos/tract
 #![warn(missing_docs)]
 
+pub mod bench;
 mod decoder;
 mod error;
 mod image;

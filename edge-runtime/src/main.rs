@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use anyhow::{Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use edge_runtime::{Decoder, Image, ImageFormat, latents, write_atomically};
+use edge_runtime::{Decoder, Image, ImageFormat, bench, latents, write_atomically};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -45,6 +45,37 @@ enum Command {
     /// Decodes latent vectors into digit images with an ONNX decoder.
     #[command(after_help = GENERATE_EXAMPLES)]
     Generate(GenerateArgs),
+    /// Times a decoder: latency percentiles and digits per second, with tract and (when built
+    /// with the `ort` feature and given the library) ONNX Runtime on the same latents.
+    #[command(after_help = BENCH_EXAMPLES)]
+    Bench(BenchArgs),
+}
+
+const BENCH_EXAMPLES: &str = "\
+Examples:
+  edge bench --model out/conv-vae/decoder.onnx --runs 500
+
+  # tract and ONNX Runtime side by side (build with --features ort):
+  ORT_DYLIB_PATH=/path/to/libonnxruntime.so edge bench --model out/conv-vae/decoder.onnx";
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// ONNX decoder written by the exporter.
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+
+    /// Timed calls per runtime.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    runs: u32,
+
+    /// Untimed calls first.
+    #[arg(long, default_value_t = 20)]
+    warmup: u32,
+
+    /// ONNX Runtime shared library (`libonnxruntime.so`) to time next to tract.
+    #[cfg(feature = "ort")]
+    #[arg(long, value_name = "FILE", env = "ORT_DYLIB_PATH")]
+    ort_dylib: Option<PathBuf>,
 }
 
 /// Most digits one `generate` decodes.
@@ -168,6 +199,93 @@ impl fmt::Display for Latent {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Generate(args) => generate(&args),
+        Command::Bench(args) => bench(&args),
+    }
+}
+
+/// One row of the `bench` table.
+fn print_row(runtime: &str, stats: &bench::Stats) {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{runtime:<14} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>10.1}",
+        stats.runs,
+        ms(stats.p50),
+        ms(stats.p90),
+        ms(stats.p99),
+        ms(stats.mean),
+        stats.per_second()
+    );
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    let decoder = Decoder::load(&args.model).context("loading the decoder")?;
+    let (runs, warmup) = (args.runs as usize, args.warmup as usize);
+    // The same latents for every runtime: samples of the prior, cycled.
+    let latents = latents::random_normal(64, decoder.latent_dim(), 0);
+    println!(
+        "{}: latent {} -> {}x{} image, batch 1, {runs} timed calls after {warmup}",
+        args.model.display(),
+        decoder.latent_dim(),
+        decoder.image_size().0,
+        decoder.image_size().1,
+    );
+    println!(
+        "{:<14} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "runtime", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "digits/s"
+    );
+    let mut next = latents.iter().cycle();
+    let stats = bench::measure(warmup, runs, || {
+        let z = next.next().map_or(&[][..], Vec::as_slice);
+        decoder.decode(z).map(drop)
+    })
+    .context("running the decoder with tract")?;
+    if let Some(stats) = stats {
+        print_row("tract", &stats);
+    }
+    #[cfg(feature = "ort")]
+    if let Some(dylib) = &args.ort_dylib {
+        let stats = ort_bench::measure(&args.model, dylib, &latents, warmup, runs)
+            .context("running the decoder with ONNX Runtime")?;
+        if let Some(stats) = stats {
+            print_row("onnxruntime", &stats);
+        }
+    }
+    Ok(())
+}
+
+/// ONNX Runtime on the same decoder, for `bench`.
+#[cfg(feature = "ort")]
+mod ort_bench {
+    use std::path::Path;
+
+    use anyhow::{Context, Result};
+    use edge_runtime::bench;
+
+    pub fn measure(
+        model: &Path,
+        dylib: &Path,
+        latents: &[Vec<f32>],
+        warmup: usize,
+        runs: usize,
+    ) -> Result<Option<bench::Stats>> {
+        let loading = || format!("loading ONNX Runtime from {}", dylib.display());
+        let env = ort::init_from(dylib)
+            .with_context(loading)?
+            .build()
+            .with_context(loading)?;
+        // One intra-op thread, like tract: a fair single-core comparison.
+        let mut session = ort::session::Session::builder(&env)?
+            .with_intra_threads(1)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .commit_from_file(model)?;
+        let mut next = latents.iter().cycle();
+        bench::measure(warmup, runs, || -> Result<()> {
+            let z = next.next().cloned().unwrap_or_default();
+            let input = ort::value::Tensor::from_array(([1usize, z.len()], z.into_boxed_slice()))?;
+            let outputs = session.run(ort::inputs![input])?;
+            outputs[0].try_extract_tensor::<f32>()?;
+            Ok(())
+        })
     }
 }
 
@@ -334,7 +452,9 @@ mod tests {
             "--out", "d.png",
         ])
         .expect("valid command line");
-        let Command::Generate(args) = cli.command;
+        let Command::Generate(args) = cli.command else {
+            panic!("not generate");
+        };
         assert_eq!(
             args.latent,
             [Latent(vec![-1.0, 2.0]), Latent(vec![3.0, -4.0])]
@@ -343,9 +463,9 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<GenerateArgs, clap::Error> {
         let full = [&["edge", "generate", "--model", "m.onnx"], args].concat();
-        Cli::try_parse_from(full).map(|cli| {
-            let Command::Generate(args) = cli.command;
-            args
+        Cli::try_parse_from(full).map(|cli| match cli.command {
+            Command::Generate(args) => args,
+            Command::Bench(_) => panic!("not generate"),
         })
     }
 

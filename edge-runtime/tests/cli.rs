@@ -377,3 +377,36 @@ fn latents_from_csv_and_json_files() {
     );
     assert!(!dir.path().join("b_0.png").exists(), "nothing written");
 }
+
+#[test]
+fn bench_prints_latency_percentiles() {
+    let dir = workspace();
+    let out = edge(
+        dir.path(),
+        &[
+            "bench",
+            "--model",
+            "decoder.onnx",
+            "--runs",
+            "20",
+            "--warmup",
+            "2",
+        ],
+    );
+    assert!(out.status.success(), "edge bench failed: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("p50 ms") && text.contains("digits/s"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("tract"))
+        .unwrap_or_else(|| panic!("no tract row in:\n{text}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields.len(), 7, "{row}");
+    assert_eq!(fields[1], "20", "{row}");
+    let p50: f64 = fields[2].parse().expect("p50");
+    let p99: f64 = fields[4].parse().expect("p99");
+    assert!(p50 > 0.0 && p99 >= p50, "{row}");
+}
