@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README, CI): installs what is missing, builds every target once in
 # the release profile, and runs all tests: host workspace (unit, integration, end-to-end), the
-# edge runtime's tests on aarch64 under qemu-user, and the firmware under QEMU (from the e2e test).
+# edge runtime's tests on aarch64 and armv7 under qemu-user, and the firmware under QEMU (from the
+# e2e and golden tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,9 @@ cargo build --release --workspace --all-targets
 stage "build aarch64 edge runtime"
 cargo build --release --target aarch64-unknown-linux-gnu -p edge-runtime --all-targets
 
+stage "build armv7 edge runtime"
+cargo build --release --target armv7-unknown-linux-gnueabihf -p edge-runtime --all-targets
+
 stage "build firmware (QEMU boards, Black Pill)"
 # The firmware core on both thumb targets: the DSP kernels only exist on thumbv7em.
 cargo clippy --release -p firmware-core --features defmt --target thumbv7em-none-eabihf -- -D warnings
@@ -49,8 +53,9 @@ cargo clippy --release -p firmware-core --target thumbv6m-none-eabi -- -D warnin
 stage "test host + e2e"
 cargo test --release --workspace
 
-stage "test aarch64 (qemu-user)"
+stage "test aarch64 and armv7 (qemu-user)"
 cargo test --release --target aarch64-unknown-linux-gnu -p edge-runtime
+cargo test --release --target armv7-unknown-linux-gnueabihf -p edge-runtime
 
 stage "done"
 cat target/stage-times.txt

@@ -2,7 +2,8 @@
 //! same latents.
 //!
 //! Stages and their tolerances (see `e2e::Tolerance`):
-//! - Burn (reference) vs tract x86_64, ONNX Runtime, tract aarch64 (qemu-user, Cortex-A72 NEON):
+//! - Burn (reference) vs tract x86_64, ONNX Runtime, tract aarch64 and armv7 (qemu-user, Cortex-A72
+//!   and Cortex-A7, NEON):
 //!   float runtimes, max |diff| <= 1e-4;
 //! - int8 firmware core on the host vs Burn: PSNR reported and bounded below;
 //! - QEMU Cortex-M4F and Cortex-M0 firmware vs the host firmware core: identical pixels and
@@ -60,18 +61,53 @@ fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-/// Runs the cross-built aarch64 `edge` binary under qemu-user (Cortex-A72: tract's NEON kernels,
-/// as on a Raspberry Pi 4) and returns the float pixels it writes.
-fn tract_aarch64(onnx: &Path, latents: &[Vec<f32>], dir: &Path) -> Vec<f32> {
-    let edge = target_dir().join("aarch64-unknown-linux-gnu/release/edge");
+/// A Raspberry Pi build of the edge runtime and the qemu-user command that runs it (the same as
+/// the runners in `.cargo/config.toml`).
+#[derive(Debug, Clone, Copy)]
+struct PiTarget {
+    triple: &'static str,
+    qemu: &'static [&'static str],
+}
+
+/// 64-bit Raspberry Pi OS; Cortex-A72 (a Pi 4): tract's NEON kernels, no SVE.
+const AARCH64: PiTarget = PiTarget {
+    triple: "aarch64-unknown-linux-gnu",
+    qemu: &[
+        "qemu-aarch64",
+        "-cpu",
+        "cortex-a72",
+        "-L",
+        "/usr/aarch64-linux-gnu",
+    ],
+};
+/// 32-bit Raspberry Pi OS; Cortex-A7 (a Pi 2) with NEON.
+const ARMV7: PiTarget = PiTarget {
+    triple: "armv7-unknown-linux-gnueabihf",
+    qemu: &[
+        "qemu-arm",
+        "-cpu",
+        "cortex-a7",
+        "-L",
+        "/usr/arm-linux-gnueabihf",
+    ],
+};
+
+/// Runs the cross-built `edge` binary for `pi` under qemu-user on `latents` and returns the float
+/// pixels it writes.
+fn tract_on_pi(pi: PiTarget, onnx: &Path, latents: &[Vec<f32>], dir: &Path) -> Vec<f32> {
+    let edge = target_dir().join(pi.triple).join("release/edge");
     assert!(
         edge.exists(),
-        "{} is missing: build it with `cargo build --release --target aarch64-unknown-linux-gnu -p edge-runtime` (scripts/test.sh does)",
-        edge.display()
+        "{} is missing: build it with `cargo build --release --target {} -p edge-runtime` (scripts/test.sh does)",
+        edge.display(),
+        pi.triple
     );
-    let raw = dir.join("aarch64.f32");
-    let mut cmd = Command::new("qemu-aarch64");
-    cmd.args(["-cpu", "cortex-a72", "-L", "/usr/aarch64-linux-gnu"])
+    let raw = dir.join(format!("{}.f32", pi.triple));
+    let [program, args @ ..] = pi.qemu else {
+        unreachable!("a qemu command line");
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .arg(&edge)
         .arg("generate")
         .arg("--model")
@@ -80,12 +116,9 @@ fn tract_aarch64(onnx: &Path, latents: &[Vec<f32>], dir: &Path) -> Vec<f32> {
         let joined: Vec<String> = z.iter().map(|v| format!("{v:?}")).collect();
         cmd.arg(format!("--latent={}", joined.join(",")));
     }
-    cmd.arg("--out")
-        .arg(dir.join("aarch64.png"))
-        .arg("--raw")
-        .arg(&raw);
+    cmd.arg("--raw").arg(&raw);
     run(&mut cmd);
-    f32s_from_le(&fs::read(&raw).expect("aarch64 raw output"))
+    f32s_from_le(&fs::read(&raw).expect("raw output of the Pi build"))
 }
 
 #[test]
@@ -190,30 +223,35 @@ fn train_export_and_run_everywhere() {
     let ort = run_ort(&fs::read(&onnx).expect("onnx"), &flat, 2, &ort_dylib()).expect("ORT");
     let d_ort = assert_close("ONNX Runtime vs Burn", &burn, &ort, Tolerance::FloatRuntime);
 
-    // 7. tract on aarch64 (qemu-user), the Raspberry Pi build.
-    let arm = tract_aarch64(&onnx, &latents, &work);
-    let d_arm = assert_close(
-        "tract aarch64 vs Burn",
-        &burn,
-        &arm,
-        Tolerance::FloatRuntime,
-    );
-    assert_close(
-        "tract aarch64 vs tract x86_64",
-        &tract,
-        &arm,
-        Tolerance::FloatRuntime,
-    );
-    // What a viewer sees must not differ at all: the same 8-bit pixels on both architectures.
+    // 7. tract on the Raspberry Pi builds (qemu-user): 64-bit and 32-bit Raspberry Pi OS.
+    // What a viewer sees must not differ at all: the same 8-bit pixels as on x86_64.
     let gray8 = |v: &[f32]| {
         edge_runtime::Image::new(28, 28 * n, v.to_vec())
             .expect("pixel count")
             .to_gray8()
     };
-    assert!(
-        gray8(&arm) == gray8(&tract),
-        "aarch64 and x86_64 write different 8-bit pixels"
-    );
+    let mut d_pi = Vec::new();
+    for pi in [AARCH64, ARMV7] {
+        let pixels = tract_on_pi(pi, &onnx, &latents, &work);
+        let what = |vs: &str| format!("tract {} vs {vs}", pi.triple);
+        d_pi.push(assert_close(
+            &what("Burn"),
+            &burn,
+            &pixels,
+            Tolerance::FloatRuntime,
+        ));
+        assert_close(
+            &what("tract x86_64"),
+            &tract,
+            &pixels,
+            Tolerance::FloatRuntime,
+        );
+        assert!(
+            gray8(&pixels) == gray8(&tract),
+            "{} and x86_64 write different 8-bit pixels",
+            pi.triple
+        );
+    }
 
     // 8. The int8 firmware core on the host.
     let q8 = Model::parse(&blob).expect("q8 parses");
@@ -266,9 +304,10 @@ fn train_export_and_run_everywhere() {
     }
 
     eprintln!(
-        "max |diff| vs Burn: tract x86_64 {d_tract:e}, ORT {d_ort:e}, tract aarch64 {d_arm:e}; \
+        "max |diff| vs Burn: tract x86_64 {d_tract:e}, ORT {d_ort:e}, tract aarch64 {:e}, \
+         tract armv7 {:e}; \
          int8 PSNR {psnr:.2} dB on {n} latents ({:.2} dB on {} in the export report)",
-        report.q8.psnr_db, report.q8.latents
+        d_pi[0], d_pi[1], report.q8.psnr_db, report.q8.latents
     );
 }
 
