@@ -1,7 +1,8 @@
 //! The int8 decoder: runs a parsed [`Model`] on a quantized latent and writes a grayscale image.
 //!
 //! Integer arithmetic only (int8 activations x int8 or folded int16 weights -> int32
-//! accumulation, fixed-point requantization, see `Q8.md`). Nearest upsampling is folded into the
+//! accumulation, fixed-point requantization, see `Q8.md`). Accumulators wrap on overflow, as the
+//! DSP's `smlad` does, so no blob, however crafted, makes a decode panic. Nearest upsampling is folded into the
 //! next convolution ([`crate::fold`]), so upsampled maps are never materialised and a `u = 2`,
 //! 3x3 conv does 4 multiplications per input channel instead of 9.
 //!
@@ -148,13 +149,18 @@ impl Requant {
         let sum = acc as i64 * self.multiplier as i64 + self.round;
         // The same floor division; for the usual n >= 32 a 32-bit shift of the high word is
         // enough, which is much cheaper than a 64-bit shift on a 32-bit core.
+        // (`sum >> 32` always fits an i32: |acc * multiplier| < 2^62.)
         let scaled = if self.n >= 32 {
             ((sum >> 32) as i32) >> (self.n - 32)
         } else {
-            (sum >> self.n) as i32
+            (sum >> self.n).clamp(i32::MIN as i64, i32::MAX as i64) as i32
         };
-        // `max` then `min` rather than `clamp`, which would check `low <= 127` every time.
-        (scaled + self.zero_point).max(self.low).min(127) as i8
+        // Saturating, so that a crafted bias cannot overflow; `max` then `min` rather than
+        // `clamp`, which would check `low <= 127` every time.
+        scaled
+            .saturating_add(self.zero_point)
+            .max(self.low)
+            .min(127) as i8
     }
 }
 
@@ -203,14 +209,14 @@ fn dense(
         let mut acc = bias;
         if input_hwc.is_none() {
             for (&wi, &xi) in row.iter().zip(input) {
-                acc += (wi as i8 as i32) * (xi as i32);
+                acc = acc.wrapping_add((wi as i8 as i32) * (xi as i32));
             }
         } else {
             for (i, &wi) in row.iter().enumerate() {
                 let xi = input
                     .get(channels_last(i, input_hwc))
                     .map_or(0, |&x| x as i32);
-                acc += (wi as i8 as i32) * xi;
+                acc = acc.wrapping_add((wi as i8 as i32) * xi);
             }
         }
         sink.put(
@@ -264,8 +270,9 @@ impl<'a, const N: usize> WeightRow<'a, N> {
         let quads = self.quads.iter().flat_map(|q| q[j].as_chunks::<2>().0);
         quads
             .chain(self.tail.iter().map(|t| &t[j]))
-            .map(|&w| i16::from_le_bytes(w) as i32)
-            .sum()
+            .fold(0i32, |sum, &w| {
+                sum.wrapping_add(i16::from_le_bytes(w) as i32)
+            })
     }
 }
 
@@ -297,7 +304,7 @@ fn quads<const N: usize>(xs: &[[i8; 4]], ws: &[[[u8; 8]; N]], acc: &mut [i32; N]
         for (a, w) in acc.iter_mut().zip(w) {
             let [w0, w2, w1, w3] =
                 [0, 2, 4, 6].map(|i| i16::from_le_bytes([w[i], w[i + 1]]) as i32);
-            *a += w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3;
+            *a = a.wrapping_add(w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3);
         }
     }
 }
@@ -309,7 +316,7 @@ fn row_macs<const N: usize>(xs: &[i8], w: &WeightRow<N>, acc: &mut [i32; N]) {
     quads(x_quads, w.quads, acc);
     for (&x, w) in x_tail.iter().zip(w.tail) {
         for (a, w) in acc.iter_mut().zip(w) {
-            *a += i16::from_le_bytes(*w) as i32 * x as i32;
+            *a = a.wrapping_add(i16::from_le_bytes(*w) as i32 * x as i32);
         }
     }
 }
@@ -353,7 +360,7 @@ fn pixel_quads<const QS: usize>(xq: &[[i8; 4]], ws: &[[u8; 8]], acc: &mut [i32; 
         let [w0, w2, w1, w3] = [0, 2, 4, 6].map(|i| i16::from_le_bytes([w[i], w[i + 1]]) as i32);
         let mac = |a: i32, x: [i8; 4]| {
             let [x0, x1, x2, x3] = x.map(|v| v as i32);
-            a + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3
+            a.wrapping_add(w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3)
         };
         a0 = mac(a0, x[0]);
         a1 = mac(a1, x[QS]);
@@ -477,7 +484,7 @@ fn edge<const N: usize>(
                     let w = folded
                         .get(at..at + 2)
                         .map_or(0, |w| i16::from_le_bytes([w[0], w[1]]) as i32);
-                    *a += w * v;
+                    *a = a.wrapping_add(w * v);
                 }
             }
         }
@@ -531,7 +538,7 @@ fn phase_block<const N: usize>(
             *v = bias[j];
             for (dy, row) in weight_rows.iter().enumerate().take(sy) {
                 if !rows.contains(&dy) {
-                    *v += zp * row.sum(j);
+                    *v = v.wrapping_add(zp.wrapping_mul(row.sum(j)));
                 }
             }
         }
@@ -635,7 +642,7 @@ fn phase_block<const N: usize>(
                             tail: &[],
                         };
                         for (j, a) in acc.iter_mut().enumerate() {
-                            *a += zp * outside.sum(j);
+                            *a = a.wrapping_add(zp.wrapping_mul(outside.sum(j)));
                         }
                     }
                 }
@@ -1098,6 +1105,40 @@ mod tests {
             decode(&model, &[1, 2], &mut scratch, &mut [0u8; 1]),
             Err(Error::ScratchTooSmall { needed: 4099 })
         );
+    }
+
+    #[test]
+    fn extreme_biases_do_not_panic() {
+        // A crafted blob (valid CRC) whose biases sit at the ends of i32: accumulators wrap and
+        // requantization saturates, in debug builds too, and the pixels stay table entries.
+        let blob = chain(&[
+            (LayerKind::Dense, shape(2, 1, 1), shape(48, 1, 1), true),
+            (conv(3, 1, 2), shape(3, 4, 4), shape(5, 8, 8), true),
+            (conv(3, 1, 1), shape(5, 8, 8), shape(1, 8, 8), false),
+        ]);
+        let model = Model::parse(&blob).expect("parses");
+        let mut crafted = blob.clone();
+        for i in 0..model.layer_count() {
+            let record = crate::q8::HEADER_LEN + crate::q8::LAYER_RECORD_LEN * i;
+            let params = u32::from_le_bytes(
+                crafted[record + 24..record + 28]
+                    .try_into()
+                    .expect("4 bytes"),
+            ) as usize;
+            let channels = model.layer(i).expect("layer").output.c as usize;
+            for o in 0..channels {
+                let bias = if o % 2 == 0 { i32::MAX } else { i32::MIN };
+                crafted[params + 12 * o..][..4].copy_from_slice(&bias.to_le_bytes());
+            }
+        }
+        let n = crafted.len();
+        let crc = crate::q8::crc32(&crafted[..n - 4]);
+        crafted[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        let model = Model::parse(&crafted).expect("still a valid blob");
+        let mut out = [0u8; 64];
+        for latent in [[127i8, 127], [-127, -127], [0, 0]] {
+            decode(&model, &latent, &mut Scratch::new(), &mut out).expect("decodes");
+        }
     }
 
     #[test]
