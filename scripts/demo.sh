@@ -8,6 +8,7 @@ EPOCHS=${EPOCHS:-5}
 
 cargo build --release -p trainer -p exporter -p edge-runtime
 target/release/trainer train --epochs "$EPOCHS" --out runs/conv-vae
+target/release/trainer pictures runs/conv-vae
 
 if [ -z "${ORT_DYLIB_PATH:-}" ] && python3 -c 'import onnxruntime' 2>/dev/null; then
   ORT_DYLIB_PATH=$(python3 -c 'import onnxruntime, glob, os; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])')

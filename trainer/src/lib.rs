@@ -11,5 +11,6 @@
 
 pub mod data;
 pub mod model;
+pub mod pictures;
 pub mod run;
 pub mod training;

@@ -4,13 +4,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::prelude::*;
 use clap::{Parser, Subcommand, ValueEnum};
-use trainer::{data, model::ConvVaeConfig, run::TrainingConfig, training};
+use trainer::{data, model::ConvVaeConfig, pictures, run::TrainingConfig, training};
 
 #[derive(Parser)]
 #[command(
     version,
     about,
-    after_help = "Example:\n  trainer train --epochs 10 --out runs/conv-vae"
+    after_help = "Examples:\n  trainer train --epochs 10 --out runs/conv-vae\n  trainer pictures runs/conv-vae"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,6 +21,21 @@ struct Cli {
 enum Command {
     /// Train the convolutional VAE (2-d latent by default).
     Train(TrainArgs),
+    /// Draw a trained run: reconstructions, the latent scatter of the test set coloured by digit,
+    /// digits decoded across the 2-d latent plane, loss curves (PNG files).
+    Pictures(PicturesArgs),
+}
+
+#[derive(clap::Args)]
+struct PicturesArgs {
+    /// Run directory written by `trainer train`.
+    run: PathBuf,
+    /// Where to write the PNG files (default: `<run>/pictures`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Directory with the MNIST IDX files and SHA256SUMS.
+    #[arg(long, default_value_os_t = data::bundled_dir())]
+    data: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,6 +89,14 @@ struct TrainArgs {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Pictures(args) => {
+            let out = args.out.unwrap_or_else(|| args.run.join("pictures"));
+            let written = pictures::write_pictures(&args.run, &args.data, &out, &Device::flex())
+                .context("drawing the run")?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+        }
         Command::Train(args) => {
             let device = match args.backend {
                 Backend::Flex => Device::flex(),
