@@ -54,6 +54,15 @@ fn ort_dylib() -> PathBuf {
     path
 }
 
+/// Width and height of a PNG file.
+fn png_size(file: fs::File) -> (u32, u32) {
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .expect("a PNG");
+    let info = reader.info();
+    (info.width, info.height)
+}
+
 fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
@@ -155,6 +164,36 @@ fn train_export_and_run_everywhere() {
         last < MAX_TEST_LOSS_AFTER_TRAINING,
         "test loss {last} after training"
     );
+
+    // The pictures an engineer looks at after training: four PNGs of the expected sizes.
+    let pictures = trainer::pictures::write_pictures(
+        &run_dir,
+        &data::bundled_dir(),
+        &work.join("pictures"),
+        &device,
+    )
+    .expect("pictures");
+    let names: Vec<String> = pictures
+        .iter()
+        .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "reconstructions.png",
+            "latent_scatter.png",
+            "latent_grid.png",
+            "loss_curves.png"
+        ]
+    );
+    for (path, size) in pictures
+        .iter()
+        .zip([(884, 180), (620, 560), (420, 420), (640, 400)])
+    {
+        let file = fs::File::open(path).expect("picture");
+        let info = png_size(file);
+        assert_eq!(info, size, "{}", path.display());
+    }
 
     // 2. Export; the exporter itself refuses to write files that fail its checks.
     let options = ExportOptions {
