@@ -217,6 +217,20 @@ fn train_export_and_run_everywhere() {
 
     // 3. The comparison latents: corners and centre of the 2-d plane, and encoded test digits.
     let (_, model) = load_run(&run_dir, &device).expect("reload the run");
+    // `trainer eval`'s numbers agree with what training reported for the same 1,000 test images.
+    let mut eval_set = Mnist::load(&data::bundled_dir(), Split::Test).expect("test set");
+    eval_set.truncate(1000);
+    let eval = training::evaluate_images(&model, &eval_set, 500, &device);
+    assert!(
+        (eval.loss - last).abs() <= 1e-3 * last,
+        "eval loss {} vs training's test loss {last}",
+        eval.loss
+    );
+    assert!(
+        (10.0..40.0).contains(&eval.psnr_db),
+        "reconstruction PSNR {} dB",
+        eval.psnr_db
+    );
     let mut latents: Vec<Vec<f32>> = vec![
         vec![0.0, 0.0],
         vec![-1.5, 1.5],

@@ -10,7 +10,7 @@ use trainer::{data, model::ConvVaeConfig, pictures, run::TrainingConfig, trainin
 #[command(
     version,
     about,
-    after_help = "Examples:\n  trainer train --epochs 10 --out runs/conv-vae\n  trainer pictures runs/conv-vae"
+    after_help = "Examples:\n  trainer train --epochs 10 --out runs/conv-vae\n  trainer eval runs/conv-vae\n  trainer sample runs/conv-vae --count 64\n  trainer pictures runs/conv-vae"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,9 +21,38 @@ struct Cli {
 enum Command {
     /// Train the convolutional VAE (2-d latent by default).
     Train(TrainArgs),
+    /// Evaluate a trained run on the official 10k test images: loss (reconstruction + KL) and
+    /// the pixel error of reconstructions from the latent mean.
+    Eval(EvalArgs),
+    /// Decode random samples of the prior N(0, I) into a PNG contact sheet.
+    Sample(SampleArgs),
     /// Draw a trained run: reconstructions, the latent scatter of the test set coloured by digit,
     /// digits decoded across the 2-d latent plane, loss curves (PNG files).
     Pictures(PicturesArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// Run directory written by `trainer train`.
+    run: PathBuf,
+    /// Directory with the MNIST IDX files and SHA256SUMS.
+    #[arg(long, default_value_os_t = data::bundled_dir())]
+    data: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct SampleArgs {
+    /// Run directory written by `trainer train`.
+    run: PathBuf,
+    /// Digits to draw.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    count: u32,
+    /// Seed of the samples.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The PNG to write (default: `<run>/samples.png`).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -89,6 +118,37 @@ struct TrainArgs {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Eval(args) => {
+            let device = Device::flex();
+            let (_, model) =
+                trainer::run::load_run(&args.run, &device).context("loading the run")?;
+            let test = data::Mnist::load(&args.data, data::Split::Test)
+                .context("loading the test images")?;
+            let e = training::evaluate_images(&model, &test, 500, &device);
+            println!("{}: {} test images", args.run.display(), e.images);
+            println!("loss            {:>9.3} nats per image", e.loss);
+            println!(
+                "  reconstruction {:>8.3} (binary cross-entropy over 784 pixels)",
+                e.reconstruction
+            );
+            println!("  KL             {:>8.3}", e.kl);
+            println!(
+                "pixel MSE       {:>9.5} (reconstruction from the latent mean)",
+                e.mse
+            );
+            println!("PSNR            {:>9.2} dB", e.psnr_db);
+        }
+        Command::Sample(args) => {
+            let device = Device::flex();
+            let (_, model) =
+                trainer::run::load_run(&args.run, &device).context("loading the run")?;
+            let canvas =
+                pictures::samples(&model.decoder, args.count as usize, args.seed, &device)?;
+            let out = args.out.unwrap_or_else(|| args.run.join("samples.png"));
+            trainer::run::write_atomic(&out, &canvas.png()?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} ({} samples)", out.display(), args.count);
+        }
         Command::Pictures(args) => {
             let out = args.out.unwrap_or_else(|| args.run.join("pictures"));
             let written = pictures::write_pictures(&args.run, &args.data, &out, &Device::flex())

@@ -303,6 +303,43 @@ pub fn latent_grid(
     Ok(canvas)
 }
 
+/// `count` digits decoded from latents drawn from the prior N(0, I) (seeded), on a grid of
+/// `ceil(sqrt(count))` columns with 2-pixel gaps.
+pub fn samples(
+    decoder: &ConvDecoder,
+    count: usize,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<Canvas> {
+    let dim = decoder.latent();
+    let mut rng = crate::training::SplitMix64(seed);
+    let mut uniform = || ((rng.next() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    let latents: Vec<f32> = (0..count * dim)
+        .map(|_| {
+            let (u, v) = (uniform(), uniform());
+            ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+        })
+        .collect();
+    let z = Tensor::<1>::from_floats(latents.as_slice(), device).reshape([count, dim]);
+    let pixels = decoder
+        .forward(z)
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let columns = (count as f64).sqrt().ceil().max(1.0) as usize;
+    let rows = count.div_ceil(columns);
+    let (gap, cell) = (2, SIDE + 2);
+    let mut canvas = Canvas::new(columns * cell + gap, rows * cell + gap, GRAY);
+    for (i, digit) in pixels.chunks_exact(SIDE * SIDE).enumerate() {
+        let at = (
+            (gap + (i % columns) * cell) as i64,
+            (gap + (i / columns) * cell) as i64,
+        );
+        canvas.gray(at, digit, SIDE, 1);
+    }
+    Ok(canvas)
+}
+
 /// One epoch's losses, as `metrics.csv` records them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LossPoint {
@@ -544,6 +581,20 @@ mod tests {
         assert_eq!(count(DIGIT_COLORS[3]), 5 + 196);
         assert_eq!(count(DIGIT_COLORS[7]), 5 + 196);
         assert_eq!(count(DIGIT_COLORS[0]), 196);
+    }
+
+    #[test]
+    fn samples_fill_a_square_sheet() {
+        let device = Device::flex();
+        let decoder = crate::model::ConvVaeConfig::new().init(&device).decoder;
+        let sheet = samples(&decoder, 5, 1, &device).expect("decodes");
+        // 3 columns, 2 rows of 28-pixel digits with 2-pixel gaps.
+        assert_eq!((sheet.width(), sheet.height()), (92, 62));
+        assert_eq!(
+            sheet,
+            samples(&decoder, 5, 1, &device).expect("decodes"),
+            "seeded"
+        );
     }
 
     #[test]

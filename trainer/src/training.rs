@@ -61,10 +61,10 @@ impl EpochMetrics {
 }
 
 /// SplitMix64: a small, fast, seedable generator for the shuffling (no extra dependency).
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -82,6 +82,53 @@ impl SplitMix64 {
 
 fn scalar(t: Tensor<1>) -> f64 {
     t.into_scalar::<f32>() as f64
+}
+
+/// What `trainer eval` reports for a run on a set of images.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Images evaluated.
+    pub images: usize,
+    /// Mean loss per image (reconstruction + KL), nats.
+    pub loss: f64,
+    /// Mean reconstruction term (binary cross-entropy summed over the 784 pixels), nats.
+    pub reconstruction: f64,
+    /// Mean KL term, nats.
+    pub kl: f64,
+    /// Mean squared error per pixel of the reconstruction from the latent mean, pixels in [0, 1].
+    pub mse: f64,
+    /// `10 log10(1 / mse)`.
+    pub psnr_db: f64,
+}
+
+/// Evaluates `model` on `data`: the losses as training reports them, and the pixel error of the
+/// reconstruction from the latent mean.
+pub fn evaluate_images(
+    model: &ConvVae,
+    data: &Mnist,
+    batch_size: usize,
+    device: &Device,
+) -> Evaluation {
+    let [loss, reconstruction, kl] = evaluate(model, data, batch_size, device);
+    let mut squared = 0.0;
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let images = data.batch(chunk, device);
+        let (mean, _) = model.encoder.forward(images.clone());
+        let error = (model.decoder.forward(mean) - images)
+            .powf_scalar(2.0)
+            .sum();
+        squared += scalar(error);
+    }
+    let mse = squared / (data.len().max(1) * crate::data::PIXELS) as f64;
+    Evaluation {
+        images: data.len(),
+        loss,
+        reconstruction,
+        kl,
+        mse,
+        psnr_db: 10.0 * (1.0 / mse.max(1e-12)).log10(),
+    }
 }
 
 /// Mean losses over `data` with the latent mean decoded (no sampling noise).
