@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
@@ -13,10 +13,11 @@ use crate::{Error, Image};
 /// An optimised tract plan for a decoder `latent [1, D] -> image [1, 1, H, W]`.
 ///
 /// The plan is built once, for batch 1, when the file is loaded; [`Decoder::decode`] only runs
-/// it, in one execution state kept between calls (tract then reuses the state's buffers instead
-/// of setting up every operator again for each digit). Input and output are taken by position (input 0, output 0), not by name: exporters name
-/// them differently (`latent`, `tensor_8`, ...).
+/// it, in one execution state kept between calls (so that each digit does not set up every
+/// operator's state again). Input and output are taken by position (input 0, output 0), not by
+/// name: exporters name them differently (`latent`, `tensor_8`, ...).
 pub struct Decoder {
+    plan: Arc<TypedRunnableModel>,
     /// The plan's execution state, reused by every call (a mutex so that `decode` takes `&self`).
     state: Mutex<TypedSimpleState>,
     latent_dim: usize,
@@ -83,6 +84,7 @@ impl Decoder {
         let plan = model.into_runnable().map_err(prepare_failed)?;
         let state = Mutex::new(plan.spawn().map_err(prepare_failed)?);
         Ok(Self {
+            plan,
             state,
             latent_dim,
             width,
@@ -120,9 +122,16 @@ impl Decoder {
         }
         let inference_failed = |e: TractError| Error::Inference { source: e.into() };
         let input = Tensor::from_shape(&[1, self.latent_dim], latent).map_err(inference_failed)?;
-        // A panic inside tract while another call held the lock leaves the state as it was
-        // between two operators; tract resets it at the start of every run, so carry on.
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // After a panic inside tract (in another thread's call) the state may be half-way
+        // through a run: start again from a fresh one.
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| {
+            let mut state = poisoned.into_inner();
+            if let Ok(fresh) = self.plan.spawn() {
+                *state = fresh;
+                self.state.clear_poison();
+            }
+            state
+        });
         let outputs = state
             .run(tvec!(input.into_tvalue()))
             .map_err(inference_failed)?;
