@@ -147,14 +147,28 @@ fn train_export_and_run_everywhere() {
         .with_train_subset(Some(6400))
         .with_test_subset(Some(1000));
     let mut losses = Vec::new();
-    training::train(&config, &data::bundled_dir(), &run_dir, &device, |m| {
-        eprintln!(
-            "epoch {}: train {:.2} test {:.2} ({:.0} img/s)",
-            m.epoch, m.train_loss, m.test_loss, m.images_per_second
-        );
-        losses.push(m.test_loss);
-    })
+    let mut batches = 0;
+    training::train(
+        &config,
+        &data::bundled_dir(),
+        &run_dir,
+        &device,
+        |p| match p {
+            training::Progress::Batch { .. } => batches += 1,
+            training::Progress::Epoch(m) => {
+                eprintln!(
+                    "epoch {}: train {:.2} test {:.2} ({:.0} img/s)",
+                    m.epoch, m.train_loss, m.test_loss, m.images_per_second
+                );
+                losses.push(m.test_loss);
+            }
+        },
+    )
     .expect("training");
+    assert_eq!(
+        batches, 600,
+        "one progress report per batch (3 epochs x 200)"
+    );
     assert!(
         losses.windows(2).all(|w| w[1] < w[0]),
         "test loss did not fall every epoch: {losses:?}"

@@ -1,5 +1,5 @@
 //! `trainer`: trains an autoencoder on the bundled MNIST and writes a run directory.
-use std::path::PathBuf;
+use std::{io::IsTerminal, path::PathBuf};
 
 use anyhow::Context;
 use burn::prelude::*;
@@ -176,7 +176,37 @@ fn main() -> anyhow::Result<()> {
                 .with_train_subset(args.train_subset)
                 .with_test_subset(args.test_subset);
             eprintln!("training conv-vae into {}", args.out.display());
-            training::train(&config, &args.data, &args.out, &device, |m| {
+            let interactive = std::io::stderr().is_terminal();
+            let mut last_bar = std::time::Instant::now();
+            training::train(&config, &args.data, &args.out, &device, |progress| {
+                let m = match progress {
+                    training::Progress::Batch {
+                        epoch,
+                        done,
+                        batches,
+                        loss,
+                        images_per_second,
+                    } => {
+                        // A progress bar on a terminal, redrawn at most 5 times a second.
+                        if interactive
+                            && (done == batches || last_bar.elapsed().as_millis() >= 200)
+                        {
+                            last_bar = std::time::Instant::now();
+                            let filled = 30 * done / batches.max(1);
+                            eprint!(
+                                "\repoch {epoch:>3}/{} [{}{}] {done}/{batches}  loss {loss:.2}  {images_per_second:.0} img/s ",
+                                config.epochs,
+                                "=".repeat(filled),
+                                " ".repeat(30 - filled)
+                            );
+                        }
+                        return;
+                    }
+                    training::Progress::Epoch(m) => m,
+                };
+                if interactive {
+                    eprint!("\r{}\r", " ".repeat(100));
+                }
                 eprintln!(
                     "epoch {:>3}  train {:.2} (rec {:.2} kl {:.2})  test {:.2} (rec {:.2} kl {:.2})  {:.0} img/s  {:.1}s",
                     m.epoch,

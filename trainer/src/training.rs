@@ -147,9 +147,29 @@ fn evaluate(model: &ConvVae, data: &Mnist, batch_size: usize, device: &Device) -
     sums.map(|s| s / data.len().max(1) as f64)
 }
 
+/// What [`train`] tells its caller while it runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// A training batch is done.
+    Batch {
+        /// Epoch, from 1.
+        epoch: usize,
+        /// Batches done in this epoch.
+        done: usize,
+        /// Batches per epoch.
+        batches: usize,
+        /// Mean loss per image over this epoch's batches so far.
+        loss: f64,
+        /// Training images per second so far in this epoch.
+        images_per_second: f64,
+    },
+    /// An epoch is done, evaluated and checkpointed.
+    Epoch(&'a EpochMetrics),
+}
+
 /// Trains a model as `config` says on the MNIST in `data_dir`, writing the run into `out`
 /// (`config.json` first, then weights and a metrics row after every epoch). `report` sees every
-/// epoch's metrics as soon as they are known.
+/// batch's progress and every epoch's metrics as soon as they are known.
 ///
 /// Stops with an error naming the epoch and batch if the loss becomes NaN or infinite.
 pub fn train(
@@ -157,7 +177,7 @@ pub fn train(
     data_dir: &Path,
     out: &Path,
     device: &Device,
-    mut report: impl FnMut(&EpochMetrics),
+    mut report: impl FnMut(Progress),
 ) -> anyhow::Result<ConvVae> {
     if config.batch_size == 0 || config.epochs == 0 {
         bail!("batch size and epochs must be at least 1");
@@ -190,6 +210,7 @@ pub fn train(
         let mut order: Vec<usize> = (0..train_set.len()).collect();
         rng.shuffle(&mut order);
         let mut sums = [0.0; 3];
+        let (batches, mut seen) = (order.len().div_ceil(config.batch_size), 0usize);
         for (batch_index, chunk) in order.chunks(config.batch_size).enumerate() {
             let images = train_set.batch(chunk, &device);
             let eps = Tensor::random(
@@ -213,6 +234,14 @@ pub fn train(
             sums[2] += scalar(loss.kl) * n;
             let grads = GradientsParams::from_grads(loss.total.backward(), &model);
             model = optim.step(config.learning_rate, model, grads);
+            seen += chunk.len();
+            report(Progress::Batch {
+                epoch,
+                done: batch_index + 1,
+                batches,
+                loss: sums[0] / seen as f64,
+                images_per_second: seen as f64 / start.elapsed().as_secs_f64().max(1e-9),
+            });
         }
         let train_seconds = start.elapsed().as_secs_f64();
         let [test_loss, test_reconstruction, test_kl] = evaluate(
@@ -236,7 +265,7 @@ pub fn train(
         save_weights(&model.valid(), out)?;
         metrics_csv.push_str(&m.csv_row());
         write_atomic(&out.join(METRICS_FILE), metrics_csv.as_bytes())?;
-        report(&m);
+        report(Progress::Epoch(&m));
     }
     Ok(model.valid())
 }
