@@ -11,6 +11,7 @@
 
 pub mod data;
 pub mod model;
+pub mod pca;
 pub mod pictures;
 pub mod run;
 pub mod training;

@@ -26,6 +26,9 @@ enum Command {
     Eval(EvalArgs),
     /// Decode random samples of the prior N(0, I) into a PNG contact sheet.
     Sample(SampleArgs),
+    /// The PCA baseline: fit on the training images, reconstruction MSE on the test images at
+    /// each number of components, next to a trained run's at its latent size.
+    Pca(PcaArgs),
     /// Draw a trained run: reconstructions, the latent scatter of the test set coloured by digit,
     /// digits decoded across the 2-d latent plane, loss curves (PNG files).
     Pictures(PicturesArgs),
@@ -35,6 +38,19 @@ enum Command {
 struct EvalArgs {
     /// Run directory written by `trainer train`.
     run: PathBuf,
+    /// Directory with the MNIST IDX files and SHA256SUMS.
+    #[arg(long, default_value_os_t = data::bundled_dir())]
+    data: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct PcaArgs {
+    /// Numbers of components, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [2, 8, 32])]
+    components: Vec<usize>,
+    /// A trained run to compare with (its reconstruction MSE from the latent mean).
+    #[arg(long)]
+    run: Option<PathBuf>,
     /// Directory with the MNIST IDX files and SHA256SUMS.
     #[arg(long, default_value_os_t = data::bundled_dir())]
     data: PathBuf,
@@ -137,6 +153,47 @@ fn main() -> anyhow::Result<()> {
                 e.mse
             );
             println!("PSNR            {:>9.2} dB", e.psnr_db);
+        }
+        Command::Pca(args) => {
+            let device = Device::flex();
+            let train = data::Mnist::load(&args.data, data::Split::Train)
+                .context("loading the training images")?;
+            let test = data::Mnist::load(&args.data, data::Split::Test)
+                .context("loading the test images")?;
+            let k_max = args.components.iter().copied().max().unwrap_or(2);
+            let start = std::time::Instant::now();
+            let pca = trainer::pca::Pca::fit_images(&train, k_max, &device)?;
+            eprintln!(
+                "fitted {k_max} components to {} training images in {:.1}s",
+                train.len(),
+                start.elapsed().as_secs_f64()
+            );
+            let rows: Vec<f32> = (0..test.len())
+                .flat_map(|i| test.image(i).iter().map(|&p| p as f32 / 255.0))
+                .collect();
+            let run = match &args.run {
+                Some(dir) => {
+                    let (config, model) =
+                        trainer::run::load_run(dir, &device).context("loading the run")?;
+                    let e = training::evaluate_images(&model, &test, 500, &device);
+                    Some((config.model.latent, e.mse))
+                }
+                None => None,
+            };
+            println!(
+                "{:>10} {:>12} {:>10} {:>12}",
+                "components", "PCA MSE", "PCA PSNR", "run MSE"
+            );
+            for &k in &args.components {
+                let mse = pca.reconstruction_mse(&rows, k);
+                let ours = run
+                    .filter(|(latent, _)| *latent == k)
+                    .map_or(String::from("-"), |(_, mse)| format!("{mse:.5}"));
+                println!(
+                    "{k:>10} {mse:>12.5} {:>9.2}dB {ours:>12}",
+                    10.0 * (1.0 / mse).log10()
+                );
+            }
         }
         Command::Sample(args) => {
             let device = Device::flex();
