@@ -21,6 +21,9 @@ struct Cli {
 enum Command {
     /// Train the convolutional VAE (2-d latent by default).
     Train(TrainArgs),
+    /// Continue an interrupted run (even one killed with kill -9) after its last completed
+    /// epoch.
+    Resume(ResumeArgs),
     /// Evaluate a trained run on the official 10k test images: loss (reconstruction + KL) and
     /// the pixel error of reconstructions from the latent mean.
     Eval(EvalArgs),
@@ -32,6 +35,18 @@ enum Command {
     /// Draw a trained run: reconstructions, the latent scatter of the test set coloured by digit,
     /// digits decoded across the 2-d latent plane, loss curves (PNG files).
     Pictures(PicturesArgs),
+}
+
+#[derive(clap::Args)]
+struct ResumeArgs {
+    /// Run directory written by `trainer train`.
+    run: PathBuf,
+    /// Train up to this many epochs in all (default: the run's configured epochs).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Directory with the MNIST IDX files and SHA256SUMS.
+    #[arg(long, default_value_os_t = data::bundled_dir())]
+    data: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -134,6 +149,20 @@ struct TrainArgs {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Resume(args) => {
+            let config = trainer::run::load_config(&args.run).context("reading the run")?;
+            let total = args.epochs.unwrap_or(config.epochs);
+            eprintln!("resuming {}", args.run.display());
+            training::resume(
+                &args.run,
+                &args.data,
+                &Device::flex(),
+                args.epochs,
+                reporter(total),
+            )
+            .context("training failed")?;
+            eprintln!("wrote {}", args.run.display());
+        }
         Command::Eval(args) => {
             let device = Device::flex();
             let (_, model) =
@@ -233,53 +262,63 @@ fn main() -> anyhow::Result<()> {
                 .with_train_subset(args.train_subset)
                 .with_test_subset(args.test_subset);
             eprintln!("training conv-vae into {}", args.out.display());
-            let interactive = std::io::stderr().is_terminal();
-            let mut last_bar = std::time::Instant::now();
-            training::train(&config, &args.data, &args.out, &device, |progress| {
-                let m = match progress {
-                    training::Progress::Batch {
-                        epoch,
-                        done,
-                        batches,
-                        loss,
-                        images_per_second,
-                    } => {
-                        // A progress bar on a terminal, redrawn at most 5 times a second.
-                        if interactive
-                            && (done == batches || last_bar.elapsed().as_millis() >= 200)
-                        {
-                            last_bar = std::time::Instant::now();
-                            let filled = 30 * done / batches.max(1);
-                            eprint!(
-                                "\repoch {epoch:>3}/{} [{}{}] {done}/{batches}  loss {loss:.2}  {images_per_second:.0} img/s ",
-                                config.epochs,
-                                "=".repeat(filled),
-                                " ".repeat(30 - filled)
-                            );
-                        }
-                        return;
-                    }
-                    training::Progress::Epoch(m) => m,
-                };
-                if interactive {
-                    eprint!("\r{}\r", " ".repeat(100));
-                }
-                eprintln!(
-                    "epoch {:>3}  train {:.2} (rec {:.2} kl {:.2})  test {:.2} (rec {:.2} kl {:.2})  {:.0} img/s  {:.1}s",
-                    m.epoch,
-                    m.train_loss,
-                    m.train_reconstruction,
-                    m.train_kl,
-                    m.test_loss,
-                    m.test_reconstruction,
-                    m.test_kl,
-                    m.images_per_second,
-                    m.seconds
-                );
-            })
+            training::train(
+                &config,
+                &args.data,
+                &args.out,
+                &device,
+                reporter(config.epochs),
+            )
             .context("training failed")?;
             eprintln!("wrote {}", args.out.display());
         }
     }
     Ok(())
+}
+
+/// Prints training progress: a bar on a terminal (redrawn at most 5 times a second) and one line
+/// per epoch.
+fn reporter(epochs: usize) -> impl FnMut(training::Progress) {
+    let interactive = std::io::stderr().is_terminal();
+    let mut last_bar = std::time::Instant::now();
+    move |progress| {
+        let m = match progress {
+            training::Progress::Batch {
+                epoch,
+                done,
+                batches,
+                loss,
+                images_per_second,
+            } => {
+                // A progress bar on a terminal, redrawn at most 5 times a second.
+                if interactive && (done == batches || last_bar.elapsed().as_millis() >= 200) {
+                    last_bar = std::time::Instant::now();
+                    let filled = 30 * done / batches.max(1);
+                    eprint!(
+                        "\repoch {epoch:>3}/{} [{}{}] {done}/{batches}  loss {loss:.2}  {images_per_second:.0} img/s ",
+                        epochs,
+                        "=".repeat(filled),
+                        " ".repeat(30 - filled)
+                    );
+                }
+                return;
+            }
+            training::Progress::Epoch(m) => m,
+        };
+        if interactive {
+            eprint!("\r{}\r", " ".repeat(100));
+        }
+        eprintln!(
+            "epoch {:>3}  train {:.2} (rec {:.2} kl {:.2})  test {:.2} (rec {:.2} kl {:.2})  {:.0} img/s  {:.1}s",
+            m.epoch,
+            m.train_loss,
+            m.train_reconstruction,
+            m.train_kl,
+            m.test_loss,
+            m.test_reconstruction,
+            m.test_kl,
+            m.images_per_second,
+            m.seconds
+        );
+    }
 }

@@ -15,7 +15,7 @@ use burn::{
 use crate::{
     data::{Mnist, Split},
     model::{ConvVae, vae_loss},
-    run::{METRICS_FILE, TrainingConfig, save_config, save_weights, write_atomic},
+    run::{METRICS_FILE, TrainingConfig, load_run, save_config, save_weights, write_atomic},
 };
 
 /// Losses of one epoch, averaged per image.
@@ -168,8 +168,9 @@ pub enum Progress<'a> {
 }
 
 /// Trains a model as `config` says on the MNIST in `data_dir`, writing the run into `out`
-/// (`config.json` first, then weights and a metrics row after every epoch). `report` sees every
-/// batch's progress and every epoch's metrics as soon as they are known.
+/// (`config.json` first, then weights and a metrics row after every epoch, each file replaced
+/// atomically). `report` sees every batch's progress and every epoch's metrics as soon as they
+/// are known.
 ///
 /// Stops with an error naming the epoch and batch if the loss becomes NaN or infinite.
 pub fn train(
@@ -177,10 +178,88 @@ pub fn train(
     data_dir: &Path,
     out: &Path,
     device: &Device,
-    mut report: impl FnMut(Progress),
+    report: impl FnMut(Progress),
 ) -> anyhow::Result<ConvVae> {
     if config.batch_size == 0 || config.epochs == 0 {
         bail!("batch size and epochs must be at least 1");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    save_config(config, out)?;
+    run_epochs(config, data_dir, out, device, None, report)
+}
+
+/// Continues the interrupted run in `out` (killed, even with `kill -9`, or stopped by an error)
+/// after its last completed epoch, up to its configured epochs or to `epochs` when given (which
+/// is then saved in its `config.json`). At most the epoch that was running when it stopped is
+/// lost: weights and metrics are written atomically after every epoch.
+///
+/// The data order of the remaining epochs is the one the uninterrupted run would have used; the
+/// latent sampling noise and Adam's moment estimates start afresh (Adam's state is not saved).
+///
+/// # Errors
+/// A missing or unreadable run, a `metrics.csv` that does not count epochs 1, 2, ... in order,
+/// or `epochs` below the epochs already done.
+pub fn resume(
+    out: &Path,
+    data_dir: &Path,
+    device: &Device,
+    epochs: Option<usize>,
+    report: impl FnMut(Progress),
+) -> anyhow::Result<ConvVae> {
+    let autodiff = device.clone().autodiff();
+    let (mut config, model) = load_run(out, &autodiff).context("loading the run to resume")?;
+    let metrics_path = out.join(METRICS_FILE);
+    let metrics = std::fs::read_to_string(&metrics_path)
+        .with_context(|| format!("reading {}", metrics_path.display()))?;
+    let rows: Vec<&str> = metrics
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    for (i, row) in rows.iter().enumerate() {
+        let epoch = row.split(',').next().and_then(|e| e.parse::<usize>().ok());
+        if epoch != Some(i + 1) {
+            bail!(
+                "{} row {} should be epoch {}, not `{row}`",
+                metrics_path.display(),
+                i + 2,
+                i + 1
+            );
+        }
+    }
+    let done = rows.len();
+    if let Some(epochs) = epochs {
+        if epochs < done {
+            bail!("the run has done {done} epochs already, more than --epochs {epochs}");
+        }
+        config.epochs = epochs;
+        save_config(&config, out)?;
+    }
+    let csv: String = std::iter::once(EpochMetrics::CSV_HEADER.trim_end())
+        .chain(rows.iter().copied())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    run_epochs(
+        &config,
+        data_dir,
+        out,
+        device,
+        Some((model, done, csv)),
+        report,
+    )
+}
+
+/// The epochs of a run: from scratch, or from `start` = (model, epochs done, metrics so far).
+fn run_epochs(
+    config: &TrainingConfig,
+    data_dir: &Path,
+    out: &Path,
+    device: &Device,
+    start: Option<(ConvVae, usize, String)>,
+    mut report: impl FnMut(Progress),
+) -> anyhow::Result<ConvVae> {
+    if config.batch_size == 0 {
+        bail!("batch size must be at least 1");
     }
     let mut train_set = Mnist::load(data_dir, Split::Train).context("loading the training set")?;
     let mut test_set = Mnist::load(data_dir, Split::Test).context("loading the test set")?;
@@ -194,18 +273,28 @@ pub fn train(
         bail!("the training and test subsets must not be empty");
     }
 
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    save_config(config, out)?;
-
     let device = device.clone().autodiff();
-    device.seed(config.seed);
-    let mut model = config.model.init(&device);
-    let mut optim = AdamConfig::new().init();
     let mut rng = SplitMix64(config.seed);
-    let mut metrics_csv = String::from(EpochMetrics::CSV_HEADER);
+    let (mut model, done, mut metrics_csv) = match start {
+        None => {
+            device.seed(config.seed);
+            let model = config.model.init(&device);
+            (model, 0, String::from(EpochMetrics::CSV_HEADER))
+        }
+        Some((model, done, csv)) => {
+            device.seed(config.seed.wrapping_add(done as u64));
+            // Replay the shuffles of the epochs done, so the next epochs see the same order.
+            let mut order: Vec<usize> = (0..train_set.len()).collect();
+            for _ in 0..done {
+                rng.shuffle(&mut order);
+            }
+            (model, done, csv)
+        }
+    };
+    let mut optim = AdamConfig::new().init();
     let latent = config.model.latent;
 
-    for epoch in 1..=config.epochs {
+    for epoch in done + 1..=config.epochs {
         let start = Instant::now();
         let mut order: Vec<usize> = (0..train_set.len()).collect();
         rng.shuffle(&mut order);
