@@ -15,7 +15,10 @@ use burn::{
 use crate::{
     data::{Mnist, Split},
     model::{ConvVae, vae_loss},
-    run::{METRICS_FILE, TrainingConfig, load_run, save_config, save_weights, write_atomic},
+    run::{
+        METRICS_FILE, TrainingConfig, WEIGHTS_FILE, load_config, load_run, save_config,
+        save_weights, write_atomic,
+    },
 };
 
 /// Losses of one epoch, averaged per image.
@@ -189,7 +192,7 @@ pub fn train(
 }
 
 /// Continues the interrupted run in `out` (killed, even with `kill -9`, or stopped by an error)
-/// after its last completed epoch, up to its configured epochs or to `epochs` when given (which
+/// after its last completed epoch (from scratch if it had not completed one), up to its configured epochs or to `epochs` when given (which
 /// is then saved in its `config.json`). At most the epoch that was running when it stopped is
 /// lost: weights and metrics are written atomically after every epoch.
 ///
@@ -206,6 +209,14 @@ pub fn resume(
     epochs: Option<usize>,
     report: impl FnMut(Progress),
 ) -> anyhow::Result<ConvVae> {
+    // Killed before its first checkpoint: nothing to keep, start the configured run afresh.
+    if !out.join(WEIGHTS_FILE).exists() {
+        let mut config = load_config(out).context("reading the run to resume")?;
+        if let Some(epochs) = epochs {
+            config.epochs = epochs;
+        }
+        return train(&config, data_dir, out, device, report);
+    }
     let autodiff = device.clone().autodiff();
     let (mut config, model) = load_run(out, &autodiff).context("loading the run to resume")?;
     let metrics_path = out.join(METRICS_FILE);

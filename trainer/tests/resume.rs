@@ -97,6 +97,27 @@ fn killed_run_resumes_and_completes() {
 }
 
 #[test]
+fn a_run_killed_before_its_first_checkpoint_starts_afresh() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).expect("mkdir");
+    // What `trainer train` leaves behind when killed during epoch 1: the config alone.
+    let config = trainer::run::TrainingConfig::new(trainer::model::ConvVaeConfig::new())
+        .with_epochs(1)
+        .with_batch_size(64)
+        .with_train_subset(Some(512))
+        .with_test_subset(Some(128));
+    trainer::run::save_config(&config, &run).expect("config");
+    let out = trainer().arg("resume").arg(&run).output().expect("resume");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(epochs_done(&run), [1]);
+}
+
+#[test]
 fn resuming_a_missing_run_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = trainer()
