@@ -1131,9 +1131,7 @@ mod tests {
                 crafted[params + 12 * o..][..4].copy_from_slice(&bias.to_le_bytes());
             }
         }
-        let n = crafted.len();
-        let crc = crate::q8::crc32(&crafted[..n - 4]);
-        crafted[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        let crafted = crate::q8::tests::resealed(crafted);
         let model = Model::parse(&crafted).expect("still a valid blob");
         let mut out = [0u8; 64];
         for latent in [[127i8, 127], [-127, -127], [0, 0]] {

@@ -317,6 +317,13 @@ impl<'a> Model<'a> {
         for i in 0..layer_count {
             let layer = model.read_layer(i)?;
             let bad = |reason| Error::BadLayer { index: i, reason };
+            // Checked once here, not on every `layer()` call a decode makes.
+            for o in 0..layer.output.c as usize {
+                let (_, multiplier, shift) = layer.params(o);
+                if multiplier < 1 << 30 || !(1..=62).contains(&(31i64 - shift as i64)) {
+                    return Err(bad("requantization multiplier or shift out of range"));
+                }
+            }
             match previous {
                 None => {
                     if layer.kind != LayerKind::Dense
@@ -404,12 +411,6 @@ impl<'a> Model<'a> {
             return Err(bad("parameters are not 4-byte aligned"));
         }
         let params = section(self.blob, params_offset, output.c as usize * 12, index)?;
-        for p in params.chunks_exact(12) {
-            let (multiplier, shift) = (read_i32(p, 4), read_i32(p, 8));
-            if multiplier < 1 << 30 || !(1..=62).contains(&(31i64 - shift as i64)) {
-                return Err(bad("requantization multiplier or shift out of range"));
-            }
-        }
         let folded = match kind {
             LayerKind::Dense => &[][..],
             LayerKind::Conv {
@@ -740,6 +741,14 @@ pub(crate) mod tests {
         write(2, 0.05, &[dense, conv], &table).expect("valid blob")
     }
 
+    /// `blob` with its CRC recomputed: how a crafted blob passes the CRC check.
+    pub(crate) fn resealed(mut blob: Vec<u8>) -> Vec<u8> {
+        let n = blob.len();
+        let crc = crc32(&blob[..n - 4]);
+        blob[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        blob
+    }
+
     #[test]
     fn crc_matches_the_zlib_check_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
@@ -798,12 +807,6 @@ pub(crate) mod tests {
         assert_eq!(Model::parse(&b).unwrap_err(), Error::BadCrc);
         assert_eq!(Model::parse(&blob[..40]).unwrap_err(), Error::Truncated);
         // A valid CRC over out-of-range requantization parameters (a crafted blob).
-        let resealed = |mut b: Vec<u8>| {
-            let n = b.len();
-            let crc = crc32(&b[..n - 4]);
-            b[n - 4..].copy_from_slice(&crc.to_le_bytes());
-            b
-        };
         let params = read_u32(&blob, HEADER_LEN + 24) as usize;
         for (at, value) in [(8, 40i32), (8, -40), (4, 5)] {
             let mut b = blob.clone();
