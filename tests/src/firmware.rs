@@ -6,6 +6,12 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
+use firmware_core::{
+    decoder::{self, IMAGE_PIXELS, Scratch},
+    q8::Model,
+    render::{Framebuffer, PBM_LEN, render_frame},
+};
+
 use crate::workspace_root;
 
 /// The QEMU boards the firmware runs on.
@@ -94,4 +100,25 @@ pub fn run_qemu_firmware(board: Board, dir: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     log
+}
+
+/// What the firmware core computes on the host for the q8 `model` and the `latents` (each of the
+/// model's latent size): the digits (784 bytes each, one after the other) and the screens as PBM
+/// files, exactly what the QEMU firmware must write.
+pub fn host_outputs(model: &[u8], latents: &[Vec<f32>]) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let model = Model::parse(model).expect("q8 model parses");
+    let mut scratch = Scratch::new();
+    let (mut digits, mut frames) = (Vec::new(), Vec::new());
+    for (i, z) in latents.iter().enumerate() {
+        let mut q = vec![0i8; z.len()];
+        model.quantize_latent(z, &mut q).expect("quantize");
+        let mut digit = [0u8; IMAGE_PIXELS];
+        decoder::decode(&model, &q, &mut scratch, &mut digit).expect("int8 decode");
+        digits.extend_from_slice(&digit);
+        let mut fb = Framebuffer::new();
+        render_frame(&mut fb, &digit, i, z);
+        let mut pbm = [0u8; PBM_LEN];
+        frames.push(fb.pbm(&mut pbm).to_vec());
+    }
+    (digits, frames)
 }

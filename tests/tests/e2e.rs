@@ -18,15 +18,10 @@ use std::{
 use burn::prelude::*;
 use e2e::{
     Tolerance, assert_close,
-    firmware::{Board, run, run_qemu_firmware},
+    firmware::{Board, host_outputs, run, run_qemu_firmware},
     psnr_u8_vs_float, scratch_dir, target_dir,
 };
 use exporter::{ExportOptions, FLOAT_TOLERANCE, export_run, onnx::run_ort};
-use firmware_core::{
-    decoder::{self, IMAGE_PIXELS, Scratch},
-    q8::Model,
-    render::{Framebuffer, PBM_LEN, render_frame},
-};
 use trainer::{
     data::{self, Mnist, Split},
     model::ConvVaeConfig,
@@ -321,21 +316,7 @@ fn train_export_and_run_everywhere() {
     }
 
     // 8. The int8 firmware core on the host.
-    let q8 = Model::parse(&blob).expect("q8 parses");
-    let mut scratch = Scratch::new();
-    let mut host_digits = Vec::new();
-    let mut host_frames = Vec::new();
-    for (i, z) in latents.iter().enumerate() {
-        let mut q = [0i8; 2];
-        q8.quantize_latent(z, &mut q).expect("quantize");
-        let mut digit = [0u8; IMAGE_PIXELS];
-        decoder::decode(&q8, &q, &mut scratch, &mut digit).expect("int8 decode");
-        host_digits.extend_from_slice(&digit);
-        let mut fb = Framebuffer::new();
-        render_frame(&mut fb, &digit, i, z);
-        let mut pbm = [0u8; PBM_LEN];
-        host_frames.push(fb.pbm(&mut pbm).to_vec());
-    }
+    let (host_digits, host_frames) = host_outputs(&blob, &latents);
     let psnr = psnr_u8_vs_float(&host_digits, &burn);
     assert!(
         psnr >= MIN_INT8_PSNR_DB,

@@ -15,13 +15,8 @@
 use std::{env, fs, path::PathBuf};
 
 use e2e::{
-    firmware::{Board, run_qemu_firmware},
+    firmware::{Board, host_outputs, run_qemu_firmware},
     scratch_dir, workspace_root,
-};
-use firmware_core::{
-    decoder::{self, IMAGE_PIXELS, Scratch},
-    q8::Model,
-    render::{Framebuffer, PBM_LEN, render_frame},
 };
 
 fn golden_dir() -> PathBuf {
@@ -30,26 +25,6 @@ fn golden_dir() -> PathBuf {
 
 fn frame_name(i: usize) -> String {
     format!("frame_{i:03}.pbm")
-}
-
-/// What the host firmware core makes of `model` and `latents`: the digits (784 bytes each, one
-/// after the other) and the screens (PBM).
-fn host_outputs(model: &[u8], latents: &[f32]) -> (Vec<u8>, Vec<Vec<u8>>) {
-    let model = Model::parse(model).expect("golden model parses");
-    let mut scratch = Scratch::new();
-    let (mut digits, mut frames) = (Vec::new(), Vec::new());
-    for (i, z) in latents.chunks_exact(model.latent_dim()).enumerate() {
-        let mut q = vec![0i8; z.len()];
-        model.quantize_latent(z, &mut q).expect("quantize");
-        let mut digit = [0u8; IMAGE_PIXELS];
-        decoder::decode(&model, &q, &mut scratch, &mut digit).expect("decode");
-        digits.extend_from_slice(&digit);
-        let mut fb = Framebuffer::new();
-        render_frame(&mut fb, &digit, i, z);
-        let mut pbm = [0u8; PBM_LEN];
-        frames.push(fb.pbm(&mut pbm).to_vec());
-    }
-    (digits, frames)
 }
 
 fn assert_same(what: &str, expected: &[u8], actual: &[u8]) {
@@ -72,10 +47,14 @@ fn host_core_and_qemu_boards_match_the_golden_snapshots() {
     }
     let model = fs::read(dir.join("model.q8")).expect("golden model");
     let latents_le = fs::read(dir.join("latents.f32")).expect("golden latents");
-    let latents: Vec<f32> = latents_le
+    let values: Vec<f32> = latents_le
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
+    let dim = firmware_core::q8::Model::parse(&model)
+        .expect("golden model parses")
+        .latent_dim();
+    let latents: Vec<Vec<f32>> = values.chunks_exact(dim).map(<[f32]>::to_vec).collect();
     let (digits, frames) = host_outputs(&model, &latents);
     let count = frames.len();
     assert!(count >= 2, "the golden morph needs several latents");
