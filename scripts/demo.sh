@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 EPOCHS=${EPOCHS:-5}
 
 cargo build --release -p trainer -p exporter -p edge-runtime
-target/release/trainer train --epochs "$EPOCHS" --out runs/conv-vae
+target/release/trainer train conv-vae --epochs "$EPOCHS" --out runs/conv-vae
 target/release/trainer pictures runs/conv-vae
 
 if [ -z "${ORT_DYLIB_PATH:-}" ] && python3 -c 'import onnxruntime' 2>/dev/null; then

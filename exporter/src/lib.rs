@@ -108,12 +108,19 @@ pub fn export_run(
 ) -> anyhow::Result<Report> {
     let device = Device::flex();
     let (config, model) = load_run(run_dir, &device)?;
-    let latent = config.model.latent;
+    let Some(model) = model.conv_vae() else {
+        bail!(
+            "{} is a {} run: only conv-vae runs can be exported so far",
+            run_dir.display(),
+            config.model.family()
+        );
+    };
+    let latent = model.decoder.latent();
 
     let half = options.check.div_ceil(2);
     let check = Tensor::cat(
         vec![
-            encode(&model, &options.data_dir, Split::Test, half, &device)?,
+            encode(model, &options.data_dir, Split::Test, half, &device)?,
             normal_samples(half, latent, 7, &device),
         ],
         0,
@@ -121,7 +128,7 @@ pub fn export_run(
     let calibration = Tensor::cat(
         vec![
             encode(
-                &model,
+                model,
                 &options.data_dir,
                 Split::Train,
                 options.calibration,

@@ -24,7 +24,7 @@ use e2e::{
 use exporter::{ExportOptions, FLOAT_TOLERANCE, export_run, onnx::run_ort};
 use trainer::{
     data::{self, Mnist, Split},
-    model::ConvVaeConfig,
+    model::{ConvVaeConfig, ModelConfig},
     run::{TrainingConfig, load_run},
     training,
 };
@@ -135,7 +135,7 @@ fn train_export_and_run_everywhere() {
     // 1. Train a few hundred steps on a subset: 6,400 images, batch 32, 3 epochs = 600 steps.
     // (With batch 64 and lr 1e-3 this subset stays in posterior collapse: every latent decodes
     // to the mean digit, test loss ~202.)
-    let config = TrainingConfig::new(ConvVaeConfig::new())
+    let config = TrainingConfig::new(ModelConfig::ConvVae(ConvVaeConfig::new()))
         .with_epochs(3)
         .with_batch_size(32)
         .with_learning_rate(2e-3)
@@ -225,20 +225,21 @@ fn train_export_and_run_everywhere() {
     let blob = fs::read(out_dir.join("decoder.q8")).expect("q8 blob");
 
     // 3. The comparison latents: corners and centre of the 2-d plane, and encoded test digits.
-    let (_, model) = load_run(&run_dir, &device).expect("reload the run");
+    let (config, model) = load_run(&run_dir, &device).expect("reload the run");
     // `trainer eval`'s numbers agree with what training reported for the same 1,000 test images.
     let mut eval_set = Mnist::load(&data::bundled_dir(), Split::Test).expect("test set");
     eval_set.truncate(1000);
-    let eval = training::evaluate_images(&model, &eval_set, 500, &device);
+    let eval = training::evaluate_images(&model, &config.model, &eval_set, 500, &device)
+        .expect("evaluates");
     assert!(
         (eval.loss - last).abs() <= 1e-3 * last,
         "eval loss {} vs training's test loss {last}",
         eval.loss
     );
     assert!(
-        (10.0..40.0).contains(&eval.psnr_db),
+        (10.0..40.0).contains(&eval.output.psnr_db),
         "reconstruction PSNR {} dB",
-        eval.psnr_db
+        eval.output.psnr_db
     );
     let mut latents: Vec<Vec<f32>> = vec![
         vec![0.0, 0.0],
@@ -248,7 +249,9 @@ fn train_export_and_run_everywhere() {
     ];
     let mut test = Mnist::load(&data::bundled_dir(), Split::Test).expect("test set");
     test.truncate(4);
-    let means = model.encoder.forward(test.batch(&[0, 1, 2, 3], &device)).0;
+    let means = model
+        .encode(test.batch(&[0, 1, 2, 3], &device))
+        .expect("a VAE encodes");
     latents.extend(
         means
             .into_data()
@@ -262,8 +265,8 @@ fn train_export_and_run_everywhere() {
 
     // 4. Burn, the reference.
     let burn = model
-        .decoder
-        .forward(Tensor::<1>::from_floats(flat.as_slice(), &device).reshape([n, 2]))
+        .decode(Tensor::<1>::from_floats(flat.as_slice(), &device).reshape([n, 2]))
+        .expect("a VAE decodes")
         .into_data()
         .try_to_vec::<f32>()
         .expect("f32");

@@ -1,7 +1,9 @@
 //! Trains the project's autoencoders on MNIST with Burn and writes run directories.
 //!
 //! - [`data`]: the MNIST IDX loader (checksums, headers, sizes);
-//! - [`model`]: the convolutional VAE and its loss;
+//! - [`model`]: the model families (dense, convolutional, denoising and super-resolution AEs,
+//!   fully-connected and convolutional VAEs) and their losses;
+//! - [`quality`]: PSNR and SSIM;
 //! - [`training`]: the training loop;
 //! - [`run`]: the run directory (config, weights, metrics) and how to load it back.
 //!
@@ -13,5 +15,7 @@ pub mod data;
 pub mod model;
 pub mod pca;
 pub mod pictures;
+pub mod quality;
+pub mod rng;
 pub mod run;
 pub mod training;

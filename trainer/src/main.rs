@@ -4,13 +4,13 @@ use std::{io::IsTerminal, path::PathBuf};
 use anyhow::Context;
 use burn::prelude::*;
 use clap::{Parser, Subcommand, ValueEnum};
-use trainer::{data, model::ConvVaeConfig, pictures, run::TrainingConfig, training};
+use trainer::{data, model::ModelConfig, pictures, run::TrainingConfig, training};
 
 #[derive(Parser)]
 #[command(
     version,
     about,
-    after_help = "Examples:\n  trainer train --epochs 10 --out runs/conv-vae\n  trainer eval runs/conv-vae\n  trainer sample runs/conv-vae --count 64\n  trainer pictures runs/conv-vae"
+    after_help = "Examples:\n  trainer train conv-vae --epochs 10 --out runs/conv-vae\n  trainer train dense-ae --latent 32 --out runs/dense-32\n  trainer train denoising-ae --noise-std 0.3 --noise-mean 0\n  trainer eval runs/conv-vae\n  trainer sample runs/conv-vae --count 64\n  trainer pictures runs/conv-vae"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -19,15 +19,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train the convolutional VAE (2-d latent by default).
+    /// Train a model family: dense-ae, conv-ae, denoising-ae, super-res, fc-vae, conv-vae.
     Train(TrainArgs),
     /// Continue an interrupted run (even one killed with kill -9) after its last completed
     /// epoch.
     Resume(ResumeArgs),
-    /// Evaluate a trained run on the official 10k test images: loss (reconstruction + KL) and
-    /// the pixel error of reconstructions from the latent mean.
+    /// Evaluate a trained run on the official 10k test images: loss, and PSNR/SSIM of the output
+    /// (and of the noisy input or the bicubic upscaling for denoising/super-resolution).
     Eval(EvalArgs),
-    /// Decode random samples of the prior N(0, I) into a PNG contact sheet.
+    /// Decode random latents (N(0, I), the prior of a VAE) into a PNG contact sheet.
     Sample(SampleArgs),
     /// The PCA baseline: fit on the training images, reconstruction MSE on the test images at
     /// each number of components, next to a trained run's at its latent size.
@@ -115,9 +115,12 @@ enum Backend {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// Run directory to write (config.json, model.bpk, metrics.csv).
-    #[arg(long, default_value = "runs/conv-vae")]
-    out: PathBuf,
+    /// Model family.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(ModelConfig::FAMILIES))]
+    family: String,
+    /// Run directory to write (config.json, model.bpk, metrics.csv) [default: runs/<family>].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Directory with the MNIST IDX files and SHA256SUMS.
     #[arg(long, default_value_os_t = data::bundled_dir())]
     data: PathBuf,
@@ -130,9 +133,15 @@ struct TrainArgs {
     /// Adam learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
-    /// Latent size.
-    #[arg(long, default_value_t = 2)]
-    latent: usize,
+    /// Latent size [default: the family's: dense-ae 32, conv AEs 128 (4x4x8), VAEs 2].
+    #[arg(long)]
+    latent: Option<usize>,
+    /// Denoising AE: mean of the Gaussian noise added to the inputs [default: 0.5].
+    #[arg(long)]
+    noise_mean: Option<f32>,
+    /// Denoising AE: standard deviation of the noise [default: 0.5].
+    #[arg(long)]
+    noise_std: Option<f32>,
     /// Seed for initialisation, shuffling and sampling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -165,23 +174,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Eval(args) => {
             let device = Device::flex();
-            let (_, model) =
+            let (config, model) =
                 trainer::run::load_run(&args.run, &device).context("loading the run")?;
             let test = data::Mnist::load(&args.data, data::Split::Test)
                 .context("loading the test images")?;
-            let e = training::evaluate_images(&model, &test, 500, &device);
-            println!("{}: {} test images", args.run.display(), e.images);
-            println!("loss            {:>9.3} nats per image", e.loss);
-            println!(
-                "  reconstruction {:>8.3} (binary cross-entropy over 784 pixels)",
-                e.reconstruction
-            );
-            println!("  KL             {:>8.3}", e.kl);
-            println!(
-                "pixel MSE       {:>9.5} (reconstruction from the latent mean)",
-                e.mse
-            );
-            println!("PSNR            {:>9.2} dB", e.psnr_db);
+            let e = training::evaluate_images(&model, &config.model, &test, 500, &device)?;
+            print_evaluation(&args.run, &config.model, &e);
         }
         Command::Pca(args) => {
             let device = Device::flex();
@@ -204,8 +202,11 @@ fn main() -> anyhow::Result<()> {
                 Some(dir) => {
                     let (config, model) =
                         trainer::run::load_run(dir, &device).context("loading the run")?;
-                    let e = training::evaluate_images(&model, &test, 500, &device);
-                    Some((config.model.latent, e.mse))
+                    let latent = config.model.latent().with_context(|| {
+                        format!("a {} has no latent size", config.model.family())
+                    })?;
+                    let e = training::evaluate_images(&model, &config.model, &test, 500, &device)?;
+                    Some((latent, e.output.mse))
                 }
                 None => None,
             };
@@ -226,10 +227,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Sample(args) => {
             let device = Device::flex();
-            let (_, model) =
+            let (config, model) =
                 trainer::run::load_run(&args.run, &device).context("loading the run")?;
+            let latent = config
+                .model
+                .latent()
+                .with_context(|| format!("a {} has no latent to sample", config.model.family()))?;
             let canvas =
-                pictures::samples(&model.decoder, args.count as usize, args.seed, &device)?;
+                pictures::samples(&model, latent, args.count as usize, args.seed, &device)?;
             let out = args.out.unwrap_or_else(|| args.run.join("samples.png"));
             trainer::run::write_atomic(&out, &canvas.png()?)
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -254,23 +259,32 @@ fn main() -> anyhow::Result<()> {
                 #[cfg(feature = "wgpu")]
                 Backend::Wgpu => Device::wgpu(Default::default()),
             };
-            let config = TrainingConfig::new(ConvVaeConfig::new().with_latent(args.latent))
+            let mut model = ModelConfig::default_for(&args.family)
+                .with_context(|| format!("unknown family {}", args.family))?;
+            if let Some(latent) = args.latent {
+                model = model.with_latent(latent).map_err(anyhow::Error::msg)?;
+            }
+            if args.noise_mean.is_some() || args.noise_std.is_some() {
+                let ModelConfig::DenoisingAe(c) = &mut model else {
+                    anyhow::bail!("--noise-mean and --noise-std are for denoising-ae");
+                };
+                c.noise_mean = args.noise_mean.unwrap_or(c.noise_mean);
+                c.noise_std = args.noise_std.unwrap_or(c.noise_std);
+            }
+            let out = args
+                .out
+                .unwrap_or_else(|| PathBuf::from("runs").join(&args.family));
+            let config = TrainingConfig::new(model)
                 .with_epochs(args.epochs)
                 .with_batch_size(args.batch_size)
                 .with_learning_rate(args.lr)
                 .with_seed(args.seed)
                 .with_train_subset(args.train_subset)
                 .with_test_subset(args.test_subset);
-            eprintln!("training conv-vae into {}", args.out.display());
-            training::train(
-                &config,
-                &args.data,
-                &args.out,
-                &device,
-                reporter(config.epochs),
-            )
-            .context("training failed")?;
-            eprintln!("wrote {}", args.out.display());
+            eprintln!("training {} into {}", args.family, out.display());
+            training::train(&config, &args.data, &out, &device, reporter(config.epochs))
+                .context("training failed")?;
+            eprintln!("wrote {}", out.display());
         }
     }
     Ok(())
@@ -309,7 +323,7 @@ fn reporter(epochs: usize) -> impl FnMut(training::Progress) {
             eprint!("\r{}\r", " ".repeat(100));
         }
         eprintln!(
-            "epoch {:>3}  train {:.2} (rec {:.2} kl {:.2})  test {:.2} (rec {:.2} kl {:.2})  {:.0} img/s  {:.1}s",
+            "epoch {:>3}  train {:.4} (rec {:.4} kl {:.3})  test {:.4} (rec {:.4} kl {:.3})  mse {:.5}  {:.0} img/s  {:.1}s",
             m.epoch,
             m.train_loss,
             m.train_reconstruction,
@@ -317,8 +331,53 @@ fn reporter(epochs: usize) -> impl FnMut(training::Progress) {
             m.test_loss,
             m.test_reconstruction,
             m.test_kl,
+            m.test_mse,
             m.images_per_second,
             m.seconds
         );
+    }
+}
+
+/// Prints `trainer eval`'s report.
+fn print_evaluation(run: &std::path::Path, model: &ModelConfig, e: &training::Evaluation) {
+    use trainer::model::LossKind;
+    println!(
+        "{} ({}): {} test images",
+        run.display(),
+        model.family(),
+        e.images
+    );
+    let reconstruction = match model.loss_kind() {
+        LossKind::MeanBce => "binary cross-entropy, mean over pixels",
+        LossKind::BceKl => "binary cross-entropy summed over 784 pixels",
+        LossKind::SseKl => "squared error summed over 784 pixels",
+    };
+    println!("loss            {:>9.4} per image", e.loss);
+    if model.is_variational() {
+        println!(
+            "  reconstruction {:>8.4} ({reconstruction})",
+            e.reconstruction
+        );
+        println!("  KL             {:>8.4}", e.kl);
+        println!(
+            "  MSE x 784 + KL {:>8.4} (the FC VAE's loss, to compare VAEs)",
+            e.output.mse * 784.0 + e.kl
+        );
+    } else {
+        println!("  ({reconstruction})");
+    }
+    let row = |name: &str, q: &training::Quality| {
+        println!(
+            "{name:<15} MSE {:.5}  PSNR {:>6.2} dB  SSIM {:.4}",
+            q.mse, q.psnr_db, q.ssim
+        );
+    };
+    row("output", &e.output);
+    if let Some(baseline) = &e.baseline {
+        let name = match model.corruption() {
+            trainer::model::Corruption::Downsample => "bicubic",
+            _ => "noisy input",
+        };
+        row(name, baseline);
     }
 }

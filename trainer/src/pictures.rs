@@ -10,8 +10,9 @@ use burn::prelude::*;
 
 use crate::{
     data::{Mnist, SIDE, Split},
-    model::{ConvDecoder, ConvVae},
+    model::{Corruption, Model},
     run::{load_run, write_atomic},
+    training::tensor_values,
 };
 
 /// An RGB color.
@@ -55,6 +56,12 @@ fn glyph(c: char) -> Option<[u8; 5]> {
         '.' => [0, 0, 0, 0, 2],
         '-' => [0, 0, 7, 0, 0],
         'a' => [0, 7, 5, 7, 5],
+        'd' => [1, 1, 7, 5, 7],
+        'g' => [0, 7, 5, 7, 1],
+        'm' => [0, 5, 7, 5, 5],
+        'u' => [0, 5, 5, 5, 7],
+        'w' => [0, 5, 5, 7, 5],
+        'y' => [0, 5, 5, 7, 1],
         'c' => [0, 7, 4, 4, 7],
         'e' => [7, 4, 7, 4, 7],
         'h' => [4, 4, 7, 5, 5],
@@ -217,16 +224,24 @@ impl Axes {
     }
 }
 
-/// Two rows: the `images` (top) and their `reconstructions` (bottom), 28x28 each at scale 3.
-pub fn reconstructions(images: &[Image], reconstructions: &[Image]) -> Canvas {
-    let (scale, gap) = (3, 4);
-    let cell = SIDE as i64 * scale + gap;
-    let n = images.len().max(1) as i64;
-    let mut canvas = Canvas::new((n * cell + gap) as usize, (2 * cell + gap) as usize, GRAY);
-    for (row, set) in [images, reconstructions].iter().enumerate() {
-        for (i, image) in set.iter().enumerate() {
-            let at = (gap + i as i64 * cell, gap + row as i64 * cell);
-            canvas.gray(at, image, SIDE, scale);
+/// Labelled rows of images drawn at the same size (84x84 pixels: 28x28 at scale 3, 14x14 at scale
+/// 6), e.g. `[("input", inputs), ("output", outputs)]`. Each image is square, row-major.
+pub fn reconstructions(rows: &[(&str, Vec<Image>)]) -> Canvas {
+    let (size, gap, label) = (3 * SIDE as i64, 4, 72);
+    let cell = size + gap;
+    let n = rows.iter().map(|(_, r)| r.len()).max().unwrap_or(0).max(1) as i64;
+    let mut canvas = Canvas::new(
+        (label + n * cell + gap) as usize,
+        (rows.len().max(1) as i64 * cell + gap) as usize,
+        GRAY,
+    );
+    for (row, (name, images)) in rows.iter().enumerate() {
+        let top = gap + row as i64 * cell;
+        canvas.text((gap, top + size / 2 - 5), name, 2, BLACK);
+        for (i, image) in images.iter().enumerate() {
+            let side = (image.len() as f64).sqrt() as usize;
+            let scale = size / side.max(1) as i64;
+            canvas.gray((label + i as i64 * cell, top), image, side, scale);
         }
     }
     canvas
@@ -280,7 +295,7 @@ pub fn latent_scatter(means: &[[f32; 2]], labels: &[u8]) -> Canvas {
 /// Digits decoded on a `side x side` grid over `[-span, span]^2` of the 2-d latent plane, z1
 /// growing upwards, z0 to the right.
 pub fn latent_grid(
-    decoder: &ConvDecoder,
+    model: &Model,
     side: usize,
     span: f32,
     device: &Device,
@@ -290,8 +305,9 @@ pub fn latent_grid(
         .flat_map(|row| (0..side).flat_map(move |col| [at(col), -at(row)]))
         .collect();
     let z = Tensor::<1>::from_floats(latents.as_slice(), device).reshape([side * side, 2]);
-    let pixels = decoder
-        .forward(z)
+    let pixels = model
+        .decode(z)
+        .context("this family has no decoder")?
         .into_data()
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -303,26 +319,20 @@ pub fn latent_grid(
     Ok(canvas)
 }
 
-/// `count` digits decoded from latents drawn from the prior N(0, I) (seeded), on a grid of
-/// `ceil(sqrt(count))` columns with 2-pixel gaps.
+/// `count` digits decoded from latents of size `latent` drawn from the prior N(0, I) (seeded), on
+/// a grid of `ceil(sqrt(count))` columns with 2-pixel gaps.
 pub fn samples(
-    decoder: &ConvDecoder,
+    model: &Model,
+    latent: usize,
     count: usize,
     seed: u64,
     device: &Device,
 ) -> anyhow::Result<Canvas> {
-    let dim = decoder.latent();
-    let mut rng = crate::training::SplitMix64(seed);
-    let mut uniform = || ((rng.next() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-    let latents: Vec<f32> = (0..count * dim)
-        .map(|_| {
-            let (u, v) = (uniform(), uniform());
-            ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-        })
-        .collect();
-    let z = Tensor::<1>::from_floats(latents.as_slice(), device).reshape([count, dim]);
-    let pixels = decoder
-        .forward(z)
+    let latents = crate::rng::SplitMix64(seed).normals(count * latent);
+    let z = Tensor::<1>::from_floats(latents.as_slice(), device).reshape([count, latent]);
+    let pixels = model
+        .decode(z)
+        .context("this family has no decoder")?
         .into_data()
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -445,15 +455,19 @@ pub fn loss_curves(points: &[LossPoint]) -> Canvas {
 }
 
 /// Draws every picture of the run in `run_dir` (test images from `data_dir`) into `out_dir` and
-/// returns the files written: `reconstructions.png`, `latent_scatter.png` and `latent_grid.png`
-/// (2-d latents only), `loss_curves.png` (when `metrics.csv` exists).
+/// returns the files written:
+/// - `reconstructions.png`: the first test image of each digit, as the model sees it (noisy,
+///   low-resolution) when that differs from the clean image, the model's output, the clean image;
+/// - `latent_scatter.png` and `latent_grid.png` for 2-d latents;
+/// - `samples.png` for VAEs (decoded samples of the prior);
+/// - `loss_curves.png` when `metrics.csv` exists.
 pub fn write_pictures(
     run_dir: &Path,
     data_dir: &Path,
     out_dir: &Path,
     device: &Device,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    let (_, model) = load_run(run_dir, device).context("loading the run")?;
+    let (config, model) = load_run(run_dir, device).context("loading the run")?;
     let test = Mnist::load(data_dir, Split::Test).context("loading the test images")?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut written = Vec::new();
@@ -465,33 +479,48 @@ pub fn write_pictures(
         Ok(())
     };
 
-    // The first test image of each digit, then its reconstruction from the latent mean.
     let firsts: Vec<usize> = (0..10u8)
         .filter_map(|d| test.labels.iter().position(|&l| l == d))
         .collect();
-    let (images, recon) = reconstruct(&model, &test, &firsts, device)?;
-    save("reconstructions.png", &reconstructions(&images, &recon))?;
+    let clean = test.batch(&firsts, device);
+    let corruption = config.model.corruption();
+    let input = corruption.apply(clean.clone(), &mut crate::rng::SplitMix64(1));
+    let output = model.reconstruct(input.clone());
+    let names = match corruption {
+        Corruption::None => ["", "input", "output"],
+        Corruption::Noise { .. } => ["noisy", "denoised", "clean"],
+        Corruption::Downsample => ["low-res", "upscaled", "original"],
+    };
+    let mut rows = Vec::new();
+    if corruption != Corruption::None {
+        rows.push((names[0], to_images(input)?));
+    }
+    rows.push((names[1], to_images(output)?));
+    rows.push((names[2], to_images(clean)?));
+    if corruption == Corruption::None {
+        rows.reverse();
+    }
+    save("reconstructions.png", &reconstructions(&rows))?;
 
-    if model.decoder.latent() == 2 {
+    if config.model.latent() == Some(2) {
         let n = test.len().min(5000);
         let indices: Vec<usize> = (0..n).collect();
         let mut means = Vec::with_capacity(n);
         for chunk in indices.chunks(500) {
-            let (mean, _) = model.encoder.forward(test.batch(chunk, device));
-            let values = mean
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let code = model
+                .encode(test.batch(chunk, device))
+                .context("a family with a latent has an encoder")?;
+            let values = tensor_values(code)?;
             means.extend(values.chunks_exact(2).map(|m| [m[0], m[1]]));
         }
         save(
             "latent_scatter.png",
             &latent_scatter(&means, &test.labels[..n]),
         )?;
-        save(
-            "latent_grid.png",
-            &latent_grid(&model.decoder, 15, 3.0, device)?,
-        )?;
+        save("latent_grid.png", &latent_grid(&model, 15, 3.0, device)?)?;
+    }
+    if let (true, Some(latent)) = (config.model.is_variational(), config.model.latent()) {
+        save("samples.png", &samples(&model, latent, 64, 0, device)?)?;
     }
 
     let metrics = run_dir.join("metrics.csv");
@@ -503,26 +532,13 @@ pub fn write_pictures(
     Ok(written)
 }
 
-/// The test images at `indices` and their reconstructions from the latent means.
-fn reconstruct(
-    model: &ConvVae,
-    test: &Mnist,
-    indices: &[usize],
-    device: &Device,
-) -> anyhow::Result<(Vec<Image>, Vec<Image>)> {
-    let batch = test.batch(indices, device);
-    let (mean, _) = model.encoder.forward(batch.clone());
-    let to_images = |t: Tensor<4>| -> anyhow::Result<Vec<Image>> {
-        let values = t
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        Ok(values
-            .chunks_exact(SIDE * SIDE)
-            .map(<[f32]>::to_vec)
-            .collect())
-    };
-    Ok((to_images(batch)?, to_images(model.decoder.forward(mean))?))
+/// A batch of square single-channel images as one vector each.
+fn to_images(t: Tensor<4>) -> anyhow::Result<Vec<Image>> {
+    let [_, _, h, w] = t.dims();
+    Ok(tensor_values(t)?
+        .chunks_exact(h * w)
+        .map(<[f32]>::to_vec)
+        .collect())
 }
 
 #[cfg(test)]
@@ -586,13 +602,15 @@ mod tests {
     #[test]
     fn samples_fill_a_square_sheet() {
         let device = Device::flex();
-        let decoder = crate::model::ConvVaeConfig::new().init(&device).decoder;
-        let sheet = samples(&decoder, 5, 1, &device).expect("decodes");
+        let model = crate::model::ModelConfig::default_for("fc-vae")
+            .expect("a family")
+            .init(&device);
+        let sheet = samples(&model, 2, 5, 1, &device).expect("decodes");
         // 3 columns, 2 rows of 28-pixel digits with 2-pixel gaps.
         assert_eq!((sheet.width(), sheet.height()), (92, 62));
         assert_eq!(
             sheet,
-            samples(&decoder, 5, 1, &device).expect("decodes"),
+            samples(&model, 2, 5, 1, &device).expect("decodes"),
             "seeded"
         );
     }

@@ -16,10 +16,10 @@ use std::{
 
 use burn::{module::Module, prelude::*, store::ModuleRecord};
 
-use crate::model::{ConvVae, ConvVaeConfig};
+use crate::model::{Model, ModelConfig};
 
 /// Version of the run-directory layout; bumped when `config.json` or the weights change meaning.
-pub const RUN_FORMAT: u32 = 1;
+pub const RUN_FORMAT: u32 = 2;
 /// Name of the configuration file in a run directory.
 pub const CONFIG_FILE: &str = "config.json";
 /// Name of the weights file in a run directory.
@@ -31,13 +31,10 @@ pub const METRICS_FILE: &str = "metrics.csv";
 #[derive(Config, Debug)]
 pub struct TrainingConfig {
     /// Run-directory format this config belongs to ([`RUN_FORMAT`]).
-    #[config(default = 1)]
+    #[config(default = 2)]
     pub format: u32,
-    /// Model family; only `conv-vae` so far.
-    #[config(default = "String::from(\"conv-vae\")")]
-    pub family: String,
-    /// Model hyper-parameters.
-    pub model: ConvVaeConfig,
+    /// Model family and hyper-parameters.
+    pub model: ModelConfig,
     /// Passes over the training images.
     #[config(default = 10)]
     pub epochs: usize,
@@ -129,7 +126,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Saves the model's weights into `dir` atomically.
-pub fn save_weights(model: &ConvVae, dir: &Path) -> anyhow::Result<()> {
+pub fn save_weights(model: &Model, dir: &Path) -> anyhow::Result<()> {
     let bytes = model
         .clone()
         .into_record()
@@ -162,21 +159,24 @@ pub fn load_config(dir: &Path) -> Result<TrainingConfig, RunError> {
     if found != RUN_FORMAT {
         return Err(RunError::Version { path, found });
     }
-    let config: TrainingConfig = serde_json::from_value(raw).map_err(|e| RunError::Config {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    if config.family != "conv-vae" {
+    let family = raw
+        .get("model")
+        .and_then(|m| m.get("family"))
+        .and_then(|f| f.as_str());
+    if let Some(family) = family.filter(|f| !ModelConfig::FAMILIES.contains(f)) {
         return Err(RunError::Family {
             path,
-            family: config.family,
+            family: family.into(),
         });
     }
-    Ok(config)
+    serde_json::from_value(raw).map_err(|e| RunError::Config {
+        path: path.clone(),
+        reason: e.to_string(),
+    })
 }
 
 /// Rebuilds the trained model of the run in `dir` on `device`.
-pub fn load_run(dir: &Path, device: &Device) -> Result<(TrainingConfig, ConvVae), RunError> {
+pub fn load_run(dir: &Path, device: &Device) -> Result<(TrainingConfig, Model), RunError> {
     let config = load_config(dir)?;
     let path = dir.join(WEIGHTS_FILE);
     let bytes = fs::read(&path).map_err(|source| RunError::Io {

@@ -1,4 +1,4 @@
-//! The training loop: Adam on the VAE loss, one checkpoint and one metrics row per epoch.
+//! The training loop: Adam on the family's loss, one checkpoint and one metrics row per epoch.
 //!
 //! A plain loop rather than burn-train's `Learner`: it keeps the build small and the logs readable
 //! in a non-interactive terminal.
@@ -9,12 +9,14 @@ use anyhow::{Context, bail};
 use burn::{
     optim::{AdamConfig, GradientsParams},
     prelude::*,
-    tensor::Distribution,
+    tensor::activation::sigmoid,
 };
 
 use crate::{
-    data::{Mnist, Split},
-    model::{ConvVae, vae_loss},
+    data::{Mnist, SIDE, Split},
+    model::{Corruption, LossKind, Model, ModelConfig, loss},
+    quality::{psnr, ssim},
+    rng::SplitMix64,
     run::{
         METRICS_FILE, TrainingConfig, WEIGHTS_FILE, load_config, load_run, save_config,
         save_weights, write_atomic,
@@ -26,18 +28,20 @@ use crate::{
 pub struct EpochMetrics {
     /// Epoch number, from 1.
     pub epoch: usize,
-    /// Training loss (reconstruction + KL).
+    /// Training loss (reconstruction, + KL for VAEs).
     pub train_loss: f64,
-    /// Training reconstruction (BCE summed over pixels).
+    /// Training reconstruction term.
     pub train_reconstruction: f64,
-    /// Training KL.
+    /// Training KL (0 for plain autoencoders).
     pub train_kl: f64,
-    /// Test loss, decoding the latent mean.
+    /// Test loss (VAEs decode the latent mean).
     pub test_loss: f64,
-    /// Test reconstruction.
+    /// Test reconstruction term.
     pub test_reconstruction: f64,
     /// Test KL.
     pub test_kl: f64,
+    /// Test pixel MSE of the output against the clean image.
+    pub test_mse: f64,
     /// Training throughput.
     pub images_per_second: f64,
     /// Wall time of the epoch (training and evaluation).
@@ -45,11 +49,11 @@ pub struct EpochMetrics {
 }
 
 impl EpochMetrics {
-    const CSV_HEADER: &'static str = "epoch,train_loss,train_reconstruction,train_kl,test_loss,test_reconstruction,test_kl,images_per_second,seconds\n";
+    const CSV_HEADER: &'static str = "epoch,train_loss,train_reconstruction,train_kl,test_loss,test_reconstruction,test_kl,test_mse,images_per_second,seconds\n";
 
     fn csv_row(&self) -> String {
         format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.1},{:.2}\n",
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.1},{:.2}\n",
             self.epoch,
             self.train_loss,
             self.train_reconstruction,
@@ -57,29 +61,10 @@ impl EpochMetrics {
             self.test_loss,
             self.test_reconstruction,
             self.test_kl,
+            self.test_mse,
             self.images_per_second,
             self.seconds
         )
-    }
-}
-
-/// SplitMix64: a small, fast, seedable generator for the shuffling (no extra dependency).
-pub(crate) struct SplitMix64(pub(crate) u64);
-
-impl SplitMix64 {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn shuffle(&mut self, v: &mut [usize]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
     }
 }
 
@@ -87,67 +72,143 @@ fn scalar(t: Tensor<1>) -> f64 {
     t.into_scalar::<f32>() as f64
 }
 
+/// A float tensor's values, row-major.
+pub fn tensor_values<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
+    t.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))
+}
+
+/// Seed of the corruption noise used for evaluation, so every evaluation of every run sees the
+/// same noisy test images.
+const EVAL_NOISE_SEED: u64 = 0x5EED_7E57;
+
+/// Quality of one kind of output against the clean images.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quality {
+    /// Mean squared error per pixel, pixels in `[0, 1]`.
+    pub mse: f64,
+    /// `10 log10(1 / mse)`.
+    pub psnr_db: f64,
+    /// Mean SSIM per image.
+    pub ssim: f64,
+}
+
 /// What `trainer eval` reports for a run on a set of images.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Evaluation {
     /// Images evaluated.
     pub images: usize,
-    /// Mean loss per image (reconstruction + KL), nats.
+    /// Mean loss per image, as training reports it.
     pub loss: f64,
-    /// Mean reconstruction term (binary cross-entropy summed over the 784 pixels), nats.
+    /// Mean reconstruction term.
     pub reconstruction: f64,
-    /// Mean KL term, nats.
+    /// Mean KL term (0 for plain autoencoders).
     pub kl: f64,
-    /// Mean squared error per pixel of the reconstruction from the latent mean, pixels in [0, 1].
-    pub mse: f64,
-    /// `10 log10(1 / mse)`.
-    pub psnr_db: f64,
+    /// The model's output (VAEs: decoded from the latent mean) against the clean images.
+    pub output: Quality,
+    /// Denoising: the noisy input; super-resolution: the bicubic upscaling of the input.
+    pub baseline: Option<Quality>,
 }
 
-/// Evaluates `model` on `data`: the losses as training reports them, and the pixel error of the
-/// reconstruction from the latent mean.
+/// Sums over batches of an evaluation.
+#[derive(Default)]
+struct Sums {
+    images: usize,
+    losses: [f64; 3],
+    squared: [f64; 2],
+    ssim: [f64; 2],
+}
+
+impl Sums {
+    fn quality(&self, i: usize) -> Quality {
+        let mse = self.squared[i] / (self.images.max(1) * SIDE * SIDE) as f64;
+        Quality {
+            mse,
+            psnr_db: psnr(mse),
+            ssim: self.ssim[i] / self.images.max(1) as f64,
+        }
+    }
+}
+
+/// Evaluates `model` on `data`: the losses as training reports them (VAEs decode the latent mean;
+/// the inputs are corrupted with a fixed seed), and the output's and the baseline's quality
+/// (with `with_ssim`, also SSIM; it costs more than the model on small images).
+fn evaluate(
+    model: &Model,
+    config: &ModelConfig,
+    data: &Mnist,
+    batch_size: usize,
+    with_ssim: bool,
+    device: &Device,
+) -> anyhow::Result<Evaluation> {
+    let corruption = config.corruption();
+    let mut rng = SplitMix64(EVAL_NOISE_SEED);
+    let mut sums = Sums::default();
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let clean = data.batch(chunk, device);
+        let input = corruption.apply(clean.clone(), &mut rng);
+        let output = model.forward(input.clone(), false);
+        let images = sigmoid(output.logits.clone());
+        let l = loss(config.loss_kind(), &output, clean.clone());
+        let n = chunk.len() as f64;
+        for (sum, term) in sums
+            .losses
+            .iter_mut()
+            .zip([l.total, l.reconstruction, l.kl])
+        {
+            *sum += scalar(term) * n;
+        }
+        let clean_px = tensor_values(clean)?;
+        let mut compare = |i: usize, out: Tensor<4>| -> anyhow::Result<()> {
+            let px = tensor_values(out)?;
+            sums.squared[i] += px
+                .iter()
+                .zip(&clean_px)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>();
+            if with_ssim {
+                let side = SIDE * SIDE;
+                sums.ssim[i] += px
+                    .chunks_exact(side)
+                    .zip(clean_px.chunks_exact(side))
+                    .map(|(a, b)| ssim(a, b, SIDE, SIDE))
+                    .sum::<f64>();
+            }
+            Ok(())
+        };
+        compare(0, images)?;
+        if let Some(baseline) = corruption.baseline(input) {
+            compare(1, baseline)?;
+        }
+        sums.images += chunk.len();
+    }
+    let n = sums.images.max(1) as f64;
+    let mut quality = [sums.quality(0), sums.quality(1)];
+    if !with_ssim {
+        quality.iter_mut().for_each(|q| q.ssim = f64::NAN);
+    }
+    Ok(Evaluation {
+        images: sums.images,
+        loss: sums.losses[0] / n,
+        reconstruction: sums.losses[1] / n,
+        kl: sums.losses[2] / n,
+        output: quality[0],
+        baseline: (corruption != Corruption::None).then_some(quality[1]),
+    })
+}
+
+/// Evaluates a trained `model` of family `config` on `data`: losses, and PSNR/SSIM of its output
+/// and of the family's baseline against the clean images.
 pub fn evaluate_images(
-    model: &ConvVae,
+    model: &Model,
+    config: &ModelConfig,
     data: &Mnist,
     batch_size: usize,
     device: &Device,
-) -> Evaluation {
-    let [loss, reconstruction, kl] = evaluate(model, data, batch_size, device);
-    let mut squared = 0.0;
-    let indices: Vec<usize> = (0..data.len()).collect();
-    for chunk in indices.chunks(batch_size.max(1)) {
-        let images = data.batch(chunk, device);
-        let (mean, _) = model.encoder.forward(images.clone());
-        let error = (model.decoder.forward(mean) - images)
-            .powf_scalar(2.0)
-            .sum();
-        squared += scalar(error);
-    }
-    let mse = squared / (data.len().max(1) * crate::data::PIXELS) as f64;
-    Evaluation {
-        images: data.len(),
-        loss,
-        reconstruction,
-        kl,
-        mse,
-        psnr_db: 10.0 * (1.0 / mse.max(1e-12)).log10(),
-    }
-}
-
-/// Mean losses over `data` with the latent mean decoded (no sampling noise).
-fn evaluate(model: &ConvVae, data: &Mnist, batch_size: usize, device: &Device) -> [f64; 3] {
-    let mut sums = [0.0; 3];
-    let indices: Vec<usize> = (0..data.len()).collect();
-    for chunk in indices.chunks(batch_size) {
-        let images = data.batch(chunk, device);
-        let eps = Tensor::zeros([chunk.len(), model.decoder.latent()], device);
-        let loss = vae_loss(&model.forward(images.clone(), eps), images);
-        let n = chunk.len() as f64;
-        sums[0] += scalar(loss.total) * n;
-        sums[1] += scalar(loss.reconstruction) * n;
-        sums[2] += scalar(loss.kl) * n;
-    }
-    sums.map(|s| s / data.len().max(1) as f64)
+) -> anyhow::Result<Evaluation> {
+    evaluate(model, config, data, batch_size, true, device)
 }
 
 /// What [`train`] tells its caller while it runs.
@@ -182,7 +243,7 @@ pub fn train(
     out: &Path,
     device: &Device,
     report: impl FnMut(Progress),
-) -> anyhow::Result<ConvVae> {
+) -> anyhow::Result<Model> {
     if config.batch_size == 0 || config.epochs == 0 {
         bail!("batch size and epochs must be at least 1");
     }
@@ -197,7 +258,8 @@ pub fn train(
 /// lost: weights and metrics are written atomically after every epoch.
 ///
 /// The data order of the remaining epochs is the one the uninterrupted run would have used; the
-/// latent sampling noise and Adam's moment estimates start afresh (Adam's state is not saved).
+/// input noise, the latent sampling noise and Adam's moment estimates start afresh (Adam's state
+/// is not saved).
 ///
 /// # Errors
 /// A missing or unreadable run, a `metrics.csv` that does not count epochs 1, 2, ... in order,
@@ -208,7 +270,7 @@ pub fn resume(
     device: &Device,
     epochs: Option<usize>,
     report: impl FnMut(Progress),
-) -> anyhow::Result<ConvVae> {
+) -> anyhow::Result<Model> {
     // Killed before its first checkpoint: nothing to keep, start the configured run afresh.
     if !out.join(WEIGHTS_FILE).exists() {
         let mut config = load_config(out).context("reading the run to resume")?;
@@ -266,9 +328,9 @@ fn run_epochs(
     data_dir: &Path,
     out: &Path,
     device: &Device,
-    start: Option<(ConvVae, usize, String)>,
+    start: Option<(Model, usize, String)>,
     mut report: impl FnMut(Progress),
-) -> anyhow::Result<ConvVae> {
+) -> anyhow::Result<Model> {
     if config.batch_size == 0 {
         bail!("batch size must be at least 1");
     }
@@ -303,7 +365,10 @@ fn run_epochs(
         }
     };
     let mut optim = AdamConfig::new().init();
-    let latent = config.model.latent;
+    let corruption = config.model.corruption();
+    let loss_kind: LossKind = config.model.loss_kind();
+    // The input noise has its own stream, so the data order does not depend on the family.
+    let mut noise_rng = SplitMix64(config.seed ^ 0xC0FF_EE00 ^ ((done as u64) << 32));
 
     for epoch in done + 1..=config.epochs {
         let start = Instant::now();
@@ -312,14 +377,10 @@ fn run_epochs(
         let mut sums = [0.0; 3];
         let (batches, mut seen) = (order.len().div_ceil(config.batch_size), 0usize);
         for (batch_index, chunk) in order.chunks(config.batch_size).enumerate() {
-            let images = train_set.batch(chunk, &device);
-            let eps = Tensor::random(
-                [chunk.len(), latent],
-                Distribution::Normal(0.0, 1.0),
-                &device,
-            );
-            let output = model.forward(images.clone(), eps);
-            let loss = vae_loss(&output, images);
+            let clean = train_set.batch(chunk, &device);
+            let input = corruption.apply(clean.clone(), &mut noise_rng);
+            let output = model.forward(input, true);
+            let loss = loss(loss_kind, &output, clean);
             let total = scalar(loss.total.clone());
             if !total.is_finite() {
                 bail!(
@@ -344,21 +405,24 @@ fn run_epochs(
             });
         }
         let train_seconds = start.elapsed().as_secs_f64();
-        let [test_loss, test_reconstruction, test_kl] = evaluate(
+        let test = evaluate(
             &model.valid(),
+            &config.model,
             &test_set,
             config.batch_size.max(256),
+            false,
             &device,
-        );
+        )?;
         let n = train_set.len() as f64;
         let m = EpochMetrics {
             epoch,
             train_loss: sums[0] / n,
             train_reconstruction: sums[1] / n,
             train_kl: sums[2] / n,
-            test_loss,
-            test_reconstruction,
-            test_kl,
+            test_loss: test.loss,
+            test_reconstruction: test.reconstruction,
+            test_kl: test.kl,
+            test_mse: test.output.mse,
             images_per_second: n / train_seconds,
             seconds: start.elapsed().as_secs_f64(),
         };

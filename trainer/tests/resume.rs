@@ -34,6 +34,7 @@ fn killed_run_resumes_and_completes() {
     let mut child = trainer()
         .args([
             "train",
+            "conv-vae",
             "--epochs",
             &EPOCHS.to_string(),
             "--batch-size",
@@ -102,11 +103,13 @@ fn a_run_killed_before_its_first_checkpoint_starts_afresh() {
     let run = dir.path().join("run");
     std::fs::create_dir_all(&run).expect("mkdir");
     // What `trainer train` leaves behind when killed during epoch 1: the config alone.
-    let config = trainer::run::TrainingConfig::new(trainer::model::ConvVaeConfig::new())
-        .with_epochs(1)
-        .with_batch_size(64)
-        .with_train_subset(Some(512))
-        .with_test_subset(Some(128));
+    let config = trainer::run::TrainingConfig::new(trainer::model::ModelConfig::ConvVae(
+        trainer::model::ConvVaeConfig::new(),
+    ))
+    .with_epochs(1)
+    .with_batch_size(64)
+    .with_train_subset(Some(512))
+    .with_test_subset(Some(128));
     trainer::run::save_config(&config, &run).expect("config");
     let out = trainer().arg("resume").arg(&run).output().expect("resume");
     assert!(

@@ -24,7 +24,7 @@ use crate::data::SIDE;
 const BOTTLENECK: [usize; 3] = [8, 4, 4];
 
 /// Hyper-parameters of [`ConvVae`].
-#[derive(Config, Debug)]
+#[derive(Config, Debug, PartialEq)]
 pub struct ConvVaeConfig {
     /// Size of the latent vector.
     #[config(default = 2)]
@@ -241,62 +241,5 @@ impl ConvDecoder {
             });
         }
         layers
-    }
-}
-
-/// Output of a training forward pass.
-#[derive(Debug)]
-pub struct VaeOutput {
-    /// Pre-sigmoid reconstruction, `[batch, 1, 28, 28]`.
-    pub logits: Tensor<4>,
-    /// Latent mean, `[batch, latent]`.
-    pub mean: Tensor<2>,
-    /// Latent log-variance, `[batch, latent]`.
-    pub log_var: Tensor<2>,
-}
-
-impl ConvVae {
-    /// Encodes, samples `z = mean + exp(log_var / 2) * eps` (the reparameterisation; `eps` is
-    /// `N(0, I)`, or zero to decode the mean), and decodes.
-    ///
-    /// # Shapes
-    /// - images: `[batch, 1, 28, 28]`; eps: `[batch, latent]`
-    pub fn forward(&self, images: Tensor<4>, eps: Tensor<2>) -> VaeOutput {
-        let (mean, log_var) = self.encoder.forward(images);
-        let z = mean.clone() + log_var.clone().mul_scalar(0.5).exp() * eps;
-        VaeOutput {
-            logits: self.decoder.forward_logits(z, None),
-            mean,
-            log_var,
-        }
-    }
-}
-
-/// Per-image losses of a batch, summed over pixels / latent dimensions, averaged over the batch.
-#[derive(Debug)]
-pub struct VaeLoss {
-    /// Reconstruction + KL (what is minimised).
-    pub total: Tensor<1>,
-    /// Binary cross-entropy summed over the 784 pixels.
-    pub reconstruction: Tensor<1>,
-    /// KL divergence of `N(mean, exp(log_var))` from `N(0, I)`.
-    pub kl: Tensor<1>,
-}
-
-/// The VAE loss for `output` reconstructing `images` (BCE from logits, computed stably as
-/// `max(l, 0) - x l + log(1 + exp(-|l|))`; KL with the same log-variance the sampling used).
-pub fn vae_loss(output: &VaeOutput, images: Tensor<4>) -> VaeLoss {
-    let [batch, ..] = images.dims();
-    let l = output.logits.clone();
-    let bce = relu(l.clone()) - l.clone() * images + l.abs().neg().exp().log1p();
-    let reconstruction = bce.sum().div_scalar(batch as f64);
-    let lv = output.log_var.clone();
-    let kl = (lv.clone().add_scalar(1.0) - output.mean.clone().square() - lv.exp())
-        .sum()
-        .mul_scalar(-0.5 / batch as f64);
-    VaeLoss {
-        total: reconstruction.clone() + kl.clone(),
-        reconstruction,
-        kl,
     }
 }

@@ -1,0 +1,160 @@
+//! The convolutional autoencoder of the lesson (also the denoising AE's architecture) and the
+//! super-resolution autoencoder.
+//!
+//! Decoders upsample with nearest interpolation + convolution (no transposed convolutions): it
+//! exports to ONNX and keeps the models fully convolutional.
+
+use burn::{
+    nn::{
+        PaddingConfig2d,
+        conv::{Conv2d, Conv2dConfig},
+        interpolate::{Interpolate2d, Interpolate2dConfig, InterpolateMode},
+        pool::{MaxPool2d, MaxPool2dConfig},
+    },
+    prelude::*,
+    tensor::activation::relu,
+};
+
+/// Side of the convolutional AE's code map (28 -> 14 -> 7 -> 4).
+pub const CODE_SIDE: usize = 4;
+
+/// Hyper-parameters of [`ConvAe`].
+#[derive(Config, Debug, PartialEq)]
+pub struct ConvAeConfig {
+    /// Channels of the 4x4 code map: the code has `16 * code_channels` values (the lesson's 8).
+    #[config(default = 8)]
+    pub code_channels: usize,
+}
+
+/// The lesson's convolutional AE: Conv16-Pool-Conv8-Pool-Conv8-Pool to a 4x4 code map, then
+/// Conv8-Up-Conv8-Up-Conv16(valid)-Up-Conv1 back to 28x28 (sigmoid applied by the loss).
+#[derive(Module, Debug)]
+pub struct ConvAe {
+    enc1: Conv2d,
+    enc2: Conv2d,
+    enc3: Conv2d,
+    pool: MaxPool2d,
+    dec1: Conv2d,
+    dec2: Conv2d,
+    dec3: Conv2d,
+    dec4: Conv2d,
+    up: Interpolate2d,
+}
+
+/// A 3x3 convolution with `padding` zeros on each side.
+pub(crate) fn conv3(channels: [usize; 2], padding: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new(channels, [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(
+            padding, padding, padding, padding,
+        ))
+        .init(device)
+}
+
+/// Nearest-neighbour upsampling by 2.
+pub(crate) fn up2() -> Interpolate2d {
+    Interpolate2dConfig::new()
+        .with_scale_factor(Some([2.0, 2.0]))
+        .with_mode(InterpolateMode::Nearest)
+        .init()
+}
+
+/// 2x2 max pooling; ceil mode turns 7x7 into 4x4, like Keras' `padding="same"`.
+pub(crate) fn pool2() -> MaxPool2d {
+    MaxPool2dConfig::new([2, 2]).with_ceil_mode(true).init()
+}
+
+impl ConvAeConfig {
+    /// Returns the initialized model.
+    pub fn init(&self, device: &Device) -> ConvAe {
+        let c = self.code_channels;
+        ConvAe {
+            enc1: conv3([1, 16], 1, device),
+            enc2: conv3([16, 8], 1, device),
+            enc3: conv3([8, c], 1, device),
+            pool: pool2(),
+            dec1: conv3([c, 8], 1, device),
+            dec2: conv3([8, 8], 1, device),
+            dec3: conv3([8, 16], 0, device),
+            dec4: conv3([16, 1], 1, device),
+            up: up2(),
+        }
+    }
+}
+
+impl ConvAe {
+    /// # Shapes
+    /// - images: `[batch, 1, 28, 28]`; output: `[batch, code_channels, 4, 4]`
+    pub fn encode(&self, images: Tensor<4>) -> Tensor<4> {
+        let x = self.pool.forward(relu(self.enc1.forward(images))); // [b, 16, 14, 14]
+        let x = self.pool.forward(relu(self.enc2.forward(x))); // [b, 8, 7, 7]
+        self.pool.forward(relu(self.enc3.forward(x))) // [b, c, 4, 4]
+    }
+
+    /// Pre-sigmoid reconstruction.
+    ///
+    /// # Shapes
+    /// - code: `[batch, code_channels, 4, 4]`; output: `[batch, 1, 28, 28]`
+    pub fn decode_logits(&self, code: Tensor<4>) -> Tensor<4> {
+        let x = relu(self.dec1.forward(code)); // [b, 8, 4, 4]
+        let x = relu(self.dec2.forward(self.up.forward(x))); // [b, 8, 8, 8]
+        let x = relu(self.dec3.forward(self.up.forward(x))); // [b, 16, 14, 14]
+        self.dec4.forward(self.up.forward(x)) // [b, 1, 28, 28]
+    }
+
+    /// Channels of the code map.
+    pub fn code_channels(&self) -> usize {
+        self.dec1.weight.dims()[1]
+    }
+}
+
+/// Hyper-parameters of [`SuperRes`].
+#[derive(Config, Debug, PartialEq)]
+pub struct SuperResConfig {
+    /// Channels of the feature maps at the input resolution and of the upsampled ones.
+    #[config(default = 16)]
+    pub channels: usize,
+}
+
+/// Super-resolution AE, fully convolutional: a low-resolution image (14x14 for MNIST; any even
+/// size) -> Conv-Pool-Conv (half the input resolution) -> Up-Conv-Up-Conv-Conv -> twice the input
+/// resolution.
+#[derive(Module, Debug)]
+pub struct SuperRes {
+    enc1: Conv2d,
+    enc2: Conv2d,
+    pool: MaxPool2d,
+    dec1: Conv2d,
+    dec2: Conv2d,
+    out: Conv2d,
+    up: Interpolate2d,
+}
+
+impl SuperResConfig {
+    /// Returns the initialized model.
+    pub fn init(&self, device: &Device) -> SuperRes {
+        let c = self.channels;
+        SuperRes {
+            enc1: conv3([1, c], 1, device),
+            enc2: conv3([c, c / 2], 1, device),
+            pool: pool2(),
+            dec1: conv3([c / 2, c], 1, device),
+            dec2: conv3([c, c / 2], 1, device),
+            out: conv3([c / 2, 1], 1, device),
+            up: up2(),
+        }
+    }
+}
+
+impl SuperRes {
+    /// Pre-sigmoid high-resolution image.
+    ///
+    /// # Shapes
+    /// - low: `[batch, 1, h, w]` (h, w even); output: `[batch, 1, 2h, 2w]`
+    pub fn forward_logits(&self, low: Tensor<4>) -> Tensor<4> {
+        let x = self.pool.forward(relu(self.enc1.forward(low))); // [b, c, h/2, w/2]
+        let x = relu(self.enc2.forward(x)); // [b, c/2, h/2, w/2]
+        let x = relu(self.dec1.forward(self.up.forward(x))); // [b, c, h, w]
+        let x = relu(self.dec2.forward(self.up.forward(x))); // [b, c/2, 2h, 2w]
+        self.out.forward(x)
+    }
+}

@@ -1,0 +1,421 @@
+//! The model families, one definition each, and their losses.
+//!
+//! | family | input | model | loss (per image) |
+//! |---|---|---|---|
+//! | `dense-ae` | image | [`DenseAe`] 784-512-128-latent-128-512-784 | BCE, mean over pixels |
+//! | `conv-ae` | image | [`ConvAe`], the lesson's (4x4x8 code) | BCE, mean over pixels |
+//! | `denoising-ae` | noisy image (fresh noise every batch) | [`ConvAe`] | BCE vs the clean image |
+//! | `super-res` | 14x14 average-pooled image | [`SuperRes`] | BCE vs the 28x28 image |
+//! | `fc-vae` | image | [`FcVae`] 784-512-(mean, log-var) / latent-512-784 | MSE x 784 + KL |
+//! | `conv-vae` | image | [`ConvVae`] | BCE summed over pixels + KL |
+//!
+//! [`ModelConfig`] (saved in the run's `config.json`) names the family and its hyper-parameters;
+//! [`Model`] is the trained module. Every model returns pre-sigmoid logits `[batch, 1, 28, 28]`;
+//! the losses apply the sigmoid stably.
+
+mod conv;
+mod conv_vae;
+mod dense;
+
+pub use conv::{CODE_SIDE, ConvAe, ConvAeConfig, SuperRes, SuperResConfig};
+pub use conv_vae::*;
+pub use dense::{DenseAe, DenseAeConfig, FcDecoder, FcVae, FcVaeConfig};
+
+use burn::{
+    prelude::*,
+    tensor::{
+        Distribution,
+        activation::{relu, sigmoid},
+        module::{avg_pool2d, interpolate},
+        ops::{AvgPoolOptions, InterpolateMode, InterpolateOptions},
+    },
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{data::SIDE, rng::SplitMix64};
+
+/// What a family feeds its model, made from a clean image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Corruption {
+    /// The clean image.
+    None,
+    /// The clean image plus Gaussian noise `N(mean, std)` per pixel, clipped to `[0, 1]`.
+    Noise {
+        /// Mean of the noise.
+        mean: f32,
+        /// Standard deviation of the noise.
+        std: f32,
+    },
+    /// The image average-pooled 2x2 (28x28 -> 14x14).
+    Downsample,
+}
+
+impl Corruption {
+    /// The model input made from clean images `[batch, 1, 28, 28]`; the noise comes from `rng`
+    /// (a fresh draw on every call).
+    pub fn apply(&self, clean: Tensor<4>, rng: &mut SplitMix64) -> Tensor<4> {
+        match *self {
+            Self::None => clean,
+            Self::Noise { mean, std } => {
+                let shape = clean.dims();
+                let noise = rng.normals(shape.iter().product());
+                let noise = Tensor::<1>::from_floats(noise.as_slice(), &clean.device())
+                    .reshape(shape)
+                    .mul_scalar(std)
+                    .add_scalar(mean);
+                (clean + noise).clamp(0.0, 1.0)
+            }
+            Self::Downsample => avg_pool2d(clean, AvgPoolOptions::new([2, 2])),
+        }
+    }
+
+    /// What the model's output is judged against besides the clean image: the noisy input
+    /// itself, or the low-resolution input upscaled bicubically (clipped to `[0, 1]`). `None`
+    /// when the input is the clean image.
+    pub fn baseline(&self, input: Tensor<4>) -> Option<Tensor<4>> {
+        match self {
+            Self::None => None,
+            Self::Noise { .. } => Some(input),
+            Self::Downsample => Some(
+                interpolate(
+                    input,
+                    InterpolateOptions::new(InterpolateMode::Bicubic)
+                        .with_align_corners(false)
+                        .with_output_size([SIDE, SIDE]),
+                )
+                .clamp(0.0, 1.0),
+            ),
+        }
+    }
+}
+
+/// Hyper-parameters of the denoising AE: the lesson's conv AE fed noisy images.
+#[derive(Config, Debug, PartialEq)]
+pub struct DenoisingAeConfig {
+    /// The autoencoder.
+    #[config(default = "ConvAeConfig::new()")]
+    pub model: ConvAeConfig,
+    /// Mean of the Gaussian noise added to the inputs (the lesson's notebook: 0.5).
+    #[config(default = 0.5)]
+    pub noise_mean: f32,
+    /// Standard deviation of the noise (the lesson's notebook: 0.5).
+    #[config(default = 0.5)]
+    pub noise_std: f32,
+}
+
+/// A model family and its hyper-parameters, as `config.json` records it
+/// (`{"family": "conv-vae", "latent": 2}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "kebab-case")]
+pub enum ModelConfig {
+    /// Dense autoencoder.
+    DenseAe(DenseAeConfig),
+    /// The lesson's convolutional autoencoder.
+    ConvAe(ConvAeConfig),
+    /// Denoising autoencoder (noisy in, clean out).
+    DenoisingAe(DenoisingAeConfig),
+    /// Super-resolution autoencoder (14x14 in, 28x28 out).
+    SuperRes(SuperResConfig),
+    /// Fully-connected VAE.
+    FcVae(FcVaeConfig),
+    /// Convolutional VAE.
+    ConvVae(ConvVaeConfig),
+}
+
+/// How a family's loss is computed (per image, averaged over the batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKind {
+    /// Binary cross-entropy, mean over the pixels (Keras' `binary_crossentropy`).
+    MeanBce,
+    /// Squared error summed over the pixels (`MSE x 784`) + KL.
+    SseKl,
+    /// Binary cross-entropy summed over the pixels + KL.
+    BceKl,
+}
+
+impl ModelConfig {
+    /// Every family's name, as the CLI and `config.json` spell it.
+    pub const FAMILIES: [&'static str; 6] = [
+        "dense-ae",
+        "conv-ae",
+        "denoising-ae",
+        "super-res",
+        "fc-vae",
+        "conv-vae",
+    ];
+
+    /// The family's name.
+    pub fn family(&self) -> &'static str {
+        let i = match self {
+            Self::DenseAe(_) => 0,
+            Self::ConvAe(_) => 1,
+            Self::DenoisingAe(_) => 2,
+            Self::SuperRes(_) => 3,
+            Self::FcVae(_) => 4,
+            Self::ConvVae(_) => 5,
+        };
+        Self::FAMILIES[i]
+    }
+
+    /// The family's default configuration, or `None` for an unknown name.
+    pub fn default_for(family: &str) -> Option<Self> {
+        Some(match family {
+            "dense-ae" => Self::DenseAe(DenseAeConfig::new()),
+            "conv-ae" => Self::ConvAe(ConvAeConfig::new()),
+            "denoising-ae" => Self::DenoisingAe(DenoisingAeConfig::new()),
+            "super-res" => Self::SuperRes(SuperResConfig::new()),
+            "fc-vae" => Self::FcVae(FcVaeConfig::new()),
+            "conv-vae" => Self::ConvVae(ConvVaeConfig::new()),
+            _ => return None,
+        })
+    }
+
+    /// Sets the latent (code) size where the family has one: dense AE and VAEs take any size;
+    /// the conv AEs take a multiple of 16 (their code is a 4x4 map).
+    ///
+    /// # Errors
+    /// A size the family cannot take, or 0.
+    pub fn with_latent(self, latent: usize) -> Result<Self, String> {
+        if latent == 0 {
+            return Err("the latent size must be at least 1".into());
+        }
+        let per_map = CODE_SIDE * CODE_SIDE;
+        let code = |latent: usize| {
+            if latent.is_multiple_of(per_map) {
+                Ok(latent / per_map)
+            } else {
+                Err(format!(
+                    "the conv AE's code is a 4x4 map: the latent size must be a multiple of {per_map}, not {latent}"
+                ))
+            }
+        };
+        Ok(match self {
+            Self::DenseAe(c) => Self::DenseAe(c.with_latent(latent)),
+            Self::ConvAe(c) => Self::ConvAe(c.with_code_channels(code(latent)?)),
+            Self::DenoisingAe(c) => {
+                let model = c.model.clone().with_code_channels(code(latent)?);
+                Self::DenoisingAe(c.with_model(model))
+            }
+            Self::SuperRes(_) => return Err("the super-resolution AE has no latent size".into()),
+            Self::FcVae(c) => Self::FcVae(c.with_latent(latent)),
+            Self::ConvVae(c) => Self::ConvVae(c.with_latent(latent)),
+        })
+    }
+
+    /// Size of the latent vector (code), for families with an encoder/decoder pair.
+    pub fn latent(&self) -> Option<usize> {
+        match self {
+            Self::DenseAe(c) => Some(c.latent),
+            Self::ConvAe(c) => Some(c.code_channels * CODE_SIDE * CODE_SIDE),
+            Self::DenoisingAe(c) => Some(c.model.code_channels * CODE_SIDE * CODE_SIDE),
+            Self::SuperRes(_) => None,
+            Self::FcVae(c) => Some(c.latent),
+            Self::ConvVae(c) => Some(c.latent),
+        }
+    }
+
+    /// Whether the family is variational (its loss has a KL term, its latent can be sampled).
+    pub fn is_variational(&self) -> bool {
+        matches!(self, Self::FcVae(_) | Self::ConvVae(_))
+    }
+
+    /// What the model is fed.
+    pub fn corruption(&self) -> Corruption {
+        match self {
+            Self::DenoisingAe(c) => Corruption::Noise {
+                mean: c.noise_mean,
+                std: c.noise_std,
+            },
+            Self::SuperRes(_) => Corruption::Downsample,
+            _ => Corruption::None,
+        }
+    }
+
+    /// How the loss is computed.
+    pub fn loss_kind(&self) -> LossKind {
+        match self {
+            Self::FcVae(_) => LossKind::SseKl,
+            Self::ConvVae(_) => LossKind::BceKl,
+            _ => LossKind::MeanBce,
+        }
+    }
+
+    /// Returns the initialized model.
+    pub fn init(&self, device: &Device) -> Model {
+        match self {
+            Self::DenseAe(c) => Model::DenseAe(c.init(device)),
+            Self::ConvAe(c) => Model::ConvAe(c.init(device)),
+            Self::DenoisingAe(c) => Model::DenoisingAe(c.model.init(device)),
+            Self::SuperRes(c) => Model::SuperRes(c.init(device)),
+            Self::FcVae(c) => Model::FcVae(c.init(device)),
+            Self::ConvVae(c) => Model::ConvVae(c.init(device)),
+        }
+    }
+}
+
+/// A trained model of any family.
+// A process holds one or two models: the variants' sizes do not matter, and Burn's `Module`
+// derive wants the modules inline.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Model {
+    /// Dense autoencoder.
+    DenseAe(DenseAe),
+    /// The lesson's convolutional autoencoder.
+    ConvAe(ConvAe),
+    /// Denoising autoencoder.
+    DenoisingAe(ConvAe),
+    /// Super-resolution autoencoder.
+    SuperRes(SuperRes),
+    /// Fully-connected VAE.
+    FcVae(FcVae),
+    /// Convolutional VAE.
+    ConvVae(ConvVae),
+}
+
+/// A forward pass.
+#[derive(Debug)]
+pub struct Output {
+    /// Pre-sigmoid reconstruction, `[batch, 1, 28, 28]`.
+    pub logits: Tensor<4>,
+    /// VAEs: latent mean and log-variance, each `[batch, latent]`.
+    pub posterior: Option<(Tensor<2>, Tensor<2>)>,
+}
+
+fn flat(images: Tensor<4>) -> Tensor<2> {
+    images.flatten(1, 3)
+}
+
+fn square(x: Tensor<2>) -> Tensor<4> {
+    let [batch, _] = x.dims();
+    x.reshape([batch, 1, SIDE, SIDE])
+}
+
+/// `z = mean + exp(log_var / 2) * eps`, `eps ~ N(0, I)` when sampling, the mean otherwise.
+fn reparameterise(mean: Tensor<2>, log_var: Tensor<2>, sample: bool) -> Tensor<2> {
+    if !sample {
+        return mean;
+    }
+    let eps = Tensor::random(mean.dims(), Distribution::Normal(0.0, 1.0), &mean.device());
+    mean + log_var.mul_scalar(0.5).exp() * eps
+}
+
+impl Model {
+    /// Runs the model on its `input` (already corrupted as the family's [`Corruption`] says).
+    /// VAEs decode a sample of the posterior when `sample`, its mean otherwise.
+    ///
+    /// # Shapes
+    /// - input: `[batch, 1, 28, 28]` (`super-res`: `[batch, 1, 14, 14]`)
+    pub fn forward(&self, input: Tensor<4>, sample: bool) -> Output {
+        let (logits, posterior) = match self {
+            Self::DenseAe(m) => (square(m.decode_logits(m.encode(flat(input)))), None),
+            Self::ConvAe(m) | Self::DenoisingAe(m) => (m.decode_logits(m.encode(input)), None),
+            Self::SuperRes(m) => (m.forward_logits(input), None),
+            Self::FcVae(m) => {
+                let (mean, log_var) = m.encode(flat(input));
+                let z = reparameterise(mean.clone(), log_var.clone(), sample);
+                (square(m.decoder.forward_logits(z)), Some((mean, log_var)))
+            }
+            Self::ConvVae(m) => {
+                let (mean, log_var) = m.encoder.forward(input);
+                let z = reparameterise(mean.clone(), log_var.clone(), sample);
+                (m.decoder.forward_logits(z, None), Some((mean, log_var)))
+            }
+        };
+        Output { logits, posterior }
+    }
+
+    /// The model's output image for its `input`, in `[0, 1]` (VAEs: decoded from the mean).
+    pub fn reconstruct(&self, input: Tensor<4>) -> Tensor<4> {
+        sigmoid(self.forward(input, false).logits)
+    }
+
+    /// The latent code of clean images (VAEs: the posterior mean), `None` for families without
+    /// one.
+    ///
+    /// # Shapes
+    /// - images: `[batch, 1, 28, 28]`; output: `[batch, latent]`
+    pub fn encode(&self, images: Tensor<4>) -> Option<Tensor<2>> {
+        match self {
+            Self::DenseAe(m) => Some(m.encode(flat(images))),
+            Self::ConvAe(m) | Self::DenoisingAe(m) => Some(flat(m.encode(images))),
+            Self::SuperRes(_) => None,
+            Self::FcVae(m) => Some(m.encode(flat(images)).0),
+            Self::ConvVae(m) => Some(m.encoder.forward(images).0),
+        }
+    }
+
+    /// Images decoded from latent codes, in `[0, 1]`; `None` for families without a decoder.
+    ///
+    /// # Shapes
+    /// - latent: `[batch, latent]`; output: `[batch, 1, 28, 28]`
+    pub fn decode(&self, latent: Tensor<2>) -> Option<Tensor<4>> {
+        let logits = match self {
+            Self::DenseAe(m) => square(m.decode_logits(latent)),
+            Self::ConvAe(m) | Self::DenoisingAe(m) => {
+                let [batch, _] = latent.dims();
+                let code = latent.reshape([batch, m.code_channels(), CODE_SIDE, CODE_SIDE]);
+                m.decode_logits(code)
+            }
+            Self::SuperRes(_) => return None,
+            Self::FcVae(m) => square(m.decoder.forward_logits(latent)),
+            Self::ConvVae(m) => m.decoder.forward_logits(latent, None),
+        };
+        Some(sigmoid(logits))
+    }
+
+    /// The convolutional VAE, if that is what this is (the int8 exporter's input).
+    pub fn conv_vae(&self) -> Option<&ConvVae> {
+        match self {
+            Self::ConvVae(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// Per-image losses of a batch, averaged over the batch.
+#[derive(Debug)]
+pub struct Losses {
+    /// What is minimised: reconstruction, plus KL for VAEs.
+    pub total: Tensor<1>,
+    /// The reconstruction term ([`LossKind`] says which).
+    pub reconstruction: Tensor<1>,
+    /// KL divergence of the posterior from `N(0, I)` (VAEs; zero otherwise).
+    pub kl: Tensor<1>,
+}
+
+/// Binary cross-entropy of `sigmoid(logits)` against `targets`, element-wise, computed stably as
+/// `max(l, 0) - x l + log(1 + exp(-|l|))`.
+pub fn bce_with_logits(logits: Tensor<4>, targets: Tensor<4>) -> Tensor<4> {
+    relu(logits.clone()) - logits.clone() * targets + logits.abs().neg().exp().log1p()
+}
+
+/// The loss of `output` against the clean `targets`.
+pub fn loss(kind: LossKind, output: &Output, targets: Tensor<4>) -> Losses {
+    let [batch, ..] = targets.dims();
+    let per_image = 1.0 / batch as f64;
+    let device = targets.device();
+    let reconstruction = match kind {
+        LossKind::MeanBce => bce_with_logits(output.logits.clone(), targets).mean(),
+        LossKind::BceKl => bce_with_logits(output.logits.clone(), targets)
+            .sum()
+            .mul_scalar(per_image),
+        LossKind::SseKl => (sigmoid(output.logits.clone()) - targets)
+            .square()
+            .sum()
+            .mul_scalar(per_image),
+    };
+    let kl = match &output.posterior {
+        Some((mean, log_var)) => {
+            (log_var.clone().add_scalar(1.0) - mean.clone().square() - log_var.clone().exp())
+                .sum()
+                .mul_scalar(-0.5 * per_image)
+        }
+        None => Tensor::zeros([1], &device),
+    };
+    Losses {
+        total: reconstruction.clone() + kl.clone(),
+        reconstruction,
+        kl,
+    }
+}
