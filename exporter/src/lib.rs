@@ -6,7 +6,8 @@
 //! - [`quantize`]: the decoder as an int8 q8 blob for the firmware, evaluated with
 //!   `firmware-core` itself (the one int8 implementation) against the float decoder.
 //!
-//! [`export_run`] does both and writes `decoder.onnx`, `decoder.q8` and `report.json`.
+//! [`export_run`] writes, for a conv VAE run, `decoder.onnx`, `decoder.q8` and `report.json`;
+//! for a camera-denoiser run, `denoiser.onnx` (any frame size) and `report.json`.
 #![warn(missing_docs)]
 
 pub mod onnx;
@@ -19,7 +20,7 @@ use burn::prelude::*;
 use serde::Serialize;
 use trainer::{
     data::{Mnist, Split},
-    model::ConvVae,
+    model::{ConvVae, Model},
     run::{load_run, write_atomic},
 };
 
@@ -47,8 +48,8 @@ pub struct ExportOptions {
 pub struct Parity {
     /// Runtime name.
     pub runtime: String,
-    /// Latents compared.
-    pub latents: usize,
+    /// Inputs compared (latents, or frames for the denoiser).
+    pub inputs: usize,
     /// Largest absolute difference from Burn.
     pub max_abs_diff: f32,
 }
@@ -70,6 +71,108 @@ pub struct Report {
     pub q8_decoder: String,
     /// Quantization error and size.
     pub q8: quantize::Q8Report,
+}
+
+/// What [`export_run`] wrote.
+#[derive(Debug, Clone)]
+pub enum Exported {
+    /// A conv VAE's decoder, as ONNX and as int8 q8.
+    Decoder(Report),
+    /// The camera-frame denoiser, as ONNX.
+    Denoiser(DenoiserReport),
+}
+
+impl Exported {
+    /// The decoder report, if a decoder was exported.
+    pub fn into_decoder(self) -> Option<Report> {
+        match self {
+            Exported::Decoder(r) => Some(r),
+            Exported::Denoiser(_) => None,
+        }
+    }
+}
+
+/// `report.json` of a camera-denoiser export.
+#[derive(Debug, Clone, Serialize)]
+pub struct DenoiserReport {
+    /// Run directory exported.
+    pub run: String,
+    /// ONNX denoiser file name.
+    pub onnx_denoiser: String,
+    /// Frame sizes (height, width) the file was checked on.
+    pub checked_sizes: Vec<[usize; 2]>,
+    /// Float runtimes checked against Burn.
+    pub onnx_parity: Vec<Parity>,
+    /// Tolerance those checks used.
+    pub float_tolerance: f32,
+    /// Multiply-accumulates per pixel.
+    pub macs_per_pixel: usize,
+}
+
+/// Noisy crops of the held-out photographs (sigma 25), of several sizes, for the parity checks.
+fn denoiser_check_frames(device: &Device) -> anyhow::Result<Vec<Tensor<4>>> {
+    use trainer::natural;
+    let images = natural::load(&natural::bundled_dir(), &natural::HELD_OUT)?;
+    let mut rng = trainer::rng::SplitMix64(25);
+    let mut frames = Vec::new();
+    for (image, (h, w)) in images.iter().zip([(480, 512), (64, 96), (33, 47)]) {
+        let (h, w) = (h.min(image.height), w.min(image.width));
+        let crop: Vec<f32> = (0..h)
+            .flat_map(|y| image.pixels[y * image.width..][..w].to_vec())
+            .collect();
+        let noisy = natural::add_noise(&crop, 25.0, &mut rng);
+        frames.push(Tensor::<1>::from_floats(noisy.as_slice(), device).reshape([1, 1, h, w]));
+    }
+    Ok(frames)
+}
+
+/// Checks every runtime's parity against the tolerance.
+fn check_parity(what: &str, parity: &[Parity]) -> anyhow::Result<()> {
+    for p in parity {
+        if p.max_abs_diff.is_nan() || p.max_abs_diff > FLOAT_TOLERANCE {
+            bail!(
+                "{} differs from Burn by {} (> {FLOAT_TOLERANCE}) on the ONNX {what}; nothing written",
+                p.runtime,
+                p.max_abs_diff
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Exports a camera-denoiser run.
+fn export_denoiser_run(
+    run_dir: &Path,
+    out_dir: &Path,
+    model: &trainer::model::CameraDenoiser,
+    options: &ExportOptions,
+) -> anyhow::Result<DenoiserReport> {
+    let device = Device::flex();
+    let bytes = onnx::export_denoiser(model, run_dir).context("exporting the denoiser to ONNX")?;
+    let frames = denoiser_check_frames(&device)?;
+    let parity = onnx::verify_denoiser(&bytes, model, &frames, options.ort_dylib.as_deref())?;
+    check_parity("denoiser", &parity)?;
+    let report = DenoiserReport {
+        run: run_dir.display().to_string(),
+        onnx_denoiser: "denoiser.onnx".into(),
+        checked_sizes: frames
+            .iter()
+            .map(|f| {
+                let [_, _, h, w] = f.dims();
+                [h, w]
+            })
+            .collect(),
+        onnx_parity: parity,
+        float_tolerance: FLOAT_TOLERANCE,
+        macs_per_pixel: model.macs_per_pixel(),
+    };
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    write_atomic(&out_dir.join(&report.onnx_denoiser), &bytes)?;
+    write_atomic(
+        &out_dir.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    Ok(report)
 }
 
 /// Latents from encoding `n` images of `split` (the means), `[n, latent]`.
@@ -105,16 +208,32 @@ pub fn export_run(
     run_dir: &Path,
     out_dir: &Path,
     options: &ExportOptions,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<Exported> {
     let device = Device::flex();
     let (config, model) = load_run(run_dir, &device)?;
-    let Some(model) = model.conv_vae() else {
-        bail!(
-            "{} is a {} run: only conv-vae runs can be exported so far",
+    match &model {
+        Model::ConvVae(vae) => {
+            export_decoder_run(run_dir, out_dir, vae, options).map(Exported::Decoder)
+        }
+        Model::CameraDenoiser(denoiser) => {
+            export_denoiser_run(run_dir, out_dir, denoiser, options).map(Exported::Denoiser)
+        }
+        _ => bail!(
+            "{} is a {} run: only conv-vae and camera-denoiser runs can be exported so far",
             run_dir.display(),
             config.model.family()
-        );
-    };
+        ),
+    }
+}
+
+/// Exports a conv VAE run: the decoder as ONNX and as int8 q8.
+fn export_decoder_run(
+    run_dir: &Path,
+    out_dir: &Path,
+    model: &ConvVae,
+    options: &ExportOptions,
+) -> anyhow::Result<Report> {
+    let device = Device::flex();
     let latent = model.decoder.latent();
 
     let half = options.check.div_ceil(2);
@@ -147,15 +266,7 @@ pub fn export_run(
         check.clone(),
         options.ort_dylib.as_deref(),
     )?;
-    for p in &onnx_parity {
-        if p.max_abs_diff.is_nan() || p.max_abs_diff > FLOAT_TOLERANCE {
-            bail!(
-                "{} differs from Burn by {} (> {FLOAT_TOLERANCE}) on the ONNX decoder; nothing written",
-                p.runtime,
-                p.max_abs_diff
-            );
-        }
-    }
+    check_parity("decoder", &onnx_parity)?;
 
     let (blob, q8) = quantize::quantize_decoder(&model.decoder, calibration, check)?;
     if q8.psnr_db.is_nan() || q8.psnr_db < MIN_INT8_PSNR_DB {

@@ -3,10 +3,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use exporter::{ExportOptions, export_run};
+use exporter::{ExportOptions, Exported, export_run};
 
-/// Exports a run directory: decoder.onnx (checked with tract and ONNX Runtime against Burn),
-/// decoder.q8 (int8, checked against the float decoder) and report.json.
+/// Exports a run directory: for a conv VAE, decoder.onnx (checked with tract and ONNX Runtime
+/// against Burn) and decoder.q8 (int8, checked against the float decoder); for a camera denoiser,
+/// denoiser.onnx (any frame size, checked the same way); and report.json.
 #[derive(Parser)]
 #[command(
     version,
@@ -51,23 +52,33 @@ fn main() -> anyhow::Result<()> {
         check: cli.check,
         ort_dylib,
     };
-    let report = export_run(&cli.run, &cli.out, &options)
+    let exported = export_run(&cli.run, &cli.out, &options)
         .with_context(|| format!("exporting {}", cli.run.display()))?;
     println!("{:<24} {:>12}", "check", "result");
-    for p in &report.onnx_parity {
+    let parity = match &exported {
+        Exported::Decoder(r) => &r.onnx_parity,
+        Exported::Denoiser(r) => &r.onnx_parity,
+    };
+    for p in parity {
         println!(
-            "{:<24} {:>12.2e}  max |diff| vs Burn over {} latents",
-            p.runtime, p.max_abs_diff, p.latents
+            "{:<24} {:>12.2e}  max |diff| vs Burn over {} inputs",
+            p.runtime, p.max_abs_diff, p.inputs
         );
     }
-    println!(
-        "{:<24} {:>9.2} dB  max |diff| {:.4}, {} bytes, {} MACs",
-        "int8 decoder PSNR",
-        report.q8.psnr_db,
-        report.q8.max_abs_diff,
-        report.q8.bytes,
-        report.q8.macs
-    );
+    match &exported {
+        Exported::Decoder(report) => println!(
+            "{:<24} {:>9.2} dB  max |diff| {:.4}, {} bytes, {} MACs",
+            "int8 decoder PSNR",
+            report.q8.psnr_db,
+            report.q8.max_abs_diff,
+            report.q8.bytes,
+            report.q8.macs
+        ),
+        Exported::Denoiser(report) => println!(
+            "{:<24} {:>12}  frame sizes checked {:?}",
+            "denoiser MACs/pixel", report.macs_per_pixel, report.checked_sizes
+        ),
+    }
     println!("wrote {}", cli.out.display());
     Ok(())
 }

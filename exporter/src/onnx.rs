@@ -1,5 +1,6 @@
-//! The decoder as ONNX: exported with burn-onnx's tracing exporter, given stable I/O names and
-//! metadata, and checked with tract and ONNX Runtime against Burn.
+//! Models as ONNX: exported with burn-onnx's tracing exporter, given stable I/O names and
+//! metadata, and checked with tract and ONNX Runtime against Burn. The decoder takes a latent
+//! batch of 1; the camera denoiser takes frames of any batch, height and width.
 
 use std::{
     path::{Path, PathBuf},
@@ -8,9 +9,9 @@ use std::{
 
 use anyhow::{Context, anyhow, bail};
 use burn::prelude::*;
-use burn_onnx::export::OnnxExporter;
+use burn_onnx::export::{AxisSpec, InputSpec, OnnxExporter};
 use onnx_ir::{GraphProto, Message, ModelProto, NodeProto, TensorProto};
-use trainer::model::ConvDecoder;
+use trainer::model::{CameraDenoiser, ConvDecoder};
 
 use crate::Parity;
 
@@ -18,9 +19,18 @@ use crate::Parity;
 pub const LATENT_INPUT: &str = "latent";
 /// Name of the decoder's output in the files we write.
 pub const IMAGE_OUTPUT: &str = "image";
+/// Name of the denoiser's input in the files we write.
+pub const NOISY_INPUT: &str = "noisy";
+/// Name of the denoiser's output in the files we write.
+pub const DENOISED_OUTPUT: &str = "denoised";
 
-/// Renames graph input 0 and output 0 everywhere they are used, and records metadata.
-fn post_process(bytes: &[u8], metadata: &[(&str, String)]) -> anyhow::Result<Vec<u8>> {
+/// Renames graph input 0 and output 0 everywhere they are used (to `names`), rewrites the
+/// nearest upsampling, and records metadata.
+fn post_process(
+    bytes: &[u8],
+    names: [&str; 2],
+    metadata: &[(&str, String)],
+) -> anyhow::Result<Vec<u8>> {
     let mut model = ModelProto::parse_from_bytes(bytes).context("re-reading the exported ONNX")?;
     let graph = model
         .graph
@@ -35,12 +45,12 @@ fn post_process(bytes: &[u8], metadata: &[(&str, String)]) -> anyhow::Result<Vec
     }
     let renames = [
         (
-            std::mem::replace(&mut graph.input[0].name, LATENT_INPUT.into()),
-            LATENT_INPUT,
+            std::mem::replace(&mut graph.input[0].name, names[0].into()),
+            names[0],
         ),
         (
-            std::mem::replace(&mut graph.output[0].name, IMAGE_OUTPUT.into()),
-            IMAGE_OUTPUT,
+            std::mem::replace(&mut graph.output[0].name, names[1].into()),
+            names[1],
         ),
     ];
     for node in graph.node.iter_mut() {
@@ -170,6 +180,7 @@ pub fn export_decoder(decoder: &ConvDecoder, run_dir: &Path) -> anyhow::Result<V
         .map_err(|e| anyhow!("burn-onnx export failed: {e}"))?;
     post_process(
         model.as_bytes(),
+        [LATENT_INPUT, IMAGE_OUTPUT],
         &[
             ("kind", "decoder".into()),
             ("latent_size", latent.to_string()),
@@ -194,6 +205,123 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
             if d.is_nan() { f32::INFINITY } else { d }
         })
         .fold(0.0, f32::max)
+}
+
+/// The denoised frame clipped to `[0, 1]`, as exported. burn-onnx cannot export `clamp`, so the
+/// clip is `relu(x) - relu(x - 1)` (the same values, to rounding for x > 1).
+fn denoise_clipped(model: &CameraDenoiser, noisy: Tensor<4>) -> Tensor<4> {
+    use burn::tensor::activation::relu;
+    let x = model.forward(noisy);
+    relu(x.clone()) - relu(x.sub_scalar(1.0))
+}
+
+/// Exports the camera denoiser (`noisy [B, 1, H, W] -> denoised [B, 1, H, W]`, pixels in
+/// `[0, 1]`, with symbolic `batch`, `height` and `width`: it is fully convolutional).
+pub fn export_denoiser(model: &CameraDenoiser, run_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let device = Device::flex();
+    let dynamic = InputSpec::new([
+        AxisSpec::dynamic("batch"),
+        AxisSpec::Static,
+        AxisSpec::dynamic("height"),
+        AxisSpec::dynamic("width"),
+    ]);
+    let onnx = OnnxExporter::new()
+        .export_dynamic(
+            model,
+            Tensor::<4>::zeros([1, 1, 24, 40], &device),
+            Tensor::<4>::zeros([2, 1, 32, 36], &device),
+            &[dynamic],
+            denoise_clipped,
+        )
+        .map_err(|e| anyhow!("burn-onnx export failed: {e}"))?;
+    post_process(
+        onnx.as_bytes(),
+        [NOISY_INPUT, DENOISED_OUTPUT],
+        &[
+            ("kind", "denoiser".into()),
+            ("input_shape", "[batch,1,height,width]".into()),
+            ("output_shape", "[batch,1,height,width]".into()),
+            ("pixel_range", "[0,1]".into()),
+            ("noise_sigma_range", "[5,50] of 255".into()),
+            ("macs_per_pixel", model.macs_per_pixel().to_string()),
+            ("source_run", run_dir.display().to_string()),
+        ],
+    )
+}
+
+/// Runs an ONNX model with one input with tract on `input` of `shape`.
+pub fn tract_once(model_bytes: &[u8], shape: &[usize], input: &[f32]) -> anyhow::Result<Vec<f32>> {
+    use tract_onnx::prelude::*;
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &model_bytes[..])?
+        .with_input_fact(0, f32::fact(shape).into())?
+        .into_optimized()?
+        .into_runnable()?;
+    let result = plan.run(tvec!(Tensor::from_shape(shape, input)?.into_tvalue()))?;
+    Ok(result[0]
+        .to_plain_array_view::<f32>()?
+        .iter()
+        .copied()
+        .collect())
+}
+
+/// Runs an ONNX model with one input with ONNX Runtime (loaded from `dylib`) on `input` of
+/// `shape`.
+pub fn ort_once(
+    onnx: &[u8],
+    shape: &[usize],
+    input: &[f32],
+    dylib: &Path,
+) -> anyhow::Result<Vec<f32>> {
+    let mut session =
+        ort::session::Session::builder(ort_environment(dylib)?)?.commit_from_memory(onnx)?;
+    let input =
+        ort::value::Tensor::from_array((shape.to_vec(), input.to_vec().into_boxed_slice()))?;
+    let outputs = session.run(ort::inputs![input])?;
+    let (_, values) = outputs[0].try_extract_tensor::<f32>()?;
+    Ok(values.to_vec())
+}
+
+/// Compares tract and (if `ort_dylib` is given) ONNX Runtime with Burn on each noisy frame of
+/// `frames` (`[1, 1, H, W]` each, of different sizes to exercise the symbolic axes).
+pub fn verify_denoiser(
+    onnx: &[u8],
+    model: &CameraDenoiser,
+    frames: &[Tensor<4>],
+    ort_dylib: Option<&Path>,
+) -> anyhow::Result<Vec<Parity>> {
+    let mut worst = [0.0f32; 2];
+    for frame in frames {
+        let shape = frame.dims();
+        let expected = denoise_clipped(model, frame.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow!("{e:?}"))?;
+        let input = frame
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow!("{e:?}"))?;
+        let tract = tract_once(onnx, &shape, &input)
+            .with_context(|| format!("running the ONNX denoiser with tract on {shape:?}"))?;
+        worst[0] = worst[0].max(max_abs_diff(&expected, &tract));
+        if let Some(dylib) = ort_dylib {
+            let ort = ort_once(onnx, &shape, &input, dylib).with_context(|| {
+                format!("running the ONNX denoiser with ONNX Runtime on {shape:?}")
+            })?;
+            worst[1] = worst[1].max(max_abs_diff(&expected, &ort));
+        }
+    }
+    let runtimes = if ort_dylib.is_some() { 2 } else { 1 };
+    Ok(["tract", "onnxruntime"][..runtimes]
+        .iter()
+        .zip(worst)
+        .map(|(runtime, max_abs_diff)| Parity {
+            runtime: (*runtime).into(),
+            inputs: frames.len(),
+            max_abs_diff,
+        })
+        .collect())
 }
 
 /// Runs the ONNX decoder with tract on each row of `latents`; returns all outputs concatenated.
@@ -269,7 +397,7 @@ pub fn verify_decoder(
         .map_err(|e| anyhow!("{e:?}"))?;
     let mut parity = vec![Parity {
         runtime: "tract".into(),
-        latents: n,
+        inputs: n,
         max_abs_diff: max_abs_diff(
             &expected,
             &run_tract(onnx, &z, latent).context("running the ONNX decoder with tract")?,
@@ -278,7 +406,7 @@ pub fn verify_decoder(
     if let Some(dylib) = ort_dylib {
         parity.push(Parity {
             runtime: "onnxruntime".into(),
-            latents: n,
+            inputs: n,
             max_abs_diff: max_abs_diff(
                 &expected,
                 &run_ort(onnx, &z, latent, dylib)

@@ -211,7 +211,10 @@ fn train_export_and_run_everywhere() {
         check: 200,
         ort_dylib: Some(ort_dylib()),
     };
-    let report = export_run(&run_dir, &out_dir, &options).expect("export");
+    let report = export_run(&run_dir, &out_dir, &options)
+        .expect("export")
+        .into_decoder()
+        .expect("a conv VAE exports a decoder");
     assert_eq!(
         report.onnx_parity.len(),
         2,

@@ -100,14 +100,14 @@ pub fn bundled_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist")
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, DataError> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, DataError> {
     fs::read(path).map_err(|source| DataError::Io {
         path: path.to_owned(),
         source,
     })
 }
 
-fn verify_checksum(dir: &Path, file: &str, bytes: &[u8]) -> Result<(), DataError> {
+pub(crate) fn verify_checksum(dir: &Path, file: &str, bytes: &[u8]) -> Result<(), DataError> {
     let sums_path = dir.join("SHA256SUMS");
     let sums = String::from_utf8_lossy(&read(&sums_path)?).into_owned();
     let expected = sums

@@ -3,6 +3,7 @@
 //! - [`data`]: the MNIST IDX loader (checksums, headers, sizes);
 //! - [`model`]: the model families (dense, convolutional, denoising and super-resolution AEs,
 //!   fully-connected and convolutional VAEs) and their losses;
+//! - [`natural`]: the photographs the camera-frame denoiser learns from;
 //! - [`quality`]: PSNR and SSIM;
 //! - [`training`]: the training loop;
 //! - [`run`]: the run directory (config, weights, metrics) and how to load it back.
@@ -13,6 +14,7 @@
 
 pub mod data;
 pub mod model;
+pub mod natural;
 pub mod pca;
 pub mod pictures;
 pub mod quality;

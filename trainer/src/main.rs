@@ -44,18 +44,18 @@ struct ResumeArgs {
     /// Train up to this many epochs in all (default: the run's configured epochs).
     #[arg(long)]
     epochs: Option<usize>,
-    /// Directory with the MNIST IDX files and SHA256SUMS.
-    #[arg(long, default_value_os_t = data::bundled_dir())]
-    data: PathBuf,
+    /// Dataset directory [default: the bundled MNIST, or data/natural for camera-denoiser].
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
 struct EvalArgs {
     /// Run directory written by `trainer train`.
     run: PathBuf,
-    /// Directory with the MNIST IDX files and SHA256SUMS.
-    #[arg(long, default_value_os_t = data::bundled_dir())]
-    data: PathBuf,
+    /// Dataset directory [default: the bundled MNIST, or data/natural for camera-denoiser].
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -93,9 +93,9 @@ struct PicturesArgs {
     /// Where to write the PNG files (default: `<run>/pictures`).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Directory with the MNIST IDX files and SHA256SUMS.
-    #[arg(long, default_value_os_t = data::bundled_dir())]
-    data: PathBuf,
+    /// Dataset directory [default: the bundled MNIST, or data/natural for camera-denoiser].
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,9 +121,9 @@ struct TrainArgs {
     /// Run directory to write (config.json, model.bpk, metrics.csv) [default: runs/<family>].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Directory with the MNIST IDX files and SHA256SUMS.
-    #[arg(long, default_value_os_t = data::bundled_dir())]
-    data: PathBuf,
+    /// Dataset directory [default: the bundled MNIST, or data/natural for camera-denoiser].
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Passes over the training set.
     #[arg(long, default_value_t = 10)]
     epochs: usize,
@@ -162,9 +162,12 @@ fn main() -> anyhow::Result<()> {
             let config = trainer::run::load_config(&args.run).context("reading the run")?;
             let total = args.epochs.unwrap_or(config.epochs);
             eprintln!("resuming {}", args.run.display());
+            let data = args
+                .data
+                .unwrap_or_else(|| training::bundled_data_dir(&config.model));
             training::resume(
                 &args.run,
-                &args.data,
+                &data,
                 &Device::flex(),
                 args.epochs,
                 reporter(total),
@@ -176,8 +179,18 @@ fn main() -> anyhow::Result<()> {
             let device = Device::flex();
             let (config, model) =
                 trainer::run::load_run(&args.run, &device).context("loading the run")?;
-            let test = data::Mnist::load(&args.data, data::Split::Test)
-                .context("loading the test images")?;
+            let dir = args
+                .data
+                .unwrap_or_else(|| training::bundled_data_dir(&config.model));
+            if let ModelConfig::CameraDenoiser(_) = config.model {
+                let images = trainer::natural::load(&dir, &trainer::natural::HELD_OUT)?;
+                let rows =
+                    training::evaluate_camera(&model, &images, &[15.0, 25.0, 50.0], &device)?;
+                print_camera_evaluation(&args.run, &rows);
+                return Ok(());
+            }
+            let test =
+                data::Mnist::load(&dir, data::Split::Test).context("loading the test images")?;
             let e = training::evaluate_images(&model, &config.model, &test, 500, &device)?;
             print_evaluation(&args.run, &config.model, &e);
         }
@@ -242,7 +255,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Pictures(args) => {
             let out = args.out.unwrap_or_else(|| args.run.join("pictures"));
-            let written = pictures::write_pictures(&args.run, &args.data, &out, &Device::flex())
+            let config = trainer::run::load_config(&args.run).context("reading the run")?;
+            let data = args
+                .data
+                .unwrap_or_else(|| training::bundled_data_dir(&config.model));
+            let written = pictures::write_pictures(&args.run, &data, &out, &Device::flex())
                 .context("drawing the run")?;
             for path in written {
                 println!("wrote {}", path.display());
@@ -282,7 +299,10 @@ fn main() -> anyhow::Result<()> {
                 .with_train_subset(args.train_subset)
                 .with_test_subset(args.test_subset);
             eprintln!("training {} into {}", args.family, out.display());
-            training::train(&config, &args.data, &out, &device, reporter(config.epochs))
+            let data = args
+                .data
+                .unwrap_or_else(|| training::bundled_data_dir(&config.model));
+            training::train(&config, &data, &out, &device, reporter(config.epochs))
                 .context("training failed")?;
             eprintln!("wrote {}", out.display());
         }
@@ -351,6 +371,7 @@ fn print_evaluation(run: &std::path::Path, model: &ModelConfig, e: &training::Ev
         LossKind::MeanBce => "binary cross-entropy, mean over pixels",
         LossKind::BceKl => "binary cross-entropy summed over 784 pixels",
         LossKind::SseKl => "squared error summed over 784 pixels",
+        LossKind::Mse => "squared error, mean over pixels",
     };
     println!("loss            {:>9.4} per image", e.loss);
     if model.is_variational() {
@@ -379,5 +400,39 @@ fn print_evaluation(run: &std::path::Path, model: &ModelConfig, e: &training::Ev
             _ => "noisy input",
         };
         row(name, baseline);
+    }
+}
+
+/// Prints `trainer eval`'s report for the camera denoiser.
+fn print_camera_evaluation(run: &std::path::Path, rows: &[training::CameraEvaluation]) {
+    println!(
+        "{} (camera-denoiser): held-out photographs, 8-bit noisy frames",
+        run.display()
+    );
+    println!(
+        "{:<14} {:>6} {:>10} {:>10}",
+        "image", "sigma", "noisy dB", "ours dB"
+    );
+    for r in rows {
+        println!(
+            "{:<14} {:>6} {:>10.2} {:>10.2}",
+            r.image, r.sigma, r.noisy_psnr_db, r.denoised_psnr_db
+        );
+    }
+    let mut sigmas: Vec<f32> = rows.iter().map(|r| r.sigma).collect();
+    sigmas.sort_by(f32::total_cmp);
+    sigmas.dedup();
+    for sigma in sigmas {
+        let of: Vec<_> = rows.iter().filter(|r| r.sigma == sigma).collect();
+        let mean = |f: fn(&training::CameraEvaluation) -> f64| {
+            of.iter().map(|r| f(r)).sum::<f64>() / of.len() as f64
+        };
+        println!(
+            "{:<14} {:>6} {:>10.2} {:>10.2}",
+            "mean",
+            sigma,
+            mean(|r| r.noisy_psnr_db),
+            mean(|r| r.denoised_psnr_db)
+        );
     }
 }

@@ -224,10 +224,12 @@ impl Axes {
     }
 }
 
-/// Labelled rows of images drawn at the same size (84x84 pixels: 28x28 at scale 3, 14x14 at scale
-/// 6), e.g. `[("input", inputs), ("output", outputs)]`. Each image is square, row-major.
+/// Labelled rows of square images (row-major), e.g. `[("input", inputs), ("output", outputs)]`,
+/// scaled up by a whole factor to at least 84x84 pixels (28x28 at 3x, 14x14 at 6x).
 pub fn reconstructions(rows: &[(&str, Vec<Image>)]) -> Canvas {
-    let (size, gap, label) = (3 * SIDE as i64, 4, 72);
+    let side_of = |image: &Image| (image.len() as f64).sqrt() as i64;
+    let largest = rows.iter().flat_map(|(_, r)| r.iter().map(side_of)).max();
+    let (size, gap, label) = ((3 * SIDE as i64).max(largest.unwrap_or(0)), 4, 72);
     let cell = size + gap;
     let n = rows.iter().map(|(_, r)| r.len()).max().unwrap_or(0).max(1) as i64;
     let mut canvas = Canvas::new(
@@ -239,9 +241,9 @@ pub fn reconstructions(rows: &[(&str, Vec<Image>)]) -> Canvas {
         let top = gap + row as i64 * cell;
         canvas.text((gap, top + size / 2 - 5), name, 2, BLACK);
         for (i, image) in images.iter().enumerate() {
-            let side = (image.len() as f64).sqrt() as usize;
-            let scale = size / side.max(1) as i64;
-            canvas.gray((label + i as i64 * cell, top), image, side, scale);
+            let side = side_of(image);
+            let scale = (size / side.max(1)).max(1);
+            canvas.gray((label + i as i64 * cell, top), image, side as usize, scale);
         }
     }
     canvas
@@ -468,7 +470,6 @@ pub fn write_pictures(
     device: &Device,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let (config, model) = load_run(run_dir, device).context("loading the run")?;
-    let test = Mnist::load(data_dir, Split::Test).context("loading the test images")?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut written = Vec::new();
     let mut save = |name: &str, canvas: &Canvas| -> anyhow::Result<()> {
@@ -478,6 +479,17 @@ pub fn write_pictures(
         written.push(path);
         Ok(())
     };
+    let metrics = run_dir.join("metrics.csv");
+    if metrics.exists() {
+        let text = std::fs::read_to_string(&metrics)
+            .with_context(|| format!("reading {}", metrics.display()))?;
+        save("loss_curves.png", &loss_curves(&parse_metrics(&text)?))?;
+    }
+    if let crate::model::ModelConfig::CameraDenoiser(_) = config.model {
+        save("denoised.png", &camera_crops(&model, data_dir, device)?)?;
+        return Ok(written);
+    }
+    let test = Mnist::load(data_dir, Split::Test).context("loading the test images")?;
 
     let firsts: Vec<usize> = (0..10u8)
         .filter_map(|d| test.labels.iter().position(|&l| l == d))
@@ -522,14 +534,39 @@ pub fn write_pictures(
     if let (true, Some(latent)) = (config.model.is_variational(), config.model.latent()) {
         save("samples.png", &samples(&model, latent, 64, 0, device)?)?;
     }
-
-    let metrics = run_dir.join("metrics.csv");
-    if metrics.exists() {
-        let text = std::fs::read_to_string(&metrics)
-            .with_context(|| format!("reading {}", metrics.display()))?;
-        save("loss_curves.png", &loss_curves(&parse_metrics(&text)?))?;
-    }
     Ok(written)
+}
+
+/// Noisy / denoised / clean rows of 128x128 crops of the held-out photographs at each of the
+/// noise levels 15, 25 and 50.
+fn camera_crops(model: &Model, data_dir: &Path, device: &Device) -> anyhow::Result<Canvas> {
+    const CROP: usize = 128;
+    let images = crate::natural::load(data_dir, &crate::natural::HELD_OUT)?;
+    let mut rows: [Vec<Image>; 3] = Default::default();
+    let mut rng = crate::rng::SplitMix64(1);
+    for image in &images {
+        let (x0, y0) = (
+            image.width.saturating_sub(CROP) / 2,
+            image.height.saturating_sub(CROP) / 2,
+        );
+        let (w, h) = (CROP.min(image.width), CROP.min(image.height));
+        let crop: Vec<f32> = (0..h)
+            .flat_map(|y| image.pixels[(y0 + y) * image.width + x0..][..w].to_vec())
+            .collect();
+        for sigma in [15.0, 25.0, 50.0] {
+            let noisy = crate::natural::add_noise(&crop, sigma, &mut rng);
+            let input = Tensor::<1>::from_floats(noisy.as_slice(), device).reshape([1, 1, h, w]);
+            rows[1].push(tensor_values(model.reconstruct(input))?);
+            rows[0].push(noisy);
+            rows[2].push(crop.clone());
+        }
+    }
+    let [noisy, denoised, clean] = rows;
+    Ok(reconstructions(&[
+        ("noisy", noisy),
+        ("denoised", denoised),
+        ("clean", clean),
+    ]))
 }
 
 /// A batch of square single-channel images as one vector each.

@@ -9,12 +9,12 @@ use anyhow::{Context, bail};
 use burn::{
     optim::{AdamConfig, GradientsParams},
     prelude::*,
-    tensor::activation::sigmoid,
 };
 
 use crate::{
     data::{Mnist, SIDE, Split},
-    model::{Corruption, LossKind, Model, ModelConfig, loss},
+    model::{CameraDenoiserConfig, Corruption, LossKind, Model, ModelConfig, loss},
+    natural::{self, GrayImage, add_noise},
     quality::{psnr, ssim},
     rng::SplitMix64,
     run::{
@@ -150,7 +150,7 @@ fn evaluate(
         let clean = data.batch(chunk, device);
         let input = corruption.apply(clean.clone(), &mut rng);
         let output = model.forward(input.clone(), false);
-        let images = sigmoid(output.logits.clone());
+        let images = model.to_image(output.logits.clone());
         let l = loss(config.loss_kind(), &output, clean.clone());
         let n = chunk.len() as f64;
         for (sum, term) in sums
@@ -209,6 +209,186 @@ pub fn evaluate_images(
     device: &Device,
 ) -> anyhow::Result<Evaluation> {
     evaluate(model, config, data, batch_size, true, device)
+}
+
+/// The dataset bundled with the repository that `model`'s family trains on.
+pub fn bundled_data_dir(model: &ModelConfig) -> std::path::PathBuf {
+    match model {
+        ModelConfig::CameraDenoiser(_) => natural::bundled_dir(),
+        _ => crate::data::bundled_dir(),
+    }
+}
+
+/// Noise level of the per-epoch test of the camera denoiser, in 8-bit units.
+pub const CAMERA_TEST_SIGMA: f32 = 25.0;
+
+/// PSNR of the camera denoiser on one held-out photograph at one noise level.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CameraEvaluation {
+    /// File name.
+    pub image: String,
+    /// Noise standard deviation, 8-bit units.
+    pub sigma: f32,
+    /// PSNR of the noisy frame (8-bit, as a camera gives it).
+    pub noisy_psnr_db: f64,
+    /// PSNR of the denoised frame (clipped to `[0, 1]`).
+    pub denoised_psnr_db: f64,
+    /// Mean squared error of the denoised frame, pixels in `[0, 1]`.
+    pub denoised_mse: f64,
+}
+
+/// Denoises each of `images` (whole) at each noise level of `sigmas` (the noise seeded by image
+/// and level, so every run sees the same noisy frames) and measures PSNR against the clean image.
+pub fn evaluate_camera(
+    model: &Model,
+    images: &[GrayImage],
+    sigmas: &[f32],
+    device: &Device,
+) -> anyhow::Result<Vec<CameraEvaluation>> {
+    let mut rows = Vec::new();
+    for (i, image) in images.iter().enumerate() {
+        for &sigma in sigmas {
+            let seed = EVAL_NOISE_SEED ^ ((i as u64) << 40) ^ sigma.to_bits() as u64;
+            let noisy = add_noise(&image.pixels, sigma, &mut SplitMix64(seed));
+            let mse = |px: &[f32]| {
+                px.iter()
+                    .zip(&image.pixels)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum::<f64>()
+                    / px.len() as f64
+            };
+            let input = Tensor::<1>::from_floats(noisy.as_slice(), device).reshape([
+                1,
+                1,
+                image.height,
+                image.width,
+            ]);
+            let denoised = tensor_values(model.reconstruct(input))?;
+            let denoised_mse = mse(&denoised);
+            rows.push(CameraEvaluation {
+                image: image.name.clone(),
+                sigma,
+                noisy_psnr_db: psnr(mse(&noisy)),
+                denoised_psnr_db: psnr(denoised_mse),
+                denoised_mse,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Where a family's training batches and test data come from.
+enum Source {
+    /// MNIST: the training images in shuffled order, the official test split.
+    Mnist { train: Mnist, test: Mnist },
+    /// Natural photographs: random patches of the training images with noise of a random level
+    /// each; the held-out images whole.
+    Photos {
+        train: Vec<GrayImage>,
+        test: Vec<GrayImage>,
+        config: CameraDenoiserConfig,
+    },
+}
+
+impl Source {
+    fn load(config: &TrainingConfig, data_dir: &Path) -> anyhow::Result<Source> {
+        if let ModelConfig::CameraDenoiser(c) = &config.model {
+            let train = natural::load(data_dir, &natural::TRAINING)
+                .context("loading the training photographs")?;
+            let test = natural::load(data_dir, &natural::HELD_OUT)
+                .context("loading the held-out photographs")?;
+            return Ok(Source::Photos {
+                train,
+                test,
+                config: c.clone(),
+            });
+        }
+        let mut train = Mnist::load(data_dir, Split::Train).context("loading the training set")?;
+        let mut test = Mnist::load(data_dir, Split::Test).context("loading the test set")?;
+        if let Some(n) = config.train_subset {
+            train.truncate(n);
+        }
+        if let Some(n) = config.test_subset {
+            test.truncate(n);
+        }
+        if train.is_empty() || test.is_empty() {
+            bail!("the training and test subsets must not be empty");
+        }
+        Ok(Source::Mnist { train, test })
+    }
+
+    /// Examples in a training epoch.
+    fn examples_per_epoch(&self) -> usize {
+        match self {
+            Source::Mnist { train, .. } => train.len(),
+            Source::Photos { config, .. } => config.patches_per_epoch,
+        }
+    }
+
+    /// The model input and the clean target for the examples `chunk` of the epoch's order.
+    fn training_batch(
+        &self,
+        config: &TrainingConfig,
+        chunk: &[usize],
+        noise: &mut SplitMix64,
+        device: &Device,
+    ) -> anyhow::Result<(Tensor<4>, Tensor<4>)> {
+        match self {
+            Source::Mnist { train, .. } => {
+                let clean = train.batch(chunk, device);
+                Ok((config.model.corruption().apply(clean.clone(), noise), clean))
+            }
+            Source::Photos { train, config, .. } => {
+                let side = config.patch;
+                let clean = natural::patches(train, chunk.len(), side, noise)
+                    .map_err(anyhow::Error::msg)?;
+                let mut noisy = Vec::with_capacity(clean.len());
+                for patch in clean.chunks_exact(side * side) {
+                    let u = noise.uniform() as f32;
+                    let sigma = config.sigma_min + (config.sigma_max - config.sigma_min) * u;
+                    noisy.extend(add_noise(patch, sigma, noise));
+                }
+                let shape = [chunk.len(), 1, side, side];
+                let tensor = |v: &[f32]| Tensor::<1>::from_floats(v, device).reshape(shape);
+                Ok((tensor(&noisy), tensor(&clean)))
+            }
+        }
+    }
+
+    /// The epoch's test figures.
+    fn evaluate(
+        &self,
+        model: &Model,
+        config: &TrainingConfig,
+        device: &Device,
+    ) -> anyhow::Result<Evaluation> {
+        match self {
+            Source::Mnist { test, .. } => evaluate(
+                model,
+                &config.model,
+                test,
+                config.batch_size.max(256),
+                false,
+                device,
+            ),
+            Source::Photos { test, .. } => {
+                let rows = evaluate_camera(model, test, &[CAMERA_TEST_SIGMA], device)?;
+                let mse = rows.iter().map(|r| r.denoised_mse).sum::<f64>() / rows.len() as f64;
+                Ok(Evaluation {
+                    images: rows.len(),
+                    loss: mse,
+                    reconstruction: mse,
+                    kl: 0.0,
+                    output: Quality {
+                        mse,
+                        psnr_db: psnr(mse),
+                        ssim: f64::NAN,
+                    },
+                    baseline: None,
+                })
+            }
+        }
+    }
 }
 
 /// What [`train`] tells its caller while it runs.
@@ -334,20 +514,12 @@ fn run_epochs(
     if config.batch_size == 0 {
         bail!("batch size must be at least 1");
     }
-    let mut train_set = Mnist::load(data_dir, Split::Train).context("loading the training set")?;
-    let mut test_set = Mnist::load(data_dir, Split::Test).context("loading the test set")?;
-    if let Some(n) = config.train_subset {
-        train_set.truncate(n);
-    }
-    if let Some(n) = config.test_subset {
-        test_set.truncate(n);
-    }
-    if train_set.is_empty() || test_set.is_empty() {
-        bail!("the training and test subsets must not be empty");
-    }
+    config.model.validate().map_err(anyhow::Error::msg)?;
+    let source = Source::load(config, data_dir)?;
 
     let device = device.clone().autodiff();
     let mut rng = SplitMix64(config.seed);
+    let examples = source.examples_per_epoch();
     let (mut model, done, mut metrics_csv) = match start {
         None => {
             device.seed(config.seed);
@@ -357,7 +529,7 @@ fn run_epochs(
         Some((model, done, csv)) => {
             device.seed(config.seed.wrapping_add(done as u64));
             // Replay the shuffles of the epochs done, so the next epochs see the same order.
-            let mut order: Vec<usize> = (0..train_set.len()).collect();
+            let mut order: Vec<usize> = (0..examples).collect();
             for _ in 0..done {
                 rng.shuffle(&mut order);
             }
@@ -365,22 +537,20 @@ fn run_epochs(
         }
     };
     let mut optim = AdamConfig::new().init();
-    let corruption = config.model.corruption();
     let loss_kind: LossKind = config.model.loss_kind();
     // The input noise has its own stream, so the data order does not depend on the family.
     let mut noise_rng = SplitMix64(config.seed ^ 0xC0FF_EE00 ^ ((done as u64) << 32));
 
     for epoch in done + 1..=config.epochs {
         let start = Instant::now();
-        let mut order: Vec<usize> = (0..train_set.len()).collect();
+        let mut order: Vec<usize> = (0..examples).collect();
         rng.shuffle(&mut order);
         let mut sums = [0.0; 3];
         let (batches, mut seen) = (order.len().div_ceil(config.batch_size), 0usize);
         for (batch_index, chunk) in order.chunks(config.batch_size).enumerate() {
-            let clean = train_set.batch(chunk, &device);
-            let input = corruption.apply(clean.clone(), &mut noise_rng);
+            let (input, target) = source.training_batch(config, chunk, &mut noise_rng, &device)?;
             let output = model.forward(input, true);
-            let loss = loss(loss_kind, &output, clean);
+            let loss = loss(loss_kind, &output, target);
             let total = scalar(loss.total.clone());
             if !total.is_finite() {
                 bail!(
@@ -405,15 +575,8 @@ fn run_epochs(
             });
         }
         let train_seconds = start.elapsed().as_secs_f64();
-        let test = evaluate(
-            &model.valid(),
-            &config.model,
-            &test_set,
-            config.batch_size.max(256),
-            false,
-            &device,
-        )?;
-        let n = train_set.len() as f64;
+        let test = source.evaluate(&model.valid(), config, &device)?;
+        let n = examples as f64;
         let m = EpochMetrics {
             epoch,
             train_loss: sums[0] / n,

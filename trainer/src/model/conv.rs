@@ -158,3 +158,104 @@ impl SuperRes {
         self.out.forward(x)
     }
 }
+
+/// Hyper-parameters of [`CameraDenoiser`] and of its training data.
+#[derive(Config, Debug, PartialEq)]
+pub struct CameraDenoiserConfig {
+    /// Feature channels of the hidden layers.
+    #[config(default = 16)]
+    pub channels: usize,
+    /// Dilation of each 3x3 convolution, input to output (at least 2 layers). The default
+    /// `[1, 2, 2, 1]` sees 13x13 pixels around each output pixel.
+    #[config(default = "vec![1, 2, 2, 1]")]
+    pub dilations: Vec<usize>,
+    /// Side of the square training patches.
+    #[config(default = 48)]
+    pub patch: usize,
+    /// Patches per epoch.
+    #[config(default = 16384)]
+    pub patches_per_epoch: usize,
+    /// Smallest noise standard deviation in training, in 8-bit units.
+    #[config(default = 5.0)]
+    pub sigma_min: f32,
+    /// Largest noise standard deviation in training, in 8-bit units.
+    #[config(default = 50.0)]
+    pub sigma_max: f32,
+}
+
+/// Denoiser for camera frames: a fully convolutional stack of dilated 3x3 convolutions (ReLU
+/// between them) that estimates the noise, subtracted from the input (residual learning). No
+/// pooling or resampling, so it runs on frames of any size.
+#[derive(Module, Debug)]
+pub struct CameraDenoiser {
+    convs: Vec<Conv2d>,
+}
+
+impl CameraDenoiserConfig {
+    /// Returns the initialized model.
+    ///
+    /// # Panics
+    /// With fewer than 2 layers or a zero dilation (the CLI and `config.json` loading check).
+    pub fn init(&self, device: &Device) -> CameraDenoiser {
+        let n = self.dilations.len();
+        let convs = self
+            .dilations
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                let from = if i == 0 { 1 } else { self.channels };
+                let to = if i + 1 == n { 1 } else { self.channels };
+                Conv2dConfig::new([from, to], [3, 3])
+                    .with_dilation([d, d])
+                    .with_padding(PaddingConfig2d::Explicit(d, d, d, d))
+                    .init(device)
+            })
+            .collect();
+        CameraDenoiser { convs }
+    }
+
+    /// Checks the hyper-parameters.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dilations.len() < 2 || self.dilations.contains(&0) || self.channels == 0 {
+            return Err(format!(
+                "the camera denoiser needs >= 2 layers with dilations >= 1 and >= 1 channel, got dilations {:?} and {} channels",
+                self.dilations, self.channels
+            ));
+        }
+        if !(0.0..=255.0).contains(&self.sigma_min) || self.sigma_max < self.sigma_min {
+            return Err(format!(
+                "noise range {}..{} is not within 0..255",
+                self.sigma_min, self.sigma_max
+            ));
+        }
+        if self.patch == 0 || self.patches_per_epoch == 0 {
+            return Err("patch size and patches per epoch must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl CameraDenoiser {
+    /// The denoised frame (not clipped).
+    ///
+    /// # Shapes
+    /// - noisy: `[batch, 1, h, w]`, pixels in `[0, 1]`; output: `[batch, 1, h, w]`
+    pub fn forward(&self, noisy: Tensor<4>) -> Tensor<4> {
+        let mut x = noisy.clone();
+        for (i, conv) in self.convs.iter().enumerate() {
+            x = conv.forward(x);
+            if i + 1 < self.convs.len() {
+                x = relu(x);
+            }
+        }
+        noisy - x
+    }
+
+    /// Multiply-accumulates per pixel.
+    pub fn macs_per_pixel(&self) -> usize {
+        self.convs
+            .iter()
+            .map(|c| c.weight.dims().iter().product::<usize>())
+            .sum()
+    }
+}

@@ -8,16 +8,20 @@
 //! | `super-res` | 14x14 average-pooled image | [`SuperRes`] | BCE vs the 28x28 image |
 //! | `fc-vae` | image | [`FcVae`] 784-512-(mean, log-var) / latent-512-784 | MSE x 784 + KL |
 //! | `conv-vae` | image | [`ConvVae`] | BCE summed over pixels + KL |
+//! | `camera-denoiser` | noisy photo patch (sigma 5..50 of 255, 8-bit) | [`CameraDenoiser`] | MSE |
 //!
 //! [`ModelConfig`] (saved in the run's `config.json`) names the family and its hyper-parameters;
-//! [`Model`] is the trained module. Every model returns pre-sigmoid logits `[batch, 1, 28, 28]`;
-//! the losses apply the sigmoid stably.
+//! [`Model`] is the trained module. The MNIST models return pre-sigmoid logits
+//! `[batch, 1, 28, 28]` (the losses apply the sigmoid stably); the camera denoiser returns the
+//! image itself ([`Model::to_image`] makes either an image).
 
 mod conv;
 mod conv_vae;
 mod dense;
 
-pub use conv::{CODE_SIDE, ConvAe, ConvAeConfig, SuperRes, SuperResConfig};
+pub use conv::{
+    CODE_SIDE, CameraDenoiser, CameraDenoiserConfig, ConvAe, ConvAeConfig, SuperRes, SuperResConfig,
+};
 pub use conv_vae::*;
 pub use dense::{DenseAe, DenseAeConfig, FcDecoder, FcVae, FcVaeConfig};
 
@@ -120,6 +124,8 @@ pub enum ModelConfig {
     FcVae(FcVaeConfig),
     /// Convolutional VAE.
     ConvVae(ConvVaeConfig),
+    /// Denoiser for camera frames, trained on natural photographs.
+    CameraDenoiser(CameraDenoiserConfig),
 }
 
 /// How a family's loss is computed (per image, averaged over the batch).
@@ -131,17 +137,20 @@ pub enum LossKind {
     SseKl,
     /// Binary cross-entropy summed over the pixels + KL.
     BceKl,
+    /// Squared error of the (unclipped) output image, mean over the pixels.
+    Mse,
 }
 
 impl ModelConfig {
     /// Every family's name, as the CLI and `config.json` spell it.
-    pub const FAMILIES: [&'static str; 6] = [
+    pub const FAMILIES: [&'static str; 7] = [
         "dense-ae",
         "conv-ae",
         "denoising-ae",
         "super-res",
         "fc-vae",
         "conv-vae",
+        "camera-denoiser",
     ];
 
     /// The family's name.
@@ -153,6 +162,7 @@ impl ModelConfig {
             Self::SuperRes(_) => 3,
             Self::FcVae(_) => 4,
             Self::ConvVae(_) => 5,
+            Self::CameraDenoiser(_) => 6,
         };
         Self::FAMILIES[i]
     }
@@ -166,6 +176,7 @@ impl ModelConfig {
             "super-res" => Self::SuperRes(SuperResConfig::new()),
             "fc-vae" => Self::FcVae(FcVaeConfig::new()),
             "conv-vae" => Self::ConvVae(ConvVaeConfig::new()),
+            "camera-denoiser" => Self::CameraDenoiser(CameraDenoiserConfig::new()),
             _ => return None,
         })
     }
@@ -196,7 +207,9 @@ impl ModelConfig {
                 let model = c.model.clone().with_code_channels(code(latent)?);
                 Self::DenoisingAe(c.with_model(model))
             }
-            Self::SuperRes(_) => return Err("the super-resolution AE has no latent size".into()),
+            Self::SuperRes(_) | Self::CameraDenoiser(_) => {
+                return Err(format!("a {} has no latent size", self.family()));
+            }
             Self::FcVae(c) => Self::FcVae(c.with_latent(latent)),
             Self::ConvVae(c) => Self::ConvVae(c.with_latent(latent)),
         })
@@ -208,7 +221,7 @@ impl ModelConfig {
             Self::DenseAe(c) => Some(c.latent),
             Self::ConvAe(c) => Some(c.code_channels * CODE_SIDE * CODE_SIDE),
             Self::DenoisingAe(c) => Some(c.model.code_channels * CODE_SIDE * CODE_SIDE),
-            Self::SuperRes(_) => None,
+            Self::SuperRes(_) | Self::CameraDenoiser(_) => None,
             Self::FcVae(c) => Some(c.latent),
             Self::ConvVae(c) => Some(c.latent),
         }
@@ -236,6 +249,7 @@ impl ModelConfig {
         match self {
             Self::FcVae(_) => LossKind::SseKl,
             Self::ConvVae(_) => LossKind::BceKl,
+            Self::CameraDenoiser(_) => LossKind::Mse,
             _ => LossKind::MeanBce,
         }
     }
@@ -249,6 +263,15 @@ impl ModelConfig {
             Self::SuperRes(c) => Model::SuperRes(c.init(device)),
             Self::FcVae(c) => Model::FcVae(c.init(device)),
             Self::ConvVae(c) => Model::ConvVae(c.init(device)),
+            Self::CameraDenoiser(c) => Model::CameraDenoiser(c.init(device)),
+        }
+    }
+
+    /// Checks hyper-parameters that [`ModelConfig::init`] cannot build a model from.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::CameraDenoiser(c) => c.validate(),
+            _ => Ok(()),
         }
     }
 }
@@ -271,6 +294,8 @@ pub enum Model {
     FcVae(FcVae),
     /// Convolutional VAE.
     ConvVae(ConvVae),
+    /// Camera-frame denoiser.
+    CameraDenoiser(CameraDenoiser),
 }
 
 /// A forward pass.
@@ -311,6 +336,7 @@ impl Model {
             Self::DenseAe(m) => (square(m.decode_logits(m.encode(flat(input)))), None),
             Self::ConvAe(m) | Self::DenoisingAe(m) => (m.decode_logits(m.encode(input)), None),
             Self::SuperRes(m) => (m.forward_logits(input), None),
+            Self::CameraDenoiser(m) => (m.forward(input), None),
             Self::FcVae(m) => {
                 let (mean, log_var) = m.encode(flat(input));
                 let z = reparameterise(mean.clone(), log_var.clone(), sample);
@@ -327,7 +353,16 @@ impl Model {
 
     /// The model's output image for its `input`, in `[0, 1]` (VAEs: decoded from the mean).
     pub fn reconstruct(&self, input: Tensor<4>) -> Tensor<4> {
-        sigmoid(self.forward(input, false).logits)
+        self.to_image(self.forward(input, false).logits)
+    }
+
+    /// The image in `[0, 1]` that [`Output::logits`] stands for: their sigmoid, or for the camera
+    /// denoiser the output clipped.
+    pub fn to_image(&self, logits: Tensor<4>) -> Tensor<4> {
+        match self {
+            Self::CameraDenoiser(_) => logits.clamp(0.0, 1.0),
+            _ => sigmoid(logits),
+        }
     }
 
     /// The latent code of clean images (VAEs: the posterior mean), `None` for families without
@@ -339,7 +374,7 @@ impl Model {
         match self {
             Self::DenseAe(m) => Some(m.encode(flat(images))),
             Self::ConvAe(m) | Self::DenoisingAe(m) => Some(flat(m.encode(images))),
-            Self::SuperRes(_) => None,
+            Self::SuperRes(_) | Self::CameraDenoiser(_) => None,
             Self::FcVae(m) => Some(m.encode(flat(images)).0),
             Self::ConvVae(m) => Some(m.encoder.forward(images).0),
         }
@@ -357,7 +392,7 @@ impl Model {
                 let code = latent.reshape([batch, m.code_channels(), CODE_SIDE, CODE_SIDE]);
                 m.decode_logits(code)
             }
-            Self::SuperRes(_) => return None,
+            Self::SuperRes(_) | Self::CameraDenoiser(_) => return None,
             Self::FcVae(m) => square(m.decoder.forward_logits(latent)),
             Self::ConvVae(m) => m.decoder.forward_logits(latent, None),
         };
@@ -404,6 +439,7 @@ pub fn loss(kind: LossKind, output: &Output, targets: Tensor<4>) -> Losses {
             .square()
             .sum()
             .mul_scalar(per_image),
+        LossKind::Mse => (output.logits.clone() - targets).square().mean(),
     };
     let kl = match &output.posterior {
         Some((mean, log_var)) => {

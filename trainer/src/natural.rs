@@ -1,0 +1,209 @@
+//! The natural photographs the camera-frame denoiser learns from (`data/natural`, checked against
+//! `SHA256SUMS`), as grayscale images the way a camera's Y plane sees them (BT.601 luma, 8 bits).
+//!
+//! Three images are held out of training and only used to measure the denoiser: [`HELD_OUT`].
+//! Training draws random square patches, flipped at random, each with its own noise level.
+
+use std::path::{Path, PathBuf};
+
+use crate::{
+    data::{DataError, read, verify_checksum},
+    rng::SplitMix64,
+};
+
+/// The images kept out of training (a photograph, coins, a cat): PSNR is measured on them.
+pub const HELD_OUT: [&str; 3] = ["camera.png", "coins.png", "chelsea.png"];
+/// The training images. The bundle's JPEGs are left out: their block artefacts are structure a
+/// denoiser should not learn to keep.
+pub const TRAINING: [&str; 8] = [
+    "astronaut.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "text.png",
+    "cell.png",
+    "coffee.png",
+    "microaneurysms.png",
+];
+
+/// The photographs bundled with the repository.
+pub fn bundled_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/natural")
+}
+
+/// A grayscale image, pixels in `[0, 1]` (8-bit values / 255), row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrayImage {
+    /// File name it came from.
+    pub name: String,
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// `width * height` values.
+    pub pixels: Vec<f32>,
+}
+
+/// Decodes an 8-bit PNG (gray, gray+alpha, RGB or RGBA) to BT.601 luma rounded to 8 bits.
+pub fn decode_png(path: &Path, bytes: &[u8]) -> Result<GrayImage, DataError> {
+    let format = |reason: String| DataError::Format {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| format(format!("not a PNG: {e}")))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| format("image too large".into()))?;
+    let mut buf = vec![0; size];
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| format(format!("corrupt PNG: {e}")))?;
+    let channels = info.color_type.samples();
+    let (width, height) = (info.width as usize, info.height as usize);
+    let luma = |p: &[u8]| -> f32 {
+        let y = match channels {
+            1 | 2 => p[0] as f32,
+            _ => 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32,
+        };
+        y.round().clamp(0.0, 255.0) / 255.0
+    };
+    let pixels: Vec<f32> = buf[..info.buffer_size()]
+        .chunks_exact(channels)
+        .map(luma)
+        .collect();
+    if pixels.len() != width * height || width == 0 {
+        return Err(format(format!(
+            "{} pixels decoded for {width}x{height}",
+            pixels.len()
+        )));
+    }
+    Ok(GrayImage {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        width,
+        height,
+        pixels,
+    })
+}
+
+/// Loads the named images from `dir`, each checked against `dir/SHA256SUMS`.
+pub fn load(dir: &Path, names: &[&str]) -> Result<Vec<GrayImage>, DataError> {
+    names
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            let bytes = read(&path)?;
+            verify_checksum(dir, name, &bytes)?;
+            decode_png(&path, &bytes)
+        })
+        .collect()
+}
+
+/// `count` random `side x side` patches of `images` (image chosen in proportion to its area,
+/// flipped horizontally and/or vertically at random), concatenated.
+///
+/// # Errors
+/// An image smaller than the patch.
+pub fn patches(
+    images: &[GrayImage],
+    count: usize,
+    side: usize,
+    rng: &mut SplitMix64,
+) -> Result<Vec<f32>, String> {
+    if let Some(small) = images.iter().find(|i| i.width < side || i.height < side) {
+        return Err(format!(
+            "{} ({}x{}) is smaller than a {side}x{side} patch",
+            small.name, small.width, small.height
+        ));
+    }
+    let total: u64 = images.iter().map(|i| (i.width * i.height) as u64).sum();
+    if total == 0 {
+        return Err("no images to draw patches from".into());
+    }
+    let mut out = Vec::with_capacity(count * side * side);
+    for _ in 0..count {
+        let mut at = rng.next_u64() % total;
+        let image = images
+            .iter()
+            .find(|i| {
+                let area = (i.width * i.height) as u64;
+                if at < area {
+                    true
+                } else {
+                    at -= area;
+                    false
+                }
+            })
+            .unwrap_or(&images[0]);
+        let x0 = (rng.next_u64() % (image.width - side + 1) as u64) as usize;
+        let y0 = (rng.next_u64() % (image.height - side + 1) as u64) as usize;
+        let bits = rng.next_u64();
+        let (flip_x, flip_y) = (bits & 1 == 1, bits & 2 == 2);
+        for y in 0..side {
+            let sy = if flip_y { side - 1 - y } else { y };
+            for x in 0..side {
+                let sx = if flip_x { side - 1 - x } else { x };
+                out.push(image.pixels[(y0 + sy) * image.width + x0 + sx]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `clean` (pixels in `[0, 1]`) with Gaussian noise of standard deviation `sigma` (in 8-bit
+/// units), rounded and clipped to 8 bits as a camera frame would be.
+pub fn add_noise(clean: &[f32], sigma: f32, rng: &mut SplitMix64) -> Vec<f32> {
+    clean
+        .iter()
+        .zip(rng.normals(clean.len()))
+        .map(|(&p, n)| (p * 255.0 + sigma * n).round().clamp(0.0, 255.0) / 255.0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_photographs_load_as_gray() {
+        let images = load(&bundled_dir(), &HELD_OUT).expect("bundled photographs");
+        let camera = &images[0];
+        assert_eq!((camera.width, camera.height), (512, 512));
+        let chelsea = &images[2];
+        assert_eq!((chelsea.width, chelsea.height), (451, 300));
+        let mean = chelsea.pixels.iter().sum::<f32>() / chelsea.pixels.len() as f32;
+        assert!((0.2..0.8).contains(&mean), "{mean}");
+        assert!(load(&bundled_dir(), &TRAINING).is_ok());
+    }
+
+    #[test]
+    fn patches_and_noise() {
+        let image = GrayImage {
+            name: "ramp".into(),
+            width: 4,
+            height: 3,
+            pixels: (0..12).map(|v| v as f32).collect(),
+        };
+        let mut rng = SplitMix64(1);
+        let p = patches(std::slice::from_ref(&image), 50, 3, &mut rng).expect("fits");
+        assert_eq!(p.len(), 50 * 9);
+        // Every patch is a (possibly flipped) 3x3 window: its corners differ by 2 across and 8
+        // (two rows of 4) down.
+        for patch in p.chunks(9) {
+            assert_eq!((patch[2] - patch[0]).abs(), 2.0);
+            assert_eq!((patch[6] - patch[0]).abs(), 8.0);
+        }
+        assert!(patches(&[image], 1, 4, &mut rng).is_err(), "too small");
+        let clean = vec![0.5; 10_000];
+        let noisy = add_noise(&clean, 25.0, &mut rng);
+        let rms = (noisy.iter().map(|v| (v - 0.5).powi(2)).sum::<f32>() / 1e4).sqrt() * 255.0;
+        assert!((rms - 25.0).abs() < 1.0, "{rms}");
+        assert!(noisy.iter().all(|v| (v * 255.0).fract() == 0.0), "8-bit");
+    }
+}
