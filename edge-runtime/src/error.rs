@@ -114,6 +114,36 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// An image file could not be read or decoded.
+    #[error("cannot read image {path}: {reason}")]
+    ReadImage {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A frame stream ended inside a frame. Every complete frame before it was processed.
+    #[error("frame {index} is short: {got} of its {expected} bytes before the end of the stream")]
+    ShortFrame {
+        /// Index of the incomplete frame, from 0.
+        index: usize,
+        /// Bytes a frame has.
+        expected: usize,
+        /// Bytes read.
+        got: usize,
+    },
+
+    /// Reading or writing a frame stream failed.
+    #[error("frame stream {what}")]
+    Stream {
+        /// `reading frame N` or `writing frame N`.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+
     /// An output file could not be written.
     #[error("cannot write {path}")]
     Write {

@@ -101,6 +101,28 @@ impl Image {
         Image::new(sheet_w, sheet_h, pixels)
     }
 
+    /// Reads an 8-bit PNG (gray, gray + alpha, RGB or RGBA; color becomes BT.601 luma) or a
+    /// binary PGM (`P5`, maxval up to 255), chosen by the extension, as values in `[0, 1]`.
+    ///
+    /// # Errors
+    /// [`Error::ReadImage`] when the file cannot be read or is not a valid image of its format,
+    /// [`Error::UnknownImageFormat`] for another extension.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let format = ImageFormat::from_path(path)?;
+        let bad = |reason: String| Error::ReadImage {
+            path: path.into(),
+            reason,
+        };
+        let bytes = fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let (width, height, gray) = match format {
+            ImageFormat::Png => decode_png(&bytes).map_err(bad)?,
+            ImageFormat::Pgm => decode_pgm(&bytes).map_err(bad)?,
+        };
+        let pixels = gray.iter().map(|&p| p as f32 / 255.0).collect();
+        Self::new(width, height, pixels)
+    }
+
     /// 8-bit gray levels: `round(clamp(v, 0, 1) * 255)` per pixel (NaN becomes 0).
     pub fn to_gray8(&self) -> Vec<u8> {
         // `as u8` saturates and maps NaN to 0, so this never panics.
@@ -170,6 +192,93 @@ impl Image {
             ImageFormat::Pgm => self.write_pgm(path),
         }
     }
+}
+
+/// Width, height and 8-bit luma of a PNG.
+fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
+    let mut decoder = png::Decoder::new(io::Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(|e| format!("not a PNG: {e}"))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| "image too large".to_string())?;
+    let mut buf = vec![0; size];
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| format!("corrupt PNG: {e}"))?;
+    let channels = info.color_type.samples();
+    let luma = |p: &[u8]| match channels {
+        1 | 2 => p[0],
+        _ => (0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32).round() as u8,
+    };
+    let gray = buf[..info.buffer_size()]
+        .chunks_exact(channels)
+        .map(luma)
+        .collect();
+    Ok((info.width as usize, info.height as usize, gray))
+}
+
+/// Width, height and pixels of a binary PGM with maxval <= 255 (scaled to 0..=255).
+fn decode_pgm(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
+    // Header: "P5", width, height, maxval, separated by whitespace (and `#` comments), then
+    // exactly one whitespace byte before the pixels.
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while fields.len() < 4 {
+        while i < bytes.len() && (bytes[i].is_ascii_whitespace() || bytes[i] == b'#') {
+            if bytes[i] == b'#' {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let start = i;
+        while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if start == i {
+            return Err("truncated PGM header".into());
+        }
+        fields.push(String::from_utf8_lossy(&bytes[start..i]).into_owned());
+    }
+    if fields[0] != "P5" {
+        return Err(format!(
+            "not a binary PGM (magic {:?}, expected P5)",
+            fields[0]
+        ));
+    }
+    let number = |f: &str, what: &str| {
+        f.parse::<usize>()
+            .map_err(|_| format!("bad PGM {what} {f:?}"))
+    };
+    let (width, height, maxval) = (
+        number(&fields[1], "width")?,
+        number(&fields[2], "height")?,
+        number(&fields[3], "maxval")?,
+    );
+    if !(1..=255).contains(&maxval) {
+        return Err(format!(
+            "PGM maxval {maxval} is not 1..=255 (16-bit PGM is not supported)"
+        ));
+    }
+    let pixels = width
+        .checked_mul(height)
+        .ok_or_else(|| "PGM too large".to_string())?;
+    let body = bytes.get(i + 1..).unwrap_or_default();
+    if body.len() < pixels {
+        return Err(format!(
+            "PGM has {} of its {width}x{height} = {pixels} pixels",
+            body.len()
+        ));
+    }
+    let scale = |p: u8| ((p.min(maxval as u8) as usize * 255 + maxval / 2) / maxval) as u8;
+    Ok((
+        width,
+        height,
+        body[..pixels].iter().map(|&p| scale(p)).collect(),
+    ))
 }
 
 /// The image file formats this crate writes.

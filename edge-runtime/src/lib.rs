@@ -30,10 +30,13 @@
 
 pub mod bench;
 mod decoder;
+mod denoiser;
 mod error;
+pub mod frames;
 mod image;
 pub mod latents;
 
 pub use decoder::Decoder;
+pub use denoiser::Denoiser;
 pub use error::{Error, TractFailure};
 pub use image::{Image, ImageFormat, write_atomically};

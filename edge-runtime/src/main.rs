@@ -6,12 +6,27 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use anyhow::{Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use edge_runtime::{Decoder, Image, ImageFormat, bench, latents, write_atomically};
+use edge_runtime::frames::{self, FrameFormat};
+use edge_runtime::{Decoder, Denoiser, Image, ImageFormat, bench, latents, write_atomically};
 
 const EXAMPLES: &str = "\
 Examples:
   edge generate --model out/conv-vae/decoder.onnx --latent 0.5,-1.2 --out digit.png
-  edge generate --model out/conv-vae/decoder.onnx --grid 10 --sheet grid.png";
+  edge generate --model out/conv-vae/decoder.onnx --grid 10 --sheet grid.png
+  rpicam-vid -t 0 --width 640 --height 480 --codec yuv420 -o - \\
+    | edge denoise --model out/camera-denoiser/denoiser.onnx --size 640x480 --threads 4 > clean.yuv";
+
+const DENOISE_EXAMPLES: &str = "\
+Examples:
+  # Camera frames from the Pi camera, denoised on 4 cores, to a file (or pipe them on):
+  rpicam-vid -t 10000 --width 640 --height 480 --codec yuv420 -o - \\
+    | edge denoise --model out/camera-denoiser/denoiser.onnx --size 640x480 --threads 4 > clean.yuv
+
+  # A recorded 8-bit grayscale stream, from a file to a file:
+  edge denoise --model denoiser.onnx --size 320x240 --format gray8 --input noisy.y8 --out clean.y8
+
+  # Image files (PNG or PGM; color PNGs become grayscale), or every image in a folder:
+  edge denoise --model denoiser.onnx photo.png scans/ --out denoised/";
 
 const GENERATE_EXAMPLES: &str = "\
 Examples:
@@ -45,6 +60,10 @@ enum Command {
     /// Decodes latent vectors into digit images with an ONNX decoder.
     #[command(after_help = GENERATE_EXAMPLES)]
     Generate(GenerateArgs),
+    /// Denoises camera frames (a raw YUV 4:2:0 or gray stream, as `rpicam-vid --codec yuv420`
+    /// writes it) or image files with the camera-frame denoiser.
+    #[command(after_help = DENOISE_EXAMPLES)]
+    Denoise(DenoiseArgs),
     /// Times a decoder: latency percentiles and digits per second, with tract and (when built
     /// with the `ort` feature and given the library) ONNX Runtime on the same latents.
     #[command(after_help = BENCH_EXAMPLES)]
@@ -72,10 +91,63 @@ struct BenchArgs {
     #[arg(long, default_value_t = 20)]
     warmup: u32,
 
+    /// Time a denoiser (the model is then `denoiser.onnx`) on frames of this size, WxH, e.g.
+    /// 640x480; repeat for several sizes.
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
+    size: Vec<(usize, usize)>,
+
     /// ONNX Runtime shared library (`libonnxruntime.so`) to time next to tract.
     #[cfg(feature = "ort")]
     #[arg(long, value_name = "FILE", env = "ORT_DYLIB_PATH")]
     ort_dylib: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DenoiseArgs {
+    /// ONNX denoiser written by the exporter (`denoiser.onnx`).
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+
+    /// Image files (.png, .pgm) or folders of them. Without any, a raw frame stream is read
+    /// (see --size).
+    #[arg(value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+
+    /// Frame size of a raw stream, WIDTHxHEIGHT (e.g. 640x480).
+    #[arg(long, value_name = "WxH", value_parser = parse_size, conflicts_with = "images")]
+    size: Option<(usize, usize)>,
+
+    /// Layout of the raw frames: yuv420 (I420; the luma is denoised, the chroma passed through)
+    /// or gray8.
+    #[arg(long, default_value = "yuv420", requires = "size")]
+    format: FrameFormat,
+
+    /// Raw stream input file, or `-` for stdin.
+    #[arg(long, value_name = "FILE", default_value = "-", requires = "size")]
+    input: PathBuf,
+
+    /// Stream: output file or `-` for stdout [default: -]. Images: output folder [default:
+    /// denoised], one PNG or PGM per input with its name.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+
+    /// Worker threads for a stream (frames in flight, written in order).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    threads: u32,
+}
+
+/// `WIDTHxHEIGHT`, both at least 1.
+fn parse_size(text: &str) -> Result<(usize, usize), String> {
+    let parsed = text.split_once(['x', 'X']).and_then(|(w, h)| {
+        Some((
+            w.trim().parse::<usize>().ok()?,
+            h.trim().parse::<usize>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((w, h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => Err(format!("`{text}` is not a size like 640x480")),
+    }
 }
 
 /// Most digits one `generate` decodes.
@@ -200,14 +272,109 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Generate(args) => generate(&args),
         Command::Bench(args) => bench(&args),
+        Command::Denoise(args) => denoise(&args),
     }
+}
+
+fn denoise(args: &DenoiseArgs) -> Result<()> {
+    let Some((width, height)) = args.size else {
+        return denoise_images(args);
+    };
+    let denoiser = Denoiser::load(&args.model, width, height).context("loading the denoiser")?;
+    let reader: Box<dyn std::io::Read + Send> = if args.input.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(&args.input)
+                .with_context(|| format!("opening {}", args.input.display()))?,
+        )
+    };
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
+    let writer: Box<dyn std::io::Write> = if out.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?,
+        ))
+    };
+    let start = std::time::Instant::now();
+    let result = frames::denoise_stream(
+        &denoiser,
+        args.format,
+        reader,
+        writer,
+        args.threads as usize,
+    );
+    let seconds = start.elapsed().as_secs_f64();
+    match result {
+        Ok(summary) => {
+            eprintln!(
+                "denoised {} frames of {width}x{height} in {seconds:.2}s ({:.1} frames/s)",
+                summary.frames,
+                summary.frames as f64 / seconds.max(1e-9)
+            );
+            Ok(())
+        }
+        Err(e) => Err(e).context("denoising the frame stream"),
+    }
+}
+
+/// The image files named on the command line, folders expanded (sorted, .png and .pgm only).
+fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("reading folder {}", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && ImageFormat::from_path(p).is_ok())
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(input.clone());
+        }
+    }
+    if files.is_empty() {
+        bail!("no images to denoise: name image files or folders, or give --size for a raw stream");
+    }
+    Ok(files)
+}
+
+fn denoise_images(args: &DenoiseArgs) -> Result<()> {
+    let files = image_files(&args.images)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("denoised"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    // One plan per frame size, optimised on first use.
+    let mut plans: std::collections::HashMap<(usize, usize), Denoiser> = Default::default();
+    for file in &files {
+        let image = Image::load(file)?;
+        let size = (image.width(), image.height());
+        let denoiser = match plans.entry(size) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                Denoiser::load(&args.model, size.0, size.1).context("loading the denoiser")?,
+            ),
+        };
+        let clean = denoiser
+            .denoise(&image)
+            .with_context(|| format!("denoising {}", file.display()))?;
+        let name = file.file_name().context("an image file has a name")?;
+        let target = out.join(name);
+        clean.save(&target)?;
+        println!("{} -> {}", file.display(), target.display());
+    }
+    Ok(())
 }
 
 /// One row of the `bench` table.
 fn print_row(runtime: &str, stats: &bench::Stats) {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     println!(
-        "{runtime:<14} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>10.1}",
+        "{runtime:<22} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>10.1}",
         stats.runs,
         ms(stats.p50),
         ms(stats.p90),
@@ -217,7 +384,53 @@ fn print_row(runtime: &str, stats: &bench::Stats) {
     );
 }
 
+/// `bench` for a denoiser: frames of each size, noisy gray values, with tract (and ORT).
+fn bench_denoiser(args: &BenchArgs) -> Result<()> {
+    let (runs, warmup) = (args.runs as usize, args.warmup as usize);
+    println!(
+        "{}: denoiser, batch 1, {runs} timed frames after {warmup}",
+        args.model.display()
+    );
+    println!(
+        "{:<22} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "runtime", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "frames/s"
+    );
+    for &(width, height) in &args.size {
+        let denoiser =
+            Denoiser::load(&args.model, width, height).context("loading the denoiser")?;
+        let frame: Vec<u8> = (0..width * height)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut out = vec![0u8; width * height];
+        let stats = bench::measure(warmup, runs, || denoiser.denoise_gray8(&frame, &mut out))
+            .context("running the denoiser with tract")?;
+        if let Some(stats) = stats {
+            print_row(&format!("tract {width}x{height}"), &stats);
+        }
+        #[cfg(feature = "ort")]
+        if let Some(dylib) = &args.ort_dylib {
+            let input: Vec<f32> = frame.iter().map(|&p| p as f32 / 255.0).collect();
+            let stats = ort_bench::measure(
+                &args.model,
+                dylib,
+                &[input],
+                &[1, 1, height, width],
+                warmup,
+                runs,
+            )
+            .context("running the denoiser with ONNX Runtime")?;
+            if let Some(stats) = stats {
+                print_row(&format!("onnxruntime {width}x{height}"), &stats);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn bench(args: &BenchArgs) -> Result<()> {
+    if !args.size.is_empty() {
+        return bench_denoiser(args);
+    }
     let decoder = Decoder::load(&args.model).context("loading the decoder")?;
     let (runs, warmup) = (args.runs as usize, args.warmup as usize);
     // The same latents for every runtime: samples of the prior, cycled.
@@ -230,7 +443,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         decoder.image_size().1,
     );
     println!(
-        "{:<14} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "{:<22} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10}",
         "runtime", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "digits/s"
     );
     let mut next = latents.iter().cycle();
@@ -244,7 +457,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
     }
     #[cfg(feature = "ort")]
     if let Some(dylib) = &args.ort_dylib {
-        let stats = ort_bench::measure(&args.model, dylib, &latents, warmup, runs)
+        let shape = [1, decoder.latent_dim()];
+        let stats = ort_bench::measure(&args.model, dylib, &latents, &shape, warmup, runs)
             .context("running the decoder with ONNX Runtime")?;
         if let Some(stats) = stats {
             print_row("onnxruntime", &stats);
@@ -261,10 +475,12 @@ mod ort_bench {
     use anyhow::{Context, Result};
     use edge_runtime::bench;
 
+    /// Times ONNX Runtime on `inputs` of `shape`, cycled.
     pub fn measure(
         model: &Path,
         dylib: &Path,
-        latents: &[Vec<f32>],
+        inputs: &[Vec<f32>],
+        shape: &[usize],
         warmup: usize,
         runs: usize,
     ) -> Result<Option<bench::Stats>> {
@@ -278,10 +494,10 @@ mod ort_bench {
             .with_intra_threads(1)
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .commit_from_file(model)?;
-        let mut next = latents.iter().cycle();
+        let mut next = inputs.iter().cycle();
         bench::measure(warmup, runs, || -> Result<()> {
             let z = next.next().cloned().unwrap_or_default();
-            let input = ort::value::Tensor::from_array(([1usize, z.len()], z.into_boxed_slice()))?;
+            let input = ort::value::Tensor::from_array((shape.to_vec(), z.into_boxed_slice()))?;
             let outputs = session.run(ort::inputs![input])?;
             outputs[0].try_extract_tensor::<f32>()?;
             Ok(())
@@ -465,7 +681,7 @@ mod tests {
         let full = [&["edge", "generate", "--model", "m.onnx"], args].concat();
         Cli::try_parse_from(full).map(|cli| match cli.command {
             Command::Generate(args) => args,
-            Command::Bench(_) => panic!("not generate"),
+            _ => panic!("not generate"),
         })
     }
 

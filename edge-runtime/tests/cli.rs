@@ -410,3 +410,81 @@ fn bench_prints_latency_percentiles() {
     let p99: f64 = fields[4].parse().expect("p99");
     assert!(p50 > 0.0 && p99 >= p50, "{row}");
 }
+
+#[test]
+fn denoise_pipes_a_raw_stream_and_denoises_image_folders() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = workspace();
+    common::write_model(&dir.path().join("blur.onnx"), &common::box_blur_model());
+    let (w, h) = (10, 6);
+    let frames: Vec<u8> = (0..3 * w * h).map(|i| (i * 7 % 256) as u8).collect();
+    // Two and a half gray frames on stdin: two come out on stdout, the third is an error.
+    let mut child = edge_command()
+        .current_dir(dir.path())
+        .args([
+            "denoise",
+            "--model",
+            "blur.onnx",
+            "--size",
+            "10x6",
+            "--format",
+            "gray8",
+        ])
+        .args(["--threads", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start edge");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(&frames[..5 * w * h / 2])
+        .expect("write frames");
+    drop(stdin);
+    let out = child.wait_with_output().expect("edge finishes");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("frame 2 is short: 30 of its 60 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    let expected: Vec<u8> = frames[..2 * w * h]
+        .chunks(w * h)
+        .flat_map(|f| common::box_blur_reference(f, w, h))
+        .collect();
+    assert_eq!(out.stdout, expected);
+
+    // A folder of images: each written under its own name into --out.
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).expect("mkdir");
+    let image = edge_runtime::Image::new(w, h, vec![0.5; w * h]).expect("image");
+    image.save(photos.join("a.png")).expect("png");
+    image.save(photos.join("b.pgm")).expect("pgm");
+    let out = edge(
+        dir.path(),
+        &[
+            "denoise",
+            "--model",
+            "blur.onnx",
+            "photos",
+            "--out",
+            "clean",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in ["a.png", "b.pgm"] {
+        let clean = edge_runtime::Image::load(dir.path().join("clean").join(name)).expect(name);
+        assert_eq!((clean.width(), clean.height()), (w, h));
+        // The middle of a uniform image stays; the zero-padded corner darkens to 4/9.
+        assert_eq!(clean.to_gray8()[w + 1], 128);
+        assert_eq!(clean.to_gray8()[0], 57);
+    }
+    let out = edge(dir.path(), &["denoise", "--model", "blur.onnx"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no images to denoise"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -142,6 +142,15 @@ struct TrainArgs {
     /// Denoising AE: standard deviation of the noise [default: 0.5].
     #[arg(long)]
     noise_std: Option<f32>,
+    /// Camera denoiser: feature channels [default: 16].
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Camera denoiser: dilation of each 3x3 layer, comma-separated [default: 1,2,2,1].
+    #[arg(long, value_delimiter = ',')]
+    dilations: Option<Vec<usize>>,
+    /// Camera denoiser: training patches per epoch [default: 16384].
+    #[arg(long)]
+    patches: Option<usize>,
     /// Seed for initialisation, shuffling and sampling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -288,6 +297,15 @@ fn main() -> anyhow::Result<()> {
                 c.noise_mean = args.noise_mean.unwrap_or(c.noise_mean);
                 c.noise_std = args.noise_std.unwrap_or(c.noise_std);
             }
+            if args.channels.is_some() || args.dilations.is_some() || args.patches.is_some() {
+                let ModelConfig::CameraDenoiser(c) = &mut model else {
+                    anyhow::bail!("--channels, --dilations and --patches are for camera-denoiser");
+                };
+                c.channels = args.channels.unwrap_or(c.channels);
+                c.dilations = args.dilations.unwrap_or(c.dilations.clone());
+                c.patches_per_epoch = args.patches.unwrap_or(c.patches_per_epoch);
+            }
+            model.validate().map_err(anyhow::Error::msg)?;
             let out = args
                 .out
                 .unwrap_or_else(|| PathBuf::from("runs").join(&args.family));

@@ -181,3 +181,60 @@ fn f32_tensor(name: &str, dims: &[usize], values: Vec<f32>) -> TensorProto {
         ..Default::default()
     }
 }
+
+/// A stand-in camera denoiser: a 3x3 box blur (`Conv` with weights 1/9, zero padding 1) on
+/// `noisy: f32 [batch, 1, height, width]`, every axis but the channel symbolic, like the
+/// exporter's `denoiser.onnx`.
+pub fn box_blur_model() -> ModelProto {
+    let symbol = |name: &str| Dimension {
+        value: Some(dimension::Value::DimParam(name.into())),
+        ..Default::default()
+    };
+    let dims = [symbol("batch"), fixed(1), symbol("height"), symbol("width")];
+    let mut conv = node("Conv", &["noisy", "W"], "denoised");
+    conv.attribute = vec![tract_onnx::pb::AttributeProto {
+        name: "pads".into(),
+        r#type: tract_onnx::pb::attribute_proto::AttributeType::Ints as i32,
+        ints: vec![1, 1, 1, 1],
+        ..Default::default()
+    }];
+    let graph = GraphProto {
+        name: "box_blur".into(),
+        node: vec![conv],
+        initializer: vec![f32_tensor("W", &[1, 1, 3, 3], vec![1.0 / 9.0; 9])],
+        input: vec![f32_value("noisy", &dims)],
+        output: vec![f32_value("denoised", &dims)],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: 8,
+        producer_name: "edge-runtime tests".into(),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+/// What [`box_blur_model`] makes of an 8-bit frame, rounded to 8 bits, computed in f64.
+pub fn box_blur_reference(frame: &[u8], width: usize, height: usize) -> Vec<u8> {
+    let at = |x: isize, y: isize| -> f64 {
+        if x < 0 || y < 0 || x >= width as isize || y >= height as isize {
+            0.0
+        } else {
+            frame[y as usize * width + x as usize] as f64 / 255.0
+        }
+    };
+    (0..height as isize)
+        .flat_map(|y| (0..width as isize).map(move |x| (x, y)))
+        .map(|(x, y)| {
+            let sum: f64 = (-1..=1)
+                .flat_map(|dy| (-1..=1).map(move |dx| (dx, dy)))
+                .map(|(dx, dy)| at(x + dx, y + dy))
+                .sum();
+            ((sum / 9.0).clamp(0.0, 1.0) * 255.0).round() as u8
+        })
+        .collect()
+}

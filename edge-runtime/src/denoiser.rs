@@ -1,0 +1,226 @@
+//! Loading an exported ONNX denoiser with tract and cleaning camera frames with it.
+//!
+//! The denoiser is fully convolutional with stride 1 (`noisy [B, 1, H, W] -> denoised
+//! [B, 1, H, W]`, symbolic `B`, `H`, `W`), so frames need no padding to a stride and no cropping
+//! back: the plan is optimised once for the frame size given at load time.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tract_onnx::prelude::*;
+
+use crate::{Error, Image};
+
+/// An optimised tract plan for frames of one size, with its execution state and input buffer
+/// kept between frames.
+pub struct Denoiser {
+    plan: Arc<TypedRunnableModel>,
+    /// Execution state and the input tensor, reused by every frame.
+    state: Mutex<(TypedSimpleState, Option<Tensor>)>,
+    width: usize,
+    height: usize,
+}
+
+impl Denoiser {
+    /// Loads the ONNX denoiser at `path` and optimises it for `width x height` frames.
+    ///
+    /// # Errors
+    /// - [`Error::ReadModel`] / [`Error::ParseModel`]: missing, unreadable or not ONNX;
+    /// - [`Error::NotADecoder`] (the interface check): not one input and one output, or an
+    ///   output that is not `[1, 1, height, width]` for that input;
+    /// - [`Error::PrepareModel`]: tract cannot type or optimise it for that size (e.g. a model
+    ///   with a fixed size other than the frame's).
+    pub fn load(path: impl AsRef<Path>, width: usize, height: usize) -> Result<Self, Error> {
+        let path = path.as_ref();
+        File::open(path).map_err(|source| Error::ReadModel {
+            path: path.into(),
+            source,
+        })?;
+        let model = tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(|e| Error::ParseModel {
+                path: path.into(),
+                source: e.into(),
+            })?;
+        let not_a_denoiser = |reason: String| Error::NotADecoder {
+            path: path.into(),
+            reason: format!("as a denoiser: {reason}"),
+        };
+        let prepare_failed = |e: TractError| Error::PrepareModel {
+            path: path.into(),
+            source: e.into(),
+        };
+        let inputs = model.input_outlets().map_err(prepare_failed)?.len();
+        let outputs = model.output_outlets().map_err(prepare_failed)?.len();
+        if inputs != 1 || outputs != 1 {
+            return Err(not_a_denoiser(format!(
+                "it has {inputs} inputs and {outputs} outputs, a denoiser has 1 and 1"
+            )));
+        }
+        if width == 0 || height == 0 {
+            return Err(not_a_denoiser(format!("a {width}x{height} frame is empty")));
+        }
+        let model = model
+            .with_input_fact(0, f32::fact([1, 1, height, width]).into())
+            .and_then(|m| m.into_optimized())
+            .map_err(prepare_failed)?;
+        let output = model.output_fact(0).map_err(prepare_failed)?;
+        let expected: TVec<TDim> = tvec![1.into(), 1.into(), height.into(), width.into()];
+        if output.shape.to_tvec() != expected {
+            return Err(not_a_denoiser(format!(
+                "output 0 is {:?} for a [1, 1, {height}, {width}] frame",
+                output.shape
+            )));
+        }
+        let plan = model.into_runnable().map_err(prepare_failed)?;
+        let state = plan.spawn().map_err(prepare_failed)?;
+        Ok(Self {
+            plan,
+            state: Mutex::new((state, None)),
+            width,
+            height,
+        })
+    }
+
+    /// Another denoiser sharing this one's optimised plan, with its own state and buffers: one
+    /// per worker thread.
+    ///
+    /// # Errors
+    /// [`Error::Inference`] if tract cannot create a state.
+    pub fn worker(&self) -> Result<Self, Error> {
+        let state = self
+            .plan
+            .spawn()
+            .map_err(|e| Error::Inference { source: e.into() })?;
+        Ok(Self {
+            plan: self.plan.clone(),
+            state: Mutex::new((state, None)),
+            width: self.width,
+            height: self.height,
+        })
+    }
+
+    /// Size `(width, height)` of the frames it takes.
+    pub fn frame_size(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+
+    /// Denoises an 8-bit grayscale frame (`width * height` bytes, row-major) into `out` (same
+    /// size), rounding to 8 bits.
+    ///
+    /// # Errors
+    /// [`Error::PixelCount`] for a frame or output buffer of the wrong size, [`Error::Inference`]
+    /// if tract fails.
+    pub fn denoise_gray8(&self, frame: &[u8], out: &mut [u8]) -> Result<(), Error> {
+        self.run(
+            frame.len(),
+            |input| {
+                for (x, &p) in input.iter_mut().zip(frame) {
+                    *x = p as f32 * (1.0 / 255.0);
+                }
+            },
+            out.len(),
+            |values| {
+                for (o, v) in out.iter_mut().zip(values) {
+                    *o = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+                }
+            },
+        )
+    }
+
+    /// Denoises a grayscale image of the frame size.
+    ///
+    /// # Errors
+    /// [`Error::PixelCount`] for an image of another size, [`Error::Inference`] if tract fails.
+    pub fn denoise(&self, image: &Image) -> Result<Image, Error> {
+        if (image.width(), image.height()) != (self.width, self.height) {
+            return Err(self.size_error(image.width() * image.height()));
+        }
+        let mut pixels = vec![0.0; self.width * self.height];
+        self.run(
+            image.pixels().len(),
+            |input| input.copy_from_slice(image.pixels()),
+            pixels.len(),
+            |values| {
+                for (o, v) in pixels.iter_mut().zip(values) {
+                    *o = v.clamp(0.0, 1.0);
+                }
+            },
+        )?;
+        Image::new(self.width, self.height, pixels)
+    }
+
+    fn size_error(&self, actual: usize) -> Error {
+        Error::PixelCount {
+            width: self.width,
+            height: self.height,
+            actual,
+        }
+    }
+
+    /// Fills the reused input tensor with `fill`, runs the plan, hands the output to `take`.
+    fn run(
+        &self,
+        input_len: usize,
+        fill: impl FnOnce(&mut [f32]),
+        output_len: usize,
+        take: impl FnOnce(&mut dyn Iterator<Item = f32>),
+    ) -> Result<(), Error> {
+        let pixels = self.width * self.height;
+        if input_len != pixels {
+            return Err(self.size_error(input_len));
+        }
+        if output_len != pixels {
+            return Err(self.size_error(output_len));
+        }
+        let inference_failed = |e: TractError| Error::Inference { source: e.into() };
+        let mut guard = self.state.lock().unwrap_or_else(|poisoned| {
+            // A panic in another thread's run may have left the state half-way: start afresh.
+            let mut guard = poisoned.into_inner();
+            if let Ok(fresh) = self.plan.spawn() {
+                *guard = (fresh, None);
+                self.state.clear_poison();
+            }
+            guard
+        });
+        let (state, buffer) = &mut *guard;
+        let mut input = match buffer.take() {
+            Some(tensor) => tensor,
+            None => {
+                Tensor::zero::<f32>(&[1, 1, self.height, self.width]).map_err(inference_failed)?
+            }
+        };
+        {
+            let mut view = input
+                .to_plain_array_view_mut::<f32>()
+                .map_err(inference_failed)?;
+            let slice = view.as_slice_mut().ok_or_else(|| {
+                inference_failed(anyhow::anyhow!("the input tensor is not contiguous"))
+            })?;
+            fill(slice);
+        }
+        let value = input.into_tvalue();
+        let outputs = state.run(tvec!(value.clone())).map_err(inference_failed)?;
+        // tract has let go of the input by now: keep its buffer for the next frame.
+        *buffer = Some(value.into_tensor());
+        drop(guard);
+        let output = outputs
+            .first()
+            .ok_or_else(|| inference_failed(anyhow::anyhow!("the plan returned no output")))?;
+        let view = output
+            .to_plain_array_view::<f32>()
+            .map_err(inference_failed)?;
+        take(&mut view.iter().copied());
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Denoiser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Denoiser")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,215 @@
+//! Raw frame streams, as camera tools write them (`rpicam-vid --codec yuv420 -o -`), denoised
+//! frame by frame on worker threads, in order, with a bounded number of frames in memory.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::str::FromStr;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use crate::{Denoiser, Error};
+
+/// Layout of one raw frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameFormat {
+    /// 8-bit luma only, `width * height` bytes.
+    Gray8,
+    /// Planar YUV 4:2:0 (I420): the luma plane, then U and V at half width and height (rounded
+    /// up), rows tightly packed. Only the luma is denoised; the chroma passes through.
+    Yuv420,
+}
+
+impl FromStr for FrameFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gray8" | "gray" | "y8" => Ok(Self::Gray8),
+            "yuv420" | "i420" => Ok(Self::Yuv420),
+            _ => Err(format!("unknown frame format {s:?}: use gray8 or yuv420")),
+        }
+    }
+}
+
+impl FrameFormat {
+    /// Bytes of one `width x height` frame.
+    pub fn frame_bytes(self, width: usize, height: usize) -> usize {
+        match self {
+            Self::Gray8 => width * height,
+            Self::Yuv420 => width * height + 2 * width.div_ceil(2) * height.div_ceil(2),
+        }
+    }
+}
+
+/// What [`denoise_stream`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSummary {
+    /// Frames read, denoised and written.
+    pub frames: usize,
+}
+
+/// Reads as many bytes as `buf` holds, short only at the end of the stream; returns the count.
+fn read_frame(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Denoises every frame of `reader` (frames of `format` at the denoiser's size, back to back)
+/// and writes them to `writer` in the same order and format, with `threads` workers (at least
+/// one) each holding at most one frame, and at most `2 * threads + 1` frames in memory in all.
+/// The frame buffers are reused: nothing is allocated per frame.
+///
+/// # Errors
+/// [`Error::ShortFrame`] when the stream ends inside a frame (every complete frame before it
+/// has been written), [`Error::Stream`] for a read or write failure, or the denoiser's error.
+pub fn denoise_stream(
+    denoiser: &Denoiser,
+    format: FrameFormat,
+    mut reader: impl Read + Send,
+    mut writer: impl Write,
+    threads: usize,
+) -> Result<StreamSummary, Error> {
+    let (width, height) = denoiser.frame_size();
+    let (frame_bytes, luma) = (format.frame_bytes(width, height), width * height);
+    let threads = threads.max(1);
+    let in_flight = 2 * threads + 1;
+    let workers: Vec<Denoiser> = (0..threads)
+        .map(|_| denoiser.worker())
+        .collect::<Result<_, _>>()?;
+
+    // Free buffers go around: reader -> workers -> writer -> reader.
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(in_flight);
+    for _ in 0..in_flight {
+        free_tx
+            .send(vec![0; frame_bytes])
+            .map_err(|_| stream_closed("preparing buffers"))?;
+    }
+    let (job_tx, job_rx) = sync_channel::<(usize, Vec<u8>)>(in_flight);
+    let job_rx = std::sync::Mutex::new(job_rx);
+    let (done_tx, done_rx) = sync_channel::<(usize, Result<Vec<u8>, Error>)>(in_flight);
+
+    std::thread::scope(|scope| {
+        let reading = scope.spawn(move || read_frames(&mut reader, &free_rx, &job_tx, frame_bytes));
+        for worker in &workers {
+            let (job_rx, done_tx) = (&job_rx, done_tx.clone());
+            scope.spawn(move || {
+                let mut denoised = vec![0u8; luma];
+                loop {
+                    // Hold the lock only to take a job.
+                    let job = job_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok((index, mut frame))) = job else {
+                        break;
+                    };
+                    let result = worker
+                        .denoise_gray8(&frame[..luma], &mut denoised)
+                        .map(|()| {
+                            frame[..luma].copy_from_slice(&denoised);
+                            frame
+                        });
+                    if done_tx.send((index, result)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let written = write_in_order(&mut writer, &done_rx, &free_tx);
+        // Unblock the reader if the writer stopped early.
+        drop(free_tx);
+        drop(done_rx);
+        let read = reading
+            .join()
+            .unwrap_or_else(|_| Err(stream_closed("reading (the reader panicked)")));
+        let frames = written?;
+        read?;
+        Ok(StreamSummary { frames })
+    })
+}
+
+fn stream_closed(what: &str) -> Error {
+    Error::Stream {
+        what: what.into(),
+        source: io::Error::new(io::ErrorKind::BrokenPipe, "pipeline stopped"),
+    }
+}
+
+/// The reader thread: fills free buffers with frames and hands them to the workers.
+fn read_frames(
+    reader: &mut impl Read,
+    free: &Receiver<Vec<u8>>,
+    jobs: &SyncSender<(usize, Vec<u8>)>,
+    frame_bytes: usize,
+) -> Result<(), Error> {
+    for index in 0.. {
+        // No free buffer: the writer has stopped (an error), nothing more to do.
+        let Ok(mut buf) = free.recv() else {
+            return Ok(());
+        };
+        let got = read_frame(reader, &mut buf).map_err(|source| Error::Stream {
+            what: format!("reading frame {index}"),
+            source,
+        })?;
+        if got == 0 {
+            return Ok(());
+        }
+        if got < frame_bytes {
+            return Err(Error::ShortFrame {
+                index,
+                expected: frame_bytes,
+                got,
+            });
+        }
+        if jobs.send((index, buf)).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The writer (the calling thread): writes denoised frames in their input order and recycles
+/// their buffers. Returns the number of frames written.
+fn write_in_order(
+    writer: &mut impl Write,
+    done: &Receiver<(usize, Result<Vec<u8>, Error>)>,
+    free: &SyncSender<Vec<u8>>,
+) -> Result<usize, Error> {
+    let mut pending = BTreeMap::new();
+    let mut next = 0;
+    for (index, result) in done.iter() {
+        pending.insert(index, result?);
+        while let Some(frame) = pending.remove(&next) {
+            writer
+                .write_all(&frame)
+                .and_then(|()| writer.flush())
+                .map_err(|source| Error::Stream {
+                    what: format!("writing frame {next}"),
+                    source,
+                })?;
+            next += 1;
+            // The reader may have finished and dropped its end: then the buffer is not needed.
+            free.send(frame).ok();
+        }
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_sizes() {
+        assert_eq!(FrameFormat::Gray8.frame_bytes(640, 480), 307_200);
+        assert_eq!(FrameFormat::Yuv420.frame_bytes(640, 480), 460_800);
+        assert_eq!(FrameFormat::Yuv420.frame_bytes(5, 3), 15 + 2 * 3 * 2);
+        assert_eq!("yuv420".parse(), Ok(FrameFormat::Yuv420));
+        assert!("rgb".parse::<FrameFormat>().is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! The denoiser path: loading for a frame size, 8-bit frames, streams of frames in order on
+//! worker threads, short final frames, chroma passing through, and image files.
+
+mod common;
+
+use common::{box_blur_model, box_blur_reference, write_model};
+use edge_runtime::frames::{FrameFormat, denoise_stream};
+use edge_runtime::{Denoiser, Error, Image};
+
+fn blur(width: usize, height: usize) -> (tempfile::TempDir, Denoiser) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("denoiser.onnx");
+    write_model(&path, &box_blur_model());
+    let denoiser = Denoiser::load(&path, width, height).expect("loads");
+    (dir, denoiser)
+}
+
+/// Frame `i` of a test stream: different in every frame, so order mistakes show.
+fn frame(i: usize, bytes: usize) -> Vec<u8> {
+    (0..bytes)
+        .map(|j| ((j * 31 + i * 97) % 251) as u8)
+        .collect()
+}
+
+#[test]
+fn gray8_frames_are_denoised_like_the_reference() {
+    let (w, h) = (7, 5);
+    let (_dir, denoiser) = blur(w, h);
+    assert_eq!(denoiser.frame_size(), (7, 5));
+    let input = frame(0, w * h);
+    let mut out = vec![0; w * h];
+    denoiser.denoise_gray8(&input, &mut out).expect("denoises");
+    let expected = box_blur_reference(&input, w, h);
+    let worst = out.iter().zip(&expected).map(|(a, b)| a.abs_diff(*b)).max();
+    assert!(worst <= Some(1), "off by {worst:?}");
+    // The reused buffers give the same answer the second time.
+    let mut again = vec![0; w * h];
+    denoiser
+        .denoise_gray8(&input, &mut again)
+        .expect("denoises");
+    assert_eq!(out, again);
+    let err = denoiser
+        .denoise_gray8(&input[1..], &mut again)
+        .expect_err("short");
+    assert!(matches!(err, Error::PixelCount { actual: 34, .. }), "{err}");
+}
+
+#[test]
+fn a_stream_keeps_its_order_on_many_threads_and_reports_a_short_last_frame() {
+    let (w, h) = (16, 12);
+    let (_dir, denoiser) = blur(w, h);
+    let format = FrameFormat::Yuv420;
+    let size = format.frame_bytes(w, h);
+    let frames: Vec<Vec<u8>> = (0..9).map(|i| frame(i, size)).collect();
+    let mut stream = frames.concat();
+    // Then a frame cut short.
+    stream.extend(frame(9, size / 3));
+    let mut out = Vec::new();
+    let err = denoise_stream(&denoiser, format, stream.as_slice(), &mut out, 4)
+        .expect_err("the last frame is short");
+    assert!(
+        matches!(err, Error::ShortFrame { index: 9, got, expected } if got == size / 3 && expected == size),
+        "{err}"
+    );
+    assert_eq!(out.len(), 9 * size, "every complete frame is written");
+    for (i, (got, sent)) in out.chunks(size).zip(&frames).enumerate() {
+        let luma = w * h;
+        assert_eq!(
+            got[..luma],
+            box_blur_reference(&sent[..luma], w, h)[..],
+            "frame {i}: luma denoised, in order"
+        );
+        assert_eq!(
+            got[luma..],
+            sent[luma..],
+            "frame {i}: chroma passed through"
+        );
+    }
+    // A whole stream: all frames, one thread, same bytes.
+    let mut single = Vec::new();
+    let summary = denoise_stream(
+        &denoiser,
+        format,
+        frames.concat().as_slice(),
+        &mut single,
+        1,
+    )
+    .expect("complete stream");
+    assert_eq!(summary.frames, 9);
+    assert_eq!(single, out);
+    // An empty stream is zero frames, not an error.
+    let summary = denoise_stream(&denoiser, format, &[][..], &mut Vec::new(), 2).expect("empty");
+    assert_eq!(summary.frames, 0);
+}
+
+#[test]
+fn images_are_denoised_and_bad_files_are_errors() {
+    let (dir, denoiser) = blur(6, 4);
+    let pixels: Vec<f32> = frame(3, 24).iter().map(|&p| p as f32 / 255.0).collect();
+    let image = Image::new(6, 4, pixels).expect("image");
+    for name in ["in.png", "in.pgm"] {
+        let path = dir.path().join(name);
+        image.save(&path).expect("writes");
+        let loaded = Image::load(&path).expect("reads back");
+        assert_eq!(loaded.to_gray8(), image.to_gray8(), "{name}");
+        let clean = denoiser.denoise(&loaded).expect("denoises");
+        assert_eq!(
+            clean.to_gray8(),
+            box_blur_reference(&image.to_gray8(), 6, 4),
+            "{name}"
+        );
+    }
+    let wrong = Image::new(4, 6, vec![0.0; 24]).expect("image");
+    assert!(matches!(
+        denoiser.denoise(&wrong),
+        Err(Error::PixelCount { .. })
+    ));
+    let cut = dir.path().join("cut.pgm");
+    std::fs::write(&cut, b"P5\n6 4\n255\n0123").expect("write");
+    let err = Image::load(&cut).expect_err("truncated");
+    assert!(
+        err.to_string().contains("4 of its 6x4 = 24 pixels"),
+        "{err}"
+    );
+    let junk = dir.path().join("junk.png");
+    std::fs::write(&junk, b"not a png").expect("write");
+    assert!(matches!(Image::load(&junk), Err(Error::ReadImage { .. })));
+}
+
+#[test]
+fn a_model_that_is_not_a_denoiser_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("decoder.onnx");
+    write_model(&path, &common::decoder_model(common::Batch::Dynamic));
+    let err = Denoiser::load(&path, 28, 28).expect_err("a decoder is not a denoiser");
+    assert!(
+        matches!(err, Error::PrepareModel { .. } | Error::NotADecoder { .. }),
+        "{err}"
+    );
+    let missing = Denoiser::load(dir.path().join("none.onnx"), 8, 8).expect_err("missing");
+    assert!(matches!(missing, Error::ReadModel { .. }), "{missing}");
+}
