@@ -375,3 +375,140 @@ fn summary(report: &exporter::Report) -> String {
         report.q8.macs
     )
 }
+
+/// Runs a cross-built `edge denoise` for `pi` under qemu-user on a gray8 stream; returns stdout.
+fn denoise_on_pi(pi: PiTarget, onnx: &Path, stream: &Path, (w, h): (usize, usize)) -> Vec<u8> {
+    let edge = target_dir().join(pi.triple).join("release/edge");
+    let [program, args @ ..] = pi.qemu else {
+        unreachable!("a qemu command line");
+    };
+    let out = Command::new(program)
+        .args(args)
+        .arg(&edge)
+        .args(["denoise", "--format", "gray8", "--threads", "2", "--size"])
+        .arg(format!("{w}x{h}"))
+        .arg("--model")
+        .arg(onnx)
+        .arg("--input")
+        .arg(stream)
+        .output()
+        .expect("run the Pi build");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        pi.triple,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The camera path: train the denoiser on the bundled photographs for a few hundred patches,
+/// export it (symbolic height and width), and denoise a noisy stream of a held-out photograph
+/// with `edge denoise` on x86_64 and on both Raspberry Pi builds: the same 8-bit frames as Burn
+/// gives (within one level: rounding of float differences at .5), and cleaner than the input.
+#[test]
+fn camera_denoiser_from_photographs_to_the_pi() {
+    use trainer::{
+        model::CameraDenoiserConfig,
+        natural::{self, add_noise},
+        rng::SplitMix64,
+    };
+    let work = scratch_dir("camera");
+    let (run_dir, out_dir) = (work.join("run"), work.join("export"));
+    let device = Device::flex();
+    let config = TrainingConfig::new(ModelConfig::CameraDenoiser(
+        CameraDenoiserConfig::new()
+            .with_channels(8)
+            .with_patch(32)
+            .with_patches_per_epoch(2048),
+    ))
+    .with_epochs(1)
+    .with_batch_size(32)
+    .with_learning_rate(3e-3);
+    let model = training::train(&config, &natural::bundled_dir(), &run_dir, &device, |_| {})
+        .expect("training");
+    let options = ExportOptions {
+        data_dir: data::bundled_dir(),
+        calibration: 0,
+        check: 0,
+        ort_dylib: Some(ort_dylib()),
+    };
+    let exported = export_run(&run_dir, &out_dir, &options).expect("export");
+    let exporter::Exported::Denoiser(report) = exported else {
+        panic!("a camera denoiser exports a denoiser");
+    };
+    assert_eq!(report.onnx_parity.len(), 2, "tract and ORT checked");
+    let onnx = out_dir.join("denoiser.onnx");
+
+    // Three noisy 96x64 frames cut from the held-out photograph of a camera man.
+    let camera = &natural::load(&natural::bundled_dir(), &["camera.png"]).expect("photo")[0];
+    let (w, h) = (96, 64);
+    let mut rng = SplitMix64(5);
+    let mut clean = Vec::new();
+    let mut noisy = Vec::new();
+    for f in 0..3 {
+        let crop: Vec<f32> = (0..h)
+            .flat_map(|y| camera.pixels[(200 + y) * camera.width + 100 + 60 * f..][..w].to_vec())
+            .collect();
+        noisy.extend(add_noise(&crop, 25.0, &mut rng));
+        clean.extend(crop);
+    }
+    let to_u8 = |v: &[f32]| -> Vec<u8> {
+        v.iter()
+            .map(|p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect()
+    };
+    let stream = work.join("noisy.y8");
+    fs::write(&stream, to_u8(&noisy)).expect("write stream");
+
+    // Burn, the reference.
+    let input = Tensor::<1>::from_floats(noisy.as_slice(), &device).reshape([3, 1, h, w]);
+    let burn = to_u8(
+        &model
+            .reconstruct(input)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32"),
+    );
+    let psnr = |a: &[u8]| {
+        let mse = a
+            .iter()
+            .zip(&clean)
+            .map(|(&p, &c)| (p as f64 / 255.0 - c as f64).powi(2))
+            .sum::<f64>()
+            / clean.len() as f64;
+        10.0 * (1.0 / mse).log10()
+    };
+    let (noisy_db, burn_db) = (psnr(&to_u8(&noisy)), psnr(&burn));
+    assert!(
+        burn_db > noisy_db + 1.0,
+        "denoised {burn_db:.2} dB vs noisy {noisy_db:.2} dB"
+    );
+
+    // The edge runtime on this machine, through the library: the stream path with 2 workers.
+    let denoiser = edge_runtime::Denoiser::load(&onnx, w, h).expect("load the denoiser");
+    let mut x86 = Vec::new();
+    let frames_done = edge_runtime::frames::denoise_stream(
+        &denoiser,
+        edge_runtime::frames::FrameFormat::Gray8,
+        fs::File::open(&stream).expect("stream"),
+        &mut x86,
+        2,
+    )
+    .expect("denoise the stream");
+    assert_eq!(frames_done.frames, 3);
+    let within_one = |name: &str, got: &[u8]| {
+        assert_eq!(got.len(), burn.len(), "{name}: frame bytes");
+        let worst = got.iter().zip(&burn).map(|(a, b)| a.abs_diff(*b)).max();
+        assert!(worst <= Some(1), "{name} vs Burn: off by {worst:?} levels");
+    };
+    within_one("edge x86_64", &x86);
+    for pi in [AARCH64, ARMV7] {
+        let got = denoise_on_pi(pi, &onnx, &stream, (w, h));
+        within_one(pi.triple, &got);
+    }
+    eprintln!(
+        "camera denoiser: noisy {noisy_db:.2} dB -> {burn_db:.2} dB; ONNX parity tract {:e}, ORT {:e}",
+        report.onnx_parity[0].max_abs_diff, report.onnx_parity[1].max_abs_diff
+    );
+}
