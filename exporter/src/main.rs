@@ -5,9 +5,11 @@ use anyhow::Context;
 use clap::Parser;
 use exporter::{ExportOptions, Exported, export_run};
 
-/// Exports a run directory: for a conv VAE, decoder.onnx (checked with tract and ONNX Runtime
-/// against Burn) and decoder.q8 (int8, checked against the float decoder); for a camera denoiser,
-/// denoiser.onnx (any frame size, checked the same way); and report.json.
+/// Exports a run directory, every file checked with tract and ONNX Runtime against Burn first:
+/// conv VAE: encoder.onnx, decoder.onnx and decoder.q8 (int8, checked against the float
+/// decoder); camera denoiser: denoiser.onnx (any frame size); dense/conv AE and FC VAE:
+/// encoder.onnx and decoder.onnx; denoising AE: denoiser.onnx; super-resolution AE:
+/// upscaler.onnx; and report.json.
 #[derive(Parser)]
 #[command(
     version,
@@ -55,14 +57,29 @@ fn main() -> anyhow::Result<()> {
     let exported = export_run(&cli.run, &cli.out, &options)
         .with_context(|| format!("exporting {}", cli.run.display()))?;
     println!("{:<24} {:>12}", "check", "result");
-    let parity = match &exported {
-        Exported::Decoder(r) => &r.onnx_parity,
-        Exported::Denoiser(r) => &r.onnx_parity,
-    };
-    for p in parity {
+    let mut checked: Vec<(String, &exporter::Parity)> = Vec::new();
+    match &exported {
+        Exported::Decoder(r) => {
+            checked.extend(r.onnx_parity.iter().map(|p| ("decoder".into(), p)));
+            if let Some(a) = &r.onnx_encoder {
+                checked.extend(a.onnx_parity.iter().map(|p| (a.kind.clone(), p)));
+            }
+        }
+        Exported::Denoiser(r) => {
+            checked.extend(r.onnx_parity.iter().map(|p| ("denoiser".into(), p)))
+        }
+        Exported::Onnx(r) => {
+            for a in &r.artifacts {
+                checked.extend(a.onnx_parity.iter().map(|p| (a.kind.clone(), p)));
+            }
+        }
+    }
+    for (kind, p) in checked {
         println!(
             "{:<24} {:>12.2e}  max |diff| vs Burn over {} inputs",
-            p.runtime, p.max_abs_diff, p.inputs
+            format!("{kind}: {}", p.runtime),
+            p.max_abs_diff,
+            p.inputs
         );
     }
     match &exported {
@@ -78,6 +95,10 @@ fn main() -> anyhow::Result<()> {
             "{:<24} {:>12}  frame sizes checked {:?}",
             "denoiser MACs/pixel", report.macs_per_pixel, report.checked_sizes
         ),
+        Exported::Onnx(report) => {
+            let files: Vec<&str> = report.artifacts.iter().map(|a| a.file.as_str()).collect();
+            println!("{} files: {}", report.family, files.join(", "));
+        }
     }
     println!("wrote {}", cli.out.display());
     Ok(())

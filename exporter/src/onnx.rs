@@ -24,11 +24,12 @@ pub const NOISY_INPUT: &str = "noisy";
 /// Name of the denoiser's output in the files we write.
 pub const DENOISED_OUTPUT: &str = "denoised";
 
-/// Renames graph input 0 and output 0 everywhere they are used (to `names`), rewrites the
-/// nearest upsampling, and records metadata.
+/// Renames the graph's inputs and outputs everywhere they are used (to `inputs` and `outputs`,
+/// in order), rewrites the nearest upsampling, and records metadata.
 fn post_process(
     bytes: &[u8],
-    names: [&str; 2],
+    inputs: &[&str],
+    outputs: &[&str],
     metadata: &[(&str, String)],
 ) -> anyhow::Result<Vec<u8>> {
     let mut model = ModelProto::parse_from_bytes(bytes).context("re-reading the exported ONNX")?;
@@ -36,23 +37,22 @@ fn post_process(
         .graph
         .as_mut()
         .ok_or_else(|| anyhow!("exported ONNX has no graph"))?;
-    if graph.input.len() != 1 || graph.output.len() != 1 {
+    if graph.input.len() != inputs.len() || graph.output.len() != outputs.len() {
         bail!(
-            "expected one input and one output, got {} and {}",
+            "expected {} inputs and {} outputs, got {} and {}",
+            inputs.len(),
+            outputs.len(),
             graph.input.len(),
             graph.output.len()
         );
     }
-    let renames = [
-        (
-            std::mem::replace(&mut graph.input[0].name, names[0].into()),
-            names[0],
-        ),
-        (
-            std::mem::replace(&mut graph.output[0].name, names[1].into()),
-            names[1],
-        ),
-    ];
+    let mut renames = Vec::new();
+    for (value, &name) in graph.input.iter_mut().zip(inputs) {
+        renames.push((std::mem::replace(&mut value.name, name.into()), name));
+    }
+    for (value, &name) in graph.output.iter_mut().zip(outputs) {
+        renames.push((std::mem::replace(&mut value.name, name.into()), name));
+    }
     for node in graph.node.iter_mut() {
         for name in node.input.iter_mut().chain(node.output.iter_mut()) {
             if let Some((_, new)) = renames.iter().find(|(old, _)| old == name) {
@@ -180,7 +180,8 @@ pub fn export_decoder(decoder: &ConvDecoder, run_dir: &Path) -> anyhow::Result<V
         .map_err(|e| anyhow!("burn-onnx export failed: {e}"))?;
     post_process(
         model.as_bytes(),
-        [LATENT_INPUT, IMAGE_OUTPUT],
+        &[LATENT_INPUT],
+        &[IMAGE_OUTPUT],
         &[
             ("kind", "decoder".into()),
             ("latent_size", latent.to_string()),
@@ -236,7 +237,8 @@ pub fn export_denoiser(model: &CameraDenoiser, run_dir: &Path) -> anyhow::Result
         .map_err(|e| anyhow!("burn-onnx export failed: {e}"))?;
     post_process(
         onnx.as_bytes(),
-        [NOISY_INPUT, DENOISED_OUTPUT],
+        &[NOISY_INPUT],
+        &[DENOISED_OUTPUT],
         &[
             ("kind", "denoiser".into()),
             ("input_shape", "[batch,1,height,width]".into()),
@@ -249,8 +251,20 @@ pub fn export_denoiser(model: &CameraDenoiser, run_dir: &Path) -> anyhow::Result
     )
 }
 
-/// Runs an ONNX model with one input with tract on `input` of `shape`.
+/// Runs an ONNX model with one input with tract on `input` of `shape`; returns output 0.
 pub fn tract_once(model_bytes: &[u8], shape: &[usize], input: &[f32]) -> anyhow::Result<Vec<f32>> {
+    Ok(tract_all(model_bytes, shape, input)?
+        .into_iter()
+        .next()
+        .unwrap_or_default())
+}
+
+/// Runs an ONNX model with one input with tract on `input` of `shape`; returns every output.
+pub fn tract_all(
+    model_bytes: &[u8],
+    shape: &[usize],
+    input: &[f32],
+) -> anyhow::Result<Vec<Vec<f32>>> {
     use tract_onnx::prelude::*;
     let plan = tract_onnx::onnx()
         .model_for_read(&mut &model_bytes[..])?
@@ -258,28 +272,108 @@ pub fn tract_once(model_bytes: &[u8], shape: &[usize], input: &[f32]) -> anyhow:
         .into_optimized()?
         .into_runnable()?;
     let result = plan.run(tvec!(Tensor::from_shape(shape, input)?.into_tvalue()))?;
-    Ok(result[0]
-        .to_plain_array_view::<f32>()?
+    result
         .iter()
-        .copied()
-        .collect())
+        .map(|t| Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect()))
+        .collect()
 }
 
 /// Runs an ONNX model with one input with ONNX Runtime (loaded from `dylib`) on `input` of
-/// `shape`.
+/// `shape`; returns output 0.
 pub fn ort_once(
     onnx: &[u8],
     shape: &[usize],
     input: &[f32],
     dylib: &Path,
 ) -> anyhow::Result<Vec<f32>> {
+    Ok(ort_all(onnx, shape, input, dylib)?
+        .into_iter()
+        .next()
+        .unwrap_or_default())
+}
+
+/// Runs an ONNX model with one input with ONNX Runtime on `input` of `shape`; returns every
+/// output.
+pub fn ort_all(
+    onnx: &[u8],
+    shape: &[usize],
+    input: &[f32],
+    dylib: &Path,
+) -> anyhow::Result<Vec<Vec<f32>>> {
     let mut session =
         ort::session::Session::builder(ort_environment(dylib)?)?.commit_from_memory(onnx)?;
     let input =
         ort::value::Tensor::from_array((shape.to_vec(), input.to_vec().into_boxed_slice()))?;
     let outputs = session.run(ort::inputs![input])?;
-    let (_, values) = outputs[0].try_extract_tensor::<f32>()?;
-    Ok(values.to_vec())
+    let mut all = Vec::new();
+    for (_, value) in outputs.iter() {
+        let (_, values) = value.try_extract_tensor::<f32>()?;
+        all.push(values.to_vec());
+    }
+    Ok(all)
+}
+
+/// Exports `module` as traced through `forward` on `sample` (static shapes, batch 1), with the
+/// inputs and outputs renamed and `metadata` recorded.
+pub fn export_static<M, I, O>(
+    module: &M,
+    sample: I,
+    forward: impl FnOnce(&M, I) -> O,
+    inputs: &[&str],
+    outputs: &[&str],
+    metadata: &[(&str, String)],
+) -> anyhow::Result<Vec<u8>>
+where
+    M: burn::module::Module,
+    I: burn_onnx::export::ExportInput,
+    O: burn_onnx::export::ExportOutput,
+{
+    let model = OnnxExporter::new()
+        .export(module, sample, forward)
+        .map_err(|e| anyhow!("burn-onnx export failed: {e}"))?;
+    post_process(model.as_bytes(), inputs, outputs, metadata)
+}
+
+/// Compares tract and (with `ort_dylib`) ONNX Runtime with Burn's `expected` outputs on each
+/// input of `inputs` (row-major values of `shape`): every output, largest difference.
+pub fn verify_all(
+    onnx: &[u8],
+    shape: &[usize],
+    inputs: &[Vec<f32>],
+    expected: &[Vec<Vec<f32>>],
+    ort_dylib: Option<&Path>,
+) -> anyhow::Result<Vec<Parity>> {
+    let worst = |got: &[Vec<f32>], want: &[Vec<f32>]| {
+        if got.len() != want.len() {
+            return f32::INFINITY;
+        }
+        got.iter()
+            .zip(want)
+            .map(|(g, w)| max_abs_diff(w, g))
+            .fold(0.0, f32::max)
+    };
+    let mut parity = vec![Parity {
+        runtime: "tract".into(),
+        inputs: inputs.len(),
+        max_abs_diff: 0.0,
+    }];
+    if ort_dylib.is_some() {
+        parity.push(Parity {
+            runtime: "onnxruntime".into(),
+            inputs: inputs.len(),
+            max_abs_diff: 0.0,
+        });
+    }
+    for (input, want) in inputs.iter().zip(expected) {
+        let tract = tract_all(onnx, shape, input).context("running the ONNX file with tract")?;
+        parity[0].max_abs_diff = parity[0].max_abs_diff.max(worst(&tract, want));
+        if let Some(dylib) = ort_dylib {
+            let ort = ort_all(onnx, shape, input, dylib)
+                .context("running the ONNX file with ONNX Runtime")?;
+            parity[1].max_abs_diff = parity[1].max_abs_diff.max(worst(&ort, want));
+        }
+    }
+    Ok(parity)
 }
 
 /// Compares tract and (if `ort_dylib` is given) ONNX Runtime with Burn on each noisy frame of

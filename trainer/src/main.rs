@@ -32,6 +32,9 @@ enum Command {
     /// The PCA baseline: fit on the training images, reconstruction MSE on the test images at
     /// each number of components, next to a trained run's at its latent size.
     Pca(PcaArgs),
+    /// Training throughput of every family (or the named ones): images (patches for the camera
+    /// denoiser) per second over a number of Adam steps on the bundled data.
+    Bench(BenchArgs),
     /// Draw a trained run: reconstructions, the latent scatter of the test set coloured by digit,
     /// digits decoded across the 2-d latent plane, loss curves (PNG files).
     Pictures(PicturesArgs),
@@ -47,6 +50,19 @@ struct ResumeArgs {
     /// Dataset directory [default: the bundled MNIST, or data/natural for camera-denoiser].
     #[arg(long)]
     data: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Families to time [default: all].
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(ModelConfig::FAMILIES))]
+    families: Vec<String>,
+    /// Timed optimisation steps per family.
+    #[arg(long, default_value_t = 20)]
+    batches: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
 }
 
 #[derive(clap::Args)]
@@ -183,6 +199,25 @@ fn main() -> anyhow::Result<()> {
             )
             .context("training failed")?;
             eprintln!("wrote {}", args.run.display());
+        }
+        Command::Bench(args) => {
+            let families: Vec<&str> = if args.families.is_empty() {
+                ModelConfig::FAMILIES.to_vec()
+            } else {
+                args.families.iter().map(String::as_str).collect()
+            };
+            println!(
+                "{:<16} {:>10} {:>14}  (batch {}, {} Adam steps, flex CPU backend)",
+                "family", "latent", "examples/s", args.batch_size, args.batches
+            );
+            for family in families {
+                let model = ModelConfig::default_for(family).context("a known family")?;
+                let latent = model.latent().map_or("-".into(), |l| l.to_string());
+                let data = training::bundled_data_dir(&model);
+                let config = TrainingConfig::new(model).with_batch_size(args.batch_size);
+                let rate = training::throughput(&config, &data, args.batches, &Device::flex())?;
+                println!("{family:<16} {latent:>10} {rate:>14.0}");
+            }
         }
         Command::Eval(args) => {
             let device = Device::flex();

@@ -391,6 +391,45 @@ impl Source {
     }
 }
 
+/// Training throughput of `config`'s model: `batches` optimisation steps (after 2 untimed ones)
+/// on real data from `data_dir`, in training examples (images or patches) per second.
+///
+/// # Errors
+/// Unreadable data, or a non-finite loss.
+pub fn throughput(
+    config: &TrainingConfig,
+    data_dir: &Path,
+    batches: usize,
+    device: &Device,
+) -> anyhow::Result<f64> {
+    config.model.validate().map_err(anyhow::Error::msg)?;
+    let source = Source::load(config, data_dir)?;
+    let device = device.clone().autodiff();
+    device.seed(config.seed);
+    let mut model = config.model.init(&device);
+    let mut optim = AdamConfig::new().init();
+    let mut noise = SplitMix64(config.seed);
+    let size = config.batch_size.max(1);
+    let examples = source.examples_per_epoch().max(1);
+    let mut start = Instant::now();
+    for step in 0..batches + 2 {
+        if step == 2 {
+            start = Instant::now();
+        }
+        let chunk: Vec<usize> = (0..size).map(|i| (step * size + i) % examples).collect();
+        let (input, target) = source.training_batch(config, &chunk, &mut noise, &device)?;
+        let output = model.forward(input, true);
+        let loss = loss(config.model.loss_kind(), &output, target);
+        let total = scalar(loss.total.clone());
+        if !total.is_finite() {
+            bail!("loss became {total} at step {step}");
+        }
+        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+        model = optim.step(config.learning_rate, model, grads);
+    }
+    Ok((batches * size) as f64 / start.elapsed().as_secs_f64().max(1e-9))
+}
+
 /// What [`train`] tells its caller while it runs.
 #[derive(Debug, Clone, Copy)]
 pub enum Progress<'a> {

@@ -380,6 +380,26 @@ impl Model {
         }
     }
 
+    /// What the family's encoder gives for clean images: `[mean, log_var]` for VAEs, `[code]` for
+    /// the other autoencoders with a latent, nothing for super-resolution and the camera denoiser
+    /// (the exporter writes this as `encoder.onnx`).
+    ///
+    /// # Shapes
+    /// - images: `[batch, 1, 28, 28]`; outputs: `[batch, latent]` each
+    pub fn encoder_outputs(&self, images: Tensor<4>) -> Vec<Tensor<2>> {
+        match self {
+            Self::FcVae(m) => {
+                let (mean, log_var) = m.encode(flat(images));
+                vec![mean, log_var]
+            }
+            Self::ConvVae(m) => {
+                let (mean, log_var) = m.encoder.forward(images);
+                vec![mean, log_var]
+            }
+            _ => self.encode(images).into_iter().collect(),
+        }
+    }
+
     /// Images decoded from latent codes, in `[0, 1]`; `None` for families without a decoder.
     ///
     /// # Shapes
