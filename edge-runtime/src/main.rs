@@ -526,7 +526,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
 mod ort_bench {
     use std::path::Path;
 
-    use anyhow::{Context, Result};
+    use anyhow::Result;
     use edge_runtime::bench;
 
     /// Times ONNX Runtime on `inputs` of `shape`, cycled.
@@ -538,13 +538,22 @@ mod ort_bench {
         warmup: usize,
         runs: usize,
     ) -> Result<Option<bench::Stats>> {
-        let loading = || format!("loading ONNX Runtime from {}", dylib.display());
-        let env = ort::init_from(dylib)
-            .with_context(loading)?
-            .build()
-            .with_context(loading)?;
+        // ONNX Runtime allows one environment per process: made on first use, then shared.
+        static ENV: std::sync::OnceLock<Result<ort::environment::Environment, String>> =
+            std::sync::OnceLock::new();
+        let env = ENV
+            .get_or_init(|| {
+                let failed =
+                    |e: String| format!("loading ONNX Runtime from {}: {e}", dylib.display());
+                ort::init_from(dylib)
+                    .map_err(|e| failed(e.to_string()))?
+                    .build()
+                    .map_err(|e| failed(e.to_string()))
+            })
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         // One intra-op thread, like tract: a fair single-core comparison.
-        let mut session = ort::session::Session::builder(&env)?
+        let mut session = ort::session::Session::builder(env)?
             .with_intra_threads(1)
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .commit_from_file(model)?;

@@ -79,6 +79,9 @@ fn a_broken_run_is_one_clear_error_and_writes_nothing() {
     let json = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, json.replace("conv-ae", "transformer")).expect("write");
     let err = export_run(&run, &out, &options()).expect_err("unknown family");
-    assert!(format!("{err:#}").contains("unknown model family"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("unknown model family"),
+        "{err:#}"
+    );
     assert!(!out.exists(), "nothing written");
 }

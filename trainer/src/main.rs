@@ -158,10 +158,10 @@ struct TrainArgs {
     /// Denoising AE: standard deviation of the noise [default: 0.5].
     #[arg(long)]
     noise_std: Option<f32>,
-    /// Camera denoiser: feature channels [default: 16].
+    /// Camera denoiser: feature channels [default: 8].
     #[arg(long)]
     channels: Option<usize>,
-    /// Camera denoiser: dilation of each 3x3 layer, comma-separated [default: 1,2,2,1].
+    /// Camera denoiser: dilation of each 3x3 layer, comma-separated [default: 1,2,4,2,1].
     #[arg(long, value_delimiter = ',')]
     dilations: Option<Vec<usize>>,
     /// Camera denoiser: training patches per epoch [default: 16384].

@@ -163,11 +163,12 @@ impl SuperRes {
 #[derive(Config, Debug, PartialEq)]
 pub struct CameraDenoiserConfig {
     /// Feature channels of the hidden layers.
-    #[config(default = 16)]
+    #[config(default = 8)]
     pub channels: usize,
     /// Dilation of each 3x3 convolution, input to output (at least 2 layers). The default
-    /// `[1, 2, 2, 1]` sees 13x13 pixels around each output pixel.
-    #[config(default = "vec![1, 2, 2, 1]")]
+    /// `[1, 2, 4, 2, 1]` sees 21x21 pixels around each output pixel for 1,872 multiply-adds per
+    /// pixel: 640x480 frames at 30+ frames/s on one x86 core with tract (BENCHMARKS.md).
+    #[config(default = "vec![1, 2, 4, 2, 1]")]
     pub dilations: Vec<usize>,
     /// Side of the square training patches.
     #[config(default = 48)]
