@@ -3,7 +3,8 @@
 //! - `config.json`: the [`TrainingConfig`] (model hyper-parameters included), enough to rebuild
 //!   the model exactly;
 //! - `model.bpk`: the weights in Burn's record format (burnpack);
-//! - `metrics.csv`: one row per epoch.
+//! - `metrics.csv`: one row per epoch;
+//! - `optimizer-<epoch>.bpk`: Adam's state after that epoch (burnpack), for an exact resume.
 //!
 //! Every file is written atomically (temporary file in the same directory, then rename), so an
 //! interrupted run never leaves half a file behind.
@@ -26,6 +27,66 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.bpk";
 /// Name of the metrics file in a run directory.
 pub const METRICS_FILE: &str = "metrics.csv";
+
+/// Name of the optimizer checkpoint written after `epoch`.
+pub fn optimizer_file(epoch: usize) -> String {
+    format!("optimizer-{epoch}.bpk")
+}
+
+/// Saves Adam's state after `epoch` into `dir` atomically, then removes the checkpoints of
+/// earlier epochs (the one of `epoch - 1` stays until the caller has recorded `epoch` as done,
+/// see [`prune_optimizer_checkpoints`]).
+pub fn save_optimizer(
+    optimizer: &burn::optim::ModuleOptimizer,
+    epoch: usize,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let bytes = optimizer
+        .to_record()
+        .into_bytes()
+        .map_err(|e| anyhow::anyhow!("cannot serialise the optimizer state: {e}"))?;
+    write_atomic(&dir.join(optimizer_file(epoch)), &bytes)?;
+    Ok(())
+}
+
+/// Removes optimizer checkpoints of epochs other than `keep`.
+pub fn prune_optimizer_checkpoints(dir: &Path, keep: usize) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let epoch = name
+            .strip_prefix("optimizer-")
+            .and_then(|rest| rest.strip_suffix(".bpk"))
+            .and_then(|n| n.parse::<usize>().ok());
+        if epoch.is_some_and(|e| e != keep) {
+            fs::remove_file(entry.path()).ok();
+        }
+    }
+}
+
+/// Adam's state after `epoch`, if the run has it.
+///
+/// # Errors
+/// A checkpoint that exists but does not parse.
+pub fn load_optimizer(
+    dir: &Path,
+    epoch: usize,
+) -> Result<Option<burn::optim::OptimizerRecord>, RunError> {
+    let path = dir.join(optimizer_file(epoch));
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(RunError::Io { path, source }),
+    };
+    burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+        .map(Some)
+        .map_err(|e| RunError::Weights {
+            path,
+            reason: e.to_string(),
+        })
+}
 
 /// Everything a training run was configured with.
 #[derive(Config, Debug)]

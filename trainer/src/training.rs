@@ -18,8 +18,8 @@ use crate::{
     quality::{psnr, ssim},
     rng::SplitMix64,
     run::{
-        METRICS_FILE, TrainingConfig, WEIGHTS_FILE, load_config, load_run, save_config,
-        save_weights, write_atomic,
+        METRICS_FILE, TrainingConfig, WEIGHTS_FILE, load_config, load_optimizer, load_run,
+        prune_optimizer_checkpoints, save_config, save_optimizer, save_weights, write_atomic,
     },
 };
 
@@ -476,9 +476,9 @@ pub fn train(
 /// is then saved in its `config.json`). At most the epoch that was running when it stopped is
 /// lost: weights and metrics are written atomically after every epoch.
 ///
-/// The data order of the remaining epochs is the one the uninterrupted run would have used; the
-/// input noise, the latent sampling noise and Adam's moment estimates start afresh (Adam's state
-/// is not saved).
+/// The data order of the remaining epochs is the one the uninterrupted run would have used, and
+/// Adam continues from its saved state (`optimizer-<epoch>.bpk`; a run without one starts Adam
+/// afresh); the input noise and the latent sampling noise are new draws.
 ///
 /// # Errors
 /// A missing or unreadable run, a `metrics.csv` that does not count epochs 1, 2, ... in order,
@@ -576,6 +576,12 @@ fn run_epochs(
         }
     };
     let mut optim = AdamConfig::new().init();
+    if done > 0 {
+        // Adam's moments as they were after the last completed epoch, when the run has them.
+        if let Some(record) = load_optimizer(out, done)? {
+            optim = optim.load_record(record);
+        }
+    }
     let loss_kind: LossKind = config.model.loss_kind();
     // The input noise has its own stream, so the data order does not depend on the family.
     let mut noise_rng = SplitMix64(config.seed ^ 0xC0FF_EE00 ^ ((done as u64) << 32));
@@ -628,9 +634,13 @@ fn run_epochs(
             images_per_second: n / train_seconds,
             seconds: start.elapsed().as_secs_f64(),
         };
+        // Optimizer, weights, then the metrics row that marks the epoch done: a run killed in
+        // between resumes from the previous epoch, whose optimizer checkpoint is still there.
+        save_optimizer(&optim, epoch, out)?;
         save_weights(&model.valid(), out)?;
         metrics_csv.push_str(&m.csv_row());
         write_atomic(&out.join(METRICS_FILE), metrics_csv.as_bytes())?;
+        prune_optimizer_checkpoints(out, epoch);
         report(Progress::Epoch(&m));
     }
     Ok(model.valid())
