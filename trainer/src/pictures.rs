@@ -498,20 +498,20 @@ pub fn write_pictures(
     let corruption = config.model.corruption();
     let input = corruption.apply(clean.clone(), &mut crate::rng::SplitMix64(1));
     let output = model.reconstruct(input.clone());
-    let names = match corruption {
-        Corruption::None => ["", "input", "output"],
-        Corruption::Noise { .. } => ["noisy", "denoised", "clean"],
-        Corruption::Downsample => ["low-res", "upscaled", "original"],
+    let (input, output, clean) = (to_images(input)?, to_images(output)?, to_images(clean)?);
+    let rows = match corruption {
+        Corruption::None => vec![("input", clean), ("output", output)],
+        Corruption::Noise { .. } => {
+            vec![("noisy", input), ("denoised", output), ("clean", clean)]
+        }
+        Corruption::Downsample => {
+            vec![
+                ("low-res", input),
+                ("upscaled", output),
+                ("original", clean),
+            ]
+        }
     };
-    let mut rows = Vec::new();
-    if corruption != Corruption::None {
-        rows.push((names[0], to_images(input)?));
-    }
-    rows.push((names[1], to_images(output)?));
-    rows.push((names[2], to_images(clean)?));
-    if corruption == Corruption::None {
-        rows.reverse();
-    }
     save("reconstructions.png", &reconstructions(&rows))?;
 
     if config.model.latent() == Some(2) {
@@ -567,6 +567,25 @@ fn camera_crops(model: &Model, data_dir: &Path, device: &Device) -> anyhow::Resu
         ("denoised", denoised),
         ("clean", clean),
     ]))
+}
+
+/// The rows of `reconstructions.png`, top to bottom: what the model saw (when it is not the clean
+/// image), what it made, and the clean image.
+fn labelled_rows(
+    corruption: Corruption,
+    input: Vec<Image>,
+    output: Vec<Image>,
+    clean: Vec<Image>,
+) -> Vec<(&'static str, Vec<Image>)> {
+    match corruption {
+        Corruption::None => vec![("input", clean), ("output", output)],
+        Corruption::Noise { .. } => {
+            vec![("noisy", input), ("denoised", output), ("clean", clean)]
+        }
+        Corruption::Downsample => {
+            vec![("low-res", input), ("upscaled", output), ("original", clean)]
+        }
+    }
 }
 
 /// A batch of square single-channel images as one vector each.
@@ -650,6 +669,15 @@ mod tests {
             samples(&model, 2, 5, 1, &device).expect("decodes"),
             "seeded"
         );
+    }
+
+    #[test]
+    fn rows_are_labelled_with_what_they_show() {
+        let (i, o, c) = (vec![vec![0.1]], vec![vec![0.2]], vec![vec![0.3]]);
+        let rows = labelled_rows(Corruption::None, i.clone(), o.clone(), c.clone());
+        assert_eq!(rows, [("input", c.clone()), ("output", o.clone())]);
+        let rows = labelled_rows(Corruption::Downsample, i.clone(), o.clone(), c.clone());
+        assert_eq!(rows, [("low-res", i), ("upscaled", o), ("original", c)]);
     }
 
     #[test]
