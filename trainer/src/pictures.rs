@@ -498,20 +498,12 @@ pub fn write_pictures(
     let corruption = config.model.corruption();
     let input = corruption.apply(clean.clone(), &mut crate::rng::SplitMix64(1));
     let output = model.reconstruct(input.clone());
-    let (input, output, clean) = (to_images(input)?, to_images(output)?, to_images(clean)?);
-    let rows = match corruption {
-        Corruption::None => vec![("input", clean), ("output", output)],
-        Corruption::Noise { .. } => {
-            vec![("noisy", input), ("denoised", output), ("clean", clean)]
-        }
-        Corruption::Downsample => {
-            vec![
-                ("low-res", input),
-                ("upscaled", output),
-                ("original", clean),
-            ]
-        }
-    };
+    let rows = labelled_rows(
+        corruption,
+        to_images(input)?,
+        to_images(output)?,
+        to_images(clean)?,
+    );
     save("reconstructions.png", &reconstructions(&rows))?;
 
     if config.model.latent() == Some(2) {
@@ -583,7 +575,11 @@ fn labelled_rows(
             vec![("noisy", input), ("denoised", output), ("clean", clean)]
         }
         Corruption::Downsample => {
-            vec![("low-res", input), ("upscaled", output), ("original", clean)]
+            vec![
+                ("low-res", input),
+                ("upscaled", output),
+                ("original", clean),
+            ]
         }
     }
 }
