@@ -61,6 +61,15 @@ pub enum Error {
         actual: usize,
     },
 
+    /// An input with the wrong number of values for the model.
+    #[error("the model takes {expected} input values, got {actual}")]
+    InputLength {
+        /// Values the model's input has.
+        expected: usize,
+        /// Values given.
+        actual: usize,
+    },
+
     /// A latent vector holds NaN or an infinity.
     #[error("latent value #{index} is {value}, not a finite number")]
     NonFiniteLatent {

@@ -35,8 +35,10 @@ mod error;
 pub mod frames;
 mod image;
 pub mod latents;
+mod model;
 
 pub use decoder::Decoder;
 pub use denoiser::Denoiser;
 pub use error::{Error, TractFailure};
 pub use image::{Image, ImageFormat, write_atomically};
+pub use model::OnnxModel;

@@ -7,7 +7,9 @@ use anyhow::bail;
 use anyhow::{Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use edge_runtime::frames::{self, FrameFormat};
-use edge_runtime::{Decoder, Denoiser, Image, ImageFormat, bench, latents, write_atomically};
+use edge_runtime::{
+    Decoder, Denoiser, Image, ImageFormat, OnnxModel, bench, latents, write_atomically,
+};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -64,6 +66,14 @@ enum Command {
     /// writes it) or image files with the camera-frame denoiser.
     #[command(after_help = DENOISE_EXAMPLES)]
     Denoise(DenoiseArgs),
+    /// Encodes digit images (PNG/PGM, 28x28) into latent vectors with an exported encoder: CSV,
+    /// one vector per line after a `# file` comment (what `generate --latents` reads).
+    Encode(EncodeArgs),
+    /// Upscales low-resolution digit images (14x14) to 28x28 with an exported upscaler.
+    Upscale(UpscaleArgs),
+    /// Scores images by how badly an autoencoder rebuilds them (mean squared pixel error through
+    /// encoder.onnx then decoder.onnx): digits it learned score low, anything else high.
+    Anomaly(AnomalyArgs),
     /// Times a decoder: latency percentiles and digits per second, with tract and (when built
     /// with the `ort` feature and given the library) ONNX Runtime on the same latents.
     #[command(after_help = BENCH_EXAMPLES)]
@@ -140,6 +150,168 @@ struct DenoiseArgs {
     /// Worker threads for a stream (frames in flight, written in order).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     threads: u32,
+}
+
+#[derive(Debug, Args)]
+struct EncodeArgs {
+    /// ONNX encoder written by the exporter (`encoder.onnx`; a VAE's writes the mean).
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// Image files (.png, .pgm) or folders of them.
+    #[arg(value_name = "IMAGE", required = true)]
+    images: Vec<PathBuf>,
+    /// CSV file to write [default: stdout].
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct UpscaleArgs {
+    /// ONNX upscaler written by the exporter (`upscaler.onnx`).
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// Image files (.png, .pgm) or folders of them, of the upscaler's input size.
+    #[arg(value_name = "IMAGE", required = true)]
+    images: Vec<PathBuf>,
+    /// Output folder, one image per input with its name.
+    #[arg(long, value_name = "DIR", default_value = "upscaled")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct AnomalyArgs {
+    /// ONNX encoder (`encoder.onnx`).
+    #[arg(long, value_name = "FILE")]
+    encoder: PathBuf,
+    /// ONNX decoder (`decoder.onnx`) of the same run.
+    #[arg(long, value_name = "FILE")]
+    decoder: PathBuf,
+    /// Image files (.png, .pgm, 28x28) or folders of them.
+    #[arg(value_name = "IMAGE", required = true)]
+    images: Vec<PathBuf>,
+    /// Flag images whose score is above this.
+    #[arg(long, value_parser = positive)]
+    threshold: Option<f32>,
+}
+
+/// The images of `files`, each checked to be `width x height` (the model's input).
+fn load_sized(file: &Path, (width, height): (usize, usize)) -> Result<Image> {
+    let image = Image::load(file)?;
+    if (image.width(), image.height()) != (width, height) {
+        bail!(
+            "{} is {}x{}, the model takes {width}x{height}",
+            file.display(),
+            image.width(),
+            image.height()
+        );
+    }
+    Ok(image)
+}
+
+/// `(width, height)` of a model input `[1, 1, H, W]`.
+fn image_input(model: &OnnxModel, path: &Path) -> Result<(usize, usize)> {
+    match model.input_shape() {
+        [1, 1, h, w] => Ok((*w, *h)),
+        other => bail!(
+            "{} takes {other:?}, not an image [1, 1, H, W]",
+            path.display()
+        ),
+    }
+}
+
+fn encode(args: &EncodeArgs) -> Result<()> {
+    let model = OnnxModel::load(&args.model, None).context("loading the encoder")?;
+    let size = image_input(&model, &args.model)?;
+    let mut csv = String::new();
+    for file in image_files(&args.images)? {
+        let image = load_sized(&file, size)?;
+        let outputs = model
+            .run(image.pixels())
+            .with_context(|| format!("encoding {}", file.display()))?;
+        let latent = outputs.first().context("the encoder has an output")?;
+        let values: Vec<String> = latent.iter().map(|v| format!("{v}")).collect();
+        csv.push_str(&format!("# {}\n{}\n", file.display(), values.join(",")));
+    }
+    match &args.out {
+        Some(path) => write_atomically(path, csv.as_bytes())?,
+        None => print!("{csv}"),
+    }
+    Ok(())
+}
+
+fn upscale(args: &UpscaleArgs) -> Result<()> {
+    let model = OnnxModel::load(&args.model, None).context("loading the upscaler")?;
+    let size = image_input(&model, &args.model)?;
+    let [_, _, h, w] = model
+        .output_shapes()
+        .first()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    else {
+        bail!(
+            "{} does not output an image [1, 1, H, W]",
+            args.model.display()
+        );
+    };
+    let (h, w) = (*h, *w);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    for file in image_files(&args.images)? {
+        let image = load_sized(&file, size)?;
+        let mut outputs = model
+            .run(image.pixels())
+            .with_context(|| format!("upscaling {}", file.display()))?;
+        let pixels = outputs.swap_remove(0);
+        let target = args
+            .out
+            .join(file.file_name().context("an image file has a name")?);
+        Image::new(w, h, pixels)?.save(&target)?;
+        println!("{} -> {} ({w}x{h})", file.display(), target.display());
+    }
+    Ok(())
+}
+
+fn anomaly(args: &AnomalyArgs) -> Result<()> {
+    let encoder = OnnxModel::load(&args.encoder, None).context("loading the encoder")?;
+    let size = image_input(&encoder, &args.encoder)?;
+    let decoder = Decoder::load(&args.decoder).context("loading the decoder")?;
+    if decoder.image_size() != size {
+        bail!(
+            "the decoder makes {:?} images, the encoder takes {size:?}",
+            decoder.image_size()
+        );
+    }
+    println!("{:>10}  image", "score");
+    let mut flagged = 0;
+    let files = image_files(&args.images)?;
+    for file in &files {
+        let image = load_sized(file, size)?;
+        let latent = encoder
+            .run(image.pixels())
+            .with_context(|| format!("encoding {}", file.display()))?
+            .swap_remove(0);
+        let rebuilt = decoder
+            .decode(&latent)
+            .with_context(|| format!("decoding {}", file.display()))?;
+        let score = image
+            .pixels()
+            .iter()
+            .zip(rebuilt.pixels())
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>()
+            / image.pixels().len() as f32;
+        let flag = args.threshold.is_some_and(|t| score > t);
+        flagged += usize::from(flag);
+        println!(
+            "{score:>10.5}  {}{}",
+            file.display(),
+            if flag { "  ANOMALY" } else { "" }
+        );
+    }
+    if let Some(threshold) = args.threshold {
+        println!("{flagged} of {} above {threshold}", files.len());
+    }
+    Ok(())
 }
 
 /// `WIDTHxHEIGHT`, both at least 1.
@@ -279,6 +451,9 @@ fn main() -> Result<()> {
         Command::Generate(args) => generate(&args),
         Command::Bench(args) => bench(&args),
         Command::Denoise(args) => denoise(&args),
+        Command::Encode(args) => encode(&args),
+        Command::Upscale(args) => upscale(&args),
+        Command::Anomaly(args) => anomaly(&args),
     }
 }
 

@@ -488,3 +488,132 @@ fn denoise_pipes_a_raw_stream_and_denoises_image_folders() {
         stderr(&out)
     );
 }
+
+#[test]
+fn encode_upscale_and_anomaly_run_their_models() {
+    let dir = workspace();
+    let path = |name: &str| dir.path().join(name);
+    common::write_model(&path("encoder.onnx"), &common::encoder_model());
+    common::write_model(&path("upscaler.onnx"), &common::upscaler_model());
+    std::fs::create_dir(path("digits")).expect("mkdir");
+    let digit: Vec<f32> = (0..PIXELS)
+        .map(|j| ((j * 13) % 256) as f32 / 255.0)
+        .collect();
+    let digit = edge_runtime::Image::new(SIDE, SIDE, digit).expect("image");
+    digit.save(path("digits/a.pgm")).expect("write");
+    edge_runtime::Image::new(SIDE, SIDE, vec![0.0; PIXELS])
+        .expect("image")
+        .save(path("digits/b.png"))
+        .expect("write");
+
+    // encode: a `# file` comment, then the vector, for each image; `generate --latents` reads it.
+    let out = edge(
+        dir.path(),
+        &[
+            "encode",
+            "--model",
+            "encoder.onnx",
+            "digits",
+            "--out",
+            "z.csv",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = std::fs::read_to_string(path("z.csv")).expect("csv");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(
+        lines[0].starts_with('#') && lines[0].ends_with("a.pgm"),
+        "{csv}"
+    );
+    let z: Vec<f32> = lines[1]
+        .split(',')
+        .map(|v| v.parse().expect("number"))
+        .collect();
+    let want = common::encoder_reference(
+        &digit
+            .to_gray8()
+            .iter()
+            .map(|&p| p as f32 / 255.0)
+            .collect::<Vec<_>>(),
+    );
+    assert!(max_abs_diff(&z, &want) < ATOL, "{z:?} vs {want:?}");
+    let out = edge(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            "decoder.onnx",
+            "--latents",
+            "z.csv",
+            "--sheet",
+            "back.png",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // anomaly: the score is the mean squared error of decode(encode(image)).
+    let out = edge(
+        dir.path(),
+        &[
+            "anomaly",
+            "--encoder",
+            "encoder.onnx",
+            "--decoder",
+            "decoder.onnx",
+            "digits",
+            "--threshold",
+            "0.1",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let score = |name: &str| -> f32 {
+        let line = report
+            .lines()
+            .find(|l| l.contains(name))
+            .expect("a row per image");
+        line.split_whitespace()
+            .next()
+            .expect("score")
+            .parse()
+            .expect("number")
+    };
+    let blank = common::expected_pixels(&common::encoder_reference(&[0.0; PIXELS]));
+    let want_b = blank.iter().map(|p| p * p).sum::<f32>() / PIXELS as f32;
+    assert!((score("b.png") - want_b).abs() < 1e-4, "{report}");
+    assert!(report.contains("of 2 above 0.1"), "{report}");
+
+    // upscale: 14x14 in, 28x28 out, nearest neighbour.
+    std::fs::create_dir(path("low")).expect("mkdir");
+    let low: Vec<f32> = (0..196).map(|j| j as f32 / 255.0).collect();
+    edge_runtime::Image::new(14, 14, low)
+        .expect("image")
+        .save(path("low/x.pgm"))
+        .expect("write");
+    let out = edge(
+        dir.path(),
+        &["upscale", "--model", "upscaler.onnx", "low", "--out", "up"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let up = edge_runtime::Image::load(path("up/x.pgm")).expect("upscaled");
+    assert_eq!((up.width(), up.height()), (28, 28));
+    let px = up.to_gray8();
+    // Output pixel (x, y) is input pixel (x / 2, y / 2), whose value is its index y/2 * 14 + x/2.
+    assert_eq!(
+        (px[0], px[1], px[2], px[28], px[783]),
+        (0, 0, 1, 0, 13 * 14 + 13)
+    );
+
+    // A 28x28 image is not an upscaler input: a clear error naming it.
+    let out = edge(
+        dir.path(),
+        &["upscale", "--model", "upscaler.onnx", "digits/a.pgm"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("a.pgm is 28x28, the model takes 14x14"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -238,3 +238,91 @@ pub fn box_blur_reference(frame: &[u8], width: usize, height: usize) -> Vec<u8> 
         })
         .collect()
 }
+
+fn int64_tensor(name: &str, values: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: vec![values.len() as i64],
+        data_type: DataType::Int64 as i32,
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn opset13(graph: GraphProto) -> ModelProto {
+    ModelProto {
+        ir_version: 8,
+        producer_name: "edge-runtime tests".into(),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+/// A stand-in encoder `image [1, 1, 28, 28] -> code [1, 2]`: code k = sum of pixels times
+/// [`weight`]`(k, j)` / 784 (see [`encoder_reference`]).
+pub fn encoder_model() -> ModelProto {
+    let weights: Vec<f32> = (0..PIXELS)
+        .flat_map(|j| (0..LATENT_DIM).map(move |k| weight(k, j) / PIXELS as f32))
+        .collect();
+    opset13(GraphProto {
+        name: "test_encoder".into(),
+        node: vec![
+            node("Reshape", &["image", "flat_shape"], "flat"),
+            node("MatMul", &["flat", "W"], "code"),
+        ],
+        initializer: vec![
+            f32_tensor("W", &[PIXELS, LATENT_DIM], weights),
+            int64_tensor("flat_shape", &[1, PIXELS as i64]),
+        ],
+        input: vec![f32_value(
+            "image",
+            &[fixed(1), fixed(1), fixed(SIDE), fixed(SIDE)],
+        )],
+        output: vec![f32_value("code", &[fixed(1), fixed(LATENT_DIM)])],
+        ..Default::default()
+    })
+}
+
+/// What [`encoder_model`] gives for `pixels`, in f64.
+pub fn encoder_reference(pixels: &[f32]) -> [f32; LATENT_DIM] {
+    core::array::from_fn(|k| {
+        (pixels
+            .iter()
+            .enumerate()
+            .map(|(j, &p)| f64::from(p) * f64::from(weight(k, j)))
+            .sum::<f64>()
+            / PIXELS as f64) as f32
+    })
+}
+
+/// A stand-in upscaler `low_res [1, 1, 14, 14] -> image [1, 1, 28, 28]`: nearest-neighbour x2,
+/// written the way the exporter writes it (Reshape, Expand, Reshape).
+pub fn upscaler_model() -> ModelProto {
+    let half = (SIDE / 2) as i64;
+    opset13(GraphProto {
+        name: "test_upscaler".into(),
+        node: vec![
+            node("Reshape", &["low_res", "split"], "a"),
+            node("Expand", &["a", "copies"], "b"),
+            node("Reshape", &["b", "merge"], "image"),
+        ],
+        initializer: vec![
+            int64_tensor("split", &[1, 1, half, 1, half, 1]),
+            int64_tensor("copies", &[1, 1, 1, 2, 1, 2]),
+            int64_tensor("merge", &[1, 1, SIDE as i64, SIDE as i64]),
+        ],
+        input: vec![f32_value(
+            "low_res",
+            &[fixed(1), fixed(1), fixed(SIDE / 2), fixed(SIDE / 2)],
+        )],
+        output: vec![f32_value(
+            "image",
+            &[fixed(1), fixed(1), fixed(SIDE), fixed(SIDE)],
+        )],
+        ..Default::default()
+    })
+}

@@ -1,0 +1,151 @@
+//! Any exported ONNX model with one `f32` input, optimised for a fixed input shape: the encoder,
+//! the upscaler, and the pieces `anomaly` chains together.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::DimLike;
+
+use crate::Error;
+
+/// An optimised tract plan for one input shape; [`OnnxModel::run`] returns every output.
+pub struct OnnxModel {
+    plan: Arc<TypedRunnableModel>,
+    state: Mutex<TypedSimpleState>,
+    input_shape: Vec<usize>,
+    output_shapes: Vec<Vec<usize>>,
+}
+
+impl OnnxModel {
+    /// Loads the ONNX file at `path` and optimises it for `input_shape`, or for the shape its
+    /// input declares when `None` (every dimension must then be a number; a symbolic batch is
+    /// taken as 1).
+    ///
+    /// # Errors
+    /// [`Error::ReadModel`], [`Error::ParseModel`]; [`Error::NotADecoder`] (the interface check)
+    /// for a model without exactly one input or without a usable shape; [`Error::PrepareModel`]
+    /// when tract cannot optimise it for the shape.
+    pub fn load(path: impl AsRef<Path>, input_shape: Option<&[usize]>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        File::open(path).map_err(|source| Error::ReadModel {
+            path: path.into(),
+            source,
+        })?;
+        let model = tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(|e| Error::ParseModel {
+                path: path.into(),
+                source: e.into(),
+            })?;
+        let interface = |reason: String| Error::NotADecoder {
+            path: path.into(),
+            reason: format!("as a model with one input: {reason}"),
+        };
+        let prepare_failed = |e: TractError| Error::PrepareModel {
+            path: path.into(),
+            source: e.into(),
+        };
+        let inputs = model.input_outlets().map_err(prepare_failed)?.len();
+        if inputs != 1 {
+            return Err(interface(format!("it has {inputs} inputs")));
+        }
+        let shape = match input_shape {
+            Some(shape) => shape.to_vec(),
+            None => declared_shape(model.input_fact(0).map_err(prepare_failed)?)
+                .map_err(|reason| interface(format!("input 0 {reason}")))?,
+        };
+        let model = model
+            .with_input_fact(0, f32::fact(&shape).into())
+            .and_then(|m| m.into_optimized())
+            .map_err(prepare_failed)?;
+        let mut output_shapes = Vec::new();
+        for i in 0..model.outputs.len() {
+            let fact = model.output_fact(i).map_err(prepare_failed)?;
+            let dims: Option<Vec<usize>> = fact.shape.iter().map(|d| d.to_usize().ok()).collect();
+            output_shapes
+                .push(dims.ok_or_else(|| interface(format!("output {i} has no fixed shape")))?);
+        }
+        let plan = model.into_runnable().map_err(prepare_failed)?;
+        let state = Mutex::new(plan.spawn().map_err(prepare_failed)?);
+        Ok(Self {
+            plan,
+            state,
+            input_shape: shape,
+            output_shapes,
+        })
+    }
+
+    /// The input shape the plan was optimised for.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    /// The shape of every output.
+    pub fn output_shapes(&self) -> &[Vec<usize>] {
+        &self.output_shapes
+    }
+
+    /// Runs the model on `input` (row-major values of [`OnnxModel::input_shape`]).
+    ///
+    /// # Errors
+    /// [`Error::InputLength`] for a wrong number of values, [`Error::Inference`] if tract fails.
+    pub fn run(&self, input: &[f32]) -> Result<Vec<Vec<f32>>, Error> {
+        let expected: usize = self.input_shape.iter().product();
+        if input.len() != expected {
+            return Err(Error::InputLength {
+                expected,
+                actual: input.len(),
+            });
+        }
+        let failed = |e: TractError| Error::Inference { source: e.into() };
+        let tensor = Tensor::from_shape(&self.input_shape, input).map_err(failed)?;
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| {
+            let mut state = poisoned.into_inner();
+            if let Ok(fresh) = self.plan.spawn() {
+                *state = fresh;
+                self.state.clear_poison();
+            }
+            state
+        });
+        let outputs = state.run(tvec!(tensor.into_tvalue())).map_err(failed)?;
+        drop(state);
+        outputs
+            .iter()
+            .map(|o| {
+                let view = o.to_plain_array_view::<f32>().map_err(failed)?;
+                Ok(view.iter().copied().collect())
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel")
+            .field("input_shape", &self.input_shape)
+            .field("output_shapes", &self.output_shapes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The declared shape of an input, a symbolic first (batch) axis taken as 1.
+fn declared_shape(fact: &InferenceFact) -> Result<Vec<usize>, String> {
+    use tract_onnx::tract_hir::infer::Factoid;
+    let shape = fact
+        .shape
+        .concretize()
+        .ok_or_else(|| "has no declared shape".to_string())?;
+    shape
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d.to_usize() {
+            Ok(n) => Ok(n),
+            Err(_) if i == 0 => Ok(1),
+            Err(_) => Err(format!(
+                "has a symbolic dimension {i} ({d}): give the shape"
+            )),
+        })
+        .collect()
+}
