@@ -33,7 +33,7 @@ use trainer::{
 /// BENCHMARKS.md ("e2e"); the bound leaves room for run-to-run training differences.
 const MIN_INT8_PSNR_DB: f64 = 30.0;
 /// The trained VAE must do clearly better than decoding every latent to the mean digit (test
-/// loss ~202 nats; a constant 0.5 image scores 784 ln 2 = 543). Measured after these 600 steps:
+/// loss ~202 nats; a constant 0.5 image scores 784 ln 2 = 543). Measured after these 1,200 steps:
 /// ~175 (BENCHMARKS.md, "e2e").
 const MAX_TEST_LOSS_AFTER_TRAINING: f64 = 190.0;
 
@@ -132,13 +132,15 @@ fn train_export_and_run_everywhere() {
     let out_dir = work.join("export");
     let device = Device::flex();
 
-    // 1. Train a few hundred steps on a subset: 6,400 images, batch 32, 3 epochs = 600 steps.
-    // (With batch 64 and lr 1e-3 this subset stays in posterior collapse: every latent decodes
-    // to the mean digit, test loss ~202.)
+    // 1. Train on a subset: 6,400 images, batch 16, lr 5e-4, 3 epochs = 1,200 steps. Short runs
+    // of this VAE often collapse (every latent decodes to the mean digit, test loss ~202): with
+    // batch 32 and lr 2e-3, or 1e-3, 3 seeds of 4 did. With these settings 6 seeds of 6 reached
+    // a test loss of 174.6-177.3 (`trainer train conv-vae --epochs 3 --batch-size 16 --lr 5e-4
+    // --train-subset 6400 --test-subset 1000 --seed S`, S = 1..5 and 42).
     let config = TrainingConfig::new(ModelConfig::ConvVae(ConvVaeConfig::new()))
         .with_epochs(3)
-        .with_batch_size(32)
-        .with_learning_rate(2e-3)
+        .with_batch_size(16)
+        .with_learning_rate(5e-4)
         .with_train_subset(Some(6400))
         .with_test_subset(Some(1000));
     let mut losses = Vec::new();
@@ -161,8 +163,8 @@ fn train_export_and_run_everywhere() {
     )
     .expect("training");
     assert_eq!(
-        batches, 600,
-        "one progress report per batch (3 epochs x 200)"
+        batches, 1200,
+        "one progress report per batch (3 epochs x 400)"
     );
     assert!(
         losses.windows(2).all(|w| w[1] < w[0]),
@@ -189,15 +191,17 @@ fn train_export_and_run_everywhere() {
     assert_eq!(
         names,
         [
+            "loss_curves.png",
             "reconstructions.png",
             "latent_scatter.png",
             "latent_grid.png",
-            "loss_curves.png"
+            "samples.png"
         ]
     );
-    for (path, size) in pictures
-        .iter()
-        .zip([(884, 180), (620, 560), (420, 420), (640, 400)])
+    for (path, size) in
+        pictures
+            .iter()
+            .zip([(640, 400), (956, 180), (620, 560), (420, 420), (242, 242)])
     {
         let file = fs::File::open(path).expect("picture");
         let info = png_size(file);
