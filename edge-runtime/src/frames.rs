@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use crate::{Denoiser, Error};
@@ -94,9 +95,12 @@ pub fn denoise_stream(
     let (job_tx, job_rx) = sync_channel::<(usize, Vec<u8>)>(in_flight);
     let job_rx = std::sync::Mutex::new(job_rx);
     let (done_tx, done_rx) = sync_channel::<(usize, Result<Vec<u8>, Error>)>(in_flight);
+    let stopped = AtomicBool::new(false);
 
     std::thread::scope(|scope| {
-        let reading = scope.spawn(move || read_frames(&mut reader, &free_rx, &job_tx, frame_bytes));
+        let stopped = &stopped;
+        let reading =
+            scope.spawn(move || read_frames(&mut reader, &free_rx, &job_tx, frame_bytes, stopped));
         for worker in &workers {
             let (job_rx, done_tx) = (&job_rx, done_tx.clone());
             scope.spawn(move || {
@@ -107,12 +111,20 @@ pub fn denoise_stream(
                     let Ok(Ok((index, mut frame))) = job else {
                         break;
                     };
-                    let result = worker
-                        .denoise_gray8(&frame[..luma], &mut denoised)
-                        .map(|()| {
+                    // A panic inside tract must not leave the writer waiting for this frame.
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        worker.denoise_gray8(&frame[..luma], &mut denoised)
+                    }));
+                    let result = match outcome {
+                        Ok(Ok(())) => {
                             frame[..luma].copy_from_slice(&denoised);
-                            frame
-                        });
+                            Ok(frame)
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(Error::Inference {
+                            source: format!("the worker denoising frame {index} panicked").into(),
+                        }),
+                    };
                     if done_tx.send((index, result)).is_err() {
                         break;
                     }
@@ -121,7 +133,10 @@ pub fn denoise_stream(
         }
         drop(done_tx);
         let written = write_in_order(&mut writer, &done_rx, &free_tx);
-        // Unblock the reader if the writer stopped early.
+        // Stop the reader if the writer stopped early: it reads no further frame, and it leaves
+        // `recv` once the free buffers run out. (A reader blocked inside `read` on an input that
+        // sends nothing more stays there until the input ends or closes.)
+        stopped.store(true, Ordering::Relaxed);
         drop(free_tx);
         drop(done_rx);
         let read = reading
@@ -146,8 +161,12 @@ fn read_frames(
     free: &Receiver<Vec<u8>>,
     jobs: &SyncSender<(usize, Vec<u8>)>,
     frame_bytes: usize,
+    stopped: &AtomicBool,
 ) -> Result<(), Error> {
     for index in 0.. {
+        if stopped.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         // No free buffer: the writer has stopped (an error), nothing more to do.
         let Ok(mut buf) = free.recv() else {
             return Ok(());
@@ -196,6 +215,12 @@ fn write_in_order(
             // The reader may have finished and dropped its end: then the buffer is not needed.
             free.send(frame).ok();
         }
+    }
+    if let Some(&missing) = pending.keys().next() {
+        // Every worker is gone with frames still owed: never report a partial stream as done.
+        return Err(Error::Inference {
+            source: format!("frame {next} was never denoised (frames up to {missing} were)").into(),
+        });
     }
     Ok(next)
 }

@@ -223,7 +223,7 @@ fn encode(args: &EncodeArgs) -> Result<()> {
     let model = OnnxModel::load(&args.model, None).context("loading the encoder")?;
     let size = image_input(&model, &args.model)?;
     let mut csv = String::new();
-    for file in image_files(&args.images)? {
+    for file in image_files(&args.images, "encode")? {
         let image = load_sized(&file, size)?;
         let outputs = model
             .run(image.pixels())
@@ -256,7 +256,7 @@ fn upscale(args: &UpscaleArgs) -> Result<()> {
     let (h, w) = (*h, *w);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    for file in image_files(&args.images)? {
+    for file in image_files(&args.images, "upscale")? {
         let image = load_sized(&file, size)?;
         let mut outputs = model
             .run(image.pixels())
@@ -283,7 +283,7 @@ fn anomaly(args: &AnomalyArgs) -> Result<()> {
     }
     println!("{:>10}  image", "score");
     let mut flagged = 0;
-    let files = image_files(&args.images)?;
+    let files = image_files(&args.images, "score")?;
     for file in &files {
         let image = load_sized(file, size)?;
         let latent = encoder
@@ -300,7 +300,8 @@ fn anomaly(args: &AnomalyArgs) -> Result<()> {
             .map(|(a, b)| (a - b) * (a - b))
             .sum::<f32>()
             / image.pixels().len() as f32;
-        let flag = args.threshold.is_some_and(|t| score > t);
+        // A NaN score (a broken model) is flagged too.
+        let flag = args.threshold.is_some_and(|t| score.is_nan() || score > t);
         flagged += usize::from(flag);
         println!(
             "{score:>10.5}  {}{}",
@@ -471,12 +472,33 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
         )
     };
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
-    let writer: Box<dyn std::io::Write> = if out.as_os_str() == "-" {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(std::io::BufWriter::new(
-            std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?,
-        ))
+    // A file output is written to a temporary file beside it and renamed when the stream ends:
+    // an interrupted run never leaves half a frame. After a short final frame the complete
+    // frames are kept (renamed) and the error reported.
+    let temporary = (out.as_os_str() != "-").then(|| {
+        let name = out.file_name().unwrap_or_default().to_string_lossy();
+        out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    });
+    if let Some(tmp) = &temporary {
+        let same = std::fs::canonicalize(&args.input)
+            .ok()
+            .zip(std::fs::canonicalize(&out).ok())
+            .is_some_and(|(a, b)| a == b);
+        if same {
+            bail!("--out {} is also the input", out.display());
+        }
+        if tmp
+            .parent()
+            .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            bail!("the folder of {} does not exist", out.display());
+        }
+    }
+    let writer: Box<dyn std::io::Write> = match &temporary {
+        None => Box::new(std::io::stdout().lock()),
+        Some(tmp) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        )),
     };
     let start = std::time::Instant::now();
     let result = frames::denoise_stream(
@@ -487,6 +509,15 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
         args.threads as usize,
     );
     let seconds = start.elapsed().as_secs_f64();
+    if let Some(tmp) = &temporary {
+        let keep = matches!(result, Ok(_) | Err(edge_runtime::Error::ShortFrame { .. }));
+        if keep {
+            std::fs::rename(tmp, &out)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+        } else {
+            std::fs::remove_file(tmp).ok();
+        }
+    }
     match result {
         Ok(summary) => {
             eprintln!(
@@ -501,7 +532,7 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
 }
 
 /// The image files named on the command line, folders expanded (sorted, .png and .pgm only).
-fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+fn image_files(inputs: &[PathBuf], verb: &str) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
         if input.is_dir() {
@@ -517,13 +548,16 @@ fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     if files.is_empty() {
-        bail!("no images to denoise: name image files or folders, or give --size for a raw stream");
+        bail!("no images to {verb}: name image files or folders");
     }
     Ok(files)
 }
 
 fn denoise_images(args: &DenoiseArgs) -> Result<()> {
-    let files = image_files(&args.images)?;
+    if args.images.is_empty() {
+        bail!("no images to denoise: name image files or folders, or give --size for a raw stream");
+    }
+    let files = image_files(&args.images, "denoise")?;
     let out = args
         .out
         .clone()

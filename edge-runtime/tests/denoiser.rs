@@ -140,3 +140,44 @@ fn a_model_that_is_not_a_denoiser_is_refused() {
     let missing = Denoiser::load(dir.path().join("none.onnx"), 8, 8).expect_err("missing");
     assert!(matches!(missing, Error::ReadModel { .. }), "{missing}");
 }
+
+/// A writer that fails once it has taken `n` writes.
+struct FailingWriter(usize);
+
+impl std::io::Write for FailingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0 == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "closed",
+            ));
+        }
+        self.0 -= 1;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failing_writer_stops_the_stream_with_its_error() {
+    let (w, h) = (8, 6);
+    let (_dir, denoiser) = blur(w, h);
+    let stream: Vec<u8> = (0..50).flat_map(|i| frame(i, w * h)).collect();
+    // The third frame's write fails: the call returns that error (and does not hang), with
+    // four workers and 47 frames still to come.
+    let err = denoise_stream(
+        &denoiser,
+        FrameFormat::Gray8,
+        stream.as_slice(),
+        FailingWriter(2),
+        4,
+    )
+    .expect_err("the writer fails");
+    assert!(
+        matches!(&err, Error::Stream { what, .. } if what == "writing frame 2"),
+        "{err}"
+    );
+}

@@ -6,8 +6,10 @@
 //! - [`quantize`]: the decoder as an int8 q8 blob for the firmware, evaluated with
 //!   `firmware-core` itself (the one int8 implementation) against the float decoder.
 //!
-//! [`export_run`] writes, for a conv VAE run, `decoder.onnx`, `decoder.q8` and `report.json`;
-//! for a camera-denoiser run, `denoiser.onnx` (any frame size) and `report.json`.
+//! [`export_run`] writes, for a conv VAE run, `encoder.onnx`, `decoder.onnx`, `decoder.q8` and
+//! `report.json`; for a camera-denoiser run, `denoiser.onnx` (any frame size); for the other
+//! MNIST families, their `encoder.onnx` + `decoder.onnx`, `denoiser.onnx` or `upscaler.onnx`;
+//! always with `report.json`.
 #![warn(missing_docs)]
 
 pub mod onnx;
@@ -228,12 +230,14 @@ fn image_forward(m: &Model, input: Tensor<4>) -> Vec<Tensor<4>> {
     vec![m.reconstruct(input)]
 }
 
-/// The encoder, decoder, denoiser or upscaler ONNX files of a run, checked.
+/// The encoder, decoder, denoiser or upscaler ONNX files of a run, checked (with
+/// `only_encoder`, just the encoder of a family that has one).
 fn export_onnx_files(
     run_dir: &Path,
     model: &Model,
     config: &trainer::model::ModelConfig,
     options: &ExportOptions,
+    only_encoder: bool,
 ) -> anyhow::Result<Vec<(Artifact, Vec<u8>)>> {
     use trainer::model::Corruption;
     let device = Device::flex();
@@ -255,6 +259,9 @@ fn export_onnx_files(
                 run_dir,
                 options,
             )?);
+            if only_encoder {
+                return Ok(files);
+            }
             files.push(export_checked(
                 model,
                 "decoder",
@@ -419,7 +426,7 @@ pub fn export_run(
     match &model {
         Model::ConvVae(vae) => {
             // The encoder is checked before anything is written, like every file.
-            let encoder = export_onnx_files(run_dir, &model, &config.model, options)?
+            let encoder = export_onnx_files(run_dir, &model, &config.model, options, true)?
                 .into_iter()
                 .find(|(a, _)| a.kind == "encoder");
             let mut report = export_decoder_run(run_dir, out_dir, vae, options)?;
@@ -437,7 +444,7 @@ pub fn export_run(
             export_denoiser_run(run_dir, out_dir, denoiser, options).map(Exported::Denoiser)
         }
         _ => {
-            let files = export_onnx_files(run_dir, &model, &config.model, options)?;
+            let files = export_onnx_files(run_dir, &model, &config.model, options, false)?;
             let report = OnnxReport {
                 run: run_dir.display().to_string(),
                 family: config.model.family().into(),

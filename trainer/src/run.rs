@@ -33,9 +33,8 @@ pub fn optimizer_file(epoch: usize) -> String {
     format!("optimizer-{epoch}.bpk")
 }
 
-/// Saves Adam's state after `epoch` into `dir` atomically, then removes the checkpoints of
-/// earlier epochs (the one of `epoch - 1` stays until the caller has recorded `epoch` as done,
-/// see [`prune_optimizer_checkpoints`]).
+/// Saves Adam's state after `epoch` into `dir` atomically. Earlier checkpoints stay until the
+/// caller has recorded `epoch` as done and calls [`prune_optimizer_checkpoints`].
 pub fn save_optimizer(
     optimizer: &burn::optim::ModuleOptimizer,
     epoch: usize,
@@ -108,10 +107,10 @@ pub struct TrainingConfig {
     /// Seed of the initialisation, the shuffling and the latent sampling.
     #[config(default = 42)]
     pub seed: u64,
-    /// Train on the first N training images only (all when absent).
+    /// MNIST families: train on the first N training images only (all when absent).
     #[config(default = "None")]
     pub train_subset: Option<usize>,
-    /// Evaluate on the first N test images only (all when absent).
+    /// MNIST families: evaluate on the first N test images only (all when absent).
     #[config(default = "None")]
     pub test_subset: Option<usize>,
 }
@@ -230,10 +229,15 @@ pub fn load_config(dir: &Path) -> Result<TrainingConfig, RunError> {
             family: family.into(),
         });
     }
-    serde_json::from_value(raw).map_err(|e| RunError::Config {
+    let config: TrainingConfig = serde_json::from_value(raw).map_err(|e| RunError::Config {
         path: path.clone(),
         reason: e.to_string(),
-    })
+    })?;
+    config
+        .model
+        .validate()
+        .map_err(|reason| RunError::Config { path, reason })?;
+    Ok(config)
 }
 
 /// Rebuilds the trained model of the run in `dir` on `device`.

@@ -199,8 +199,11 @@ fn evaluate(
     })
 }
 
-/// Evaluates a trained `model` of family `config` on `data`: losses, and PSNR/SSIM of its output
-/// and of the family's baseline against the clean images.
+/// Evaluates a trained `model` of an MNIST family `config` on `data`: losses, and PSNR/SSIM of
+/// its output and of the family's baseline against the clean images.
+///
+/// # Errors
+/// The camera denoiser (it is measured on photographs: [`evaluate_camera`]).
 pub fn evaluate_images(
     model: &Model,
     config: &ModelConfig,
@@ -208,6 +211,9 @@ pub fn evaluate_images(
     batch_size: usize,
     device: &Device,
 ) -> anyhow::Result<Evaluation> {
+    if let ModelConfig::CameraDenoiser(_) = config {
+        bail!("the camera denoiser is evaluated on photographs (evaluate_camera), not on MNIST");
+    }
     evaluate(model, config, data, batch_size, true, device)
 }
 
@@ -490,8 +496,9 @@ pub fn resume(
     epochs: Option<usize>,
     report: impl FnMut(Progress),
 ) -> anyhow::Result<Model> {
-    // Killed before its first checkpoint: nothing to keep, start the configured run afresh.
-    if !out.join(WEIGHTS_FILE).exists() {
+    // Killed before its first completed epoch (no weights yet, or weights written but not the
+    // metrics row that marks epoch 1 done): nothing to keep, start the configured run afresh.
+    if !out.join(WEIGHTS_FILE).exists() || !out.join(METRICS_FILE).exists() {
         let mut config = load_config(out).context("reading the run to resume")?;
         if let Some(epochs) = epochs {
             config.epochs = epochs;
@@ -634,8 +641,10 @@ fn run_epochs(
             images_per_second: n / train_seconds,
             seconds: start.elapsed().as_secs_f64(),
         };
-        // Optimizer, weights, then the metrics row that marks the epoch done: a run killed in
-        // between resumes from the previous epoch, whose optimizer checkpoint is still there.
+        // Optimizer, weights, then the metrics row that marks the epoch done. A run killed
+        // between the weights and the row resumes at this epoch again, from these weights and
+        // the previous epoch's optimizer state (still there): the epoch is trained twice, nothing
+        // is lost or corrupt.
         save_optimizer(&optim, epoch, out)?;
         save_weights(&model.valid(), out)?;
         metrics_csv.push_str(&m.csv_row());

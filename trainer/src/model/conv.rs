@@ -195,8 +195,8 @@ pub struct CameraDenoiser {
 impl CameraDenoiserConfig {
     /// Returns the initialized model.
     ///
-    /// # Panics
-    /// With fewer than 2 layers or a zero dilation (the CLI and `config.json` loading check).
+    /// Call [`CameraDenoiserConfig::validate`] first (training and loading a run do): the
+    /// result of a configuration it refuses is unspecified.
     pub fn init(&self, device: &Device) -> CameraDenoiser {
         let n = self.dilations.len();
         let convs = self
@@ -223,9 +223,11 @@ impl CameraDenoiserConfig {
                 self.dilations, self.channels
             ));
         }
-        if !(0.0..=255.0).contains(&self.sigma_min) || self.sigma_max < self.sigma_min {
+        let in_range = |v: f32| (0.0..=255.0).contains(&v);
+        if !in_range(self.sigma_min) || !in_range(self.sigma_max) || self.sigma_max < self.sigma_min
+        {
             return Err(format!(
-                "noise range {}..{} is not within 0..255",
+                "noise range {}..{} is not an increasing range within 0..255",
                 self.sigma_min, self.sigma_max
             ));
         }

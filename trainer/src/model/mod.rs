@@ -267,11 +267,41 @@ impl ModelConfig {
         }
     }
 
-    /// Checks hyper-parameters that [`ModelConfig::init`] cannot build a model from.
+    /// Checks hyper-parameters that [`ModelConfig::init`] cannot build a model from (zero sizes,
+    /// noise levels out of range).
     pub fn validate(&self) -> Result<(), String> {
+        let positive = |what: &str, n: usize| {
+            if n == 0 {
+                Err(format!("a {} needs {what} >= 1", self.family()))
+            } else {
+                Ok(())
+            }
+        };
         match self {
+            Self::DenseAe(c) => {
+                positive("a latent size", c.latent)?;
+                c.hidden
+                    .iter()
+                    .try_for_each(|&h| positive("hidden widths", h))
+            }
+            Self::ConvAe(c) => positive("code channels", c.code_channels),
+            Self::DenoisingAe(c) => {
+                positive("code channels", c.model.code_channels)?;
+                if !(c.noise_mean.is_finite() && c.noise_std.is_finite() && c.noise_std >= 0.0) {
+                    return Err(format!(
+                        "noise N({}, {}) needs a finite mean and a finite standard deviation >= 0",
+                        c.noise_mean, c.noise_std
+                    ));
+                }
+                Ok(())
+            }
+            Self::SuperRes(c) => positive("channels (at least 2)", c.channels / 2),
+            Self::FcVae(c) => {
+                positive("a latent size", c.latent)?;
+                positive("a hidden width", c.hidden)
+            }
+            Self::ConvVae(c) => positive("a latent size", c.latent),
             Self::CameraDenoiser(c) => c.validate(),
-            _ => Ok(()),
         }
     }
 }
