@@ -177,3 +177,33 @@ fn resuming_restores_adam_so_a_deterministic_run_ends_the_same() {
     assert_eq!(a.loss, b.loss, "resumed run differs from the straight one");
     assert_eq!(a.output.mse, b.output.mse);
 }
+
+#[test]
+fn a_run_killed_between_its_first_weights_and_metrics_starts_afresh() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let config = trainer::run::TrainingConfig::new(
+        trainer::model::ModelConfig::default_for("dense-ae").expect("family"),
+    )
+    .with_epochs(1)
+    .with_batch_size(64)
+    .with_train_subset(Some(256))
+    .with_test_subset(Some(64));
+    trainer::training::train(
+        &config,
+        &trainer::data::bundled_dir(),
+        &run,
+        &Device::flex(),
+        |_| {},
+    )
+    .expect("trains");
+    // What a kill after epoch 1's weights but before its metrics row leaves behind.
+    std::fs::remove_file(run.join("metrics.csv")).expect("rm metrics");
+    let out = trainer().arg("resume").arg(&run).output().expect("resume");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(epochs_done(&run), [1]);
+}
