@@ -1,6 +1,5 @@
 //! Loading an exported ONNX decoder with tract and turning latent vectors into images.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -39,17 +38,7 @@ impl Decoder {
     /// - [`Error::PrepareModel`]: tract cannot type or optimise the graph for `[1, D]`.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        // tract reports a missing file as a parse failure; open it first for a precise error.
-        File::open(path).map_err(|source| Error::ReadModel {
-            path: path.into(),
-            source,
-        })?;
-        let model = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| Error::ParseModel {
-                path: path.into(),
-                source: e.into(),
-            })?;
+        let model = crate::onnx::read(path)?;
         let not_a_decoder = |reason: String| Error::NotADecoder {
             path: path.into(),
             reason,
@@ -122,16 +111,7 @@ impl Decoder {
         }
         let inference_failed = |e: TractError| Error::Inference { source: e.into() };
         let input = Tensor::from_shape(&[1, self.latent_dim], latent).map_err(inference_failed)?;
-        // After a panic inside tract (in another thread's call) the state may be half-way
-        // through a run: start again from a fresh one.
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| {
-            let mut state = poisoned.into_inner();
-            if let Ok(fresh) = self.plan.spawn() {
-                *state = fresh;
-                self.state.clear_poison();
-            }
-            state
-        });
+        let mut state = crate::onnx::lock_state(&self.state, || self.plan.spawn().ok());
         let outputs = state
             .run(tvec!(input.into_tvalue()))
             .map_err(inference_failed)?;

@@ -4,7 +4,6 @@
 //! [B, 1, H, W]`, symbolic `B`, `H`, `W`), so frames need no padding to a stride and no cropping
 //! back: the plan is optimised once for the frame size given at load time.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -33,16 +32,7 @@ impl Denoiser {
     ///   with a fixed size other than the frame's).
     pub fn load(path: impl AsRef<Path>, width: usize, height: usize) -> Result<Self, Error> {
         let path = path.as_ref();
-        File::open(path).map_err(|source| Error::ReadModel {
-            path: path.into(),
-            source,
-        })?;
-        let model = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| Error::ParseModel {
-                path: path.into(),
-                source: e.into(),
-            })?;
+        let model = crate::onnx::read(path)?;
         let not_a_denoiser = |reason: String| Error::NotADecoder {
             path: path.into(),
             reason: format!("as a denoiser: {reason}"),
@@ -175,14 +165,8 @@ impl Denoiser {
             return Err(self.size_error(output_len));
         }
         let inference_failed = |e: TractError| Error::Inference { source: e.into() };
-        let mut guard = self.state.lock().unwrap_or_else(|poisoned| {
-            // A panic in another thread's run may have left the state half-way: start afresh.
-            let mut guard = poisoned.into_inner();
-            if let Ok(fresh) = self.plan.spawn() {
-                *guard = (fresh, None);
-                self.state.clear_poison();
-            }
-            guard
+        let mut guard = crate::onnx::lock_state(&self.state, || {
+            self.plan.spawn().ok().map(|fresh| (fresh, None))
         });
         let (state, buffer) = &mut *guard;
         let mut input = match buffer.take() {

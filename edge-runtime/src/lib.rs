@@ -36,6 +36,7 @@ pub mod frames;
 mod image;
 pub mod latents;
 mod model;
+mod onnx;
 
 pub use decoder::Decoder;
 pub use denoiser::Denoiser;

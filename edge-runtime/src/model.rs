@@ -1,7 +1,6 @@
 //! Any exported ONNX model with one `f32` input, optimised for a fixed input shape: the encoder,
 //! the upscaler, and the pieces `anomaly` chains together.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -29,16 +28,7 @@ impl OnnxModel {
     /// when tract cannot optimise it for the shape.
     pub fn load(path: impl AsRef<Path>, input_shape: Option<&[usize]>) -> Result<Self, Error> {
         let path = path.as_ref();
-        File::open(path).map_err(|source| Error::ReadModel {
-            path: path.into(),
-            source,
-        })?;
-        let model = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| Error::ParseModel {
-                path: path.into(),
-                source: e.into(),
-            })?;
+        let model = crate::onnx::read(path)?;
         let interface = |reason: String| Error::NotADecoder {
             path: path.into(),
             reason: format!("as a model with one input: {reason}"),
@@ -101,14 +91,7 @@ impl OnnxModel {
         }
         let failed = |e: TractError| Error::Inference { source: e.into() };
         let tensor = Tensor::from_shape(&self.input_shape, input).map_err(failed)?;
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| {
-            let mut state = poisoned.into_inner();
-            if let Ok(fresh) = self.plan.spawn() {
-                *state = fresh;
-                self.state.clear_poison();
-            }
-            state
-        });
+        let mut state = crate::onnx::lock_state(&self.state, || self.plan.spawn().ok());
         let outputs = state.run(tvec!(tensor.into_tvalue())).map_err(failed)?;
         drop(state);
         outputs

@@ -294,6 +294,11 @@ pub fn latent_scatter(means: &[[f32; 2]], labels: &[u8]) -> Canvas {
     canvas
 }
 
+/// The pixels of the digits `model` decodes from the latents `z`, digit after digit.
+fn decoded_pixels(model: &Model, z: Tensor<2>) -> anyhow::Result<Vec<f32>> {
+    tensor_values(model.decode(z).context("this family has no decoder")?)
+}
+
 /// Digits decoded on a `side x side` grid over `[-span, span]^2` of the 2-d latent plane, z1
 /// growing upwards, z0 to the right.
 pub fn latent_grid(
@@ -307,12 +312,7 @@ pub fn latent_grid(
         .flat_map(|row| (0..side).flat_map(move |col| [at(col), -at(row)]))
         .collect();
     let z = Tensor::<1>::from_floats(latents.as_slice(), device).reshape([side * side, 2]);
-    let pixels = model
-        .decode(z)
-        .context("this family has no decoder")?
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let pixels = decoded_pixels(model, z)?;
     let mut canvas = Canvas::new(side * SIDE, side * SIDE, BLACK);
     for (i, digit) in pixels.chunks_exact(SIDE * SIDE).enumerate() {
         let at = (((i % side) * SIDE) as i64, ((i / side) * SIDE) as i64);
@@ -332,12 +332,7 @@ pub fn samples(
 ) -> anyhow::Result<Canvas> {
     let latents = crate::rng::SplitMix64(seed).normals(count * latent);
     let z = Tensor::<1>::from_floats(latents.as_slice(), device).reshape([count, latent]);
-    let pixels = model
-        .decode(z)
-        .context("this family has no decoder")?
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let pixels = decoded_pixels(model, z)?;
     let columns = (count as f64).sqrt().ceil().max(1.0) as usize;
     let rows = count.div_ceil(columns);
     let (gap, cell) = (2, SIDE + 2);

@@ -27,6 +27,17 @@ fn epochs_done(dir: &std::path::Path) -> Vec<usize> {
         .collect()
 }
 
+/// One epoch of `family` on `images` training images (batch 64), tested on a quarter as many.
+fn one_short_epoch(family: &str, images: usize) -> trainer::run::TrainingConfig {
+    trainer::run::TrainingConfig::new(
+        trainer::model::ModelConfig::default_for(family).expect("family"),
+    )
+    .with_epochs(1)
+    .with_batch_size(64)
+    .with_train_subset(Some(images))
+    .with_test_subset(Some(images / 4))
+}
+
 #[test]
 fn killed_run_resumes_and_completes() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -103,13 +114,7 @@ fn a_run_killed_before_its_first_checkpoint_starts_afresh() {
     let run = dir.path().join("run");
     std::fs::create_dir_all(&run).expect("mkdir");
     // What `trainer train` leaves behind when killed during epoch 1: the config alone.
-    let config = trainer::run::TrainingConfig::new(trainer::model::ModelConfig::ConvVae(
-        trainer::model::ConvVaeConfig::new(),
-    ))
-    .with_epochs(1)
-    .with_batch_size(64)
-    .with_train_subset(Some(512))
-    .with_test_subset(Some(128));
+    let config = one_short_epoch("conv-vae", 512);
     trainer::run::save_config(&config, &run).expect("config");
     let out = trainer().arg("resume").arg(&run).output().expect("resume");
     assert!(
@@ -182,13 +187,7 @@ fn resuming_restores_adam_so_a_deterministic_run_ends_the_same() {
 fn a_run_killed_between_its_first_weights_and_metrics_starts_afresh() {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path().join("run");
-    let config = trainer::run::TrainingConfig::new(
-        trainer::model::ModelConfig::default_for("dense-ae").expect("family"),
-    )
-    .with_epochs(1)
-    .with_batch_size(64)
-    .with_train_subset(Some(256))
-    .with_test_subset(Some(64));
+    let config = one_short_epoch("dense-ae", 256);
     trainer::training::train(
         &config,
         &trainer::data::bundled_dir(),

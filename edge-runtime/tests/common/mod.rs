@@ -103,16 +103,7 @@ pub fn decoder_model(batch: Batch) -> ModelProto {
         )],
         ..Default::default()
     };
-    ModelProto {
-        ir_version: 8,
-        producer_name: "edge-runtime tests".into(),
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    }
+    opset13(graph)
 }
 
 /// Encodes `model` into `path`.
@@ -206,16 +197,7 @@ pub fn box_blur_model() -> ModelProto {
         output: vec![f32_value("denoised", &dims)],
         ..Default::default()
     };
-    ModelProto {
-        ir_version: 8,
-        producer_name: "edge-runtime tests".into(),
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    }
+    opset13(graph)
 }
 
 /// What [`box_blur_model`] makes of an 8-bit frame, rounded to 8 bits, computed in f64.
@@ -249,6 +231,7 @@ fn int64_tensor(name: &str, values: &[i64]) -> TensorProto {
     }
 }
 
+/// `graph` as an opset-13 ONNX model.
 fn opset13(graph: GraphProto) -> ModelProto {
     ModelProto {
         ir_version: 8,

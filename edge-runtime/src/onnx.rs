@@ -1,0 +1,44 @@
+//! What every model type of this crate does the same way: read an ONNX file with a precise error,
+//! and take its execution state back after a panic in another thread.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use tract_onnx::prelude::*;
+
+use crate::Error;
+
+/// Reads and parses the ONNX file at `path`.
+///
+/// # Errors
+/// [`Error::ReadModel`] when the file is missing or unreadable (tract would report it as a parse
+/// failure, so the file is opened first), [`Error::ParseModel`] when it is not ONNX tract knows.
+pub(crate) fn read(path: &Path) -> Result<InferenceModel, Error> {
+    File::open(path).map_err(|source| Error::ReadModel {
+        path: path.into(),
+        source,
+    })?;
+    tract_onnx::onnx()
+        .model_for_path(path)
+        .map_err(|e| Error::ParseModel {
+            path: path.into(),
+            source: e.into(),
+        })
+}
+
+/// Locks `state`. After a panic inside tract in another thread's run the state may be half-way
+/// through a run: it is replaced by `fresh()` (when that succeeds) and the poison cleared.
+pub(crate) fn lock_state<'a, S>(
+    state: &'a Mutex<S>,
+    fresh: impl FnOnce() -> Option<S>,
+) -> MutexGuard<'a, S> {
+    state.lock().unwrap_or_else(|poisoned| {
+        let mut guard = poisoned.into_inner();
+        if let Some(new) = fresh() {
+            *guard = new;
+            state.clear_poison();
+        }
+        guard
+    })
+}
