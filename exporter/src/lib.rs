@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod onnx;
+pub mod qdq;
 pub mod quantize;
 
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use burn::prelude::*;
 use serde::Serialize;
 use trainer::{
     data::{Mnist, Split},
-    model::{ConvVae, Model},
+    model::{ConvVae, Model, ModelConfig},
     run::{load_run, write_atomic},
 };
 
@@ -33,6 +34,106 @@ pub const FLOAT_TOLERANCE: f32 = 1e-4;
 /// firmware issue's bar for the conv VAE decoder).
 pub const MIN_INT8_PSNR_DB: f64 = 35.0;
 
+/// Parity of one float runtime with Burn.
+#[derive(Debug, Clone, Serialize)]
+pub struct Parity {
+    /// Runtime name.
+    pub runtime: String,
+    /// Inputs compared (latents, images or frames).
+    pub inputs: usize,
+    /// Largest absolute difference from Burn.
+    pub max_abs_diff: f32,
+}
+
+/// What a run can be exported as: one file each (the names `--only` takes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// `encoder.onnx`: image -> code (VAEs: mean and log-variance).
+    Encoder,
+    /// `decoder.onnx`: latent -> image.
+    Decoder,
+    /// `denoiser.onnx`: noisy image -> clean image.
+    Denoiser,
+    /// `upscaler.onnx`: 14x14 image -> 28x28 image.
+    Upscaler,
+    /// `decoder.q8`: the int8 decoder blob for the firmware.
+    Q8,
+    /// `decoder_int8.onnx`: the same int8 decoder as QDQ ONNX.
+    Int8Onnx,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 6] = [
+        Kind::Encoder,
+        Kind::Decoder,
+        Kind::Denoiser,
+        Kind::Upscaler,
+        Kind::Q8,
+        Kind::Int8Onnx,
+    ];
+
+    /// The name `--only` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Encoder => "encoder",
+            Kind::Decoder => "decoder",
+            Kind::Denoiser => "denoiser",
+            Kind::Upscaler => "upscaler",
+            Kind::Q8 => "q8",
+            Kind::Int8Onnx => "int8-onnx",
+        }
+    }
+
+    /// The file written.
+    pub fn file(self) -> &'static str {
+        match self {
+            Kind::Encoder => "encoder.onnx",
+            Kind::Decoder => "decoder.onnx",
+            Kind::Denoiser => "denoiser.onnx",
+            Kind::Upscaler => "upscaler.onnx",
+            Kind::Q8 => "decoder.q8",
+            Kind::Int8Onnx => "decoder_int8.onnx",
+        }
+    }
+
+    /// What a run of this model family exports, in the order it is done.
+    pub fn of_family(config: &ModelConfig) -> Vec<Kind> {
+        use trainer::model::Corruption;
+        match (config, config.corruption()) {
+            (ModelConfig::ConvVae(_), _) => {
+                vec![Kind::Encoder, Kind::Decoder, Kind::Q8, Kind::Int8Onnx]
+            }
+            (ModelConfig::CameraDenoiser(_), _) | (_, Corruption::Noise { .. }) => {
+                vec![Kind::Denoiser]
+            }
+            (_, Corruption::Downsample) => vec![Kind::Upscaler],
+            (_, Corruption::None) => vec![Kind::Encoder, Kind::Decoder],
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown artifact '{s}' (one of {})", names.join(", "))
+            })
+    }
+}
+
 /// What to export and how.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -40,21 +141,34 @@ pub struct ExportOptions {
     pub data_dir: PathBuf,
     /// Training images encoded to calibrate the int8 activations.
     pub calibration: usize,
-    /// Latents each artifact is checked on (half test-set encodings, half N(0, I) samples).
+    /// Latents the conv VAE's decoders are checked on (half test-set encodings, half N(0, I)
+    /// samples).
     pub check: usize,
     /// ONNX Runtime shared library; `None` skips the ORT check (tract still runs).
     pub ort_dylib: Option<PathBuf>,
+    /// Export only these (all of the family's when `None`).
+    pub only: Option<Vec<Kind>>,
 }
 
-/// Parity of one float runtime with Burn.
+/// One file of an export and how it was checked.
 #[derive(Debug, Clone, Serialize)]
-pub struct Parity {
-    /// Runtime name.
-    pub runtime: String,
-    /// Inputs compared (latents, or frames for the denoiser).
-    pub inputs: usize,
-    /// Largest absolute difference from Burn.
-    pub max_abs_diff: f32,
+pub struct FileReport {
+    /// File name.
+    pub file: String,
+    /// What it is.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub bytes: usize,
+    /// Input shape (`batch`, `height`, `width`: any size).
+    pub input_shape: String,
+    /// Float files: each runtime against Burn.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parity: Vec<Parity>,
+    /// The int8 ONNX file: each runtime against `firmware-core`'s int8 decoder.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub int8_parity: Vec<qdq::Int8Parity>,
+    /// One line saying how it was checked, for the summary table.
+    pub checked: String,
 }
 
 /// What `report.json` holds.
@@ -62,57 +176,432 @@ pub struct Parity {
 pub struct Report {
     /// Run directory exported.
     pub run: String,
-    /// Latent size.
-    pub latent: usize,
-    /// ONNX decoder file name.
-    pub onnx_decoder: String,
-    /// Float runtimes checked against Burn.
-    pub onnx_parity: Vec<Parity>,
-    /// Tolerance those checks used.
-    pub float_tolerance: f32,
-    /// q8 decoder file name.
-    pub q8_decoder: String,
-    /// Quantization error and size.
-    pub q8: quantize::Q8Report,
-    /// The encoder (`image -> mean, log_var`) as ONNX, when exported.
-    pub onnx_encoder: Option<Artifact>,
-}
-
-/// What [`export_run`] wrote.
-#[derive(Debug, Clone)]
-pub enum Exported {
-    /// A conv VAE's decoder, as ONNX and as int8 q8 (and its encoder as ONNX).
-    Decoder(Report),
-    /// The camera-frame denoiser, as ONNX.
-    Denoiser(DenoiserReport),
-    /// The ONNX files of another MNIST family.
-    Onnx(OnnxReport),
-}
-
-/// One ONNX file of an export and how it was checked.
-#[derive(Debug, Clone, Serialize)]
-pub struct Artifact {
-    /// File name.
-    pub file: String,
-    /// `encoder`, `decoder`, `denoiser` or `upscaler`.
-    pub kind: String,
-    /// Input shape (batch 1).
-    pub input_shape: Vec<usize>,
-    /// Float runtimes checked against Burn.
-    pub onnx_parity: Vec<Parity>,
-}
-
-/// `report.json` of a family exported as ONNX files only.
-#[derive(Debug, Clone, Serialize)]
-pub struct OnnxReport {
-    /// Run directory exported.
-    pub run: String,
     /// Model family.
     pub family: String,
-    /// The files written.
-    pub artifacts: Vec<Artifact>,
-    /// Tolerance of the parity checks.
+    /// Latent size, for families with one.
+    pub latent: Option<usize>,
+    /// Largest difference allowed between a float ONNX runtime and Burn.
     pub float_tolerance: f32,
+    /// The files written, in order.
+    pub files: Vec<FileReport>,
+    /// The int8 decoder against the float one (conv VAE, when `decoder.q8` or
+    /// `decoder_int8.onnx` is exported).
+    pub q8: Option<quantize::Q8Report>,
+    /// The camera denoiser's multiply-accumulates per pixel.
+    pub macs_per_pixel: Option<usize>,
+}
+
+impl Report {
+    /// The report of the file of `kind`, if it was exported.
+    pub fn file(&self, kind: Kind) -> Option<&FileReport> {
+        self.files.iter().find(|f| f.kind == kind)
+    }
+}
+
+/// Where an export stands, for a progress display: step `step` of `steps` is `what`.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// Steps done before this one.
+    pub step: usize,
+    /// Steps in all.
+    pub steps: usize,
+    /// What this step does.
+    pub what: &'a str,
+}
+
+/// Exports the run in `run_dir` into `out_dir` (see [`export_run_with_progress`]).
+pub fn export_run(
+    run_dir: &Path,
+    out_dir: &Path,
+    options: &ExportOptions,
+) -> anyhow::Result<Report> {
+    export_run_with_progress(run_dir, out_dir, options, &mut |_| {})
+}
+
+/// Exports the run in `run_dir` into `out_dir`: every file of [`Kind::of_family`] (or of
+/// `options.only`), then `report.json`. Every file is checked before anything is written; on any
+/// failure nothing is. `progress` hears of each step.
+pub fn export_run_with_progress(
+    run_dir: &Path,
+    out_dir: &Path,
+    options: &ExportOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> anyhow::Result<Report> {
+    let device = Device::flex();
+    let (config, model) = load_run(run_dir, &device)?;
+    let family = config.model.family();
+    let available = Kind::of_family(&config.model);
+    let wanted: Vec<Kind> = match &options.only {
+        None => available.clone(),
+        Some(only) => {
+            if let Some(k) = only.iter().find(|k| !available.contains(k)) {
+                let names: Vec<&str> = available.iter().map(|k| k.name()).collect();
+                bail!(
+                    "a {family} run has no {k} to export (it has: {})",
+                    names.join(", ")
+                );
+            }
+            available.into_iter().filter(|k| only.contains(k)).collect()
+        }
+    };
+    if wanted.is_empty() {
+        bail!("nothing to export: --only names no artifact");
+    }
+    let steps = wanted.len() + 1;
+    let mut report = Report {
+        run: run_dir.display().to_string(),
+        family: family.into(),
+        latent: config.model.latent(),
+        float_tolerance: FLOAT_TOLERANCE,
+        files: Vec::new(),
+        q8: None,
+        macs_per_pixel: None,
+    };
+    let mut contents: Vec<Vec<u8>> = Vec::new();
+    let mut int8: Option<(quantize::QuantizedDecoder, Vec<u8>, Tensor<2>)> = None;
+    for (step, &kind) in wanted.iter().enumerate() {
+        let what = format!("{} (export and check)", kind.file());
+        progress(Progress {
+            step,
+            steps,
+            what: &what,
+        });
+        let (file, bytes) = match (&model, kind) {
+            (Model::CameraDenoiser(denoiser), _) => {
+                report.macs_per_pixel = Some(denoiser.macs_per_pixel());
+                export_camera_denoiser(run_dir, denoiser, options)?
+            }
+            (Model::ConvVae(vae), Kind::Decoder) => {
+                let check = decoder_check_latents(vae, options, &device)?;
+                export_conv_vae_decoder(run_dir, vae, check, options)?
+            }
+            (Model::ConvVae(vae), Kind::Q8 | Kind::Int8Onnx) => {
+                if int8.is_none() {
+                    let check = decoder_check_latents(vae, options, &device)?;
+                    let (quantized, blob, q8) = quantize_conv_vae(vae, check.clone(), options)?;
+                    report.q8 = Some(q8);
+                    int8 = Some((quantized, blob, check));
+                }
+                let Some((quantized, blob, check)) = &int8 else {
+                    unreachable!("set above")
+                };
+                match kind {
+                    Kind::Q8 => q8_file(blob, report.q8.as_ref()),
+                    _ => export_int8_onnx(run_dir, quantized, blob, check.clone(), options)?,
+                }
+            }
+            (_, kind) => export_mnist_file(run_dir, &model, &config.model, kind, options)?,
+        };
+        report.files.push(file);
+        contents.push(bytes);
+    }
+
+    progress(Progress {
+        step: steps - 1,
+        steps,
+        what: "writing the files",
+    });
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    for (file, bytes) in report.files.iter().zip(&contents) {
+        write_atomic(&out_dir.join(&file.file), bytes)?;
+    }
+    write_atomic(
+        &out_dir.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    progress(Progress {
+        step: steps,
+        steps,
+        what: "done",
+    });
+    Ok(report)
+}
+
+/// One line for the summary table: each runtime's largest difference from Burn.
+fn parity_line(parity: &[Parity]) -> String {
+    let runtimes: Vec<String> = parity
+        .iter()
+        .map(|p| format!("{} {:.1e}", p.runtime, p.max_abs_diff))
+        .collect();
+    let inputs = parity.first().map_or(0, |p| p.inputs);
+    format!(
+        "max |diff| vs Burn over {inputs} inputs: {}",
+        runtimes.join(", ")
+    )
+}
+
+/// An encoder, decoder, denoiser or upscaler of an MNIST family (not the conv VAE's decoder).
+fn export_mnist_file(
+    run_dir: &Path,
+    model: &Model,
+    config: &ModelConfig,
+    kind: Kind,
+    options: &ExportOptions,
+) -> anyhow::Result<(FileReport, Vec<u8>)> {
+    let device = Device::flex();
+    let inputs = check_inputs(model, config, &options.data_dir, &device)?;
+    let encoder_names: &[&str] = if config.is_variational() {
+        &["mean", "log_var"]
+    } else {
+        &["code"]
+    };
+    match kind {
+        Kind::Encoder => export_checked(
+            model,
+            kind,
+            encoder_forward,
+            (&["image"], encoder_names),
+            &inputs.images,
+            (run_dir, config.latent()),
+            options,
+        ),
+        Kind::Decoder => export_checked(
+            model,
+            kind,
+            decoder_forward,
+            (&[onnx::LATENT_INPUT], &[onnx::IMAGE_OUTPUT]),
+            // All latents in one batch, then the first alone.
+            &[
+                Tensor::cat(inputs.latents.clone(), 0),
+                inputs
+                    .latents
+                    .first()
+                    .cloned()
+                    .context("no check latents")?,
+            ],
+            (run_dir, config.latent()),
+            options,
+        ),
+        Kind::Denoiser => export_checked(
+            model,
+            kind,
+            image_forward,
+            (&[onnx::NOISY_INPUT], &[onnx::DENOISED_OUTPUT]),
+            &inputs.images,
+            (run_dir, config.latent()),
+            options,
+        ),
+        Kind::Upscaler => export_checked(
+            model,
+            kind,
+            image_forward,
+            (&["low_res"], &[onnx::IMAGE_OUTPUT]),
+            &inputs.images,
+            (run_dir, config.latent()),
+            options,
+        ),
+        Kind::Q8 | Kind::Int8Onnx => bail!("only the conv VAE has an int8 decoder"),
+    }
+}
+
+/// The camera denoiser, checked on held-out photographs of several sizes.
+fn export_camera_denoiser(
+    run_dir: &Path,
+    model: &trainer::model::CameraDenoiser,
+    options: &ExportOptions,
+) -> anyhow::Result<(FileReport, Vec<u8>)> {
+    let device = Device::flex();
+    let bytes = onnx::export_denoiser(model, run_dir).context("exporting the denoiser to ONNX")?;
+    let frames = denoiser_check_frames(&device)?;
+    let parity = onnx::verify_denoiser(&bytes, model, &frames, options.ort_dylib.as_deref())?;
+    check_parity("denoiser", &parity)?;
+    let sizes: Vec<String> = frames
+        .iter()
+        .map(|f| {
+            let [_, _, h, w] = f.dims();
+            format!("{w}x{h}")
+        })
+        .collect();
+    let checked = format!("{} (frames {})", parity_line(&parity), sizes.join(", "));
+    Ok((
+        FileReport {
+            file: Kind::Denoiser.file().into(),
+            kind: Kind::Denoiser,
+            bytes: bytes.len(),
+            input_shape: "[batch,1,height,width]".into(),
+            parity,
+            int8_parity: Vec::new(),
+            checked,
+        },
+        bytes,
+    ))
+}
+
+/// The latents the conv VAE's decoders are checked on: `options.check` in all, half encodings of
+/// test images, half N(0, I) samples.
+fn decoder_check_latents(
+    model: &ConvVae,
+    options: &ExportOptions,
+    device: &Device,
+) -> anyhow::Result<Tensor<2>> {
+    let half = options.check.div_ceil(2);
+    Ok(Tensor::cat(
+        vec![
+            encode(model, &options.data_dir, Split::Test, half, device)?,
+            normal_samples(half, model.decoder.latent(), 7, device),
+        ],
+        0,
+    ))
+}
+
+/// The conv VAE's float decoder, checked on `check` latents.
+fn export_conv_vae_decoder(
+    run_dir: &Path,
+    model: &ConvVae,
+    check: Tensor<2>,
+    options: &ExportOptions,
+) -> anyhow::Result<(FileReport, Vec<u8>)> {
+    let bytes =
+        onnx::export_decoder(&model.decoder, run_dir).context("exporting the decoder to ONNX")?;
+    let parity = onnx::verify_decoder(&bytes, &model.decoder, check, options.ort_dylib.as_deref())?;
+    check_parity("decoder", &parity)?;
+    Ok((
+        FileReport {
+            file: Kind::Decoder.file().into(),
+            kind: Kind::Decoder,
+            bytes: bytes.len(),
+            input_shape: format!("[1,{}]", model.decoder.latent()),
+            checked: parity_line(&parity),
+            parity,
+            int8_parity: Vec::new(),
+        },
+        bytes,
+    ))
+}
+
+/// Quantizes the conv VAE's decoder (calibrated on encodings of training images and as many
+/// N(0, I) samples) and measures the int8 digits against the float ones on `check`; refuses a
+/// decoder below [`MIN_INT8_PSNR_DB`].
+fn quantize_conv_vae(
+    model: &ConvVae,
+    check: Tensor<2>,
+    options: &ExportOptions,
+) -> anyhow::Result<(quantize::QuantizedDecoder, Vec<u8>, quantize::Q8Report)> {
+    let device = Device::flex();
+    let calibration = Tensor::cat(
+        vec![
+            encode(
+                model,
+                &options.data_dir,
+                Split::Train,
+                options.calibration,
+                &device,
+            )?,
+            normal_samples(options.calibration, model.decoder.latent(), 11, &device),
+        ],
+        0,
+    );
+    let quantized = quantize::quantize_decoder(&model.decoder, calibration)?;
+    let blob = quantized.blob()?;
+    let q8 = quantize::evaluate(&model.decoder, &blob, check)?;
+    if q8.psnr_db.is_nan() || q8.psnr_db < MIN_INT8_PSNR_DB {
+        bail!(
+            "int8 decoder PSNR {:.2} dB is below {MIN_INT8_PSNR_DB} dB; nothing written",
+            q8.psnr_db
+        );
+    }
+    Ok((quantized, blob, q8))
+}
+
+/// The q8 blob's entry in the report.
+fn q8_file(blob: &[u8], q8: Option<&quantize::Q8Report>) -> (FileReport, Vec<u8>) {
+    let checked = q8.map_or_else(String::new, |q| {
+        format!(
+            "PSNR {:.2} dB vs the float decoder over {} latents (max |diff| {:.4}), {} MACs",
+            q.psnr_db, q.latents, q.max_abs_diff, q.macs
+        )
+    });
+    (
+        FileReport {
+            file: Kind::Q8.file().into(),
+            kind: Kind::Q8,
+            bytes: blob.len(),
+            input_shape: String::new(),
+            parity: Vec::new(),
+            int8_parity: Vec::new(),
+            checked,
+        },
+        blob.to_vec(),
+    )
+}
+
+/// Largest pixel difference, in levels of 255, allowed between a runtime running the int8 ONNX
+/// decoder and `firmware-core`'s decoder (they round requantization differently, see [`qdq`]).
+pub const MAX_INT8_ONNX_LEVELS: u8 = 16;
+
+/// The int8 decoder as QDQ ONNX, run by tract and ONNX Runtime on `check` and compared with
+/// `firmware-core`'s int8 digits.
+fn export_int8_onnx(
+    run_dir: &Path,
+    quantized: &quantize::QuantizedDecoder,
+    blob: &[u8],
+    check: Tensor<2>,
+    options: &ExportOptions,
+) -> anyhow::Result<(FileReport, Vec<u8>)> {
+    let d = quantized.latent;
+    let bytes = qdq::to_onnx(
+        quantized,
+        run_dir,
+        &[
+            ("kind", "decoder".into()),
+            ("precision", "int8 (QDQ)".into()),
+            ("latent_size", d.to_string()),
+            ("input_shape", format!("[batch,{d}]")),
+            ("output_shape", "[batch,1,28,28]".into()),
+            ("pixel_range", "[0,1]".into()),
+        ],
+    )?;
+    let [n, _] = check.dims();
+    let z = check
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let firmware = quantize::decode_int8(blob, &z, d)?;
+    let shape = [n, d];
+    let tract =
+        onnx::tract_once(&bytes, &shape, &z).context("running the int8 ONNX decoder with tract")?;
+    let mut parity = vec![qdq::compare("tract", n, &tract, &firmware)];
+    if let Some(dylib) = options.ort_dylib.as_deref() {
+        let ort = onnx::ort_once(&bytes, &shape, &z, dylib)
+            .context("running the int8 ONNX decoder with ONNX Runtime")?;
+        parity.push(qdq::compare("onnxruntime", n, &ort, &firmware));
+    }
+    for p in &parity {
+        if p.max_levels > MAX_INT8_ONNX_LEVELS {
+            bail!(
+                "{} runs the int8 ONNX decoder up to {} levels away from firmware-core's \
+                 (> {MAX_INT8_ONNX_LEVELS}); nothing written",
+                p.runtime,
+                p.max_levels
+            );
+        }
+    }
+    let runtimes: Vec<String> = parity
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {} differ (max {} levels)",
+                p.runtime, p.differing, p.max_levels
+            )
+        })
+        .collect();
+    let pixels = parity.first().map_or(0, |p| p.pixels);
+    let checked = format!(
+        "{pixels} pixels ({n} latents) vs firmware-core: {}",
+        runtimes.join(", ")
+    );
+    Ok((
+        FileReport {
+            file: Kind::Int8Onnx.file().into(),
+            kind: Kind::Int8Onnx,
+            bytes: bytes.len(),
+            input_shape: format!("[batch,{d}]"),
+            parity: Vec::new(),
+            int8_parity: parity,
+            checked,
+        },
+        bytes,
+    ))
 }
 
 /// Check inputs for the ONNX files of an MNIST run: 8 test images as the model sees them
@@ -147,36 +636,61 @@ fn check_inputs(
     Ok(CheckInputs { images, latents })
 }
 
-/// Exports one ONNX file of `model` (static shapes, batch 1) and checks it on `inputs`.
+/// Exports one ONNX file of `model` (traced at batch 1; decoders then take any batch) and checks
+/// it on `inputs`.
 #[allow(clippy::too_many_arguments)]
 fn export_checked<const D: usize, const E: usize>(
     model: &Model,
-    kind: &str,
+    kind: Kind,
     forward: fn(&Model, Tensor<D>) -> Vec<Tensor<E>>,
     names: (&[&str], &[&str]),
     inputs: &[Tensor<D>],
-    run_dir: &Path,
+    (run_dir, latent): (&Path, Option<usize>),
     options: &ExportOptions,
-) -> anyhow::Result<(Artifact, Vec<u8>)> {
+) -> anyhow::Result<(FileReport, Vec<u8>)> {
     let sample = inputs
         .first()
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no inputs to check the {kind} on"))?;
     let shape = sample.dims().to_vec();
+    // Decoders take any batch (see `onnx::symbolic_batch`); the rest batch 1.
+    let batch = kind == Kind::Decoder;
+    let compact = |dims: &[usize]| {
+        let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+        let rest = dims.get(1..).unwrap_or_default().join(",");
+        match (batch, dims.first()) {
+            (true, Some(_)) => format!("[batch,{rest}]"),
+            _ => format!("[{}]", dims.join(",")),
+        }
+    };
+    let output_shapes: Vec<String> = forward(model, sample.clone())
+        .iter()
+        .map(|t| compact(&t.dims()))
+        .collect();
+    let mut metadata = vec![
+        ("kind", kind.name().to_string()),
+        ("input_shape", compact(&shape)),
+        ("output_shape", output_shapes.join(",")),
+        ("pixel_range", "[0,1]".into()),
+        ("source_run", run_dir.display().to_string()),
+    ];
+    if let Some(latent) = latent {
+        metadata.push(("latent_size", latent.to_string()));
+    }
     let bytes = onnx::export_static(
         model,
-        sample,
+        sample.slice_dim(0, 0..1),
         forward,
         names.0,
         names.1,
-        &[
-            ("kind", kind.into()),
-            ("input_shape", format!("{shape:?}")),
-            ("pixel_range", "[0,1]".into()),
-            ("source_run", run_dir.display().to_string()),
-        ],
+        &metadata,
     )
     .with_context(|| format!("exporting the {kind} to ONNX"))?;
+    let bytes = if batch {
+        onnx::symbolic_batch(&bytes)?
+    } else {
+        bytes
+    };
     let values = |t: Tensor<E>| -> anyhow::Result<Vec<f32>> {
         t.into_data()
             .try_to_vec::<f32>()
@@ -199,20 +713,24 @@ fn export_checked<const D: usize, const E: usize>(
                 .collect::<anyhow::Result<Vec<_>>>()?,
         );
     }
+    let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.dims().to_vec()).collect();
     let parity = onnx::verify_all(
         &bytes,
-        &shape,
+        &shapes,
         &flat_inputs,
         &expected,
         options.ort_dylib.as_deref(),
     )?;
-    check_parity(kind, &parity)?;
+    check_parity(kind.name(), &parity)?;
     Ok((
-        Artifact {
-            file: format!("{kind}.onnx"),
-            kind: kind.into(),
-            input_shape: shape,
-            onnx_parity: parity,
+        FileReport {
+            file: kind.file().into(),
+            kind,
+            bytes: bytes.len(),
+            input_shape: compact(&shape),
+            checked: parity_line(&parity),
+            parity,
+            int8_parity: Vec::new(),
         },
         bytes,
     ))
@@ -228,97 +746,6 @@ fn decoder_forward(m: &Model, latent: Tensor<2>) -> Vec<Tensor<4>> {
 
 fn image_forward(m: &Model, input: Tensor<4>) -> Vec<Tensor<4>> {
     vec![m.reconstruct(input)]
-}
-
-/// The encoder, decoder, denoiser or upscaler ONNX files of a run, checked (with
-/// `only_encoder`, just the encoder of a family that has one).
-fn export_onnx_files(
-    run_dir: &Path,
-    model: &Model,
-    config: &trainer::model::ModelConfig,
-    options: &ExportOptions,
-    only_encoder: bool,
-) -> anyhow::Result<Vec<(Artifact, Vec<u8>)>> {
-    use trainer::model::Corruption;
-    let device = Device::flex();
-    let inputs = check_inputs(model, config, &options.data_dir, &device)?;
-    let mut files = Vec::new();
-    let encoder_names: &[&str] = if config.is_variational() {
-        &["mean", "log_var"]
-    } else {
-        &["code"]
-    };
-    match config.corruption() {
-        Corruption::None => {
-            files.push(export_checked(
-                model,
-                "encoder",
-                encoder_forward,
-                (&["image"], encoder_names),
-                &inputs.images,
-                run_dir,
-                options,
-            )?);
-            if only_encoder {
-                return Ok(files);
-            }
-            files.push(export_checked(
-                model,
-                "decoder",
-                decoder_forward,
-                (&[onnx::LATENT_INPUT], &[onnx::IMAGE_OUTPUT]),
-                &inputs.latents,
-                run_dir,
-                options,
-            )?);
-        }
-        Corruption::Noise { .. } => files.push(export_checked(
-            model,
-            "denoiser",
-            image_forward,
-            (&[onnx::NOISY_INPUT], &[onnx::DENOISED_OUTPUT]),
-            &inputs.images,
-            run_dir,
-            options,
-        )?),
-        Corruption::Downsample => files.push(export_checked(
-            model,
-            "upscaler",
-            image_forward,
-            (&["low_res"], &[onnx::IMAGE_OUTPUT]),
-            &inputs.images,
-            run_dir,
-            options,
-        )?),
-    }
-    Ok(files)
-}
-
-impl Exported {
-    /// The decoder report, if a decoder was exported.
-    pub fn into_decoder(self) -> Option<Report> {
-        match self {
-            Exported::Decoder(r) => Some(r),
-            Exported::Denoiser(_) | Exported::Onnx(_) => None,
-        }
-    }
-}
-
-/// `report.json` of a camera-denoiser export.
-#[derive(Debug, Clone, Serialize)]
-pub struct DenoiserReport {
-    /// Run directory exported.
-    pub run: String,
-    /// ONNX denoiser file name.
-    pub onnx_denoiser: String,
-    /// Frame sizes (height, width) the file was checked on.
-    pub checked_sizes: Vec<[usize; 2]>,
-    /// Float runtimes checked against Burn.
-    pub onnx_parity: Vec<Parity>,
-    /// Tolerance those checks used.
-    pub float_tolerance: f32,
-    /// Multiply-accumulates per pixel.
-    pub macs_per_pixel: usize,
 }
 
 /// Noisy crops of the held-out photographs (sigma 25), of several sizes, for the parity checks.
@@ -352,41 +779,6 @@ fn check_parity(what: &str, parity: &[Parity]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Exports a camera-denoiser run.
-fn export_denoiser_run(
-    run_dir: &Path,
-    out_dir: &Path,
-    model: &trainer::model::CameraDenoiser,
-    options: &ExportOptions,
-) -> anyhow::Result<DenoiserReport> {
-    let device = Device::flex();
-    let bytes = onnx::export_denoiser(model, run_dir).context("exporting the denoiser to ONNX")?;
-    let frames = denoiser_check_frames(&device)?;
-    let parity = onnx::verify_denoiser(&bytes, model, &frames, options.ort_dylib.as_deref())?;
-    check_parity("denoiser", &parity)?;
-    let report = DenoiserReport {
-        run: run_dir.display().to_string(),
-        onnx_denoiser: "denoiser.onnx".into(),
-        checked_sizes: frames
-            .iter()
-            .map(|f| {
-                let [_, _, h, w] = f.dims();
-                [h, w]
-            })
-            .collect(),
-        onnx_parity: parity,
-        float_tolerance: FLOAT_TOLERANCE,
-        macs_per_pixel: model.macs_per_pixel(),
-    };
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    write_atomic(&out_dir.join(&report.onnx_denoiser), &bytes)?;
-    write_atomic(
-        &out_dir.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    Ok(report)
-}
-
 /// Latents from encoding `n` images of `split` (the means), `[n, latent]`.
 fn encode(
     model: &ConvVae,
@@ -413,124 +805,4 @@ fn normal_samples(n: usize, latent: usize, seed: u64, device: &Device) -> Tensor
         burn::tensor::Distribution::Normal(0.0, 1.0),
         device,
     )
-}
-
-/// Exports the run in `run_dir` into `out_dir`. Nothing is written unless every check passes.
-pub fn export_run(
-    run_dir: &Path,
-    out_dir: &Path,
-    options: &ExportOptions,
-) -> anyhow::Result<Exported> {
-    let device = Device::flex();
-    let (config, model) = load_run(run_dir, &device)?;
-    match &model {
-        Model::ConvVae(vae) => {
-            // The encoder is checked before anything is written, like every file.
-            let encoder = export_onnx_files(run_dir, &model, &config.model, options, true)?
-                .into_iter()
-                .find(|(a, _)| a.kind == "encoder");
-            let mut report = export_decoder_run(run_dir, out_dir, vae, options)?;
-            if let Some((artifact, bytes)) = encoder {
-                write_atomic(&out_dir.join(&artifact.file), &bytes)?;
-                report.onnx_encoder = Some(artifact);
-                write_atomic(
-                    &out_dir.join("report.json"),
-                    serde_json::to_string_pretty(&report)?.as_bytes(),
-                )?;
-            }
-            Ok(Exported::Decoder(report))
-        }
-        Model::CameraDenoiser(denoiser) => {
-            export_denoiser_run(run_dir, out_dir, denoiser, options).map(Exported::Denoiser)
-        }
-        _ => {
-            let files = export_onnx_files(run_dir, &model, &config.model, options, false)?;
-            let report = OnnxReport {
-                run: run_dir.display().to_string(),
-                family: config.model.family().into(),
-                artifacts: files.iter().map(|(a, _)| a.clone()).collect(),
-                float_tolerance: FLOAT_TOLERANCE,
-            };
-            std::fs::create_dir_all(out_dir)
-                .with_context(|| format!("creating {}", out_dir.display()))?;
-            for (artifact, bytes) in &files {
-                write_atomic(&out_dir.join(&artifact.file), bytes)?;
-            }
-            write_atomic(
-                &out_dir.join("report.json"),
-                serde_json::to_string_pretty(&report)?.as_bytes(),
-            )?;
-            Ok(Exported::Onnx(report))
-        }
-    }
-}
-
-/// Exports a conv VAE run: the decoder as ONNX and as int8 q8.
-fn export_decoder_run(
-    run_dir: &Path,
-    out_dir: &Path,
-    model: &ConvVae,
-    options: &ExportOptions,
-) -> anyhow::Result<Report> {
-    let device = Device::flex();
-    let latent = model.decoder.latent();
-
-    let half = options.check.div_ceil(2);
-    let check = Tensor::cat(
-        vec![
-            encode(model, &options.data_dir, Split::Test, half, &device)?,
-            normal_samples(half, latent, 7, &device),
-        ],
-        0,
-    );
-    let calibration = Tensor::cat(
-        vec![
-            encode(
-                model,
-                &options.data_dir,
-                Split::Train,
-                options.calibration,
-                &device,
-            )?,
-            normal_samples(options.calibration, latent, 11, &device),
-        ],
-        0,
-    );
-
-    let onnx_bytes =
-        onnx::export_decoder(&model.decoder, run_dir).context("exporting the decoder to ONNX")?;
-    let onnx_parity = onnx::verify_decoder(
-        &onnx_bytes,
-        &model.decoder,
-        check.clone(),
-        options.ort_dylib.as_deref(),
-    )?;
-    check_parity("decoder", &onnx_parity)?;
-
-    let (blob, q8) = quantize::quantize_decoder(&model.decoder, calibration, check)?;
-    if q8.psnr_db.is_nan() || q8.psnr_db < MIN_INT8_PSNR_DB {
-        bail!(
-            "int8 decoder PSNR {:.2} dB is below {MIN_INT8_PSNR_DB} dB; nothing written",
-            q8.psnr_db
-        );
-    }
-
-    let report = Report {
-        run: run_dir.display().to_string(),
-        latent,
-        onnx_decoder: "decoder.onnx".into(),
-        onnx_parity,
-        float_tolerance: FLOAT_TOLERANCE,
-        q8_decoder: "decoder.q8".into(),
-        q8,
-        onnx_encoder: None,
-    };
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    write_atomic(&out_dir.join(&report.onnx_decoder), &onnx_bytes)?;
-    write_atomic(&out_dir.join(&report.q8_decoder), &blob)?;
-    write_atomic(
-        &out_dir.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    Ok(report)
 }

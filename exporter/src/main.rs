@@ -1,19 +1,22 @@
 //! `exporter`: turns a trained run into verified ONNX and int8 artifacts.
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use exporter::{ExportOptions, Exported, export_run};
+use exporter::{ExportOptions, Kind, Progress, export_run_with_progress};
 
-/// Exports a run directory, every file checked with tract and ONNX Runtime against Burn first:
-/// conv VAE: encoder.onnx, decoder.onnx and decoder.q8 (int8, checked against the float
-/// decoder); camera denoiser: denoiser.onnx (any frame size); dense/conv AE and FC VAE:
-/// encoder.onnx and decoder.onnx; denoising AE: denoiser.onnx; super-resolution AE:
-/// upscaler.onnx; and report.json.
+/// Exports a run directory, every file checked before anything is written: ONNX files with tract
+/// and ONNX Runtime against Burn, the int8 decoder against the float one and its ONNX form
+/// against firmware-core. conv VAE: encoder.onnx, decoder.onnx, decoder.q8 (int8 for the
+/// firmware) and decoder_int8.onnx (the same int8 model, QDQ); camera denoiser: denoiser.onnx
+/// (any frame size); dense/conv AE and FC VAE: encoder.onnx and decoder.onnx; denoising AE:
+/// denoiser.onnx; super-resolution AE: upscaler.onnx; always report.json.
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Example:\n  ORT_DYLIB_PATH=/path/to/libonnxruntime.so exporter runs/conv-vae --out out/conv-vae"
+    after_help = "Examples:\n  ORT_DYLIB_PATH=/path/to/libonnxruntime.so exporter runs/conv-vae --out out/conv-vae\n  \
+                  exporter runs/conv-vae --out out/q8 --only q8,int8-onnx --no-ort"
 )]
 struct Cli {
     /// Run directory written by `trainer train`.
@@ -21,10 +24,13 @@ struct Cli {
     /// Directory to write the artifacts into.
     #[arg(long)]
     out: PathBuf,
+    /// Export only these (comma-separated): encoder, decoder, denoiser, upscaler, q8, int8-onnx.
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<Kind>>,
     /// Training images encoded to calibrate the int8 activations (plus as many N(0, I) samples).
     #[arg(long, default_value_t = 1000)]
     calibration: usize,
-    /// Latents each artifact is checked on (half test encodings, half N(0, I) samples).
+    /// Latents the conv VAE's decoders are checked on (half test encodings, half N(0, I) samples).
     #[arg(long, default_value_t = 1000)]
     check: usize,
     /// Directory with the MNIST files.
@@ -36,6 +42,33 @@ struct Cli {
     /// Skip the ONNX Runtime check (tract still checks every file).
     #[arg(long)]
     no_ort: bool,
+}
+
+/// Draws `[####----] step/steps what` on stderr: redrawn in place on a terminal, one line per
+/// step otherwise (logs, CI).
+fn show(progress: Progress) {
+    const WIDTH: usize = 20;
+    let filled = WIDTH * progress.step / progress.steps.max(1);
+    let line = format!(
+        "[{}{}] {}/{} {}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        progress.step,
+        progress.steps,
+        progress.what
+    );
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let end = if progress.step == progress.steps {
+            "\n"
+        } else {
+            ""
+        };
+        let _ = write!(err, "\r\x1b[2K{line}{end}");
+        let _ = err.flush();
+    } else {
+        let _ = writeln!(err, "{line}");
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,53 +86,24 @@ fn main() -> anyhow::Result<()> {
         calibration: cli.calibration,
         check: cli.check,
         ort_dylib,
+        only: cli.only,
     };
-    let exported = export_run(&cli.run, &cli.out, &options)
+    let report = export_run_with_progress(&cli.run, &cli.out, &options, &mut show)
         .with_context(|| format!("exporting {}", cli.run.display()))?;
-    println!("{:<24} {:>12}", "check", "result");
-    let mut checked: Vec<(String, &exporter::Parity)> = Vec::new();
-    match &exported {
-        Exported::Decoder(r) => {
-            checked.extend(r.onnx_parity.iter().map(|p| ("decoder".into(), p)));
-            if let Some(a) = &r.onnx_encoder {
-                checked.extend(a.onnx_parity.iter().map(|p| (a.kind.clone(), p)));
-            }
-        }
-        Exported::Denoiser(r) => {
-            checked.extend(r.onnx_parity.iter().map(|p| ("denoiser".into(), p)))
-        }
-        Exported::Onnx(r) => {
-            for a in &r.artifacts {
-                checked.extend(a.onnx_parity.iter().map(|p| (a.kind.clone(), p)));
-            }
-        }
-    }
-    for (kind, p) in checked {
+    let name_width = report
+        .files
+        .iter()
+        .map(|f| f.file.len())
+        .max()
+        .unwrap_or(0)
+        .max("file".len());
+    println!("{:<name_width$}  {:>9}  checked", "file", "bytes");
+    for file in &report.files {
         println!(
-            "{:<24} {:>12.2e}  max |diff| vs Burn over {} inputs",
-            format!("{kind}: {}", p.runtime),
-            p.max_abs_diff,
-            p.inputs
+            "{:<name_width$}  {:>9}  {}",
+            file.file, file.bytes, file.checked
         );
     }
-    match &exported {
-        Exported::Decoder(report) => println!(
-            "{:<24} {:>9.2} dB  max |diff| {:.4}, {} bytes, {} MACs",
-            "int8 decoder PSNR",
-            report.q8.psnr_db,
-            report.q8.max_abs_diff,
-            report.q8.bytes,
-            report.q8.macs
-        ),
-        Exported::Denoiser(report) => println!(
-            "{:<24} {:>12}  frame sizes checked {:?}",
-            "denoiser MACs/pixel", report.macs_per_pixel, report.checked_sizes
-        ),
-        Exported::Onnx(report) => {
-            let files: Vec<&str> = report.artifacts.iter().map(|a| a.file.as_str()).collect();
-            println!("{} files: {}", report.family, files.join(", "));
-        }
-    }
-    println!("wrote {}", cli.out.display());
+    println!("wrote {} (and report.json)", cli.out.display());
     Ok(())
 }

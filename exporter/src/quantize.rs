@@ -63,11 +63,51 @@ fn activation_affine(values: &[f32], relu: bool) -> Affine {
     }
 }
 
+/// One decoder layer quantized: its q8 spec and the real scales behind it.
+#[derive(Debug, Clone)]
+pub struct QuantizedLayer {
+    /// What the q8 blob stores.
+    pub spec: LayerSpec,
+    /// Real value of one input step (`real = scale * (q - zero_point)`).
+    pub input_scale: f64,
+    /// Real value of one output step.
+    pub output_scale: f64,
+    /// Real value of one weight step, per output channel (weights are symmetric).
+    pub weight_scales: Vec<f64>,
+}
+
+/// A decoder quantized to int8: what the q8 blob holds, with the scales it was derived from (the
+/// int8 ONNX file, [`crate::qdq`], is written from them).
+#[derive(Debug, Clone)]
+pub struct QuantizedDecoder {
+    /// Latent size.
+    pub latent: usize,
+    /// Real value of one latent step (latents are symmetric, clamped to +-127 steps).
+    pub latent_scale: f32,
+    /// The layers, in order.
+    pub layers: Vec<QuantizedLayer>,
+    /// Sigmoid of each int8 logit (index `q + 128`) as a pixel in `0..=255`.
+    pub table: [u8; q8::TABLE_LEN],
+}
+
+impl QuantizedDecoder {
+    /// The q8 blob the firmware loads.
+    pub fn blob(&self) -> anyhow::Result<Vec<u8>> {
+        let specs: Vec<LayerSpec> = self.layers.iter().map(|l| l.spec.clone()).collect();
+        Ok(q8::write(
+            self.latent,
+            self.latent_scale,
+            &specs,
+            &self.table,
+        )?)
+    }
+}
+
 fn quantize_layer(
     layer: &LayerWeights,
     input: Affine,
     output: Affine,
-) -> anyhow::Result<LayerSpec> {
+) -> anyhow::Result<QuantizedLayer> {
     let out_channels = layer.output[0];
     let per_channel = layer.weights.len() / out_channels.max(1);
     if per_channel * out_channels != layer.weights.len() || layer.bias.len() != out_channels {
@@ -96,6 +136,7 @@ fn quantize_layer(
         multiplier: Vec::new(),
         shift: Vec::new(),
     };
+    let mut weight_scales = Vec::with_capacity(out_channels);
     for (o, w) in layer.weights.chunks(per_channel).enumerate() {
         let w_max = w.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
         let w_scale = if w_max > 0.0 { w_max / 127.0 } else { 1.0 };
@@ -115,8 +156,14 @@ fn quantize_layer(
         spec.bias.push(bias);
         spec.multiplier.push(m);
         spec.shift.push(s);
+        weight_scales.push(w_scale);
     }
-    Ok(spec)
+    Ok(QuantizedLayer {
+        spec,
+        input_scale: input.scale,
+        output_scale: output.scale,
+        weight_scales,
+    })
 }
 
 fn shape([c, h, w]: [usize; 3]) -> anyhow::Result<Shape> {
@@ -127,16 +174,14 @@ fn shape([c, h, w]: [usize; 3]) -> anyhow::Result<Shape> {
     })
 }
 
-/// Quantizes `decoder` with activation ranges from `calibration` latents, then decodes `check`
-/// latents with both the float decoder and the int8 one (`firmware_core`) and measures the error.
+/// Quantizes `decoder` with activation ranges from `calibration` latents.
 ///
 /// # Shapes
-/// - calibration, check: `[n, latent]`
+/// - calibration: `[n, latent]`
 pub fn quantize_decoder(
     decoder: &ConvDecoder,
     calibration: Tensor<2>,
-    check: Tensor<2>,
-) -> anyhow::Result<(Vec<u8>, Q8Report)> {
+) -> anyhow::Result<QuantizedDecoder> {
     let layers = decoder.layers();
     let latent_values = tensor_values(calibration.clone())?;
     let mut trace = Vec::new();
@@ -155,10 +200,10 @@ pub fn quantize_decoder(
         scale: latent_scale,
         zero_point: 0,
     };
-    let mut specs = Vec::with_capacity(layers.len());
+    let mut quantized = Vec::with_capacity(layers.len());
     for (layer, activations) in layers.iter().zip(trace) {
         let output = activation_affine(&tensor_values(activations)?, layer.relu);
-        specs.push(quantize_layer(layer, input, output).context("quantizing the decoder")?);
+        quantized.push(quantize_layer(layer, input, output).context("quantizing the decoder")?);
         input = output;
     }
     // `input` is now the last layer's output (the logits).
@@ -167,10 +212,50 @@ pub fn quantize_decoder(
         let logit = input.scale * (i as i32 - 128 - input.zero_point) as f64;
         *t = (255.0 / (1.0 + (-logit).exp())).round() as u8;
     }
-    let blob = q8::write(decoder.latent(), latent_scale as f32, &specs, &table)?;
+    Ok(QuantizedDecoder {
+        latent: decoder.latent(),
+        latent_scale: latent_scale as f32,
+        layers: quantized,
+        table,
+    })
+}
 
-    let report = evaluate(decoder, &blob, check)?;
-    Ok((blob, report))
+/// Decodes every `latent`-long row of `latents` with the int8 blob (`firmware_core`): the
+/// digits' pixels (`0..=255`), one digit after the other.
+pub fn decode_int8(blob: &[u8], latents: &[f32], latent: usize) -> anyhow::Result<Vec<u8>> {
+    let model = Model::parse(blob)?;
+    let mut scratch = Scratch::new();
+    let mut q = vec![0i8; latent];
+    let mut digit = [0u8; decoder::IMAGE_PIXELS];
+    let mut pixels = Vec::with_capacity(latents.len() / latent.max(1) * decoder::IMAGE_PIXELS);
+    for z in latents.chunks(latent.max(1)) {
+        model.quantize_latent(z, &mut q)?;
+        decoder::decode(&model, &q, &mut scratch, &mut digit)?;
+        pixels.extend_from_slice(&digit);
+    }
+    Ok(pixels)
+}
+
+/// How far `pixels` (`0..=255`) are from `reference` (`[0, 1]`): PSNR (peak 1.0), largest and
+/// mean absolute difference in `[0, 1]` units. Lengths must match (else infinitely far).
+pub fn pixel_error(pixels: &[u8], reference: &[f32]) -> (f64, f32, f32) {
+    if pixels.len() != reference.len() || pixels.is_empty() {
+        return (f64::NEG_INFINITY, f32::INFINITY, f32::INFINITY);
+    }
+    let (mut squared, mut sum_abs, mut max_abs) = (0.0f64, 0.0f64, 0.0f32);
+    for (&p, &r) in pixels.iter().zip(reference) {
+        let d = (p as f32 / 255.0 - r).abs();
+        let d = if d.is_nan() { f32::INFINITY } else { d };
+        squared += (d as f64).powi(2);
+        sum_abs += d as f64;
+        max_abs = max_abs.max(d);
+    }
+    let count = pixels.len() as f64;
+    (
+        10.0 * (1.0 / (squared / count).max(1e-12)).log10(),
+        max_abs,
+        (sum_abs / count) as f32,
+    )
 }
 
 /// Decodes every row of `latents` with the float decoder and with the int8 blob.
@@ -182,28 +267,14 @@ pub fn evaluate(
     let model = Model::parse(blob)?;
     let [n, latent] = latents.dims();
     let float = tensor_values(decoder.forward(latents.clone()))?;
-    let z = tensor_values(latents)?;
-    let mut scratch = Scratch::new();
-    let mut q = vec![0i8; latent];
-    let mut digit = [0u8; decoder::IMAGE_PIXELS];
-    let (mut squared, mut sum_abs, mut max_abs) = (0.0f64, 0.0f64, 0.0f32);
-    for (zi, reference) in z.chunks(latent).zip(float.chunks(decoder::IMAGE_PIXELS)) {
-        model.quantize_latent(zi, &mut q)?;
-        decoder::decode(&model, &q, &mut scratch, &mut digit)?;
-        for (&p, &r) in digit.iter().zip(reference) {
-            let d = (p as f32 / 255.0 - r).abs();
-            squared += (d as f64).powi(2);
-            sum_abs += d as f64;
-            max_abs = max_abs.max(d);
-        }
-    }
-    let count = (n * decoder::IMAGE_PIXELS) as f64;
+    let pixels = decode_int8(blob, &tensor_values(latents)?, latent)?;
+    let (psnr_db, max_abs_diff, mean_abs_diff) = pixel_error(&pixels, &float);
     Ok(Q8Report {
         bytes: blob.len(),
         macs: model.macs(),
         latents: n,
-        psnr_db: 10.0 * (1.0 / (squared / count).max(1e-12)).log10(),
-        max_abs_diff: max_abs,
-        mean_abs_diff: (sum_abs / count) as f32,
+        psnr_db,
+        max_abs_diff,
+        mean_abs_diff,
     })
 }

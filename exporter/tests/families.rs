@@ -1,10 +1,11 @@
 //! Every MNIST family exports its ONNX files, each checked against Burn by tract (and ONNX
-//! Runtime when `ORT_DYLIB_PATH` is set) before it is written; bad run directories write nothing.
+//! Runtime when `ORT_DYLIB_PATH` is set) before it is written; the conv VAE also its int8 decoder,
+//! as a q8 blob and as QDQ ONNX; `--only` picks files; bad run directories write nothing.
 
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use exporter::{ExportOptions, Exported, FLOAT_TOLERANCE, export_run};
+use exporter::{ExportOptions, FLOAT_TOLERANCE, Kind, export_run};
 use trainer::{data::bundled_dir, model::ModelConfig, run::TrainingConfig, training};
 
 fn options() -> ExportOptions {
@@ -13,6 +14,7 @@ fn options() -> ExportOptions {
         calibration: 64,
         check: 32,
         ort_dylib: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
+        only: None,
     }
 }
 
@@ -40,22 +42,25 @@ fn every_mnist_family_exports_checked_onnx_files() {
     for (family, files) in expected {
         let run = short_run(family, dir.path());
         let out = dir.path().join(format!("{family}-out"));
-        let Exported::Onnx(report) = export_run(&run, &out, &options()).expect("exports") else {
-            panic!("{family}: an ONNX-only export");
-        };
-        let written: Vec<&str> = report.artifacts.iter().map(|a| a.file.as_str()).collect();
+        let report = export_run(&run, &out, &options()).expect("exports");
+        let written: Vec<&str> = report.files.iter().map(|a| a.file.as_str()).collect();
         assert_eq!(written, files, "{family}");
-        for artifact in &report.artifacts {
-            assert!(out.join(&artifact.file).is_file(), "{}", artifact.file);
-            assert!(!artifact.onnx_parity.is_empty());
-            for p in &artifact.onnx_parity {
+        for file in &report.files {
+            let bytes = std::fs::read(out.join(&file.file)).expect("written");
+            assert_eq!(bytes.len(), file.bytes, "{}", file.file);
+            assert!(!file.parity.is_empty());
+            for p in &file.parity {
                 assert!(p.max_abs_diff <= FLOAT_TOLERANCE, "{family} {p:?}");
                 assert!(p.inputs >= 8, "{p:?}");
             }
         }
-        assert!(out.join("report.json").is_file());
+        let json = std::fs::read_to_string(out.join("report.json")).expect("report.json");
+        assert!(
+            json.contains(&format!("\"family\": \"{family}\"")),
+            "{json}"
+        );
         if family == "super-res" {
-            assert_eq!(report.artifacts[0].input_shape, [1, 1, 14, 14]);
+            assert_eq!(report.files[0].input_shape, "[1,1,14,14]");
         }
     }
 }
@@ -84,4 +89,70 @@ fn a_broken_run_is_one_clear_error_and_writes_nothing() {
         "{err:#}"
     );
     assert!(!out.exists(), "nothing written");
+}
+
+#[test]
+fn the_conv_vae_exports_its_int8_decoder_as_q8_and_as_qdq_onnx_matching_the_firmware() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = short_run("conv-vae", dir.path());
+    let out = dir.path().join("out");
+    let report = export_run(&run, &out, &options()).expect("exports");
+    let written: Vec<Kind> = report.files.iter().map(|f| f.kind).collect();
+    assert_eq!(
+        written,
+        [Kind::Encoder, Kind::Decoder, Kind::Q8, Kind::Int8Onnx]
+    );
+    let q8 = report.q8.as_ref().expect("q8 report");
+    assert_eq!(q8.latents, 32);
+    let int8 = report.file(Kind::Int8Onnx).expect("int8 onnx");
+    assert!(!int8.int8_parity.is_empty());
+    for p in &int8.int8_parity {
+        // Only requantization rounding may differ (see `exporter::qdq`).
+        assert!(p.identical > 0.9, "{p:?}");
+        assert!(p.max_levels <= exporter::MAX_INT8_ONNX_LEVELS, "{p:?}");
+    }
+    // The QDQ file is an ordinary ONNX model with int8 weights: ops as documented.
+    let bytes = std::fs::read(out.join("decoder_int8.onnx")).expect("written");
+    for op in [
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "Conv",
+        "Gemm",
+        "Gather",
+    ] {
+        assert!(
+            bytes.windows(op.len()).any(|w| w == op.as_bytes()),
+            "{op} in the int8 ONNX"
+        );
+    }
+}
+
+#[test]
+fn only_exports_the_named_files_and_refuses_ones_the_family_lacks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = short_run("dense-ae", dir.path());
+    let out = dir.path().join("out");
+    let only = ExportOptions {
+        only: Some(vec![Kind::Decoder]),
+        ..options()
+    };
+    let report = export_run(&run, &out, &only).expect("exports");
+    assert_eq!(report.files.len(), 1);
+    assert!(out.join("decoder.onnx").is_file());
+    assert!(!out.join("encoder.onnx").exists());
+
+    let other = dir.path().join("other");
+    let wrong = ExportOptions {
+        only: Some(vec![Kind::Decoder, Kind::Q8]),
+        ..options()
+    };
+    let err = export_run(&run, &other, &wrong).expect_err("a dense AE has no q8");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("no q8") && message.contains("encoder, decoder"),
+        "{message}"
+    );
+    assert!(!other.exists(), "nothing written");
+    assert_eq!("int8-onnx".parse::<Kind>(), Ok(Kind::Int8Onnx));
+    assert!("q4".parse::<Kind>().unwrap_err().contains("one of encoder"));
 }

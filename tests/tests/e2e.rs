@@ -21,7 +21,7 @@ use e2e::{
     firmware::{Board, host_outputs, run, run_qemu_firmware},
     psnr_u8_vs_float, scratch_dir, target_dir,
 };
-use exporter::{ExportOptions, FLOAT_TOLERANCE, export_run, onnx::run_ort};
+use exporter::{ExportOptions, FLOAT_TOLERANCE, Kind, export_run, onnx::run_ort};
 use trainer::{
     data::{self, Mnist, Split},
     model::{ConvVaeConfig, ModelConfig},
@@ -214,20 +214,30 @@ fn train_export_and_run_everywhere() {
         calibration: 500,
         check: 200,
         ort_dylib: Some(ort_dylib()),
+        only: None,
     };
-    let report = export_run(&run_dir, &out_dir, &options)
-        .expect("export")
-        .into_decoder()
+    let report = export_run(&run_dir, &out_dir, &options).expect("export");
+    let decoder = report
+        .file(Kind::Decoder)
         .expect("a conv VAE exports a decoder");
     assert_eq!(
-        report.onnx_parity.len(),
+        decoder.parity.len(),
         2,
         "tract and ONNX Runtime both checked"
     );
-    for p in &report.onnx_parity {
+    for p in &decoder.parity {
         assert!(p.max_abs_diff <= FLOAT_TOLERANCE, "{p:?}");
     }
+    let int8 = report
+        .file(Kind::Int8Onnx)
+        .expect("the int8 decoder as ONNX");
+    assert_eq!(
+        int8.int8_parity.len(),
+        2,
+        "tract and ONNX Runtime both ran it"
+    );
     eprintln!("export report: {}", summary(&report));
+    let q8 = report.q8.as_ref().expect("the int8 decoder's report");
     let onnx = out_dir.join("decoder.onnx");
     let blob = fs::read(out_dir.join("decoder.q8")).expect("q8 blob");
 
@@ -365,19 +375,17 @@ fn train_export_and_run_everywhere() {
         "max |diff| vs Burn: tract x86_64 {d_tract:e}, ORT {d_ort:e}, tract aarch64 {:e}, \
          tract armv7 {:e}; \
          int8 PSNR {psnr:.2} dB on {n} latents ({:.2} dB on {} in the export report)",
-        d_pi[0], d_pi[1], report.q8.psnr_db, report.q8.latents
+        d_pi[0], d_pi[1], q8.psnr_db, q8.latents
     );
 }
 
 fn summary(report: &exporter::Report) -> String {
-    format!(
-        "tract {:e}, ORT {:e}, int8 {:.2} dB, {} bytes, {} MACs",
-        report.onnx_parity[0].max_abs_diff,
-        report.onnx_parity[1].max_abs_diff,
-        report.q8.psnr_db,
-        report.q8.bytes,
-        report.q8.macs
-    )
+    let lines: Vec<String> = report
+        .files
+        .iter()
+        .map(|f| format!("{}: {}", f.file, f.checked))
+        .collect();
+    lines.join("; ")
 }
 
 /// Runs a cross-built `edge denoise` for `pi` under qemu-user on a gray8 stream; returns stdout.
@@ -436,12 +444,14 @@ fn camera_denoiser_from_photographs_to_the_pi() {
         calibration: 0,
         check: 0,
         ort_dylib: Some(ort_dylib()),
+        only: None,
     };
-    let exported = export_run(&run_dir, &out_dir, &options).expect("export");
-    let exporter::Exported::Denoiser(report) = exported else {
-        panic!("a camera denoiser exports a denoiser");
-    };
-    assert_eq!(report.onnx_parity.len(), 2, "tract and ORT checked");
+    let report = export_run(&run_dir, &out_dir, &options).expect("export");
+    let parity = &report
+        .file(Kind::Denoiser)
+        .expect("a camera denoiser exports a denoiser")
+        .parity;
+    assert_eq!(parity.len(), 2, "tract and ORT checked");
     let onnx = out_dir.join("denoiser.onnx");
 
     // Three noisy 96x64 frames cut from the held-out photograph of a camera man.
@@ -513,6 +523,6 @@ fn camera_denoiser_from_photographs_to_the_pi() {
     }
     eprintln!(
         "camera denoiser: noisy {noisy_db:.2} dB -> {burn_db:.2} dB; ONNX parity tract {:e}, ORT {:e}",
-        report.onnx_parity[0].max_abs_diff, report.onnx_parity[1].max_abs_diff
+        parity[0].max_abs_diff, parity[1].max_abs_diff
     );
 }
