@@ -61,6 +61,7 @@ fn post_process(
         }
     }
     rewrite_nearest_upsampling(graph)?;
+    number_values(graph);
     for (key, value) in metadata {
         model.metadata_props.push(Default::default());
         if let Some(entry) = model.metadata_props.last_mut() {
@@ -70,6 +71,31 @@ fn post_process(
     }
     model.producer_name = "autoencoders-to-the-edge exporter".into();
     model.write_to_bytes().context("serialising the ONNX model")
+}
+
+/// Renames the values the nodes compute (other than the graph's outputs) `v0`, `v1`, ... in node
+/// order. burn-onnx names them after process-wide tensor ids (`tensor_48`), which depend on what
+/// the process traced before, so the same model exported twice would differ; numbered, every
+/// export of a model is the same file.
+fn number_values(graph: &mut GraphProto) {
+    let outputs: std::collections::HashSet<String> =
+        graph.output.iter().map(|v| v.name.clone()).collect();
+    let mut names = std::collections::HashMap::new();
+    for node in &graph.node {
+        for output in &node.output {
+            if !output.is_empty() && !outputs.contains(output) && !names.contains_key(output) {
+                let name = format!("v{}", names.len());
+                names.insert(output.clone(), name);
+            }
+        }
+    }
+    for node in graph.node.iter_mut() {
+        for name in node.input.iter_mut().chain(node.output.iter_mut()) {
+            if let Some(new) = names.get(name) {
+                name.clone_from(new);
+            }
+        }
+    }
 }
 
 /// ONNX's INT64 element type.
@@ -131,7 +157,7 @@ fn rewrite_nearest_upsampling(graph: &mut GraphProto) -> anyhow::Result<usize> {
         };
         let (h, w) = (sizes[0] / 2, sizes[1] / 2);
         let (input, output) = (node.input[0].clone(), node.output[0].clone());
-        let name = |suffix: &str| format!("{output}_upsample_{suffix}");
+        let name = |suffix: &str| format!("upsample{rewritten}_{suffix}");
         let mut step = |op: &str, inputs: [String; 2], out: String| {
             let mut n = NodeProto::new();
             n.op_type = op.into();

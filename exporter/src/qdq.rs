@@ -83,7 +83,10 @@ impl Builder {
     fn requantize(&mut self, name: &str, input: &str, scale: f32, zero_point: i8) {
         let (s, z) = (format!("{name}_scale"), format!("{name}_zero_point"));
         self.floats(&s, &[], &[scale]);
-        self.int8s(&z, &[], &[zero_point]);
+        // A one-element vector rather than a scalar: the same per-tensor zero point to ONNX
+        // Runtime and tract, and burn-onnx 0.22's importer cannot convert a scalar int8
+        // constant ("UnsupportedConversion { from: I8, to: I64 }").
+        self.int8s(&z, &[1], &[zero_point]);
         let q = format!("{name}_q");
         self.node("QuantizeLinear", &q, &[input, &s, &z], vec![]);
         self.node("DequantizeLinear", name, &[&q, &s, &z], vec![]);
