@@ -659,11 +659,20 @@ fn psnr(a: &Image, b: &Image) -> f64 {
     10.0 * (255.0f64.powi(2) / mse).log10()
 }
 
-/// One row of the `bench` table; each call handles `items` digits or frames.
-fn print_row(runtime: &str, stats: &bench::Stats, items: usize) {
+/// The `bench` table's header; `input` names the second column, `rate` the last.
+fn print_header(input: &str, rate: &str) {
+    println!(
+        "{:<12} {input:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {rate:>10}",
+        "runtime", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms"
+    );
+}
+
+/// One row of the `bench` table: `runtime` on `input` (a batch size or a frame size); each call
+/// handles `items` digits or frames.
+fn print_row(runtime: &str, input: &str, stats: &bench::Stats, items: usize) {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     println!(
-        "{runtime:<22} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>10.1}",
+        "{runtime:<12} {input:>8} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>10.1}",
         stats.runs,
         ms(stats.p50),
         ms(stats.p90),
@@ -680,10 +689,7 @@ fn bench_denoiser(args: &BenchArgs) -> Result<()> {
         "{}: denoiser, batch 1, {runs} timed frames after {warmup}",
         args.model.display()
     );
-    println!(
-        "{:<22} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "runtime", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "frames/s"
-    );
+    print_header("frame", "frames/s");
     for &(width, height) in &args.size {
         let denoiser =
             Denoiser::load(&args.model, width, height).context("loading the denoiser")?;
@@ -694,7 +700,7 @@ fn bench_denoiser(args: &BenchArgs) -> Result<()> {
         let stats = bench::measure(warmup, runs, || denoiser.denoise_gray8(&frame, &mut out))
             .context("running the denoiser with tract")?;
         if let Some(stats) = stats {
-            print_row(&format!("tract {width}x{height}"), &stats, 1);
+            print_row("tract", &format!("{width}x{height}"), &stats, 1);
         }
         #[cfg(feature = "ort")]
         if let Some(dylib) = &args.ort_dylib {
@@ -709,7 +715,7 @@ fn bench_denoiser(args: &BenchArgs) -> Result<()> {
             )
             .context("running the denoiser with ONNX Runtime")?;
             if let Some(stats) = stats {
-                print_row(&format!("onnxruntime {width}x{height}"), &stats, 1);
+                print_row("onnxruntime", &format!("{width}x{height}"), &stats, 1);
             }
         }
     }
@@ -731,10 +737,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         decoder.image_size().0,
         decoder.image_size().1,
     );
-    println!(
-        "{:<22} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "runtime", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "digits/s"
-    );
+    print_header("batch", "digits/s");
     for &batch in &args.batch {
         let batch = batch as usize;
         // `batch` latents per call, taken in turn from the 64.
@@ -763,14 +766,14 @@ fn bench(args: &BenchArgs) -> Result<()> {
         }
         .context("running the decoder with tract")?;
         if let Some(stats) = stats {
-            print_row(&format!("tract batch {batch}"), &stats, batch);
+            print_row("tract", &batch.to_string(), &stats, batch);
         }
         #[cfg(feature = "ort")]
         if let Some(dylib) = &args.ort_dylib {
             let stats = ort_bench::measure(&args.model, dylib, &batches, &[batch, d], warmup, runs)
                 .context("running the decoder with ONNX Runtime")?;
             if let Some(stats) = stats {
-                print_row(&format!("onnxruntime batch {batch}"), &stats, batch);
+                print_row("onnxruntime", &batch.to_string(), &stats, batch);
             }
         }
     }

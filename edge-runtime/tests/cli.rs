@@ -391,6 +391,8 @@ fn bench_prints_latency_percentiles() {
             "20",
             "--warmup",
             "2",
+            "--batch",
+            "1,8",
         ],
     );
     assert!(out.status.success(), "edge bench failed: {}", stderr(&out));
@@ -399,16 +401,17 @@ fn bench_prints_latency_percentiles() {
         text.contains("p50 ms") && text.contains("digits/s"),
         "{text}"
     );
-    let row = text
-        .lines()
-        .find(|l| l.starts_with("tract"))
-        .unwrap_or_else(|| panic!("no tract row in:\n{text}"));
-    let fields: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(fields.len(), 7, "{row}");
-    assert_eq!(fields[1], "20", "{row}");
-    let p50: f64 = fields[2].parse().expect("p50");
-    let p99: f64 = fields[4].parse().expect("p99");
-    assert!(p50 > 0.0 && p99 >= p50, "{row}");
+    // One tract row per batch size (the workspace's decoder has a symbolic batch).
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("tract")).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for (row, batch) in rows.iter().zip(["1", "8"]) {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(fields.len(), 8, "{row}");
+        assert_eq!((fields[1], fields[2]), (batch, "20"), "batch, runs: {row}");
+        let p50: f64 = fields[3].parse().expect("p50");
+        let p99: f64 = fields[5].parse().expect("p99");
+        assert!(p50 > 0.0 && p99 >= p50, "{row}");
+    }
 }
 
 #[test]
