@@ -120,9 +120,15 @@ impl Default for Scratch {
 /// prepared once: `y = clamp(((acc * multiplier + 2^(n-1)) >> n) + zp, low, 127)` with
 /// `n = 31 - shift` (checked to lie in 1..=62 at parse time) and `low` the zero point after a
 /// ReLU, else -128.
+///
+/// For the usual `32 <= n <= 54` ([`Requant::FOLDED`]) the zero point is folded into the rounding
+/// constant (`2^(n-1) + zp * 2^n`: adding a multiple of `2^n` before the shift adds `zp` after
+/// it, exactly) and the shift is a 32-bit shift of the product's high word: one `smlal`, one
+/// `asr`, a saturation and a max. Other shifts (only a crafted blob has them) take a slower path.
 #[derive(Clone, Copy)]
 struct Requant {
     multiplier: i32,
+    /// `2^(n-1) + zp * 2^n` for `n` in [`Requant::FOLDED`], else `2^(n-1)`.
     round: i64,
     n: u32,
     zero_point: i32,
@@ -130,13 +136,23 @@ struct Requant {
 }
 
 impl Requant {
+    /// The shifts `n` of the fast path: `n >= 32` makes it a shift of the high word, and
+    /// `n <= 54` keeps `acc * multiplier + 2^(n-1) + zp * 2^n` (each term below `2^62`,
+    /// `2^53` and `2^61`) inside an i64.
+    const FOLDED: core::ops::RangeInclusive<u32> = 32..=54;
+
     fn new(layer: &Layer, channel: usize) -> Self {
         let (_, multiplier, shift) = layer.params(channel);
         let n = (31 - shift).clamp(1, 62) as u32;
         let zero_point = layer.output_zero_point as i32;
+        let half = 1i64 << (n - 1);
         Requant {
             multiplier,
-            round: 1 << (n - 1),
+            round: if Self::FOLDED.contains(&n) {
+                half + ((zero_point as i64) << n)
+            } else {
+                half
+            },
             n,
             zero_point,
             low: if layer.relu { zero_point } else { -128 },
@@ -145,22 +161,19 @@ impl Requant {
 
     #[inline(always)]
     fn apply(&self, acc: i32) -> i8 {
-        // A 32 x 32 -> 64-bit product (one `smull` on Arm).
-        let sum = acc as i64 * self.multiplier as i64 + self.round;
-        // The same floor division; for the usual n >= 32 a 32-bit shift of the high word is
-        // enough, which is much cheaper than a 64-bit shift on a 32-bit core.
-        // (`sum >> 32` always fits an i32: |acc * multiplier| < 2^62.)
-        let scaled = if self.n >= 32 {
-            ((sum >> 32) as i32) >> (self.n - 32)
+        let product = acc as i64 * self.multiplier as i64;
+        let y = if Self::FOLDED.contains(&self.n) {
+            // One `smlal`; the high word shifted is `scaled + zp`, within +-2^31 (see FOLDED).
+            (((product + self.round) >> 32) as i32) >> (self.n - 32)
         } else {
-            (sum >> self.n).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+            // A crafted blob: the result can exceed i32 (small n) and the zero point is not
+            // folded in; saturate instead.
+            ((product + self.round) >> self.n)
+                .clamp(i32::MIN as i64, i32::MAX as i64)
+                .saturating_add(self.zero_point as i64) as i32
         };
-        // Saturating, so that a crafted bias cannot overflow; `max` then `min` rather than
-        // `clamp`, which would check `low <= 127` every time.
-        scaled
-            .saturating_add(self.zero_point)
-            .max(self.low)
-            .min(127) as i8
+        // `clamp(-128, 127)` is one `ssat`; `low` is at least -128.
+        y.clamp(-128, 127).max(self.low) as i8
     }
 }
 
@@ -329,28 +342,7 @@ pub const PIXEL_BLOCK: usize = 4;
 /// channel, all with the weights `ws`: pixel `p` reads the quads `xq[p * QS..][..ws.len()]`
 /// (`QS` quads from one pixel to the next, a constant so that the four reads share one base
 /// register). `xq` must hold `ws.len() + 3 * QS` quads; missing ones end the sums early.
-#[cfg(arm_dsp)]
-#[inline(always)]
-fn pixel_quads<const QS: usize>(xq: &[[i8; 4]], ws: &[[u8; 8]], acc: &mut [i32; PIXEL_BLOCK]) {
-    use crate::dsp::{smlad, sxtb16, sxtb16_ror8};
-    let [mut a0, mut a1, mut a2, mut a3] = *acc;
-    // One window per weight quad: the four pixels' quads at constant offsets.
-    for (w, x) in ws.iter().zip(xq.windows(3 * QS + 1)) {
-        let w_even = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-        let w_odd = u32::from_le_bytes([w[4], w[5], w[6], w[7]]);
-        let mac = |a: i32, x: [i8; 4]| {
-            let x = u32::from_le_bytes(x.map(|b| b as u8));
-            smlad(sxtb16_ror8(x), w_odd, smlad(sxtb16(x), w_even, a))
-        };
-        a0 = mac(a0, x[0]);
-        a1 = mac(a1, x[QS]);
-        a2 = mac(a2, x[2 * QS]);
-        a3 = mac(a3, x[3 * QS]);
-    }
-    *acc = [a0, a1, a2, a3];
-}
-
-/// The same sums in plain Rust (hosts, Cortex-M0).
+/// (Plain Rust for hosts and the Cortex-M0; Armv7E-M runs `crate::dsp::run_pixels`.)
 #[cfg(not(arm_dsp))]
 #[inline(always)]
 fn pixel_quads<const QS: usize>(xq: &[[i8; 4]], ws: &[[u8; 8]], acc: &mut [i32; PIXEL_BLOCK]) {
@@ -371,14 +363,14 @@ fn pixel_quads<const QS: usize>(xq: &[[i8; 4]], ws: &[[u8; 8]], acc: &mut [i32; 
 }
 
 /// A run of `count` neighbouring output pixels of one row for a block of [`CHANNEL_BLOCK`]
-/// channels, every tap inside the input, whole quads only: the hot loop of most conv layers.
-/// Pixel `p` reads `rows` tap rows of `quads` quads starting at `x_at + p * x_step`, rows
-/// `stride` apart, with the weights `w` (`rows x quads`); it writes its channels at
-/// `out_at + p * out_step`.
+/// channels, every tap inside the input, the input's channels in whole quads: the hot loop of
+/// most conv layers. Positions are in quads of `x`: pixel `p` reads `rows` tap rows of
+/// `quads_per_row` quads starting at `x_at + p * x_step`, rows `stride` apart, with the weights
+/// `w` (`rows x quads_per_row`); it writes its channels at `out_at + p * out_step`.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
 fn channel_block_run(
-    x: &[i8],
+    x: &[[i8; 4]],
     (x_at, x_step, stride): (usize, usize, usize),
     (rows, quads_per_row): (usize, usize),
     w: &[[[u8; 8]; CHANNEL_BLOCK]],
@@ -388,43 +380,47 @@ fn channel_block_run(
     out: &mut [i8],
     (out_at, out_step): (usize, usize),
 ) {
-    let run = 4 * quads_per_row;
-    let mut w_rows: [&[[[u8; 8]; CHANNEL_BLOCK]]; MAX_SPAN] = [&[]; MAX_SPAN];
-    for (slot, w_row) in w_rows.iter_mut().zip(w.chunks_exact(quads_per_row.max(1))) {
-        *slot = w_row;
-    }
-    let w_rows = &w_rows[..rows.min(MAX_SPAN)];
-    // Input bytes one pixel's taps span.
-    let span = (rows.max(1) - 1) * stride + run;
-    for p in 0..count {
-        let mut acc = init;
-        let first = x_at + p * x_step;
-        if let Some(xs) = x.get(first..first + span) {
-            for (r, w_row) in w_rows.iter().enumerate() {
-                let at = r * stride;
-                if let Some(xs) = xs.get(at..at + run) {
-                    quads(xs.as_chunks::<4>().0, w_row, &mut acc);
-                }
-            }
-        }
+    #[cfg_attr(arm_dsp, allow(unused_mut))] // moved into the DSP kernel there
+    let mut finish = |p: usize, acc: [i32; CHANNEL_BLOCK]| {
         let at = out_at + p * out_step;
         if let Some(dst) = out.get_mut(at..at + CHANNEL_BLOCK) {
             for ((d, &a), r) in dst.iter_mut().zip(&acc).zip(requant) {
                 *d = r.apply(a);
             }
         }
+    };
+    #[cfg(arm_dsp)]
+    crate::dsp::run_4ch(
+        x,
+        (x_at, x_step, count),
+        (stride, rows, quads_per_row),
+        w,
+        init,
+        finish,
+    );
+    #[cfg(not(arm_dsp))]
+    for p in 0..count {
+        let mut acc = init;
+        let first = x_at + p * x_step;
+        for (r, ws) in w.chunks(quads_per_row.max(1)).take(rows).enumerate() {
+            let at = first + r * stride;
+            if let Some(xs) = x.get(at..at + quads_per_row) {
+                quads(xs, ws, &mut acc);
+            }
+        }
+        finish(p, acc);
     }
 }
 
 /// Groups of [`PIXEL_BLOCK`] neighbouring output pixels of one row for a layer with a single
 /// output channel, every tap inside the input, whole quads only: the hot loop of the last layer.
-/// Group `g` starts at pixel `g * PIXEL_BLOCK`; pixel `p` reads `rows` tap rows of
-/// `quads_per_row` quads starting at `x_at + p * x_step`, rows `stride` apart, all with the
-/// weights `w` (`rows x quads_per_row`), and writes at `out_at + p * out_step`.
+/// Positions are in quads of `x`: group `g` starts at pixel `g * PIXEL_BLOCK`; pixel `p` reads
+/// `rows` tap rows of `quads_per_row` quads starting at `x_at + p * QS`, rows `stride` apart,
+/// all with the weights `w` (`rows x quads_per_row`), and writes at `out_at + p * out_step`.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
 fn pixel_block_run<const QS: usize>(
-    x: &[i8],
+    x: &[[i8; 4]],
     (x_at, stride): (usize, usize),
     (rows, quads_per_row): (usize, usize),
     w: &[[u8; 8]],
@@ -433,26 +429,33 @@ fn pixel_block_run<const QS: usize>(
     sink: &mut Sink,
     (out_at, out_step): (usize, usize),
 ) {
-    let x_step = 4 * QS;
-    let mut w_rows: [&[[u8; 8]]; MAX_SPAN] = [&[]; MAX_SPAN];
-    for (slot, w_row) in w_rows.iter_mut().zip(w.chunks_exact(quads_per_row.max(1))) {
-        *slot = w_row;
-    }
-    let w_rows = &w_rows[..rows.min(MAX_SPAN)];
-    // Input bytes one tap row of a group spans.
-    let row_span = (PIXEL_BLOCK - 1) * x_step + 4 * quads_per_row;
-    for g in 0..groups {
-        let mut acc = [init; PIXEL_BLOCK];
-        let first = x_at + g * PIXEL_BLOCK * x_step;
-        for (r, w_row) in w_rows.iter().enumerate() {
-            let at = first + r * stride;
-            if let Some(xs) = x.get(at..at + row_span) {
-                pixel_quads::<QS>(xs.as_chunks::<4>().0, w_row, &mut acc);
-            }
-        }
+    #[cfg_attr(arm_dsp, allow(unused_mut))] // moved into the DSP kernel there
+    let mut finish = |g: usize, acc: [i32; PIXEL_BLOCK]| {
         for (p, &a) in acc.iter().enumerate() {
             sink.put(out_at + (g * PIXEL_BLOCK + p) * out_step, requant.apply(a));
         }
+    };
+    #[cfg(arm_dsp)]
+    crate::dsp::run_pixels::<QS>(
+        x,
+        (x_at, groups),
+        (stride, rows, quads_per_row),
+        w,
+        init,
+        finish,
+    );
+    #[cfg(not(arm_dsp))]
+    for g in 0..groups {
+        let mut acc = [init; PIXEL_BLOCK];
+        let first = x_at + g * PIXEL_BLOCK * QS;
+        for (r, w_row) in w.chunks(quads_per_row.max(1)).take(rows).enumerate() {
+            let at = first + r * stride;
+            // The row's quads for the four pixels.
+            if let Some(xs) = x.get(at..at + (PIXEL_BLOCK - 1) * QS + quads_per_row) {
+                pixel_quads::<QS>(xs, w_row, &mut acc);
+            }
+        }
+        finish(g, acc);
     }
 }
 
@@ -529,16 +532,22 @@ fn phase_block<const N: usize>(
         lo..hi
     };
     let stride = input.w * input.c;
+    // What each tap row adds when it lies outside the input (every tap reads the zero point).
+    let mut padding_rows = [[0i32; N]; MAX_SPAN];
+    for (row, sums) in weight_rows.iter().zip(&mut padding_rows).take(sy) {
+        for (j, v) in sums.iter_mut().enumerate() {
+            *v = zp.wrapping_mul(row.sum(j));
+        }
+    }
     for oy in (ay.phase..h_out).step_by(up) {
         let row0 = ay.start(oy / up);
         let rows = clip(row0, sy, input.h);
-        // The bias plus what the rows outside the input contribute (they read the zero point).
-        let mut init = [0i32; N];
-        for (j, v) in init.iter_mut().enumerate() {
-            *v = bias[j];
-            for (dy, row) in weight_rows.iter().enumerate().take(sy) {
-                if !rows.contains(&dy) {
-                    *v = v.wrapping_add(zp.wrapping_mul(row.sum(j)));
+        // The bias plus what the rows outside the input contribute.
+        let mut init = bias;
+        for (dy, sums) in padding_rows.iter().enumerate().take(sy) {
+            if !rows.contains(&dy) {
+                for (v, &p) in init.iter_mut().zip(sums) {
+                    *v = v.wrapping_add(p);
                 }
             }
         }
@@ -552,7 +561,7 @@ fn phase_block<const N: usize>(
             if N == CHANNEL_BLOCK
                 && i == inner.start
                 && !inner.is_empty()
-                && layout.run.is_multiple_of(4)
+                && input.c.is_multiple_of(4)
                 && let Sink::Activations(out) = sink
                 && let Ok(init) = <[i32; CHANNEL_BLOCK]>::try_from(&init[..])
                 && let Ok(requant) = <&[Requant; CHANNEL_BLOCK]>::try_from(&requant[..])
@@ -565,9 +574,11 @@ fn phase_block<const N: usize>(
                     .unwrap_or(&[]);
                 let (w, _) = w.as_chunks::<8>().0.as_chunks::<CHANNEL_BLOCK>();
                 let y = (row0 + rows.start as isize).max(0) as usize;
+                // Whole quads per tap: positions in quads.
+                let q = input.c / 4;
                 channel_block_run(
-                    input.values,
-                    (y * stride + col0 as usize * input.c, input.c, stride),
+                    input.values.as_chunks::<4>().0,
+                    ((y * input.w + col0 as usize) * q, q, input.w * q),
                     (rows.len(), quads_per_row),
                     w,
                     init,
@@ -587,9 +598,11 @@ fn phase_block<const N: usize>(
                     .get(rows.start * bytes..rows.end * bytes)
                     .unwrap_or(&[]);
                 let y = (row0 + rows.start as isize).max(0) as usize;
+                // Whole quads per tap: positions in quads.
+                let q = input.c / 4;
                 let args = (
-                    input.values,
-                    (y * stride + col0 as usize * input.c, stride),
+                    input.values.as_chunks::<4>().0,
+                    ((y * input.w + col0 as usize) * q, input.w * q),
                     (rows.len(), layout.run / 4),
                     w.as_chunks::<8>().0,
                     (init[0], &requant[0]),

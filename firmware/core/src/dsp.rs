@@ -40,3 +40,338 @@ pub(crate) fn smlad(a: u32, b: u32, acc: i32) -> i32 {
     }
     r
 }
+
+/// A run of `count` output pixels for a block of 4 output channels: pixel `p` starts from the
+/// accumulators `init`, adds `sum of x . w` over its taps, and hands them to `finish(p, acc)`
+/// (requantization and store). Its taps are `rows` tap rows of `quads` quads, row `r` at quad
+/// `x_at + p * x_step + r * stride` of `x`, with the weights `w` (`rows x quads` blocks, one
+/// row after the other). If `x` or `w` is too short for the run (or `stride < quads`), no tap is
+/// added: every pixel gets `init`.
+///
+/// Each quad of 4 int8 inputs is split once into its even and odd lanes, and each channel's 8
+/// bytes of folded i16 weights are those lanes' weights (`crate::fold::FoldLayout`), so a quad
+/// costs one load, two `sxtb16`, and per channel one `ldrd` (two `ldr` when `w` is not 4-byte
+/// aligned) and two `smlad`: 17 instructions for 16 multiply-accumulates with the loop, and 7
+/// more per row. In assembly because the compiler keeps neither the accumulators nor the
+/// pointers in registers across the rows (it reloaded them for ~40 instructions per row); the
+/// bounds are checked once per run, not per pixel.
+#[inline(always)]
+pub(crate) fn run_4ch(
+    x: &[[i8; 4]],
+    (x_at, x_step, count): (usize, usize, usize),
+    (stride, rows, quads): (usize, usize, usize),
+    w: &[[[u8; 8]; 4]],
+    init: [i32; 4],
+    mut finish: impl FnMut(usize, [i32; 4]),
+) {
+    // The last quad the run reads, plus one.
+    let x_end = count
+        .checked_sub(1)
+        .and_then(|p| p.checked_mul(x_step))
+        .and_then(|v| v.checked_add(x_at))
+        .and_then(|v| rows.checked_sub(1)?.checked_mul(stride)?.checked_add(v))
+        .and_then(|v| v.checked_add(quads));
+    let fits = rows > 0
+        && quads > 0
+        && stride >= quads
+        && x_end.is_some_and(|end| end <= x.len())
+        && rows.checked_mul(quads).is_some_and(|n| n <= w.len())
+        && u32::try_from(stride * 4).is_ok();
+    if !fits {
+        (0..count).for_each(|p| finish(p, init));
+        return;
+    }
+    if (w.as_ptr() as usize).is_multiple_of(4) {
+        run_4ch_checked::<true>(x, (x_at, x_step, count), (stride, rows, quads), w, init, finish);
+    } else {
+        run_4ch_checked::<false>(x, (x_at, x_step, count), (stride, rows, quads), w, init, finish);
+    }
+}
+
+/// [`run_4ch`] once its bounds are checked; `ALIGNED`: `w` is 4-byte aligned (`ldrd` allowed).
+#[inline(always)]
+fn run_4ch_checked<const ALIGNED: bool>(
+    x: &[[i8; 4]],
+    (x_at, x_step, count): (usize, usize, usize),
+    (stride, rows, quads): (usize, usize, usize),
+    w: &[[[u8; 8]; 4]],
+    init: [i32; 4],
+    mut finish: impl FnMut(usize, [i32; 4]),
+) {
+    // The row loop's constants: quads per row, bytes from a row's end to the next row's start,
+    // rows left (counted down by the loop, reset for every pixel).
+    let mut params: [u32; 3] = [quads as u32, ((stride - quads) * 4) as u32, rows as u32];
+    for p in 0..count {
+        params[2] = rows as u32;
+        let [mut a0, mut a1, mut a2, mut a3] = init;
+        let px = x.as_ptr().wrapping_add(x_at + p * x_step);
+        let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
+        if ALIGNED {
+            // SAFETY: `run_4ch` checked that every quad the run's pixels read lies in `x`
+            // (row `r` of pixel `p`: `quads` quads from `x_at + p * x_step + r * stride`), that
+            // the first `rows * quads` blocks of `w` exist, and (ALIGNED) that `w` is 4-byte
+            // aligned, as `ldrd` needs (blocks are 32 bytes, so every block stays aligned). The
+            // only memory written is `params[2]`, a local. Flags are clobbered.
+            unsafe {
+                asm!(
+                    "2:",
+                    "ldr {n}, [{prm}]",
+                    "3:",
+                    "ldr {t}, [{px}], #4",
+                    "sxtb16 {e}, {t}",
+                    "sxtb16 {o}, {t}, ror #8",
+                    "ldrd {t}, {u}, [{pw}], #8",
+                    "smlad {a0}, {e}, {t}, {a0}",
+                    "smlad {a0}, {o}, {u}, {a0}",
+                    "ldrd {t}, {u}, [{pw}], #8",
+                    "smlad {a1}, {e}, {t}, {a1}",
+                    "smlad {a1}, {o}, {u}, {a1}",
+                    "ldrd {t}, {u}, [{pw}], #8",
+                    "smlad {a2}, {e}, {t}, {a2}",
+                    "smlad {a2}, {o}, {u}, {a2}",
+                    "ldrd {t}, {u}, [{pw}], #8",
+                    "smlad {a3}, {e}, {t}, {a3}",
+                    "smlad {a3}, {o}, {u}, {a3}",
+                    "subs {n}, {n}, #1",
+                    "bne 3b",
+                    "ldr {t}, [{prm}, #4]",
+                    "add {px}, {px}, {t}",
+                    "ldr {t}, [{prm}, #8]",
+                    "subs {t}, {t}, #1",
+                    "str {t}, [{prm}, #8]",
+                    "bne 2b",
+                    px = inout(reg) px => _,
+                    pw = inout(reg) pw => _,
+                    prm = in(reg) prm,
+                    n = out(reg) _,
+                    a0 = inout(reg) a0,
+                    a1 = inout(reg) a1,
+                    a2 = inout(reg) a2,
+                    a3 = inout(reg) a3,
+                    t = out(reg) _,
+                    u = out(reg) _,
+                    e = out(reg) _,
+                    o = out(reg) _,
+                    options(nostack),
+                );
+            }
+        } else {
+            // SAFETY: as above, with single-word loads (the Cortex-M4 allows unaligned `ldr`).
+            unsafe {
+                asm!(
+                    "2:",
+                    "ldr {n}, [{prm}]",
+                    "3:",
+                    "ldr {t}, [{px}], #4",
+                    "sxtb16 {e}, {t}",
+                    "sxtb16 {o}, {t}, ror #8",
+                    "ldr {t}, [{pw}], #4",
+                    "smlad {a0}, {e}, {t}, {a0}",
+                    "ldr {t}, [{pw}], #4",
+                    "smlad {a0}, {o}, {t}, {a0}",
+                    "ldr {t}, [{pw}], #4",
+                    "smlad {a1}, {e}, {t}, {a1}",
+                    "ldr {t}, [{pw}], #4",
+                    "smlad {a1}, {o}, {t}, {a1}",
+                    "ldr {t}, [{pw}], #4",
+                    "smlad {a2}, {e}, {t}, {a2}",
+                    "ldr {t}, [{pw}], #4",
+                    "smlad {a2}, {o}, {t}, {a2}",
+                    "ldr {t}, [{pw}], #4",
+                    "smlad {a3}, {e}, {t}, {a3}",
+                    "ldr {t}, [{pw}], #4",
+                    "smlad {a3}, {o}, {t}, {a3}",
+                    "subs {n}, {n}, #1",
+                    "bne 3b",
+                    "ldr {t}, [{prm}, #4]",
+                    "add {px}, {px}, {t}",
+                    "ldr {t}, [{prm}, #8]",
+                    "subs {t}, {t}, #1",
+                    "str {t}, [{prm}, #8]",
+                    "bne 2b",
+                    px = inout(reg) px => _,
+                    pw = inout(reg) pw => _,
+                    prm = in(reg) prm,
+                    n = out(reg) _,
+                    a0 = inout(reg) a0,
+                    a1 = inout(reg) a1,
+                    a2 = inout(reg) a2,
+                    a3 = inout(reg) a3,
+                    t = out(reg) _,
+                    e = out(reg) _,
+                    o = out(reg) _,
+                    options(nostack),
+                );
+            }
+        }
+        finish(p, [a0, a1, a2, a3]);
+    }
+}
+
+/// `groups` groups of 4 neighbouring output pixels of a layer with one output channel: pixel `p`
+/// of group `g` starts from `init`, adds `sum of x . w` over its taps, and the group's four sums
+/// go to `finish(g, acc)`. Pixels are `QS` quads apart in `x`; group `g` starts at quad
+/// `x_at + 4 * g * QS`; each pixel has `rows` tap rows of `quads` quads, `stride` quads apart,
+/// all with the same weights `w` (`rows x quads` blocks of 8 bytes: the even lanes' i16 pair,
+/// then the odd lanes'). If `x` or `w` is too short (or `stride < quads`), no tap is added.
+///
+/// Each weight block is loaded once (`ldrd`, or two `ldr` when unaligned) for the four pixels,
+/// each of whose quads costs a load, two `sxtb16` and two `smlad`: 23 instructions for 16
+/// multiply-accumulates with the loop, 7 more per row.
+#[inline(always)]
+pub(crate) fn run_pixels<const QS: usize>(
+    x: &[[i8; 4]],
+    (x_at, groups): (usize, usize),
+    (stride, rows, quads): (usize, usize, usize),
+    w: &[[u8; 8]],
+    init: i32,
+    mut finish: impl FnMut(usize, [i32; 4]),
+) {
+    let x_end = groups
+        .checked_sub(1)
+        .and_then(|g| g.checked_mul(4 * QS))
+        .and_then(|v| v.checked_add(x_at + 3 * QS))
+        .and_then(|v| rows.checked_sub(1)?.checked_mul(stride)?.checked_add(v))
+        .and_then(|v| v.checked_add(quads));
+    let fits = rows > 0
+        && quads > 0
+        && stride >= quads
+        && x_end.is_some_and(|end| end <= x.len())
+        && rows.checked_mul(quads).is_some_and(|n| n <= w.len())
+        && u32::try_from(stride * 4).is_ok();
+    if !fits {
+        (0..groups).for_each(|g| finish(g, [init; 4]));
+        return;
+    }
+    let aligned = (w.as_ptr() as usize).is_multiple_of(4);
+    // The row loop's constants: quads per row, bytes from a row's end to the next row's start,
+    // rows left (counted down, reset for every group), bytes back to the first weight.
+    let mut params: [u32; 4] = [
+        quads as u32,
+        ((stride - quads) * 4) as u32,
+        rows as u32,
+        (rows * quads * 8) as u32,
+    ];
+    for g in 0..groups {
+        params[2] = rows as u32;
+        let [mut a0, mut a1, mut a2, mut a3] = [init; 4];
+        let px = x.as_ptr().wrapping_add(x_at + 4 * g * QS);
+        let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
+        if aligned {
+            // SAFETY: `fits` checked that every quad read lies in `x` (pixel `p` of group `g`,
+            // row `r`: `quads` quads from `x_at + (4 g + p) QS + r stride`; the loads below are
+            // at `px + 4 p QS` bytes... with `px` walking the row) and that the first
+            // `rows * quads` blocks of `w` exist; `ldrd` needs the 4-byte alignment checked
+            // above (blocks are 8 bytes). The only memory written is `params[2]`, a local.
+            unsafe {
+                asm!(
+                    "2:",
+                    "ldr {n}, [{prm}]",
+                    "3:",
+                    "ldrd {t}, {u}, [{pw}], #8",
+                    "ldr {e}, [{px}, #{p1}]",
+                    "sxtb16 {o}, {e}, ror #8",
+                    "sxtb16 {e}, {e}",
+                    "smlad {a1}, {e}, {t}, {a1}",
+                    "smlad {a1}, {o}, {u}, {a1}",
+                    "ldr {e}, [{px}, #{p2}]",
+                    "sxtb16 {o}, {e}, ror #8",
+                    "sxtb16 {e}, {e}",
+                    "smlad {a2}, {e}, {t}, {a2}",
+                    "smlad {a2}, {o}, {u}, {a2}",
+                    "ldr {e}, [{px}, #{p3}]",
+                    "sxtb16 {o}, {e}, ror #8",
+                    "sxtb16 {e}, {e}",
+                    "smlad {a3}, {e}, {t}, {a3}",
+                    "smlad {a3}, {o}, {u}, {a3}",
+                    "ldr {e}, [{px}], #4",
+                    "sxtb16 {o}, {e}, ror #8",
+                    "sxtb16 {e}, {e}",
+                    "smlad {a0}, {e}, {t}, {a0}",
+                    "smlad {a0}, {o}, {u}, {a0}",
+                    "subs {n}, {n}, #1",
+                    "bne 3b",
+                    "ldr {t}, [{prm}, #4]",
+                    "add {px}, {px}, {t}",
+                    "ldr {t}, [{prm}, #8]",
+                    "subs {t}, {t}, #1",
+                    "str {t}, [{prm}, #8]",
+                    "bne 2b",
+                    p1 = const 4 * QS,
+                    p2 = const 8 * QS,
+                    p3 = const 12 * QS,
+                    px = inout(reg) px => _,
+                    pw = inout(reg) pw => _,
+                    prm = in(reg) prm,
+                    n = out(reg) _,
+                    a0 = inout(reg) a0,
+                    a1 = inout(reg) a1,
+                    a2 = inout(reg) a2,
+                    a3 = inout(reg) a3,
+                    t = out(reg) _,
+                    u = out(reg) _,
+                    e = out(reg) _,
+                    o = out(reg) _,
+                    options(nostack),
+                );
+            }
+        } else {
+            // SAFETY: as above, with single-word weight loads (the Cortex-M4 allows unaligned
+            // `ldr`).
+            unsafe {
+                asm!(
+                    "2:",
+                    "ldr {n}, [{prm}]",
+                    "3:",
+                    "ldr {t}, [{pw}], #4",
+                    "ldr {u}, [{pw}], #4",
+                    "ldr {e}, [{px}, #{p1}]",
+                    "sxtb16 {o}, {e}, ror #8",
+                    "sxtb16 {e}, {e}",
+                    "smlad {a1}, {e}, {t}, {a1}",
+                    "smlad {a1}, {o}, {u}, {a1}",
+                    "ldr {e}, [{px}, #{p2}]",
+                    "sxtb16 {o}, {e}, ror #8",
+                    "sxtb16 {e}, {e}",
+                    "smlad {a2}, {e}, {t}, {a2}",
+                    "smlad {a2}, {o}, {u}, {a2}",
+                    "ldr {e}, [{px}, #{p3}]",
+                    "sxtb16 {o}, {e}, ror #8",
+                    "sxtb16 {e}, {e}",
+                    "smlad {a3}, {e}, {t}, {a3}",
+                    "smlad {a3}, {o}, {u}, {a3}",
+                    "ldr {e}, [{px}], #4",
+                    "sxtb16 {o}, {e}, ror #8",
+                    "sxtb16 {e}, {e}",
+                    "smlad {a0}, {e}, {t}, {a0}",
+                    "smlad {a0}, {o}, {u}, {a0}",
+                    "subs {n}, {n}, #1",
+                    "bne 3b",
+                    "ldr {t}, [{prm}, #4]",
+                    "add {px}, {px}, {t}",
+                    "ldr {t}, [{prm}, #8]",
+                    "subs {t}, {t}, #1",
+                    "str {t}, [{prm}, #8]",
+                    "bne 2b",
+                    p1 = const 4 * QS,
+                    p2 = const 8 * QS,
+                    p3 = const 12 * QS,
+                    px = inout(reg) px => _,
+                    pw = inout(reg) pw => _,
+                    prm = in(reg) prm,
+                    n = out(reg) _,
+                    a0 = inout(reg) a0,
+                    a1 = inout(reg) a1,
+                    a2 = inout(reg) a2,
+                    a3 = inout(reg) a3,
+                    t = out(reg) _,
+                    u = out(reg) _,
+                    e = out(reg) _,
+                    o = out(reg) _,
+                    options(nostack),
+                );
+            }
+        }
+        finish(g, [a0, a1, a2, a3]);
+    }
+}
