@@ -462,10 +462,13 @@ impl fmt::Display for Latent {
 #[allow(unsafe_code)]
 fn keep_freed_buffers() {
     // SAFETY: `mallopt` only sets allocator parameters; it is called first thing in `main`,
-    // before any other thread exists. A refusal (return value 0) just leaves the defaults.
+    // before any other thread exists. The trim threshold is only set once the mmap threshold was
+    // accepted (setting either turns off glibc's adaptive thresholds; one without the other would
+    // be worse than the defaults).
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20) == 1 {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+        }
     }
 }
 

@@ -258,7 +258,9 @@ pub fn export_run_with_progress(
         macs_per_pixel: None,
     };
     let mut contents: Vec<Vec<u8>> = Vec::new();
-    let mut int8: Option<(quantize::QuantizedDecoder, Vec<u8>, Tensor<2>)> = None;
+    let mut int8: Option<(quantize::QuantizedDecoder, Vec<u8>)> = None;
+    // The conv VAE's decoders (float and int8) are all checked on the same latents.
+    let mut decoder_check: Option<Tensor<2>> = None;
     for (step, &kind) in wanted.iter().enumerate() {
         let what = format!("{} (export and check)", kind.file());
         progress(Progress {
@@ -272,22 +274,28 @@ pub fn export_run_with_progress(
                 export_camera_denoiser(run_dir, denoiser, options)?
             }
             (Model::ConvVae(vae), Kind::Decoder) => {
-                let check = decoder_check_latents(vae, options, &device)?;
+                if decoder_check.is_none() {
+                    decoder_check = Some(decoder_check_latents(vae, options, &device)?);
+                }
+                let check = decoder_check.clone().context("no check latents")?;
                 export_conv_vae_decoder(run_dir, vae, check, options)?
             }
             (Model::ConvVae(vae), Kind::Q8 | Kind::Int8Onnx) => {
+                if decoder_check.is_none() {
+                    decoder_check = Some(decoder_check_latents(vae, options, &device)?);
+                }
+                let check = decoder_check.clone().context("no check latents")?;
                 if int8.is_none() {
-                    let check = decoder_check_latents(vae, options, &device)?;
                     let (quantized, blob, q8) = quantize_conv_vae(vae, check.clone(), options)?;
                     report.q8 = Some(q8);
-                    int8 = Some((quantized, blob, check));
+                    int8 = Some((quantized, blob));
                 }
-                let Some((quantized, blob, check)) = &int8 else {
-                    unreachable!("set above")
-                };
+                let (quantized, blob) = int8
+                    .as_ref()
+                    .context("the int8 decoder was not quantized")?;
                 match kind {
                     Kind::Q8 => q8_file(blob, report.q8.as_ref()),
-                    _ => export_int8_onnx(run_dir, quantized, blob, check.clone(), options)?,
+                    _ => export_int8_onnx(run_dir, quantized, blob, check, options)?,
                 }
             }
             (_, kind) => export_mnist_file(run_dir, &model, &config.model, kind, options)?,
@@ -460,7 +468,7 @@ fn export_conv_vae_decoder(
             file: Kind::Decoder.file().into(),
             kind: Kind::Decoder,
             bytes: bytes.len(),
-            input_shape: format!("[1,{}]", model.decoder.latent()),
+            input_shape: format!("[batch,{}]", model.decoder.latent()),
             checked: parity_line(&parity),
             parity,
             int8_parity: Vec::new(),

@@ -48,7 +48,7 @@ struct Cli {
 /// step otherwise (logs, CI).
 fn show(progress: Progress) {
     const WIDTH: usize = 20;
-    let filled = WIDTH * progress.step / progress.steps.max(1);
+    let filled = (WIDTH * progress.step / progress.steps.max(1)).min(WIDTH);
     let line = format!(
         "[{}{}] {}/{} {}",
         "#".repeat(filled),

@@ -74,7 +74,7 @@ fn post_process(
 }
 
 /// Renames the values the nodes compute (other than the graph's outputs) `v0`, `v1`, ... in node
-/// order. burn-onnx names them after process-wide tensor ids (`tensor_48`), which depend on what
+/// order, and nodes named after such a value. burn-onnx names them after process-wide tensor ids (`tensor_48`), which depend on what
 /// the process traced before, so the same model exported twice would differ; numbered, every
 /// export of a model is the same file.
 fn number_values(graph: &mut GraphProto) {
@@ -90,7 +90,14 @@ fn number_values(graph: &mut GraphProto) {
         }
     }
     for node in graph.node.iter_mut() {
-        for name in node.input.iter_mut().chain(node.output.iter_mut()) {
+        // Node names too: some nodes are named after the value they compute.
+        let names_of_node = std::iter::once(&mut node.name);
+        for name in node
+            .input
+            .iter_mut()
+            .chain(node.output.iter_mut())
+            .chain(names_of_node)
+        {
             if let Some(new) = names.get(name) {
                 name.clone_from(new);
             }
@@ -262,6 +269,10 @@ pub fn symbolic_batch(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
         let node = &mut graph.node[i];
         let name = format!("{}_batch", node.input[1]);
         node.input[1] = name.clone();
+        // Two reshapes to the same shape share one new initializer.
+        if graph.initializer.iter().any(|t| t.name == name) {
+            continue;
+        }
         let mut tensor = TensorProto::new();
         tensor.name = name;
         tensor.data_type = ONNX_INT64;
@@ -269,6 +280,13 @@ pub fn symbolic_batch(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
         tensor.int64_data = shape;
         graph.initializer.push(tensor);
     }
+    // Drop the shapes nothing reads any more.
+    let used: std::collections::HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .collect();
+    graph.initializer.retain(|t| used.contains(&t.name));
     Ok(model.write_to_bytes()?)
 }
 

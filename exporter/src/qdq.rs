@@ -4,12 +4,13 @@
 //! Every layer reads the int8 activation of the layer before through `DequantizeLinear`, runs in
 //! float with `DequantizeLinear`'d int8 weights (per output channel) and int32 biases (scale
 //! `input scale x weight scale`), and writes its activation through `QuantizeLinear` with the q8
-//! blob's output scale and zero point. The latent is clipped to +-127 steps and quantized the way
-//! the firmware does; the last layer's int8 logits go through the blob's own 256-entry sigmoid
-//! table (a `Gather`), so the output is the firmware's pixels divided by 255. What can differ from
-//! the firmware is rounding: ONNX requantizes in float and rounds half to even, the firmware in
-//! fixed point (a Q31 multiplier) and rounds half up, so an activation can land one step away and
-//! carry that to the pixels. [`compare`] measures it.
+//! blob's output scale and zero point. The latent is clipped to +-127 steps and quantized with the
+//! blob's scale; the last layer's int8 logits go through the blob's own 256-entry sigmoid table
+//! (a `Gather`), so the output is the firmware's pixels divided by 255. What can differ from the
+//! firmware is rounding: ONNX requantizes in float and rounds half to even (the latent too), the
+//! firmware requantizes in fixed point (a Q31 multiplier) and rounds half up (the latent half away
+//! from zero), so an activation can land one step away and carry that to the pixels. [`compare`]
+//! measures it.
 //!
 //! Graph input `latent [batch, d]`, output `image [batch, 1, 28, 28]` in `[0, 1]`, batch
 //! symbolic.
@@ -147,6 +148,9 @@ pub fn to_onnx(
     let Some(last) = decoder.layers.last() else {
         bail!("the quantized decoder has no layers");
     };
+    if decoder.layers.first().map(|l| l.spec.kind) != Some(LayerKind::Dense) {
+        bail!("the int8 decoder must start with a dense layer (it takes the latent vector)");
+    }
     let out = last.spec.output;
     if (out.c, out.h, out.w) != (1, 28, 28) {
         bail!("the int8 decoder must draw a 1x28x28 image, not {out:?}");

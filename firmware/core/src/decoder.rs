@@ -14,7 +14,8 @@
 //! [`PIXEL_BLOCK`] neighbouring pixels at once (each weight loaded feeds four). On Armv7E-M
 //! (Cortex-M4/M7, the `arm_dsp` cfg set by the build script) four input bytes are split with
 //! `sxtb16` into 16-bit lanes and multiplied with `smlad`, two MACs per instruction; elsewhere
-//! (Cortex-M0, hosts) the same sums run in plain Rust. Both give identical results. Pixels whose
+//! (Cortex-M0, hosts) the same sums run in plain Rust. Both give identical results on every blob
+//! the parser accepts. Pixels whose
 //! taps fall partly outside the input take a border path in which those taps read the input zero
 //! point.
 //!

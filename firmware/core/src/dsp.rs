@@ -1,6 +1,15 @@
-//! The few Armv7E-M DSP instructions the convolution kernel uses, as inline assembly (Rust has no
-//! stable intrinsics for them). Each wrapper is one register-to-register instruction with no
-//! memory access, so the `unsafe` blocks cannot break any Rust invariant.
+//! The Armv7E-M DSP code of the convolution kernels, as inline assembly (Rust has no stable
+//! intrinsics for these instructions).
+//!
+//! - `sxtb16`, `smlad`: one register-to-register instruction each, no memory access, so their
+//!   `unsafe` blocks cannot break any Rust invariant.
+//! - [`run_4ch`] and [`run_pixels`]: whole loops over a run of output pixels, which load input
+//!   quads and weights through raw pointers. Each checks, once per run and with checked
+//!   arithmetic, that every address its loop reads lies inside the slices it was given; the
+//!   loops write only a local parameter array. Input quads sit in the byte arena, so their `ldr`s
+//!   may be unaligned, which the Cortex-M4 allows (the reset default, `CCR.UNALIGN_TRP = 0`);
+//!   `ldrd` is used only on weights whose 4-byte alignment is checked. The loops need 12
+//!   allocatable registers (r9 included).
 #![allow(unsafe_code)]
 
 use core::arch::asm;
@@ -76,15 +85,31 @@ pub(crate) fn run_4ch(
         && stride >= quads
         && x_end.is_some_and(|end| end <= x.len())
         && rows.checked_mul(quads).is_some_and(|n| n <= w.len())
-        && u32::try_from(stride * 4).is_ok();
+        && stride
+            .checked_mul(4)
+            .is_some_and(|bytes| u32::try_from(bytes).is_ok());
     if !fits {
         (0..count).for_each(|p| finish(p, init));
         return;
     }
     if (w.as_ptr() as usize).is_multiple_of(4) {
-        run_4ch_checked::<true>(x, (x_at, x_step, count), (stride, rows, quads), w, init, finish);
+        run_4ch_checked::<true>(
+            x,
+            (x_at, x_step, count),
+            (stride, rows, quads),
+            w,
+            init,
+            finish,
+        );
     } else {
-        run_4ch_checked::<false>(x, (x_at, x_step, count), (stride, rows, quads), w, init, finish);
+        run_4ch_checked::<false>(
+            x,
+            (x_at, x_step, count),
+            (stride, rows, quads),
+            w,
+            init,
+            finish,
+        );
     }
 }
 
@@ -230,7 +255,7 @@ pub(crate) fn run_pixels<const QS: usize>(
     let x_end = groups
         .checked_sub(1)
         .and_then(|g| g.checked_mul(4 * QS))
-        .and_then(|v| v.checked_add(x_at + 3 * QS))
+        .and_then(|v| v.checked_add(x_at)?.checked_add(3 * QS))
         .and_then(|v| rows.checked_sub(1)?.checked_mul(stride)?.checked_add(v))
         .and_then(|v| v.checked_add(quads));
     let fits = rows > 0
@@ -238,31 +263,29 @@ pub(crate) fn run_pixels<const QS: usize>(
         && stride >= quads
         && x_end.is_some_and(|end| end <= x.len())
         && rows.checked_mul(quads).is_some_and(|n| n <= w.len())
-        && u32::try_from(stride * 4).is_ok();
+        && stride
+            .checked_mul(4)
+            .is_some_and(|bytes| u32::try_from(bytes).is_ok());
     if !fits {
         (0..groups).for_each(|g| finish(g, [init; 4]));
         return;
     }
     let aligned = (w.as_ptr() as usize).is_multiple_of(4);
     // The row loop's constants: quads per row, bytes from a row's end to the next row's start,
-    // rows left (counted down, reset for every group), bytes back to the first weight.
-    let mut params: [u32; 4] = [
-        quads as u32,
-        ((stride - quads) * 4) as u32,
-        rows as u32,
-        (rows * quads * 8) as u32,
-    ];
+    // rows left (counted down, reset for every group).
+    let mut params: [u32; 3] = [quads as u32, ((stride - quads) * 4) as u32, rows as u32];
     for g in 0..groups {
         params[2] = rows as u32;
         let [mut a0, mut a1, mut a2, mut a3] = [init; 4];
         let px = x.as_ptr().wrapping_add(x_at + 4 * g * QS);
         let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
         if aligned {
-            // SAFETY: `fits` checked that every quad read lies in `x` (pixel `p` of group `g`,
-            // row `r`: `quads` quads from `x_at + (4 g + p) QS + r stride`; the loads below are
-            // at `px + 4 p QS` bytes... with `px` walking the row) and that the first
-            // `rows * quads` blocks of `w` exist; `ldrd` needs the 4-byte alignment checked
-            // above (blocks are 8 bytes). The only memory written is `params[2]`, a local.
+            // SAFETY: `fits` checked that every quad read lies in `x`: pixel `p` of group `g`
+            // reads, in row `r`, `quads` quads from `x_at + (4 g + p) QS + r stride` (the loads
+            // at `px + 4 p QS` bytes while `px` walks the row); and that the first
+            // `rows * quads` blocks of `w` exist. `ldrd` needs the 4-byte alignment checked above
+            // (blocks are 8 bytes); the input `ldr`s may be unaligned (allowed on the Cortex-M4).
+            // The only memory written is `params[2]`, a local. Flags are clobbered.
             unsafe {
                 asm!(
                     "2:",
