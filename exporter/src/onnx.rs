@@ -60,6 +60,7 @@ fn post_process(
             }
         }
     }
+    fold_upsampling_convs(graph)?;
     rewrite_nearest_upsampling(graph)?;
     number_values(graph);
     for (key, value) in metadata {
@@ -107,6 +108,8 @@ fn number_values(graph: &mut GraphProto) {
 
 /// ONNX's INT64 element type.
 const ONNX_INT64: i32 = 7;
+/// ONNX's FLOAT element type.
+const ONNX_FLOAT: i32 = 1;
 
 /// The int64 values of the initializer `name`, if the graph has one.
 fn int64_initializer(graph: &GraphProto, name: &str) -> Option<Vec<i64>> {
@@ -130,6 +133,249 @@ fn string_attribute<'a>(node: &'a NodeProto, name: &str) -> Option<&'a [u8]> {
         .map(|a| a.s.as_ref())
 }
 
+/// The input height and width of `node` if it is a nearest-neighbour `Resize` that doubles
+/// height and width, as burn-onnx writes `Interpolate2d` x2 (`sizes` with `axes = [2, 3]`,
+/// asymmetric coordinates, floor).
+fn nearest_doubling(graph: &GraphProto, node: &NodeProto) -> Option<(usize, usize)> {
+    let doubling = node.op_type == "Resize"
+        && string_attribute(node, "mode") == Some(b"nearest")
+        && string_attribute(node, "coordinate_transformation_mode") == Some(b"asymmetric")
+        && string_attribute(node, "nearest_mode") == Some(b"floor")
+        && node
+            .attribute
+            .iter()
+            .any(|a| a.name == "axes" && a.ints == [2, 3])
+        && node.input.len() == 4
+        && node.input[1].is_empty()
+        && node.input[2].is_empty()
+        && node.output.len() == 1;
+    let sizes = int64_initializer(graph, node.input.get(3)?).filter(|_| doubling)?;
+    match sizes[..] {
+        [h, w] if h > 0 && w > 0 && h % 2 == 0 && w % 2 == 0 => {
+            Some(((h / 2) as usize, (w / 2) as usize))
+        }
+        _ => None,
+    }
+}
+
+/// An int attribute list of `node`.
+fn ints_attribute<'a>(node: &'a NodeProto, name: &str) -> Option<&'a [i64]> {
+    node.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.ints.as_slice())
+}
+
+/// The f32 values and dimensions of the initializer `name`.
+fn f32_initializer(graph: &GraphProto, name: &str) -> Option<(Vec<f32>, Vec<i64>)> {
+    let tensor = graph.initializer.iter().find(|t| t.name == name)?;
+    if tensor.data_type != ONNX_FLOAT {
+        return None;
+    }
+    let values = if tensor.float_data.is_empty() {
+        let (chunks, rest) = tensor.raw_data.as_chunks::<4>();
+        if !rest.is_empty() {
+            return None;
+        }
+        chunks.iter().map(|c| f32::from_le_bytes(*c)).collect()
+    } else {
+        tensor.float_data.clone()
+    };
+    Some((values, tensor.dims.clone()))
+}
+
+/// How one phase `p` of an axis reads the input of a 2x nearest upsampling followed by a
+/// convolution (kernel `k`, padding `pad`): output `2 m + p` reads input positions
+/// `m + base .. m + base + span`, and tap `t` of the kernel lands on position `fold[t]` of them.
+fn phase_taps(p: i64, k: i64, pad: i64) -> (i64, usize, Vec<usize>) {
+    let base = (p - pad).div_euclid(2);
+    let last = (p - pad + k - 1).div_euclid(2);
+    let fold = (0..k)
+        .map(|t| ((p - pad + t).div_euclid(2) - base) as usize)
+        .collect();
+    (base, (last - base + 1) as usize, fold)
+}
+
+/// Rewrites every 2x nearest upsampling whose only reader is a 3x3-style convolution (stride 1,
+/// dilation 1, one group, symmetric padding) into the convolution's four output phases, each a
+/// small convolution of the low-resolution input with the kernel taps that land on the same input
+/// position summed (a 3x3 kernel becomes 2x2), concatenated and interleaved back with
+/// `DepthToSpace`. The same sums as upsampling then convolving, with 4/9 of the multiply-adds and
+/// no upsampled copy: the firmware's folding (`firmware/core/src/fold.rs`) in ONNX. Pairs that do
+/// not fit the pattern are left alone. Returns how many were rewritten.
+fn fold_upsampling_convs(graph: &mut GraphProto) -> anyhow::Result<usize> {
+    let mut rewritten = 0;
+    let mut index = 0;
+    while index < graph.node.len() {
+        let Some((h, w)) = nearest_doubling(graph, &graph.node[index]) else {
+            index += 1;
+            continue;
+        };
+        let up = graph.node[index].output[0].clone();
+        let readers: Vec<usize> = (0..graph.node.len())
+            .filter(|&i| graph.node[i].input.contains(&up))
+            .collect();
+        let outputs_read = graph.output.iter().any(|o| o.name == up);
+        let conv = match readers[..] {
+            [i] if !outputs_read => i,
+            _ => {
+                index += 1;
+                continue;
+            }
+        };
+        let c = &graph.node[conv];
+        let pads = ints_attribute(c, "pads").unwrap_or(&[0, 0, 0, 0]);
+        let fits = c.op_type == "Conv"
+            && c.input.first() == Some(&up)
+            && (2..=3).contains(&c.input.len())
+            && ints_attribute(c, "strides").is_none_or(|s| s == [1, 1])
+            && ints_attribute(c, "dilations").is_none_or(|d| d == [1, 1])
+            && c.attribute.iter().all(|a| a.name != "group" || a.i == 1)
+            && c.attribute
+                .iter()
+                .all(|a| a.name != "auto_pad" || a.s.is_empty() || a.s.as_ref() == b"NOTSET")
+            && pads.len() == 4
+            && pads.iter().all(|&p| p == pads[0]);
+        let weights = f32_initializer(graph, &c.input[1]).filter(|_| fits);
+        let Some((weights, dims)) = weights else {
+            index += 1;
+            continue;
+        };
+        let (pad, conv_output) = (pads[0], c.output[0].clone());
+        let bias = c.input.get(2).cloned();
+        let [c_out, c_in, kh, kw] = dims[..] else {
+            index += 1;
+            continue;
+        };
+        // Every phase must read at or after its first input position, and all four phases must
+        // give the same number of outputs (DepthToSpace interleaves equal maps).
+        let out = (
+            2 * h as i64 + 2 * pad - kh + 1,
+            2 * w as i64 + 2 * pad - kw + 1,
+        );
+        let phases_y = [phase_taps(0, kh, pad), phase_taps(1, kh, pad)];
+        let phases_x = [phase_taps(0, kw, pad), phase_taps(1, kw, pad)];
+        let (n_y, n_x) = (out.0 / 2, out.1 / 2);
+        // The padding after the input that gives a phase its n outputs (must not be negative).
+        let end_pad = |n: i64, len: usize, (base, span, _): &(i64, usize, Vec<usize>)| {
+            n - len as i64 + base + *span as i64 - 1
+        };
+        let pads_ok = phases_y.iter().all(|p| p.0 <= 0 && end_pad(n_y, h, p) >= 0)
+            && phases_x.iter().all(|p| p.0 <= 0 && end_pad(n_x, w, p) >= 0);
+        if out.0 <= 0 || out.1 <= 0 || out.0 % 2 != 0 || out.1 % 2 != 0 || !pads_ok {
+            index += 1;
+            continue;
+        }
+        let input = graph.node[index].input[0].clone();
+        let name = |suffix: &str| format!("folded{rewritten}_{suffix}");
+        let mut nodes = Vec::new();
+        let mut phase_outputs = Vec::new();
+        for (py, (base_y, span_y, fold_y)) in phases_y.iter().enumerate() {
+            for (px, (base_x, span_x, fold_x)) in phases_x.iter().enumerate() {
+                let (sy, sx) = (*span_y, *span_x);
+                let mut folded = vec![0f32; (c_out * c_in) as usize * sy * sx];
+                for o in 0..c_out as usize {
+                    for i in 0..c_in as usize {
+                        for ky in 0..kh as usize {
+                            for kx in 0..kw as usize {
+                                let v = weights[((o * c_in as usize + i) * kh as usize + ky)
+                                    * kw as usize
+                                    + kx];
+                                let at =
+                                    ((o * c_in as usize + i) * sy + fold_y[ky]) * sx + fold_x[kx];
+                                folded[at] += v;
+                            }
+                        }
+                    }
+                }
+                let weight_name = name(&format!("w{py}{px}"));
+                let mut tensor = TensorProto::new();
+                tensor.name = weight_name.clone();
+                tensor.data_type = ONNX_FLOAT;
+                tensor.dims = vec![c_out, c_in, sy as i64, sx as i64];
+                tensor.raw_data = folded
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect::<Vec<u8>>()
+                    .into();
+                graph.initializer.push(tensor);
+                // Padding so that the phase gives exactly its n outputs.
+                let (top, left) = (-base_y, -base_x);
+                let bottom = end_pad(n_y, h, &phases_y[py]);
+                let right = end_pad(n_x, w, &phases_x[px]);
+                let output = name(&format!("phase{py}{px}"));
+                let mut node = NodeProto::new();
+                node.op_type = "Conv".into();
+                node.name = output.clone();
+                node.input = vec![input.clone(), weight_name];
+                node.input.extend(bias.clone());
+                node.output = vec![output.clone()];
+                node.attribute = vec![
+                    ints_attr("kernel_shape", &[sy as i64, sx as i64]),
+                    ints_attr("pads", &[top, left, bottom, right]),
+                ];
+                nodes.push(node);
+                phase_outputs.push(output);
+            }
+        }
+        let mut concat = NodeProto::new();
+        concat.op_type = "Concat".into();
+        concat.name = name("phases");
+        concat.input = phase_outputs;
+        concat.output = vec![name("phases")];
+        concat.attribute = vec![int_attr("axis", 1)];
+        nodes.push(concat);
+        // DCR: output channel c at (2 m + py, 2 n + px) is input channel (2 py + px) * C + c.
+        let mut interleave = NodeProto::new();
+        interleave.op_type = "DepthToSpace".into();
+        interleave.name = conv_output.clone();
+        interleave.input = vec![name("phases")];
+        interleave.output = vec![conv_output];
+        interleave.attribute = vec![int_attr("blocksize", 2), string_attr("mode", "DCR")];
+        nodes.push(interleave);
+        // The resize and the convolution go; the phases take the convolution's place.
+        let (first, second) = (index.min(conv), index.max(conv));
+        graph.node.remove(second);
+        graph.node.remove(first);
+        let at = first.min(graph.node.len());
+        let count = nodes.len();
+        graph.node.splice(at..at, nodes);
+        index = at + count;
+        rewritten += 1;
+    }
+    let used: std::collections::HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .collect();
+    graph.initializer.retain(|t| used.contains(&t.name));
+    Ok(rewritten)
+}
+
+fn ints_attr(name: &str, values: &[i64]) -> onnx_ir::AttributeProto {
+    let mut a = onnx_ir::AttributeProto::new();
+    a.name = name.into();
+    a.ints = values.to_vec();
+    a.type_ = onnx_ir::AttributeType::INTS.into();
+    a
+}
+
+fn int_attr(name: &str, value: i64) -> onnx_ir::AttributeProto {
+    let mut a = onnx_ir::AttributeProto::new();
+    a.name = name.into();
+    a.i = value;
+    a.type_ = onnx_ir::AttributeType::INT.into();
+    a
+}
+
+fn string_attr(name: &str, value: &str) -> onnx_ir::AttributeProto {
+    let mut a = onnx_ir::AttributeProto::new();
+    a.name = name.into();
+    a.s = value.as_bytes().to_vec().into();
+    a.type_ = onnx_ir::AttributeType::STRING.into();
+    a
+}
+
 /// Rewrites every nearest-neighbour `Resize` that doubles height and width (what burn-onnx writes
 /// for `Interpolate2d` x2: `sizes`, `axes = [2, 3]`, asymmetric coordinates, floor) into
 /// `Reshape [0, 0, H, 1, W, 1] -> Expand [1, 1, 1, 2, 1, 2] -> Reshape [0, 0, 2H, 2W]`, which
@@ -143,26 +389,12 @@ fn rewrite_nearest_upsampling(graph: &mut GraphProto) -> anyhow::Result<usize> {
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut constants: Vec<(String, Vec<i64>)> = Vec::new();
     for node in std::mem::take(&mut graph.node) {
-        let doubling = (node.op_type == "Resize"
-            && string_attribute(&node, "mode") == Some(b"nearest")
-            && string_attribute(&node, "coordinate_transformation_mode") == Some(b"asymmetric")
-            && string_attribute(&node, "nearest_mode") == Some(b"floor")
-            && node
-                .attribute
-                .iter()
-                .any(|a| a.name == "axes" && a.ints == [2, 3])
-            && node.input.len() == 4
-            && node.input[1].is_empty()
-            && node.input[2].is_empty()
-            && node.output.len() == 1)
-            .then(|| int64_initializer(graph, &node.input[3]))
-            .flatten()
-            .filter(|sizes| sizes.len() == 2 && sizes.iter().all(|&s| s > 0 && s % 2 == 0));
-        let Some(sizes) = doubling else {
+        let doubling = nearest_doubling(graph, &node);
+        let Some((h, w)) = doubling else {
             nodes.push(node);
             continue;
         };
-        let (h, w) = (sizes[0] / 2, sizes[1] / 2);
+        let (h, w) = (h as i64, w as i64);
         let (input, output) = (node.input[0].clone(), node.output[0].clone());
         let name = |suffix: &str| format!("upsample{rewritten}_{suffix}");
         let mut step = |op: &str, inputs: [String; 2], out: String| {
