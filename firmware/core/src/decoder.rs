@@ -160,6 +160,26 @@ impl Requant {
         }
     }
 
+    /// The constants of `crate::dsp::run_4ch_store` for a block of channels: per channel the
+    /// rounding constant (low word, high word), the multiplier, and `n - 32 | low << 8`; `None`
+    /// unless every channel takes the fast path ([`Requant::FOLDED`]).
+    #[cfg(arm_dsp)]
+    fn packed<const N: usize>(block: &[Requant; N]) -> Option<[[u32; 4]; N]> {
+        let mut packed = [[0u32; 4]; N];
+        for (p, r) in packed.iter_mut().zip(block) {
+            if !Self::FOLDED.contains(&r.n) {
+                return None;
+            }
+            *p = [
+                r.round as u32,
+                (r.round >> 32) as u32,
+                r.multiplier as u32,
+                (r.n - 32) | ((r.low as i8 as u8 as u32) << 8),
+            ];
+        }
+        Some(packed)
+    }
+
     #[inline(always)]
     fn apply(&self, acc: i32) -> i8 {
         let product = acc as i64 * self.multiplier as i64;
@@ -381,8 +401,7 @@ fn channel_block_run(
     out: &mut [i8],
     (out_at, out_step): (usize, usize),
 ) {
-    #[cfg_attr(arm_dsp, allow(unused_mut))] // moved into the DSP kernel there
-    let mut finish = |p: usize, acc: [i32; CHANNEL_BLOCK]| {
+    let store = |out: &mut [i8], p: usize, acc: [i32; CHANNEL_BLOCK]| {
         let at = out_at + p * out_step;
         if let Some(dst) = out.get_mut(at..at + CHANNEL_BLOCK) {
             for ((d, &a), r) in dst.iter_mut().zip(&acc).zip(requant) {
@@ -391,14 +410,31 @@ fn channel_block_run(
         }
     };
     #[cfg(arm_dsp)]
-    crate::dsp::run_4ch(
-        x,
-        (x_at, x_step, count),
-        (stride, rows, quads_per_row),
-        w,
-        init,
-        finish,
-    );
+    {
+        // Requantization and store in the assembly loop when every channel allows it.
+        let fused = Requant::packed(requant).is_some_and(|packed| {
+            crate::dsp::run_4ch_store(
+                x,
+                (x_at, x_step, count),
+                (stride, rows, quads_per_row),
+                w,
+                init,
+                &packed,
+                out,
+                (out_at, out_step),
+            )
+        });
+        if !fused {
+            crate::dsp::run_4ch(
+                x,
+                (x_at, x_step, count),
+                (stride, rows, quads_per_row),
+                w,
+                init,
+                |p, acc| store(out, p, acc),
+            );
+        }
+    }
     #[cfg(not(arm_dsp))]
     for p in 0..count {
         let mut acc = init;
@@ -409,7 +445,7 @@ fn channel_block_run(
                 quads(xs, ws, &mut acc);
             }
         }
-        finish(p, acc);
+        store(out, p, acc);
     }
 }
 
@@ -430,6 +466,24 @@ fn pixel_block_run<const QS: usize>(
     sink: &mut Sink,
     (out_at, out_step): (usize, usize),
 ) {
+    // The last layer: requantization, table and store in the assembly loop when it can.
+    #[cfg(arm_dsp)]
+    if let Sink::Pixels(out, table) = sink
+        && let Ok(table) = <&[u8; 256]>::try_from(&table[..])
+        && let Some([packed]) = Requant::packed(&[*requant])
+        && crate::dsp::run_pixels_store::<QS>(
+            x,
+            (x_at, groups),
+            (stride, rows, quads_per_row),
+            w,
+            init,
+            (&packed, table),
+            out,
+            (out_at, out_step),
+        )
+    {
+        return;
+    }
     #[cfg_attr(arm_dsp, allow(unused_mut))] // moved into the DSP kernel there
     let mut finish = |g: usize, acc: [i32; PIXEL_BLOCK]| {
         for (p, &a) in acc.iter().enumerate() {

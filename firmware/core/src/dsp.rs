@@ -113,6 +113,162 @@ pub(crate) fn run_4ch(
     }
 }
 
+/// [`run_4ch`] with the requantization and the store in the same assembly: pixel `p`'s four
+/// int8 outputs go to `out[out_at + p * out_step..][..4]`, requantized with `requant` (per
+/// channel: the 64-bit rounding constant with the zero point folded in as two words, the
+/// multiplier, then `k | low << 8` with `k = n - 32` the shift of the high word and `low` the
+/// lowest output; see `decoder::Requant`). Returns `false`, having done nothing, unless the
+/// run's reads fit (as [`run_4ch`] checks), its writes fit in `out`, and `w` is 4-byte aligned;
+/// the caller then takes the general path.
+///
+/// Per output value: two `ldrd`, `smlal`, `asr`, `ssat`, `sxtb`, a conditional move and a
+/// store (10 instructions, where the compiled requantization took ~21 with its constants
+/// reloaded from the stack).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_4ch_store(
+    x: &[[i8; 4]],
+    (x_at, x_step, count): (usize, usize, usize),
+    (stride, rows, quads): (usize, usize, usize),
+    w: &[[[u8; 8]; 4]],
+    init: [i32; 4],
+    requant: &[[u32; 4]; 4],
+    out: &mut [i8],
+    (out_at, out_step): (usize, usize),
+) -> bool {
+    let x_end = count
+        .checked_sub(1)
+        .and_then(|p| p.checked_mul(x_step))
+        .and_then(|v| v.checked_add(x_at))
+        .and_then(|v| rows.checked_sub(1)?.checked_mul(stride)?.checked_add(v))
+        .and_then(|v| v.checked_add(quads));
+    let out_end = count
+        .checked_sub(1)
+        .and_then(|p| p.checked_mul(out_step))
+        .and_then(|v| v.checked_add(out_at)?.checked_add(4));
+    let fits = rows > 0
+        && quads > 0
+        && stride >= quads
+        && x_end.is_some_and(|end| end <= x.len())
+        && out_end.is_some_and(|end| end <= out.len())
+        && rows.checked_mul(quads).is_some_and(|n| n <= w.len())
+        && stride
+            .checked_mul(4)
+            .is_some_and(|bytes| u32::try_from(bytes).is_ok())
+        && (w.as_ptr() as usize).is_multiple_of(4);
+    if !fits {
+        return false;
+    }
+    // The row loop's constants (as in `run_4ch_checked`), then where the requantization
+    // constants are and where this pixel's outputs go (32-bit pointers: Armv7E-M only).
+    let mut params: [u32; 5] = [
+        quads as u32,
+        ((stride - quads) * 4) as u32,
+        rows as u32,
+        requant.as_ptr() as usize as u32,
+        0,
+    ];
+    for p in 0..count {
+        params[2] = rows as u32;
+        params[4] = out.as_mut_ptr().wrapping_add(out_at + p * out_step) as usize as u32;
+        let [a0, a1, a2, a3] = init;
+        let px = x.as_ptr().wrapping_add(x_at + p * x_step);
+        let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
+        // SAFETY: the checks above: every quad the pixel reads lies in `x` (row `r`: `quads`
+        // quads from `x_at + p * x_step + r * stride`), the first `rows * quads` weight blocks
+        // exist and are 4-byte aligned for `ldrd` (32-byte blocks), the four bytes written lie
+        // in `out` (`out_at + p * out_step + 3 < out.len()`), and `requant` is 64 readable,
+        // 4-byte-aligned bytes. Writes `params[2]` (a local) and those four bytes of `out`,
+        // which nothing else borrows while the asm runs. Flags are clobbered.
+        unsafe {
+            asm!(
+                "2:",
+                "ldr {n}, [{prm}]",
+                "3:",
+                "ldr {t}, [{px}], #4",
+                "sxtb16 {e}, {t}",
+                "sxtb16 {o}, {t}, ror #8",
+                "ldrd {t}, {u}, [{pw}], #8",
+                "smlad {a0}, {e}, {t}, {a0}",
+                "smlad {a0}, {o}, {u}, {a0}",
+                "ldrd {t}, {u}, [{pw}], #8",
+                "smlad {a1}, {e}, {t}, {a1}",
+                "smlad {a1}, {o}, {u}, {a1}",
+                "ldrd {t}, {u}, [{pw}], #8",
+                "smlad {a2}, {e}, {t}, {a2}",
+                "smlad {a2}, {o}, {u}, {a2}",
+                "ldrd {t}, {u}, [{pw}], #8",
+                "smlad {a3}, {e}, {t}, {a3}",
+                "smlad {a3}, {o}, {u}, {a3}",
+                "subs {n}, {n}, #1",
+                "bne 3b",
+                "ldr {t}, [{prm}, #4]",
+                "add {px}, {px}, {t}",
+                "ldr {t}, [{prm}, #8]",
+                "subs {t}, {t}, #1",
+                "str {t}, [{prm}, #8]",
+                "bne 2b",
+                // Requantize and store: px <- the constants, pw <- the outputs.
+                "ldr {px}, [{prm}, #12]",
+                "ldr {pw}, [{prm}, #16]",
+                "ldrd {t}, {u}, [{px}]",
+                "ldrd {e}, {o}, [{px}, #8]",
+                "smlal {t}, {u}, {a0}, {e}",
+                "asr {u}, {u}, {o}",
+                "ssat {u}, #8, {u}",
+                "sxtb {o}, {o}, ror #8",
+                "cmp {u}, {o}",
+                "it lt",
+                "movlt {u}, {o}",
+                "strb {u}, [{pw}]",
+                "ldrd {t}, {u}, [{px}, #16]",
+                "ldrd {e}, {o}, [{px}, #24]",
+                "smlal {t}, {u}, {a1}, {e}",
+                "asr {u}, {u}, {o}",
+                "ssat {u}, #8, {u}",
+                "sxtb {o}, {o}, ror #8",
+                "cmp {u}, {o}",
+                "it lt",
+                "movlt {u}, {o}",
+                "strb {u}, [{pw}, #1]",
+                "ldrd {t}, {u}, [{px}, #32]",
+                "ldrd {e}, {o}, [{px}, #40]",
+                "smlal {t}, {u}, {a2}, {e}",
+                "asr {u}, {u}, {o}",
+                "ssat {u}, #8, {u}",
+                "sxtb {o}, {o}, ror #8",
+                "cmp {u}, {o}",
+                "it lt",
+                "movlt {u}, {o}",
+                "strb {u}, [{pw}, #2]",
+                "ldrd {t}, {u}, [{px}, #48]",
+                "ldrd {e}, {o}, [{px}, #56]",
+                "smlal {t}, {u}, {a3}, {e}",
+                "asr {u}, {u}, {o}",
+                "ssat {u}, #8, {u}",
+                "sxtb {o}, {o}, ror #8",
+                "cmp {u}, {o}",
+                "it lt",
+                "movlt {u}, {o}",
+                "strb {u}, [{pw}, #3]",
+                px = inout(reg) px => _,
+                pw = inout(reg) pw => _,
+                prm = in(reg) prm,
+                n = out(reg) _,
+                a0 = inout(reg) a0 => _,
+                a1 = inout(reg) a1 => _,
+                a2 = inout(reg) a2 => _,
+                a3 = inout(reg) a3 => _,
+                t = out(reg) _,
+                u = out(reg) _,
+                e = out(reg) _,
+                o = out(reg) _,
+                options(nostack),
+            );
+        }
+    }
+    true
+}
+
 /// [`run_4ch`] once its bounds are checked; `ALIGNED`: `w` is 4-byte aligned (`ldrd` allowed).
 #[inline(always)]
 fn run_4ch_checked<const ALIGNED: bool>(
@@ -397,4 +553,177 @@ pub(crate) fn run_pixels<const QS: usize>(
         }
         finish(g, [a0, a1, a2, a3]);
     }
+}
+
+/// [`run_pixels`] for the last layer with its requantization, sigmoid table and store in the
+/// same assembly: pixel `p` of group `g` becomes `table[y + 128]` at
+/// `out[out_at + (4 g + p) * out_step]`, `y` requantized with `requant` (as in
+/// [`run_4ch_store`]). Returns `false`, having done nothing, unless the reads fit (as
+/// [`run_pixels`] checks), the writes fit in `out`, and `w` is 4-byte aligned.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_pixels_store<const QS: usize>(
+    x: &[[i8; 4]],
+    (x_at, groups): (usize, usize),
+    (stride, rows, quads): (usize, usize, usize),
+    w: &[[u8; 8]],
+    init: i32,
+    (requant, table): (&[u32; 4], &[u8; 256]),
+    out: &mut [u8],
+    (out_at, out_step): (usize, usize),
+) -> bool {
+    let x_end = groups
+        .checked_sub(1)
+        .and_then(|g| g.checked_mul(4 * QS))
+        .and_then(|v| v.checked_add(x_at)?.checked_add(3 * QS))
+        .and_then(|v| rows.checked_sub(1)?.checked_mul(stride)?.checked_add(v))
+        .and_then(|v| v.checked_add(quads));
+    // The last byte written, plus one.
+    let out_end = groups
+        .checked_mul(4)
+        .and_then(|n| n.checked_sub(1)?.checked_mul(out_step))
+        .and_then(|v| v.checked_add(out_at)?.checked_add(1));
+    let fits = rows > 0
+        && quads > 0
+        && stride >= quads
+        && x_end.is_some_and(|end| end <= x.len())
+        && out_end.is_some_and(|end| end <= out.len())
+        && rows.checked_mul(quads).is_some_and(|n| n <= w.len())
+        && stride
+            .checked_mul(4)
+            .is_some_and(|bytes| u32::try_from(bytes).is_ok())
+        && u32::try_from(out_step).is_ok()
+        && (w.as_ptr() as usize).is_multiple_of(4);
+    if !fits {
+        return false;
+    }
+    // The row loop's constants, then the requantization constants, this group's first output,
+    // the table's middle (index 0 for a logit of 0) and the step between outputs (32-bit
+    // pointers: Armv7E-M only).
+    let mut params: [u32; 7] = [
+        quads as u32,
+        ((stride - quads) * 4) as u32,
+        rows as u32,
+        requant.as_ptr() as usize as u32,
+        0,
+        table.as_ptr().wrapping_add(128) as usize as u32,
+        out_step as u32,
+    ];
+    for g in 0..groups {
+        params[2] = rows as u32;
+        params[4] = out.as_mut_ptr().wrapping_add(out_at + 4 * g * out_step) as usize as u32;
+        let [a0, a1, a2, a3] = [init; 4];
+        let px = x.as_ptr().wrapping_add(x_at + 4 * g * QS);
+        let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
+        // SAFETY: the checks above: every quad read lies in `x` (pixel `p` of group `g`, row
+        // `r`: `quads` quads from `x_at + (4 g + p) QS + r stride`), the first `rows * quads`
+        // weight blocks exist and are 4-byte aligned for `ldrd`; the four bytes written,
+        // `out_at + (4 g + p) out_step`, lie in `out`; the table read is `table[y + 128]` with
+        // `y` saturated to -128..=127; `requant` is 16 readable, aligned bytes. Writes
+        // `params[2]` (a local) and those bytes of `out`. Flags are clobbered.
+        unsafe {
+            asm!(
+                    "2:",
+                    "ldr {n}, [{prm}]",
+                    "3:",
+                    "ldrd {t}, {u}, [{pw}], #8",
+                    "ldr {e}, [{px}, #{p1}]",
+                    "sxtb16 {o}, {e}, ror #8",
+                    "sxtb16 {e}, {e}",
+                    "smlad {a1}, {e}, {t}, {a1}",
+                    "smlad {a1}, {o}, {u}, {a1}",
+                    "ldr {e}, [{px}, #{p2}]",
+                    "sxtb16 {o}, {e}, ror #8",
+                    "sxtb16 {e}, {e}",
+                    "smlad {a2}, {e}, {t}, {a2}",
+                    "smlad {a2}, {o}, {u}, {a2}",
+                    "ldr {e}, [{px}, #{p3}]",
+                    "sxtb16 {o}, {e}, ror #8",
+                    "sxtb16 {e}, {e}",
+                    "smlad {a3}, {e}, {t}, {a3}",
+                    "smlad {a3}, {o}, {u}, {a3}",
+                    "ldr {e}, [{px}], #4",
+                    "sxtb16 {o}, {e}, ror #8",
+                    "sxtb16 {e}, {e}",
+                    "smlad {a0}, {e}, {t}, {a0}",
+                    "smlad {a0}, {o}, {u}, {a0}",
+                    "subs {n}, {n}, #1",
+                    "bne 3b",
+                    "ldr {t}, [{prm}, #4]",
+                    "add {px}, {px}, {t}",
+                    "ldr {t}, [{prm}, #8]",
+                    "subs {t}, {t}, #1",
+                    "str {t}, [{prm}, #8]",
+                    "bne 2b",
+                // Requantize, look up and store the four pixels.
+                "ldr {px}, [{prm}, #12]",
+                "ldr {pw}, [{prm}, #16]",
+                "ldr {n}, [{prm}, #20]",
+                "ldr {prm}, [{prm}, #24]",
+                "ldrd {t}, {u}, [{px}]",
+                "ldrd {e}, {o}, [{px}, #8]",
+                "smlal {t}, {u}, {a0}, {e}",
+                "asr {u}, {u}, {o}",
+                "ssat {u}, #8, {u}",
+                "sxtb {o}, {o}, ror #8",
+                "cmp {u}, {o}",
+                "it lt",
+                "movlt {u}, {o}",
+                "ldrb {u}, [{n}, {u}]",
+                "strb {u}, [{pw}]",
+                "add {pw}, {pw}, {prm}",
+                "ldrd {t}, {u}, [{px}]",
+                "ldrd {e}, {o}, [{px}, #8]",
+                "smlal {t}, {u}, {a1}, {e}",
+                "asr {u}, {u}, {o}",
+                "ssat {u}, #8, {u}",
+                "sxtb {o}, {o}, ror #8",
+                "cmp {u}, {o}",
+                "it lt",
+                "movlt {u}, {o}",
+                "ldrb {u}, [{n}, {u}]",
+                "strb {u}, [{pw}]",
+                "add {pw}, {pw}, {prm}",
+                "ldrd {t}, {u}, [{px}]",
+                "ldrd {e}, {o}, [{px}, #8]",
+                "smlal {t}, {u}, {a2}, {e}",
+                "asr {u}, {u}, {o}",
+                "ssat {u}, #8, {u}",
+                "sxtb {o}, {o}, ror #8",
+                "cmp {u}, {o}",
+                "it lt",
+                "movlt {u}, {o}",
+                "ldrb {u}, [{n}, {u}]",
+                "strb {u}, [{pw}]",
+                "add {pw}, {pw}, {prm}",
+                "ldrd {t}, {u}, [{px}]",
+                "ldrd {e}, {o}, [{px}, #8]",
+                "smlal {t}, {u}, {a3}, {e}",
+                "asr {u}, {u}, {o}",
+                "ssat {u}, #8, {u}",
+                "sxtb {o}, {o}, ror #8",
+                "cmp {u}, {o}",
+                "it lt",
+                "movlt {u}, {o}",
+                "ldrb {u}, [{n}, {u}]",
+                "strb {u}, [{pw}]",
+                p1 = const 4 * QS,
+                p2 = const 8 * QS,
+                p3 = const 12 * QS,
+                px = inout(reg) px => _,
+                pw = inout(reg) pw => _,
+                prm = inout(reg) prm => _,
+                n = out(reg) _,
+                a0 = inout(reg) a0 => _,
+                a1 = inout(reg) a1 => _,
+                a2 = inout(reg) a2 => _,
+                a3 = inout(reg) a3 => _,
+                t = out(reg) _,
+                u = out(reg) _,
+                e = out(reg) _,
+                o = out(reg) _,
+                options(nostack),
+            );
+        }
+    }
+    true
 }
