@@ -175,7 +175,8 @@ struct UpscaleArgs {
     /// ONNX upscaler written by the exporter (`upscaler.onnx`).
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
-    /// Image files (.png, .pgm) or folders of them, of the upscaler's input size.
+    /// Image files (.png, .pgm) or folders of them: any even width and height for the
+    /// exporter's fully convolutional upscaler (a plan per size), else the model's input size.
     #[arg(value_name = "IMAGE", required = true)]
     images: Vec<PathBuf>,
     /// Output folder, one image per input with its name.
@@ -245,24 +246,50 @@ fn encode(args: &EncodeArgs) -> Result<()> {
 }
 
 fn upscale(args: &UpscaleArgs) -> Result<()> {
-    let model = OnnxModel::load(&args.model, None).context("loading the upscaler")?;
-    let size = image_input(&model, &args.model)?;
-    let [_, _, h, w] = model
-        .output_shapes()
-        .first()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    else {
-        bail!(
-            "{} does not output an image [1, 1, H, W]",
-            args.model.display()
-        );
-    };
-    let (h, w) = (*h, *w);
+    // A fully convolutional upscaler (symbolic height and width) takes every image at its own
+    // size, with one plan per size; a fixed one, images of its size only.
+    let declared = OnnxModel::declared_input(&args.model).context("loading the upscaler")?;
+    let any_size = matches!(declared[..], [_, Some(1), None, None]);
+    let mut models: Vec<((usize, usize), OnnxModel)> = Vec::new();
+    if !any_size {
+        let model = OnnxModel::load(&args.model, None).context("loading the upscaler")?;
+        models.push((image_input(&model, &args.model)?, model));
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     for file in image_files(&args.images, "upscale")? {
-        let image = load_sized(&file, size)?;
+        let image = if any_size {
+            let image = Image::load(&file)?;
+            let size = (image.width(), image.height());
+            if !models.iter().any(|(s, _)| *s == size) {
+                let model = OnnxModel::load(&args.model, Some(&[1, 1, size.1, size.0]))
+                    .with_context(|| format!("preparing the upscaler for {}x{}", size.0, size.1))?;
+                models.push((size, model));
+            }
+            image
+        } else {
+            let size = models
+                .first()
+                .map(|(s, _)| *s)
+                .context("a fixed-size upscaler")?;
+            load_sized(&file, size)?
+        };
+        let size = (image.width(), image.height());
+        let Some((_, model)) = models.iter().find(|(s, _)| *s == size) else {
+            bail!("no upscaler for {}x{}", size.0, size.1);
+        };
+        let [_, _, h, w] = model
+            .output_shapes()
+            .first()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        else {
+            bail!(
+                "{} does not output an image [1, 1, H, W]",
+                args.model.display()
+            );
+        };
+        let (h, w) = (*h, *w);
         let mut outputs = model
             .run(image.pixels())
             .with_context(|| format!("upscaling {}", file.display()))?;

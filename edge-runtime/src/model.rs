@@ -67,6 +67,36 @@ impl OnnxModel {
         })
     }
 
+    /// The shape the ONNX file at `path` declares for its only input, `None` for a symbolic
+    /// dimension (a fully convolutional model's height and width, a batch).
+    ///
+    /// # Errors
+    /// As [`OnnxModel::load`] for an unreadable file or one without exactly one input with a
+    /// declared rank.
+    pub fn declared_input(path: impl AsRef<Path>) -> Result<Vec<Option<usize>>, Error> {
+        use tract_onnx::tract_hir::infer::Factoid;
+        let path = path.as_ref();
+        let model = crate::onnx::read(path)?;
+        let interface = |reason: String| Error::NotADecoder {
+            path: path.into(),
+            reason: format!("as a model with one input: {reason}"),
+        };
+        let prepare_failed = |e: TractError| Error::PrepareModel {
+            path: path.into(),
+            source: e.into(),
+        };
+        let inputs = model.input_outlets().map_err(prepare_failed)?.len();
+        if inputs != 1 {
+            return Err(interface(format!("it has {inputs} inputs")));
+        }
+        let fact = model.input_fact(0).map_err(prepare_failed)?;
+        let shape = fact
+            .shape
+            .concretize()
+            .ok_or_else(|| interface("input 0 has no declared shape".into()))?;
+        Ok(shape.iter().map(|d| d.to_usize().ok()).collect())
+    }
+
     /// The input shape the plan was optimised for.
     pub fn input_shape(&self) -> &[usize] {
         &self.input_shape

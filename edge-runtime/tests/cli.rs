@@ -619,4 +619,36 @@ fn encode_upscale_and_anomaly_run_their_models() {
         "{}",
         stderr(&out)
     );
+
+    // A fully convolutional upscaler takes every image at its own size.
+    common::write_model(
+        &path("upscaler_any.onnx"),
+        &common::upscaler_any_size_model(),
+    );
+    std::fs::create_dir(path("mixed")).expect("mkdir");
+    let wide: Vec<f32> = (0..6 * 10).map(|j| j as f32 / 255.0).collect();
+    edge_runtime::Image::new(10, 6, wide)
+        .expect("image")
+        .save(path("mixed/wide.pgm"))
+        .expect("write");
+    std::fs::copy(path("low/x.pgm"), path("mixed/x.pgm")).expect("copy");
+    let out = edge(
+        dir.path(),
+        &[
+            "upscale",
+            "--model",
+            "upscaler_any.onnx",
+            "mixed",
+            "--out",
+            "up_any",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let wide = edge_runtime::Image::load(path("up_any/wide.pgm")).expect("upscaled");
+    assert_eq!((wide.width(), wide.height()), (20, 12));
+    let px = wide.to_gray8();
+    // Output pixel (x, y) is input pixel (x / 2, y / 2), whose value is y/2 * 10 + x/2.
+    assert_eq!((px[0], px[3], px[20], px[239]), (0, 1, 0, 5 * 10 + 9));
+    let square = edge_runtime::Image::load(path("up_any/x.pgm")).expect("upscaled");
+    assert_eq!((square.width(), square.height()), (28, 28));
 }

@@ -394,7 +394,21 @@ fn export_mnist_file(
             kind,
             image_forward,
             (&["low_res"], &[onnx::IMAGE_OUTPUT]),
-            &inputs.images,
+            // The 14x14 digits, then images of other sizes made of them: 14x56 and 28x28.
+            &[
+                inputs.images.clone(),
+                vec![
+                    Tensor::cat(inputs.images[..4].to_vec(), 3),
+                    Tensor::cat(
+                        vec![
+                            Tensor::cat(inputs.images[4..6].to_vec(), 3),
+                            Tensor::cat(inputs.images[6..8].to_vec(), 3),
+                        ],
+                        2,
+                    ),
+                ],
+            ]
+            .concat(),
             (run_dir, config.latent()),
             options,
         ),
@@ -662,7 +676,10 @@ fn export_checked<const D: usize, const E: usize>(
         .ok_or_else(|| anyhow::anyhow!("no inputs to check the {kind} on"))?;
     let shape = sample.dims().to_vec();
     // Decoders take any batch (see `onnx::symbolic_batch`); the rest batch 1.
+    // Decoders take any batch (see `onnx::symbolic_batch`); the upscaler, fully convolutional,
+    // any batch and any even height and width (`onnx::symbolic_image`); the rest batch 1.
     let batch = kind == Kind::Decoder;
+    let image = kind == Kind::Upscaler;
     let compact = |dims: &[usize]| {
         let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
         let rest = dims.get(1..).unwrap_or_default().join(",");
@@ -671,13 +688,22 @@ fn export_checked<const D: usize, const E: usize>(
             _ => format!("[{}]", dims.join(",")),
         }
     };
-    let output_shapes: Vec<String> = forward(model, sample.clone())
-        .iter()
-        .map(|t| compact(&t.dims()))
-        .collect();
+    let output_shapes: Vec<String> = if image {
+        vec!["[batch,1,2*height,2*width]".into()]
+    } else {
+        forward(model, sample.clone())
+            .iter()
+            .map(|t| compact(&t.dims()))
+            .collect()
+    };
+    let input_shape = if image {
+        "[batch,1,height,width] (height, width even)".to_string()
+    } else {
+        compact(&shape)
+    };
     let mut metadata = vec![
         ("kind", kind.name().to_string()),
-        ("input_shape", compact(&shape)),
+        ("input_shape", input_shape.clone()),
         ("output_shape", output_shapes.join(",")),
         ("pixel_range", "[0,1]".into()),
         ("source_run", run_dir.display().to_string()),
@@ -696,6 +722,8 @@ fn export_checked<const D: usize, const E: usize>(
     .with_context(|| format!("exporting the {kind} to ONNX"))?;
     let bytes = if batch {
         onnx::symbolic_batch(&bytes)?
+    } else if image {
+        onnx::symbolic_image(&bytes)?
     } else {
         bytes
     };
@@ -735,7 +763,7 @@ fn export_checked<const D: usize, const E: usize>(
             file: kind.file().into(),
             kind,
             bytes: bytes.len(),
-            input_shape: compact(&shape),
+            input_shape,
             checked: parity_line(&parity),
             parity,
             int8_parity: Vec::new(),

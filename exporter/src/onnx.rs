@@ -459,6 +459,59 @@ pub fn export_decoder(decoder: &ConvDecoder, run_dir: &Path) -> anyhow::Result<V
     symbolic_batch(&bytes)
 }
 
+/// Makes a fully convolutional image-to-image graph traced at one size take any batch, height
+/// and width: its input becomes `[batch, c, height, width]` and its output
+/// `[batch, c, out_height, out_width]`. Refused for a graph with anything tied to the traced
+/// size (`Reshape`, `Resize`, `Expand`, shape constants): the parity checks at other sizes catch
+/// the rest.
+pub fn symbolic_image(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut model = ModelProto::parse_from_bytes(bytes).context("re-reading the exported ONNX")?;
+    let graph = model
+        .graph
+        .as_mut()
+        .ok_or_else(|| anyhow!("exported ONNX has no graph"))?;
+    if let Some(node) = graph.node.iter().find(|n| {
+        matches!(
+            n.op_type.as_str(),
+            "Reshape" | "Resize" | "Expand" | "Shape"
+        )
+    }) {
+        bail!(
+            "the graph has a {} ({}), tied to the traced size: it cannot take any height and width",
+            node.op_type,
+            node.name
+        );
+    }
+    let symbols = |prefix: &str| {
+        [
+            "batch".to_string(),
+            String::new(),
+            format!("{prefix}height"),
+            format!("{prefix}width"),
+        ]
+    };
+    for (values, prefix) in [(&mut graph.input, ""), (&mut graph.output, "out_")] {
+        for value in values.iter_mut() {
+            let shape = value
+                .type_
+                .mut_or_insert_default()
+                .mut_tensor_type()
+                .shape
+                .mut_or_insert_default();
+            if shape.dim.len() != 4 {
+                bail!("{} is not an image [batch, c, height, width]", value.name);
+            }
+            for (dim, symbol) in shape.dim.iter_mut().zip(symbols(prefix)) {
+                if !symbol.is_empty() {
+                    dim.set_dim_param(symbol);
+                }
+            }
+        }
+    }
+    graph.value_info.clear();
+    Ok(model.write_to_bytes()?)
+}
+
 /// Makes axis 0 of a graph traced at batch 1 the symbolic `batch`: the graph's inputs and outputs
 /// declare it, and every `Reshape` of a computed value (not of a weight) to a shape starting with
 /// that 1 copies the batch instead (`0`). burn-onnx's `export_dynamic` cannot follow the batch

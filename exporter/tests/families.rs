@@ -60,7 +60,12 @@ fn every_mnist_family_exports_checked_onnx_files() {
             "{json}"
         );
         if family == "super-res" {
-            assert_eq!(report.files[0].input_shape, "[1,1,14,14]");
+            // Fully convolutional: any batch and even size, checked at 14x14, 14x56 and 28x28.
+            assert_eq!(
+                report.files[0].input_shape,
+                "[batch,1,height,width] (height, width even)"
+            );
+            assert!(report.files[0].parity.iter().all(|p| p.inputs == 10));
         }
     }
 }

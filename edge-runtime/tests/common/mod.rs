@@ -309,3 +309,42 @@ pub fn upscaler_model() -> ModelProto {
         ..Default::default()
     })
 }
+
+/// A stand-in for the exporter's fully convolutional upscaler: `low_res [batch, 1, height,
+/// width] -> image [batch, 1, 2 height, 2 width]`, nearest-neighbour x2 with no size in the graph
+/// (the input four times, interleaved by `DepthToSpace`, as the exporter's folded convolutions
+/// end).
+pub fn upscaler_any_size_model() -> ModelProto {
+    let symbol = |name: &str| Dimension {
+        value: Some(dimension::Value::DimParam(name.into())),
+        ..Default::default()
+    };
+    let int_attribute = |name: &str, value: i64| tract_onnx::pb::AttributeProto {
+        name: name.into(),
+        r#type: tract_onnx::pb::attribute_proto::AttributeType::Int as i32,
+        i: value,
+        ..Default::default()
+    };
+    let mut concat = node("Concat", &["low_res"; 4], "copies");
+    concat.attribute = vec![int_attribute("axis", 1)];
+    let mut interleave = node("DepthToSpace", &["copies"], "image");
+    interleave.attribute = vec![int_attribute("blocksize", 2)];
+    opset13(GraphProto {
+        name: "test_upscaler_any_size".into(),
+        node: vec![concat, interleave],
+        input: vec![f32_value(
+            "low_res",
+            &[symbol("batch"), fixed(1), symbol("height"), symbol("width")],
+        )],
+        output: vec![f32_value(
+            "image",
+            &[
+                symbol("batch"),
+                fixed(1),
+                symbol("out_height"),
+                symbol("out_width"),
+            ],
+        )],
+        ..Default::default()
+    })
+}
