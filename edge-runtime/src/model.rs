@@ -28,19 +28,9 @@ impl OnnxModel {
     /// when tract cannot optimise it for the shape.
     pub fn load(path: impl AsRef<Path>, input_shape: Option<&[usize]>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let model = crate::onnx::read(path)?;
-        let interface = |reason: String| Error::NotADecoder {
-            path: path.into(),
-            reason: format!("as a model with one input: {reason}"),
-        };
-        let prepare_failed = |e: TractError| Error::PrepareModel {
-            path: path.into(),
-            source: e.into(),
-        };
-        let inputs = model.input_outlets().map_err(prepare_failed)?.len();
-        if inputs != 1 {
-            return Err(interface(format!("it has {inputs} inputs")));
-        }
+        let model = read_one_input(path)?;
+        let interface = |reason: String| interface_error(path, reason);
+        let prepare_failed = |e: TractError| prepare_error(path, e);
         let shape = match input_shape {
             Some(shape) => shape.to_vec(),
             None => declared_shape(model.input_fact(0).map_err(prepare_failed)?)
@@ -76,24 +66,12 @@ impl OnnxModel {
     pub fn declared_input(path: impl AsRef<Path>) -> Result<Vec<Option<usize>>, Error> {
         use tract_onnx::tract_hir::infer::Factoid;
         let path = path.as_ref();
-        let model = crate::onnx::read(path)?;
-        let interface = |reason: String| Error::NotADecoder {
-            path: path.into(),
-            reason: format!("as a model with one input: {reason}"),
-        };
-        let prepare_failed = |e: TractError| Error::PrepareModel {
-            path: path.into(),
-            source: e.into(),
-        };
-        let inputs = model.input_outlets().map_err(prepare_failed)?.len();
-        if inputs != 1 {
-            return Err(interface(format!("it has {inputs} inputs")));
-        }
-        let fact = model.input_fact(0).map_err(prepare_failed)?;
+        let model = read_one_input(path)?;
+        let fact = model.input_fact(0).map_err(|e| prepare_error(path, e))?;
         let shape = fact
             .shape
             .concretize()
-            .ok_or_else(|| interface("input 0 has no declared shape".into()))?;
+            .ok_or_else(|| interface_error(path, "input 0 has no declared shape".into()))?;
         Ok(shape.iter().map(|d| d.to_usize().ok()).collect())
     }
 
@@ -144,6 +122,35 @@ impl std::fmt::Debug for OnnxModel {
 }
 
 /// The declared shape of an input, a symbolic first (batch) axis taken as 1.
+/// The ONNX file at `path`, which must have exactly one input.
+fn read_one_input(path: &Path) -> Result<InferenceModel, Error> {
+    let model = crate::onnx::read(path)?;
+    let inputs = model
+        .input_outlets()
+        .map_err(|e| prepare_error(path, e))?
+        .len();
+    if inputs != 1 {
+        return Err(interface_error(path, format!("it has {inputs} inputs")));
+    }
+    Ok(model)
+}
+
+/// The interface check's error for the model at `path`.
+fn interface_error(path: &Path, reason: String) -> Error {
+    Error::NotADecoder {
+        path: path.into(),
+        reason: format!("as a model with one input: {reason}"),
+    }
+}
+
+/// tract could not type or optimise the model at `path`.
+fn prepare_error(path: &Path, e: TractError) -> Error {
+    Error::PrepareModel {
+        path: path.into(),
+        source: e.into(),
+    }
+}
+
 fn declared_shape(fact: &InferenceFact) -> Result<Vec<usize>, String> {
     use tract_onnx::tract_hir::infer::Factoid;
     let shape = fact
