@@ -343,16 +343,32 @@ fn fold_upsampling_convs(graph: &mut GraphProto) -> anyhow::Result<usize> {
         index = at + count;
         rewritten += 1;
     }
+    drop_unused_initializers(graph);
+    Ok(rewritten)
+}
+
+/// An INT64 tensor `name` holding `values` (one axis).
+fn int64_tensor(name: String, values: Vec<i64>) -> TensorProto {
+    let mut tensor = TensorProto::new();
+    tensor.name = name;
+    tensor.data_type = ONNX_INT64;
+    tensor.dims = vec![values.len() as i64];
+    tensor.int64_data = values;
+    tensor
+}
+
+/// Drops the initializers no node reads any more.
+fn drop_unused_initializers(graph: &mut GraphProto) {
     let used: std::collections::HashSet<String> = graph
         .node
         .iter()
         .flat_map(|n| n.input.iter().cloned())
         .collect();
     graph.initializer.retain(|t| used.contains(&t.name));
-    Ok(rewritten)
 }
 
-fn ints_attr(name: &str, values: &[i64]) -> onnx_ir::AttributeProto {
+/// An INTS attribute.
+pub(crate) fn ints_attr(name: &str, values: &[i64]) -> onnx_ir::AttributeProto {
     let mut a = onnx_ir::AttributeProto::new();
     a.name = name.into();
     a.ints = values.to_vec();
@@ -360,7 +376,8 @@ fn ints_attr(name: &str, values: &[i64]) -> onnx_ir::AttributeProto {
     a
 }
 
-fn int_attr(name: &str, value: i64) -> onnx_ir::AttributeProto {
+/// An INT attribute.
+pub(crate) fn int_attr(name: &str, value: i64) -> onnx_ir::AttributeProto {
     let mut a = onnx_ir::AttributeProto::new();
     a.name = name.into();
     a.i = value;
@@ -368,7 +385,8 @@ fn int_attr(name: &str, value: i64) -> onnx_ir::AttributeProto {
     a
 }
 
-fn string_attr(name: &str, value: &str) -> onnx_ir::AttributeProto {
+/// A STRING attribute.
+pub(crate) fn string_attr(name: &str, value: &str) -> onnx_ir::AttributeProto {
     let mut a = onnx_ir::AttributeProto::new();
     a.name = name.into();
     a.s = value.as_bytes().to_vec().into();
@@ -419,20 +437,10 @@ fn rewrite_nearest_upsampling(graph: &mut GraphProto) -> anyhow::Result<usize> {
     }
     graph.node = nodes;
     for (name, values) in constants {
-        let mut tensor = TensorProto::new();
-        tensor.name = name;
-        tensor.data_type = ONNX_INT64;
-        tensor.dims = vec![values.len() as i64];
-        tensor.int64_data = values;
-        graph.initializer.push(tensor);
+        graph.initializer.push(int64_tensor(name, values));
     }
     // Drop the `sizes` tensors nothing reads any more.
-    let used: std::collections::HashSet<String> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().cloned())
-        .collect();
-    graph.initializer.retain(|t| used.contains(&t.name));
+    drop_unused_initializers(graph);
     Ok(rewritten)
 }
 
@@ -558,20 +566,10 @@ pub fn symbolic_batch(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
         if graph.initializer.iter().any(|t| t.name == name) {
             continue;
         }
-        let mut tensor = TensorProto::new();
-        tensor.name = name;
-        tensor.data_type = ONNX_INT64;
-        tensor.dims = vec![shape.len() as i64];
-        tensor.int64_data = shape;
-        graph.initializer.push(tensor);
+        graph.initializer.push(int64_tensor(name, shape));
     }
     // Drop the shapes nothing reads any more.
-    let used: std::collections::HashSet<String> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().cloned())
-        .collect();
-    graph.initializer.retain(|t| used.contains(&t.name));
+    drop_unused_initializers(graph);
     Ok(model.write_to_bytes()?)
 }
 

@@ -22,7 +22,7 @@ use firmware_core::q8::{LayerKind, TABLE_LEN};
 use onnx_ir::{AttributeProto, GraphProto, Message, ModelProto, NodeProto, TensorProto};
 use serde::Serialize;
 
-use crate::onnx::{IMAGE_OUTPUT, LATENT_INPUT};
+use crate::onnx::{IMAGE_OUTPUT, LATENT_INPUT, int_attr, ints_attr, string_attr};
 use crate::quantize::QuantizedDecoder;
 
 /// ONNX element types used here.
@@ -92,30 +92,6 @@ impl Builder {
         self.node("QuantizeLinear", &q, &[input, &s, &z], vec![]);
         self.node("DequantizeLinear", name, &[&q, &s, &z], vec![]);
     }
-}
-
-fn ints(name: &str, values: &[i64]) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.ints = values.to_vec();
-    a.type_ = onnx_ir::AttributeType::INTS.into();
-    a
-}
-
-fn int(name: &str, value: i64) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.i = value;
-    a.type_ = onnx_ir::AttributeType::INT.into();
-    a
-}
-
-fn string(name: &str, value: &str) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.s = value.as_bytes().to_vec().into();
-    a.type_ = onnx_ir::AttributeType::STRING.into();
-    a
 }
 
 /// A float graph input or output of the given dimensions (`None`: the symbolic batch).
@@ -203,7 +179,7 @@ pub fn to_onnx(
             "DequantizeLinear",
             &name("w"),
             &[&name("w_q"), &name("w_scale"), &name("w_zero_point")],
-            vec![int("axis", 0)],
+            vec![int_attr("axis", 0)],
         );
         // Biases: the q8 blob folds `-input_zero_point * sum(w)` into them; QDQ wants them plain.
         let bias: Vec<i32> = spec
@@ -228,16 +204,16 @@ pub fn to_onnx(
             "DequantizeLinear",
             &name("b"),
             &[&name("b_q"), &name("b_scale"), &name("b_zero_point")],
-            vec![int("axis", 0)],
+            vec![int_attr("axis", 0)],
         );
         let y = match spec.kind {
             LayerKind::Dense => {
-                b.node("Flatten", &name("flat"), &[&x], vec![int("axis", 1)]);
+                b.node("Flatten", &name("flat"), &[&x], vec![int_attr("axis", 1)]);
                 b.node(
                     "Gemm",
                     &name("y"),
                     &[&name("flat"), &name("w"), &name("b")],
-                    vec![int("transB", 1)],
+                    vec![int_attr("transB", 1)],
                 );
                 // A conv layer next reads the activation as a [batch, c, h, w] map.
                 match decoder.layers.get(i + 1).map(|l| l.spec.input) {
@@ -268,9 +244,9 @@ pub fn to_onnx(
                         &name("up"),
                         &[&x, "", &name("scales")],
                         vec![
-                            string("mode", "nearest"),
-                            string("coordinate_transformation_mode", "asymmetric"),
-                            string("nearest_mode", "floor"),
+                            string_attr("mode", "nearest"),
+                            string_attr("coordinate_transformation_mode", "asymmetric"),
+                            string_attr("nearest_mode", "floor"),
                         ],
                     );
                     input = name("up");
@@ -280,7 +256,10 @@ pub fn to_onnx(
                     "Conv",
                     &name("y"),
                     &[&input, &name("w"), &name("b")],
-                    vec![ints("kernel_shape", &[k, k]), ints("pads", &[p, p, p, p])],
+                    vec![
+                        ints_attr("kernel_shape", &[k, k]),
+                        ints_attr("pads", &[p, p, p, p]),
+                    ],
                 );
                 name("y")
             }
@@ -303,7 +282,7 @@ pub fn to_onnx(
                 "Cast",
                 "logits_i64",
                 &[&format!("{x}_q")],
-                vec![int("to", INT64 as i64)],
+                vec![int_attr("to", INT64 as i64)],
             );
             b.node(
                 "Add",
@@ -315,7 +294,7 @@ pub fn to_onnx(
                 "Gather",
                 IMAGE_OUTPUT,
                 &["sigmoid_table", "table_index"],
-                vec![int("axis", 0)],
+                vec![int_attr("axis", 0)],
             );
         }
     }
