@@ -8,6 +8,7 @@ fn main() {
         "conv_vae_decoder",
         "conv_vae_decoder_int8",
         "camera_denoiser",
+        "super_res_upscaler",
     ] {
         let path = format!("fixtures/roundtrip/{name}.onnx");
         println!("cargo:rerun-if-changed={path}");

@@ -2,9 +2,10 @@
 //! burn-onnx's importer (its code generator, run by this crate's build script on the files in
 //! `fixtures/roundtrip/`) and the generated models compute what the trainer's models compute.
 //!
-//! The fixtures are a conv VAE and a camera denoiser trained for one short epoch (quality does
-//! not matter here) and their exported encoder, decoder (float; int8 as QDQ ONNX, checked against
-//! the q8 blob run by `firmware-core`) and denoiser. The last test re-exports
+//! The fixtures are a conv VAE, a camera denoiser and a super-resolution AE trained for one short
+//! epoch (quality does not matter here) and their exported encoder, decoder (float; int8 as QDQ
+//! ONNX, checked against the q8 blob run by `firmware-core`), denoiser and upscaler (both at
+//! several frame sizes). The last test re-exports
 //! the two runs and checks that the exporter still writes exactly those graphs, so a change to
 //! the exporter cannot leave the round trip proven on stale files:
 //! `scripts/update-roundtrip-fixtures.sh` refreshes them.
@@ -34,6 +35,10 @@ mod conv_vae_decoder_int8 {
 #[allow(dead_code)] // the generated `from_bytes`
 mod camera_denoiser {
     include!(concat!(env!("OUT_DIR"), "/roundtrip/camera_denoiser.rs"));
+}
+#[allow(dead_code)] // the generated `from_bytes`
+mod super_res_upscaler {
+    include!(concat!(env!("OUT_DIR"), "/roundtrip/super_res_upscaler.rs"));
 }
 
 fn fixtures() -> PathBuf {
@@ -142,6 +147,28 @@ fn the_camera_denoiser_comes_back_through_burn_import_at_any_frame_size() {
     }
 }
 
+#[test]
+fn the_upscaler_comes_back_through_burn_import_at_any_even_size() {
+    let device = Device::default();
+    let (config, model) = load_run(&fixtures().join("super-res"), &device).expect("fixture run");
+    let imported = super_res_upscaler::Model::default();
+    let mut test = data::Mnist::load(&data::bundled_dir(), data::Split::Test).expect("MNIST");
+    test.truncate(4);
+    let mut rng = SplitMix64(1);
+    let low: Vec<Tensor<4>> = (0..test.len())
+        .map(|i| {
+            let clean = test.batch(&[i], &device);
+            config.model.corruption().apply(clean, &mut rng)
+        })
+        .collect();
+    // 14x14 digits, and a 14x56 strip of four.
+    for input in [low[0].clone(), Tensor::cat(low, 3)] {
+        let want = model.reconstruct(input.clone());
+        let diff = max_abs_diff(imported.forward(input.clone()), want);
+        assert!(diff <= FLOAT_TOLERANCE, "{:?}: {diff}", input.dims());
+    }
+}
+
 /// The ONNX model in `bytes` without its metadata (which names the run directory).
 fn graph_only(bytes: &[u8]) -> onnx_ir::ModelProto {
     use onnx_ir::Message;
@@ -159,6 +186,7 @@ fn the_fixtures_are_what_the_exporter_writes_today() {
         ("conv-vae", Kind::Int8Onnx, "conv_vae_decoder_int8.onnx"),
         ("conv-vae", Kind::Q8, "conv_vae_decoder.q8"),
         ("camera-denoiser", Kind::Denoiser, "camera_denoiser.onnx"),
+        ("super-res", Kind::Upscaler, "super_res_upscaler.onnx"),
     ];
     for (run, kind, fixture) in files {
         let out = dir.path().join(fixture);
