@@ -1,15 +1,19 @@
 //! Turns a trained run into deployable artifacts that are proven to compute what the Burn model
 //! computes, before they are written:
 //!
-//! - [`onnx`]: the decoder as ONNX (stable I/O names, metadata), run with tract and with ONNX
-//!   Runtime on real latents and compared with Burn;
-//! - [`quantize`]: the decoder as an int8 q8 blob for the firmware, evaluated with
-//!   `firmware-core` itself (the one int8 implementation) against the float decoder.
+//! - [`onnx`]: every family's encoder, decoder, denoiser or upscaler as ONNX (burn-onnx's
+//!   exporter, then stable I/O names, metadata, folded upsampling and symbolic axes), run with
+//!   tract and with ONNX Runtime on real inputs and compared with Burn;
+//! - [`quantize`]: the conv VAE's decoder as an int8 q8 blob for the firmware, evaluated with
+//!   `firmware-core` itself (the one int8 implementation) against the float decoder;
+//! - [`qdq`]: the same int8 decoder as QDQ ONNX, run by tract and ONNX Runtime and compared with
+//!   `firmware-core`'s pixels.
 //!
-//! [`export_run`] writes, for a conv VAE run, `encoder.onnx`, `decoder.onnx`, `decoder.q8` and
-//! `report.json`; for a camera-denoiser run, `denoiser.onnx` (any frame size); for the other
-//! MNIST families, their `encoder.onnx` + `decoder.onnx`, `denoiser.onnx` or `upscaler.onnx`;
-//! always with `report.json`.
+//! [`export_run`] writes the files of [`Kind::of_family`] (or of `--only`) and `report.json`:
+//! for a conv VAE run `encoder.onnx`, `decoder.onnx`, `decoder.q8` and `decoder_int8.onnx`; for
+//! a camera-denoiser run `denoiser.onnx` (any frame size); for the other MNIST families their
+//! `encoder.onnx` + `decoder.onnx`, `denoiser.onnx` or `upscaler.onnx`. Nothing is written
+//! unless every check passes.
 #![warn(missing_docs)]
 
 pub mod onnx;
@@ -675,7 +679,6 @@ fn export_checked<const D: usize, const E: usize>(
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no inputs to check the {kind} on"))?;
     let shape = sample.dims().to_vec();
-    // Decoders take any batch (see `onnx::symbolic_batch`); the rest batch 1.
     // Decoders take any batch (see `onnx::symbolic_batch`); the upscaler, fully convolutional,
     // any batch and any even height and width (`onnx::symbolic_image`); the rest batch 1.
     let batch = kind == Kind::Decoder;

@@ -1,6 +1,8 @@
-//! Models as ONNX: exported with burn-onnx's tracing exporter, given stable I/O names and
-//! metadata, and checked with tract and ONNX Runtime against Burn. The decoder takes a latent
-//! batch of 1; the camera denoiser takes frames of any batch, height and width.
+//! Models as ONNX: exported with burn-onnx's tracing exporter, then post-processed on the protobuf
+//! (stable I/O names, metadata, upsampling folded into the convolution that reads it, numbered
+//! value names, symbolic axes), and checked with tract and ONNX Runtime against Burn. Decoders
+//! take any batch; the camera denoiser frames of any batch, height and width; the upscaler any
+//! batch and even height and width.
 
 use std::{
     path::{Path, PathBuf},
