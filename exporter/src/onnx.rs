@@ -249,6 +249,12 @@ fn fold_upsampling_convs(graph: &mut GraphProto) -> anyhow::Result<usize> {
             index += 1;
             continue;
         };
+        let sizes_ok = [c_out, c_in, kh, kw].iter().all(|&d| d > 0)
+            && weights.len() as i64 == c_out * c_in * kh * kw;
+        if !sizes_ok {
+            index += 1;
+            continue;
+        }
         // Every phase must read at or after its first input position, and all four phases must
         // give the same number of outputs (DepthToSpace interleaves equal maps).
         let out = (
