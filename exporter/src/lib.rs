@@ -399,25 +399,35 @@ fn export_mnist_file(
             image_forward,
             (&["low_res"], &[onnx::IMAGE_OUTPUT]),
             // The 14x14 digits, then images of other sizes made of them: 14x56 and 28x28.
-            &[
-                inputs.images.clone(),
-                vec![
-                    Tensor::cat(inputs.images[..4].to_vec(), 3),
-                    Tensor::cat(
-                        vec![
-                            Tensor::cat(inputs.images[4..6].to_vec(), 3),
-                            Tensor::cat(inputs.images[6..8].to_vec(), 3),
-                        ],
-                        2,
-                    ),
-                ],
-            ]
-            .concat(),
+            &upscaler_check_images(&inputs.images)?,
             (run_dir, config.latent()),
             options,
         ),
         Kind::Q8 | Kind::Int8Onnx => bail!("only the conv VAE has an int8 decoder"),
     }
+}
+
+/// The upscaler's check inputs: the 14x14 low-resolution digits, then a 14x56 strip of four of
+/// them and a 28x28 square of four more (the upscaler takes any even size).
+fn upscaler_check_images(images: &[Tensor<4>]) -> anyhow::Result<Vec<Tensor<4>>> {
+    let [a, b, c, d, e, f, g, h] = images
+        .get(..8)
+        .and_then(|i| <&[_; 8]>::try_from(i).ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the upscaler is checked on 8 test images, the data has {}",
+                images.len()
+            )
+        })?;
+    let strip = Tensor::cat(vec![a.clone(), b.clone(), c.clone(), d.clone()], 3);
+    let square = Tensor::cat(
+        vec![
+            Tensor::cat(vec![e.clone(), f.clone()], 3),
+            Tensor::cat(vec![g.clone(), h.clone()], 3),
+        ],
+        2,
+    );
+    Ok([images.to_vec(), vec![strip, square]].concat())
 }
 
 /// The camera denoiser, checked on held-out photographs of several sizes.
