@@ -475,57 +475,75 @@ pub fn export_decoder(decoder: &ConvDecoder, run_dir: &Path) -> anyhow::Result<V
     symbolic_batch(&bytes)
 }
 
+/// Re-reads an exported model, lets `edit` change its graph, drops the intermediate shapes the
+/// exporter recorded (an edit of the input or output shapes makes them stale), and writes it
+/// back.
+fn edit_graph(
+    bytes: &[u8],
+    edit: impl FnOnce(&mut GraphProto) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<u8>> {
+    let mut model = ModelProto::parse_from_bytes(bytes).context("re-reading the exported ONNX")?;
+    let graph = model
+        .graph
+        .as_mut()
+        .ok_or_else(|| anyhow!("exported ONNX has no graph"))?;
+    edit(graph)?;
+    graph.value_info.clear();
+    Ok(model.write_to_bytes()?)
+}
+
+/// The declared shape of a graph input or output, created empty if it has none.
+fn value_shape(value: &mut onnx_ir::ValueInfoProto) -> &mut onnx_ir::TensorShapeProto {
+    value
+        .type_
+        .mut_or_insert_default()
+        .mut_tensor_type()
+        .shape
+        .mut_or_insert_default()
+}
+
 /// Makes a fully convolutional image-to-image graph traced at one size take any batch, height
 /// and width: its input becomes `[batch, c, height, width]` and its output
 /// `[batch, c, out_height, out_width]`. Refused for a graph with anything tied to the traced
 /// size (`Reshape`, `Resize`, `Expand`, shape constants): the parity checks at other sizes catch
 /// the rest.
 pub fn symbolic_image(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut model = ModelProto::parse_from_bytes(bytes).context("re-reading the exported ONNX")?;
-    let graph = model
-        .graph
-        .as_mut()
-        .ok_or_else(|| anyhow!("exported ONNX has no graph"))?;
-    if let Some(node) = graph.node.iter().find(|n| {
-        matches!(
-            n.op_type.as_str(),
-            "Reshape" | "Resize" | "Expand" | "Shape"
-        )
-    }) {
-        bail!(
-            "the graph has a {} ({}), tied to the traced size: it cannot take any height and width",
-            node.op_type,
-            node.name
-        );
-    }
-    let symbols = |prefix: &str| {
-        [
-            "batch".to_string(),
-            String::new(),
-            format!("{prefix}height"),
-            format!("{prefix}width"),
-        ]
-    };
-    for (values, prefix) in [(&mut graph.input, ""), (&mut graph.output, "out_")] {
-        for value in values.iter_mut() {
-            let shape = value
-                .type_
-                .mut_or_insert_default()
-                .mut_tensor_type()
-                .shape
-                .mut_or_insert_default();
-            if shape.dim.len() != 4 {
-                bail!("{} is not an image [batch, c, height, width]", value.name);
-            }
-            for (dim, symbol) in shape.dim.iter_mut().zip(symbols(prefix)) {
-                if !symbol.is_empty() {
-                    dim.set_dim_param(symbol);
+    edit_graph(bytes, |graph| {
+        if let Some(node) = graph.node.iter().find(|n| {
+            matches!(
+                n.op_type.as_str(),
+                "Reshape" | "Resize" | "Expand" | "Shape"
+            )
+        }) {
+            bail!(
+                "the graph has a {} ({}), tied to the traced size: it cannot take any height and width",
+                node.op_type,
+                node.name
+            );
+        }
+        let symbols = |prefix: &str| {
+            [
+                "batch".to_string(),
+                String::new(),
+                format!("{prefix}height"),
+                format!("{prefix}width"),
+            ]
+        };
+        for (values, prefix) in [(&mut graph.input, ""), (&mut graph.output, "out_")] {
+            for value in values.iter_mut() {
+                let shape = value_shape(value);
+                if shape.dim.len() != 4 {
+                    bail!("{} is not an image [batch, c, height, width]", value.name);
+                }
+                for (dim, symbol) in shape.dim.iter_mut().zip(symbols(prefix)) {
+                    if !symbol.is_empty() {
+                        dim.set_dim_param(symbol);
+                    }
                 }
             }
         }
-    }
-    graph.value_info.clear();
-    Ok(model.write_to_bytes()?)
+        Ok(())
+    })
 }
 
 /// Makes axis 0 of a graph traced at batch 1 the symbolic `batch`: the graph's inputs and outputs
@@ -534,51 +552,41 @@ pub fn symbolic_image(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
 /// through the decoders' reshapes yet ("multiple element-count-derived dimensions remain"), so
 /// this is done here, on the protobuf; the parity checks at batch > 1 catch any mistake.
 pub fn symbolic_batch(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut model = ModelProto::parse_from_bytes(bytes).context("re-reading the exported ONNX")?;
-    let graph = model
-        .graph
-        .as_mut()
-        .ok_or_else(|| anyhow!("exported ONNX has no graph"))?;
-    for value in graph.input.iter_mut().chain(graph.output.iter_mut()) {
-        let shape = value
-            .type_
-            .mut_or_insert_default()
-            .mut_tensor_type()
-            .shape
-            .mut_or_insert_default();
-        match shape.dim.first_mut() {
-            Some(dim) if dim.dim_value() == 1 => dim.set_dim_param("batch".into()),
-            _ => bail!("{} does not have batch 1 on axis 0", value.name),
+    edit_graph(bytes, |graph| {
+        for value in graph.input.iter_mut().chain(graph.output.iter_mut()) {
+            match value_shape(value).dim.first_mut() {
+                Some(dim) if dim.dim_value() == 1 => dim.set_dim_param("batch".into()),
+                _ => bail!("{} does not have batch 1 on axis 0", value.name),
+            }
         }
-    }
-    graph.value_info.clear();
-    let weights: std::collections::HashSet<String> =
-        graph.initializer.iter().map(|t| t.name.clone()).collect();
-    // The reshapes of computed values to a shape starting with the batch 1.
-    let batched: Vec<(usize, Vec<i64>)> = graph
-        .node
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| {
-            n.op_type == "Reshape" && n.input.len() == 2 && !weights.contains(&n.input[0])
-        })
-        .filter_map(|(i, n)| Some((i, int64_initializer(graph, &n.input[1])?)))
-        .filter(|(_, shape)| shape.first() == Some(&1))
-        .collect();
-    for (i, mut shape) in batched {
-        shape[0] = 0;
-        let node = &mut graph.node[i];
-        let name = format!("{}_batch", node.input[1]);
-        node.input[1] = name.clone();
-        // Two reshapes to the same shape share one new initializer.
-        if graph.initializer.iter().any(|t| t.name == name) {
-            continue;
+        let weights: std::collections::HashSet<String> =
+            graph.initializer.iter().map(|t| t.name.clone()).collect();
+        // The reshapes of computed values to a shape starting with the batch 1.
+        let batched: Vec<(usize, Vec<i64>)> = graph
+            .node
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| {
+                n.op_type == "Reshape" && n.input.len() == 2 && !weights.contains(&n.input[0])
+            })
+            .filter_map(|(i, n)| Some((i, int64_initializer(graph, &n.input[1])?)))
+            .filter(|(_, shape)| shape.first() == Some(&1))
+            .collect();
+        for (i, mut shape) in batched {
+            shape[0] = 0;
+            let node = &mut graph.node[i];
+            let name = format!("{}_batch", node.input[1]);
+            node.input[1] = name.clone();
+            // Two reshapes to the same shape share one new initializer.
+            if graph.initializer.iter().any(|t| t.name == name) {
+                continue;
+            }
+            graph.initializer.push(int64_tensor(name, shape));
         }
-        graph.initializer.push(int64_tensor(name, shape));
-    }
-    // Drop the shapes nothing reads any more.
-    drop_unused_initializers(graph);
-    Ok(model.write_to_bytes()?)
+        // Drop the shapes nothing reads any more.
+        drop_unused_initializers(graph);
+        Ok(())
+    })
 }
 
 /// Largest absolute difference between two equally long slices (infinite if lengths differ or a
