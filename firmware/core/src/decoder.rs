@@ -15,9 +15,14 @@
 //! (Cortex-M4/M7, the `arm_dsp` cfg set by the build script) four input bytes are split with
 //! `sxtb16` into 16-bit lanes and multiplied with `smlad`, two MACs per instruction; elsewhere
 //! (Cortex-M0, hosts) the same sums run in plain Rust. Both give identical results on every blob
-//! the parser accepts. Pixels whose
-//! taps fall partly outside the input take a border path in which those taps read the input zero
-//! point.
+//! the parser accepts.
+//!
+//! Taps outside the input read the input's zero point (a real zero). Along x they are stored:
+//! every row of a conv's input carries [`Layer::input_padding`] columns of zero point on each
+//! side, written by the layer before it, so every output of a row is an interior pixel and a
+//! whole row of outputs is one run of the kernel (no border path). Tap rows above or below the
+//! input are skipped, and what they would add (zero point x the row's weights) starts the
+//! accumulators.
 //!
 //! # Working memory
 //!
@@ -32,13 +37,14 @@
 //! layer 2:  [out1 ........................... out2]   (reads out1, writes out2)
 //! ```
 //!
-//! A layer's input and output must therefore fit side by side: `input + output <= SCRATCH_BYTES`.
-//! The last layer writes through the output table straight into the caller's pixel buffer, so
-//! only its input counts. [`Model::working_bytes`] is the largest such need of a model;
-//! [`decode`] returns [`Error::ScratchTooSmall`] (before computing anything) for a model that
-//! needs more. The MNIST decoder's largest pair is its third conv, 8x8x8 in (512 bytes, upsampled
-//! on the fly) and 16x14x14 out (3136 bytes): 3648 bytes; its last conv reads those 3136 bytes and
-//! writes the 784 pixels directly.
+//! A layer's input and output, as stored (padding columns included, [`Shape::stored_len`]), must
+//! therefore fit side by side: `input + output <= SCRATCH_BYTES`. The last layer writes through
+//! the output table straight into the caller's pixel buffer, so only its input counts.
+//! [`Model::working_bytes`] is the largest such need of a model; [`decode`] returns
+//! [`Error::ScratchTooSmall`] (before computing anything) for a model that needs more. The MNIST
+//! decoder's largest pair is its third conv, 8x8x8 in (512 bytes, upsampled on the fly) and
+//! 16x14x14 out stored as 16x14x16 for the last conv's padding (3584 bytes): 4096 bytes, the whole
+//! arena; its last conv reads those 3584 bytes and writes the 784 pixels directly.
 
 use crate::fold::{AxisPhase, CHANNEL_BLOCK, FoldLayout, MAX_SPAN, blocks};
 use crate::q8::{Layer, LayerKind, Model, Shape};
@@ -208,31 +214,44 @@ impl Sink<'_> {
     #[inline(always)]
     fn put(&mut self, index: usize, y: i8) {
         match self {
-            Sink::Activations(out) => out[index] = y,
-            Sink::Pixels(out, table) => out[index] = table[(y as i32 + 128) as usize],
+            Sink::Activations(out) => {
+                if let Some(v) = out.get_mut(index) {
+                    *v = y;
+                }
+            }
+            Sink::Pixels(out, table) => {
+                if let (Some(v), Some(&t)) =
+                    (out.get_mut(index), table.get((y as i32 + 128) as usize))
+                {
+                    *v = t;
+                }
+            }
         }
     }
 }
 
 /// Where element `i` of a flat `[c][h][w]` tensor lies when it is stored channels-last, as conv
-/// layers store their activations; `None` for a flat (dense) tensor.
+/// layers store their activations, with `padding` columns on each side of every row (see
+/// [`Shape::stored_len`]); `None` for a flat (dense) tensor.
 #[inline(always)]
-fn channels_last(i: usize, shape: Option<Shape>) -> usize {
-    match shape {
-        Some(s) => {
-            let plane = s.h as usize * s.w as usize;
-            (i % plane) * s.c as usize + i / plane
+fn channels_last(i: usize, stored: Option<(Shape, usize)>) -> usize {
+    match stored {
+        Some((s, padding)) => {
+            let (w, plane) = (s.w as usize, s.h as usize * s.w as usize);
+            let (pixel, channel) = (i % plane, i / plane);
+            let (y, x) = (pixel / w, pixel % w);
+            (y * (w + 2 * padding) + x + padding) * s.c as usize + channel
         }
         None => i,
     }
 }
 
 /// A dense layer. Its input is stored channels-last with shape `input_hwc` when a conv wrote it;
-/// its output is stored channels-last with shape `output_hwc` when a conv reads it.
+/// its output is stored channels-last (shape and padding `output_hwc`) when a conv reads it.
 fn dense(
     layer: &Layer,
     input: &[i8],
-    (input_hwc, output_hwc): (Option<Shape>, Option<Shape>),
+    (input_hwc, output_hwc): (Option<Shape>, Option<(Shape, usize)>),
     sink: &mut Sink,
 ) {
     let n_in = layer.input.len();
@@ -248,7 +267,7 @@ fn dense(
         } else {
             for (i, &wi) in row.iter().enumerate() {
                 let xi = input
-                    .get(channels_last(i, input_hwc))
+                    .get(channels_last(i, input_hwc.map(|shape| (shape, 0))))
                     .map_or(0, |&x| x as i32);
                 acc = acc.wrapping_add((wi as i8 as i32) * xi);
             }
@@ -268,6 +287,8 @@ struct Input<'a> {
     c: usize,
     h: usize,
     w: usize,
+    /// Columns of zero point stored on each side of every row ([`Layer::input_padding`]).
+    padding: usize,
     zero_point: i32,
 }
 
@@ -514,60 +535,25 @@ fn pixel_block_run<const QS: usize>(
     }
 }
 
-/// The MAC loop of a pixel at the left or right border, over the tap rows `rows` (inside the
-/// input): taps outside the input along x read the input zero point (a real zero).
-fn edge<const N: usize>(
-    folded: &[u8],
-    layout: &FoldLayout,
-    input: &Input,
-    (row0, col0): (isize, isize),
-    (rows, sx): (core::ops::Range<usize>, usize),
-    acc: &mut [i32; N],
-) {
-    let c = input.c;
-    for dy in rows {
-        let y = (row0 + dy as isize) as usize;
-        for dx in 0..sx {
-            let x = col0 + dx as isize;
-            let inside = x >= 0 && (x as usize) < input.w;
-            for cc in 0..c {
-                let v = if inside {
-                    let at = (y * input.w + x as usize) * c + cc;
-                    input.values.get(at).map_or(0, |&v| v as i32)
-                } else {
-                    input.zero_point
-                };
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let at = 2 * layout.index(dy, dx * c + cc, j);
-                    let w = folded
-                        .get(at..at + 2)
-                        .map_or(0, |w| i16::from_le_bytes([w[0], w[1]]) as i32);
-                    *a = a.wrapping_add(w * v);
-                }
-            }
-        }
-    }
-}
-
 /// The output pixels of one phase for the block of `N` channels starting at `o`, whose folded
-/// weights are `folded`. Tap rows outside the input (top and bottom borders) are skipped and
-/// their zero-point contribution added from per-row weight sums; pixels whose taps all lie
-/// inside the input along x take the row kernel, the few at the left and right borders `edge`.
+/// weights are `folded`. Along x every tap lies inside a stored row (the input's padding columns
+/// hold its zero point), so a row of outputs is one run of the row kernel. Tap rows above or below
+/// the input are skipped and their zero-point contribution added from per-row weight sums. The
+/// outputs go to `sink`, stored with `out_padding` columns on each side of every row.
 fn phase_block<const N: usize>(
     layer: &Layer,
     input: &Input,
     (folded, layout): (&[u8], &FoldLayout),
     (ay, ax): (&AxisPhase, &AxisPhase),
     o: usize,
-    sink: &mut Sink,
+    (sink, out_padding): (&mut Sink, usize),
 ) {
     let (h_out, w_out, c_out) = (
         layer.output.h as usize,
         layer.output.w as usize,
         layer.output.c as usize,
     );
-    let (up, sy, sx) = (ay.up, ay.span.min(MAX_SPAN), ax.span);
-    let zp = input.zero_point;
+    let (up, sy, sx, c) = (ay.up, ay.span.min(MAX_SPAN), ax.span, input.c);
     let mut weight_rows = [WeightRow::<N> {
         quads: &[],
         tail: &[],
@@ -575,28 +561,41 @@ fn phase_block<const N: usize>(
     for (dy, row) in weight_rows.iter_mut().enumerate().take(sy) {
         *row = WeightRow::new(folded, layout, dy);
     }
-    let mut bias = [0i32; N];
-    let mut requant = [Requant::new(layer, o); N];
-    for (j, (b, r)) in bias.iter_mut().zip(&mut requant).enumerate() {
-        *b = layer.params(o + j).0;
-        *r = Requant::new(layer, o + j);
-    }
-    let clip = |start: isize, span: usize, len: usize| {
-        let lo = (-start).clamp(0, span as isize) as usize;
-        let hi = (len as isize - start).clamp(lo as isize, span as isize) as usize;
-        lo..hi
+    let bias: [i32; N] = core::array::from_fn(|j| layer.params(o + j).0);
+    let requant: [Requant; N] = core::array::from_fn(|j| Requant::new(layer, o + j));
+    let (rows_out, columns) = (
+        h_out.saturating_sub(ay.phase).div_ceil(up),
+        w_out.saturating_sub(ax.phase).div_ceil(up),
+    );
+    // Stored column of output column 0's first tap, and bytes from one stored row to the next.
+    let stored_w = input.w + 2 * input.padding;
+    let stride = stored_w * c;
+    let first = usize::try_from(ax.base + input.padding as isize);
+    let (Ok(first), Some(last)) = (first, columns.checked_sub(1)) else {
+        return; // no output, or taps left of the padding (`input_padding` rules that out)
     };
-    let stride = input.w * input.c;
-    // What each tap row adds when it lies outside the input (every tap reads the zero point).
+    if first + last + sx > stored_w {
+        return; // taps right of the padding: ruled out the same way
+    }
+    // What each tap row adds when it lies above or below the input (it reads the zero point).
     let mut padding_rows = [[0i32; N]; MAX_SPAN];
-    for (row, sums) in weight_rows.iter().zip(&mut padding_rows).take(sy) {
-        for (j, v) in sums.iter_mut().enumerate() {
-            *v = zp.wrapping_mul(row.sum(j));
+    let (top, bottom) = (
+        ay.start(0),
+        ay.start(rows_out.saturating_sub(1)) + sy as isize,
+    );
+    if top < 0 || bottom > input.h as isize {
+        for (row, sums) in weight_rows.iter().zip(&mut padding_rows).take(sy) {
+            for (j, v) in sums.iter_mut().enumerate() {
+                *v = input.zero_point.wrapping_mul(row.sum(j));
+            }
         }
     }
-    for oy in (ay.phase..h_out).step_by(up) {
-        let row0 = ay.start(oy / up);
-        let rows = clip(row0, sy, input.h);
+    let out_w = w_out + 2 * out_padding;
+    for (k, oy) in (ay.phase..h_out).step_by(up).enumerate() {
+        let row0 = ay.start(k);
+        // The tap rows inside the input.
+        let lo = (-row0).clamp(0, sy as isize);
+        let rows = lo as usize..(input.h as isize - row0).clamp(lo, sy as isize) as usize;
         // The bias plus what the rows outside the input contribute.
         let mut init = bias;
         for (dy, sums) in padding_rows.iter().enumerate().take(sy) {
@@ -606,125 +605,72 @@ fn phase_block<const N: usize>(
                 }
             }
         }
-        let columns = w_out.saturating_sub(ax.phase).div_ceil(up);
-        // The columns whose taps all lie inside the input along x.
-        let inner = (-ax.base).max(0) as usize
-            ..((input.w as isize - sx as isize - ax.base + 1).max(0) as usize).min(columns);
-        let mut i = 0;
-        while i < columns {
-            let (ox, col0) = (ax.phase + up * i, ax.start(i));
-            if N == CHANNEL_BLOCK
-                && i == inner.start
-                && !inner.is_empty()
-                && input.c.is_multiple_of(4)
-                && let Sink::Activations(out) = sink
-                && let Ok(init) = <[i32; CHANNEL_BLOCK]>::try_from(&init[..])
-                && let Ok(requant) = <&[Requant; CHANNEL_BLOCK]>::try_from(&requant[..])
-            {
-                let quads_per_row = layout.run / 4;
-                // Rows of whole quads follow one another without padding (N = 4).
-                let bytes = 2 * layout.row_len;
-                let w = folded
-                    .get(rows.start * bytes..rows.end * bytes)
-                    .unwrap_or(&[]);
-                let (w, _) = w.as_chunks::<8>().0.as_chunks::<CHANNEL_BLOCK>();
-                let y = (row0 + rows.start as isize).max(0) as usize;
-                // Whole quads per tap: positions in quads.
-                let q = input.c / 4;
-                channel_block_run(
-                    input.values.as_chunks::<4>().0,
-                    ((y * input.w + col0 as usize) * q, q, input.w * q),
-                    (rows.len(), quads_per_row),
-                    w,
-                    init,
-                    requant,
-                    inner.len(),
-                    out,
-                    ((oy * w_out + ox) * c_out + o, up * c_out),
-                );
-                i = inner.end;
-                continue;
+        // Byte of output column 0's first tap in the first row inside the input, and where the
+        // row's outputs go.
+        let y = (row0 + rows.start as isize).max(0) as usize;
+        let x_at = y * stride + first * c;
+        let (out_at, out_step) = (
+            (oy * out_w + out_padding + ax.phase) * c_out + o,
+            up * c_out,
+        );
+        // The weights of the rows inside the input (whole quads: rows follow one another).
+        let bytes = 2 * layout.row_len;
+        let w = folded
+            .get(rows.start * bytes..rows.end * bytes)
+            .unwrap_or(&[]);
+        let mut done = 0;
+        if N == CHANNEL_BLOCK
+            && c.is_multiple_of(4)
+            && let Sink::Activations(out) = sink
+            && let Ok(init) = <[i32; CHANNEL_BLOCK]>::try_from(&init[..])
+            && let Ok(requant) = <&[Requant; CHANNEL_BLOCK]>::try_from(&requant[..])
+        {
+            // Whole quads per tap: positions in quads.
+            let q = c / 4;
+            channel_block_run(
+                input.values.as_chunks::<4>().0,
+                (x_at / 4, q, stride / 4),
+                (rows.len(), layout.run / 4),
+                w.as_chunks::<8>().0.as_chunks::<CHANNEL_BLOCK>().0,
+                init,
+                requant,
+                columns,
+                out,
+                (out_at, out_step),
+            );
+            done = columns;
+        } else if N == 1 && matches!(c, 4 | 8 | 16) && columns >= PIXEL_BLOCK {
+            // A single output channel: PIXEL_BLOCK neighbouring pixels at once.
+            let groups = columns / PIXEL_BLOCK;
+            let args = (
+                input.values.as_chunks::<4>().0,
+                (x_at / 4, stride / 4),
+                (rows.len(), layout.run / 4),
+                w.as_chunks::<8>().0,
+                (init[0], &requant[0]),
+                groups,
+            );
+            let (x, at, shape, w, finish, groups) = args;
+            let out = (out_at, out_step);
+            match c {
+                4 => pixel_block_run::<1>(x, at, shape, w, finish, groups, sink, out),
+                8 => pixel_block_run::<2>(x, at, shape, w, finish, groups, sink, out),
+                _ => pixel_block_run::<4>(x, at, shape, w, finish, groups, sink, out),
             }
-            // A single output channel with whole quads: PIXEL_BLOCK neighbouring pixels at once.
-            let groups = inner.len() / PIXEL_BLOCK;
-            if N == 1 && i == inner.start && groups > 0 && matches!(input.c, 4 | 8 | 16) {
-                let bytes = 2 * layout.row_len;
-                let w = folded
-                    .get(rows.start * bytes..rows.end * bytes)
-                    .unwrap_or(&[]);
-                let y = (row0 + rows.start as isize).max(0) as usize;
-                // Whole quads per tap: positions in quads.
-                let q = input.c / 4;
-                let args = (
-                    input.values.as_chunks::<4>().0,
-                    ((y * input.w + col0 as usize) * q, input.w * q),
-                    (rows.len(), layout.run / 4),
-                    w.as_chunks::<8>().0,
-                    (init[0], &requant[0]),
-                    groups,
-                );
-                let out = ((oy * w_out + ox) * c_out + o, up * c_out);
-                let (x, at, shape, w, finish, groups) = args;
-                match input.c {
-                    4 => pixel_block_run::<1>(x, at, shape, w, finish, groups, sink, out),
-                    8 => pixel_block_run::<2>(x, at, shape, w, finish, groups, sink, out),
-                    _ => pixel_block_run::<4>(x, at, shape, w, finish, groups, sink, out),
-                }
-                i += groups * PIXEL_BLOCK;
-                continue;
-            }
-            i += 1;
+            done = groups * PIXEL_BLOCK;
+        }
+        // The rest one pixel at a time.
+        for i in done..columns {
             let mut acc = init;
-            if col0 >= 0 && col0 as usize + sx <= input.w {
-                for dy in rows.clone() {
-                    // `rows` holds only rows inside the input, so `y` is not negative.
-                    let y = (row0 + dy as isize) as usize;
-                    let at = y * stride + col0 as usize * input.c;
-                    if let (Some(xs), Some(w)) =
-                        (input.values.get(at..at + layout.run), weight_rows.get(dy))
-                    {
-                        row_macs(xs, w, &mut acc);
-                    }
+            for (r, dy) in rows.clone().enumerate() {
+                let at = x_at + i * c + r * stride;
+                if let (Some(xs), Some(w)) =
+                    (input.values.get(at..at + layout.run), weight_rows.get(dy))
+                {
+                    row_macs(xs, w, &mut acc);
                 }
-            } else if input.c.is_multiple_of(4) {
-                // Whole quads per tap: run the row kernel on the taps inside the input, add the
-                // zero point times the weights of those outside.
-                let cols = clip(col0, sx, input.w);
-                let q = input.c / 4;
-                for dy in rows.clone() {
-                    let y = (row0 + dy as isize) as usize;
-                    let at = y * stride + (col0 + cols.start as isize) as usize * input.c;
-                    let Some(w) = weight_rows.get(dy) else {
-                        continue;
-                    };
-                    let inside = WeightRow {
-                        quads: w.quads.get(cols.start * q..cols.end * q).unwrap_or(&[]),
-                        tail: &[],
-                    };
-                    if let Some(xs) = input.values.get(at..at + cols.len() * input.c) {
-                        row_macs(xs, &inside, &mut acc);
-                    }
-                    for dx in (0..cols.start).chain(cols.end..sx) {
-                        let outside = WeightRow::<N> {
-                            quads: w.quads.get(dx * q..(dx + 1) * q).unwrap_or(&[]),
-                            tail: &[],
-                        };
-                        for (j, a) in acc.iter_mut().enumerate() {
-                            *a = a.wrapping_add(zp.wrapping_mul(outside.sum(j)));
-                        }
-                    }
-                }
-            } else {
-                edge(
-                    folded,
-                    layout,
-                    input,
-                    (row0, col0),
-                    (rows.clone(), sx),
-                    &mut acc,
-                );
             }
-            let at = (oy * w_out + ox) * c_out + o;
+            let at = out_at + i * out_step;
             for (j, (&a, r)) in acc.iter().zip(&requant).enumerate() {
                 sink.put(at + j, r.apply(a));
             }
@@ -734,14 +680,22 @@ fn phase_block<const N: usize>(
 
 /// Convolution of the (virtually) upsampled and padded input, channels-last in and out, with
 /// the folded weights the q8 blob stores (see [`crate::fold`]): for the MNIST decoders' `u = 2,
-/// k = 3` layers, 4 multiplications per input channel instead of 9.
-fn conv(layer: &Layer, (kernel, padding, upsample): (u8, u8, u8), values: &[i8], sink: &mut Sink) {
+/// k = 3` layers, 4 multiplications per input channel instead of 9. `values` holds the input with
+/// the layer's padding columns ([`Layer::input_padding`]); the outputs go to `sink` with
+/// `out_padding` columns on each side of every row.
+fn conv(
+    layer: &Layer,
+    (kernel, padding, upsample): (u8, u8, u8),
+    values: &[i8],
+    (sink, out_padding): (&mut Sink, usize),
+) {
     let c_in = layer.input.c as usize;
     let input = Input {
         values,
         c: c_in,
         h: layer.input.h as usize,
         w: layer.input.w as usize,
+        padding: layer.input_padding(),
         zero_point: layer.input_zero_point as i32,
     };
     let mut folded = layer.folded();
@@ -757,12 +711,29 @@ fn conv(layer: &Layer, (kernel, padding, upsample): (u8, u8, u8), values: &[i8],
                 };
                 folded = rest;
                 let (block, phase) = ((block, &layout), (&ay, &ax));
+                let out = (&mut *sink, out_padding);
                 if n == CHANNEL_BLOCK {
-                    phase_block::<CHANNEL_BLOCK>(layer, &input, block, phase, o, sink);
+                    phase_block::<CHANNEL_BLOCK>(layer, &input, block, phase, o, out);
                 } else {
-                    phase_block::<1>(layer, &input, block, phase, o, sink);
+                    phase_block::<1>(layer, &input, block, phase, o, out);
                 }
             }
+        }
+    }
+}
+
+/// Writes `zero_point` into the `padding` columns on each side of every row of activations
+/// stored with `shape` (see [`Shape::stored_len`]), where a conv's taps read them.
+fn fill_padding(stored: &mut [i8], shape: Shape, padding: usize, zero_point: i8) {
+    if padding == 0 {
+        return;
+    }
+    let (w, c) = (shape.w as usize, shape.c as usize);
+    for row in stored.chunks_exact_mut((w + 2 * padding) * c) {
+        let (left, rest) = row.split_at_mut(padding * c);
+        left.fill(zero_point);
+        if let Some(right) = rest.get_mut(w * c..) {
+            right.fill(zero_point);
         }
     }
 }
@@ -806,31 +777,38 @@ pub fn decode(
         let Some(layer) = model.layer(i) else {
             break; // unreachable: parse validated every layer
         };
-        let n_in = layer.input.len();
+        let next = model.layer(i + 1);
+        // Activations as stored: a conv's input with its padding columns (see `Layer::input_padding`).
+        let n_in = layer.input.stored_len(layer.input_padding());
+        let out_padding = next.map_or(0, |l| l.input_padding());
         // `ok_or` cannot fail: `working_bytes` was checked above.
-        let (input, mut sink) = if i + 1 == count {
-            let input = if input_at_start {
-                arena.get(..n_in)
-            } else {
-                arena.len().checked_sub(n_in).and_then(|at| arena.get(at..))
-            };
-            let input = input.ok_or(too_small)?;
-            (input, Sink::Pixels(&mut *out, model.output_table()))
-        } else {
-            let (input, output) =
-                split(arena, n_in, layer.output.len(), input_at_start).ok_or(too_small)?;
-            (input, Sink::Activations(output))
+        let (input, mut sink) = match next {
+            None => {
+                let input = if input_at_start {
+                    arena.get(..n_in)
+                } else {
+                    arena.len().checked_sub(n_in).and_then(|at| arena.get(at..))
+                };
+                let input = input.ok_or(too_small)?;
+                (input, Sink::Pixels(&mut *out, model.output_table()))
+            }
+            Some(next) => {
+                let n_out = next.input.stored_len(out_padding);
+                let (input, output) = split(arena, n_in, n_out, input_at_start).ok_or(too_small)?;
+                fill_padding(output, next.input, out_padding, next.input_zero_point);
+                (input, Sink::Activations(output))
+            }
         };
         match layer.kind {
             LayerKind::Dense => {
                 // Conv layers keep activations channels-last; a dense neighbour maps its indices.
-                let conv_shape = |l: Option<Layer>, shape: fn(&Layer) -> Shape| {
-                    l.filter(|l| l.kind != LayerKind::Dense).map(|l| shape(&l))
-                };
                 let before = i.checked_sub(1).and_then(|p| model.layer(p));
                 let layouts = (
-                    conv_shape(before, |l| l.output),
-                    conv_shape(model.layer(i + 1), |l| l.input),
+                    before
+                        .filter(|l| l.kind != LayerKind::Dense)
+                        .map(|l| l.output),
+                    next.filter(|l| l.kind != LayerKind::Dense)
+                        .map(|l| (l.input, out_padding)),
                 );
                 dense(&layer, input, layouts, &mut sink)
             }
@@ -838,7 +816,12 @@ pub fn decode(
                 kernel,
                 padding,
                 upsample,
-            } => conv(&layer, (kernel, padding, upsample), input, &mut sink),
+            } => conv(
+                &layer,
+                (kernel, padding, upsample),
+                input,
+                (&mut sink, out_padding),
+            ),
         }
         input_at_start = !input_at_start;
     }
@@ -1036,12 +1019,13 @@ mod tests {
 
     #[test]
     fn layers_that_fill_the_arena_exactly_match_the_reference() {
-        // Two layers hold 2048 + 2048 bytes at once; the last layer's input lies at the end.
+        // The 1x1 conv holds 1536 + 2560 bytes at once (its output stored with a column of
+        // padding on each side, 32 x 8 x 10); the last layer's input lies at the end.
         let blob = chain(&[
-            (LayerKind::Dense, shape(2, 1, 1), shape(2048, 1, 1), true),
-            (conv(1, 0, 1), shape(32, 8, 8), shape(32, 8, 8), true),
-            (conv(3, 1, 2), shape(32, 8, 8), shape(8, 16, 16), true),
-            (conv(3, 1, 1), shape(8, 16, 16), shape(1, 16, 16), false),
+            (LayerKind::Dense, shape(2, 1, 1), shape(1536, 1, 1), true),
+            (conv(1, 0, 1), shape(24, 8, 8), shape(32, 8, 8), true),
+            (conv(3, 1, 2), shape(32, 8, 8), shape(4, 16, 16), true),
+            (conv(3, 1, 1), shape(4, 16, 16), shape(1, 16, 16), false),
         ]);
         let model = Model::parse(&blob).expect("parses");
         assert_eq!(model.working_bytes(), SCRATCH_BYTES);
@@ -1101,7 +1085,7 @@ mod tests {
 
     #[test]
     fn the_mnist_decoder_shape_matches_the_reference_with_fewer_macs() {
-        // The conv VAE decoder's shapes: every kernel path (channel blocks, pixel blocks, borders).
+        // The conv VAE decoder's shapes: every kernel path (channel blocks, pixel blocks, padding rows and columns).
         let blob = chain(&[
             (LayerKind::Dense, shape(2, 1, 1), shape(128, 1, 1), true),
             (conv(3, 1, 1), shape(8, 4, 4), shape(8, 4, 4), true),
@@ -1111,7 +1095,9 @@ mod tests {
         ]);
         let model = Model::parse(&blob).expect("parses");
         assert!(check_against_reference(&model) > 8, "degenerate test model");
-        assert_eq!(model.working_bytes(), 512 + 3136);
+        // The third conv: 8x8x8 in (512 bytes, upsampled on the fly), 16x14x14 out stored as
+        // 16x14x16 for the last conv's padding (3584 bytes).
+        assert_eq!(model.working_bytes(), 512 + 3584);
         assert_eq!(model.macs(), 385_024);
         // 256 + 9,216 + 16,384 + 100,352 + 50,176: 2x2 instead of 3x3 taps after upsampling.
         assert_eq!(model.folded_macs(), 176_384);
@@ -1133,13 +1119,14 @@ mod tests {
 
     #[test]
     fn only_the_last_layers_input_counts() {
-        // The last layer reads 4000 bytes and writes pixels, not scratch.
+        // The last layer reads 4080 bytes (34 x 10 x 12 with its padding) and writes its 100
+        // pixels into the caller's buffer, not scratch.
         let blob = chain(&[
-            (LayerKind::Dense, shape(2, 1, 1), shape(4000, 1, 1), true),
-            (conv(3, 1, 1), shape(40, 10, 10), shape(1, 10, 10), false),
+            (LayerKind::Dense, shape(2, 1, 1), shape(3400, 1, 1), true),
+            (conv(3, 1, 1), shape(34, 10, 10), shape(1, 10, 10), false),
         ]);
         let model = Model::parse(&blob).expect("parses");
-        assert_eq!(model.working_bytes(), 4002);
+        assert_eq!(model.working_bytes(), 2 + 4080);
         assert!(
             check_against_reference(&model) > 10,
             "degenerate test model"
@@ -1148,19 +1135,20 @@ mod tests {
 
     #[test]
     fn a_model_that_needs_more_than_the_arena_is_an_error() {
-        // The middle conv holds 2100 + 2100 bytes at once, more than the arena.
+        // The middle conv holds 2100 + 2520 bytes at once (its output stored as 21 x 10 x 12
+        // for the last conv's padding), more than the arena.
         let blob = chain(&[
             (LayerKind::Dense, shape(2, 1, 1), shape(2100, 1, 1), true),
             (conv(1, 0, 1), shape(21, 10, 10), shape(21, 10, 10), true),
             (conv(3, 1, 1), shape(21, 10, 10), shape(1, 10, 10), false),
         ]);
         let model = Model::parse(&blob).expect("parses");
-        assert_eq!(model.working_bytes(), 4200);
+        assert_eq!(model.working_bytes(), 4620);
         let mut scratch = Scratch::new();
         let mut out = [7u8; 100];
         assert_eq!(
             decode(&model, &[1, 2], &mut scratch, &mut out),
-            Err(Error::ScratchTooSmall { needed: 4200 })
+            Err(Error::ScratchTooSmall { needed: 4620 })
         );
         assert_eq!(out, [7u8; 100], "output touched");
         // The same for a single layer whose input alone is too big.

@@ -81,6 +81,7 @@ pub(crate) fn blocks(c_out: usize) -> impl Iterator<Item = (usize, usize)> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FoldLayout {
     /// Channels in the block.
+    #[cfg_attr(not(any(test, feature = "std")), allow(dead_code))]
     pub n: usize,
     /// Folded rows.
     pub rows: usize,
@@ -106,7 +107,9 @@ impl FoldLayout {
         self.rows * self.row_len
     }
 
-    /// Position of the weight of run position `r` in row `dy` for channel `j`.
+    /// Position of the weight of run position `r` in row `dy` for channel `j` (the q8 writer's;
+    /// the decoder walks rows in this order).
+    #[cfg_attr(not(any(test, feature = "std")), allow(dead_code))]
     pub(crate) fn index(&self, dy: usize, r: usize, j: usize) -> usize {
         let quads = self.run / 4 * 4;
         let within = if r < quads {
@@ -117,6 +120,28 @@ impl FoldLayout {
         };
         dy * self.row_len + within
     }
+}
+
+/// Columns of padding a conv layer's stored input needs on each side of every row so that every
+/// output's taps lie inside the stored row: the farthest any phase's taps reach before the first
+/// or past the last of the `w_in` stored columns, for `w_out` outputs. The decoder stores the
+/// input's zero point there (see `decoder`), so no output needs a border path along x.
+pub(crate) fn input_padding(
+    (kernel, padding, upsample): (u8, u8, u8),
+    w_in: usize,
+    w_out: usize,
+) -> usize {
+    let mut pad = 0;
+    for p in 0..upsample.max(1) as usize {
+        let axis = AxisPhase::new(p, kernel, padding, upsample);
+        let outputs = w_out.saturating_sub(p).div_ceil(axis.up);
+        if let Some(last) = outputs.checked_sub(1) {
+            let before = -axis.start(0);
+            let after = axis.start(last) + axis.span as isize - w_in as isize;
+            pad = pad.max(before.max(after).max(0) as usize);
+        }
+    }
+    pad
 }
 
 /// Number of folded i16 weights of a conv layer.

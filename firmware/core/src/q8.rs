@@ -111,6 +111,12 @@ impl Shape {
         self.c as usize * self.h as usize * self.w as usize
     }
 
+    /// Bytes the decoder stores for these activations with `padding` extra columns on each side
+    /// of every row: `h` rows of `w + 2 * padding` pixels of `c` channels.
+    pub const fn stored_len(&self, padding: usize) -> usize {
+        self.c as usize * self.h as usize * (self.w as usize + 2 * padding)
+    }
+
     /// Whether the shape holds no element.
     pub const fn is_empty(&self) -> bool {
         self.len() == 0
@@ -179,6 +185,24 @@ impl<'a> Layer<'a> {
                     (phases(self.output.h).sum(), phases(self.output.w).sum());
                 ys * xs * self.input.c as usize * self.output.c as usize
             }
+        }
+    }
+
+    /// Columns the decoder stores on each side of every row of this layer's input, filled with
+    /// the input zero point, so that every output's taps lie inside a stored row
+    /// ([`crate::decoder`]): the farthest the taps reach past either end of a row; 0 for dense.
+    pub fn input_padding(&self) -> usize {
+        match self.kind {
+            LayerKind::Dense => 0,
+            LayerKind::Conv {
+                kernel,
+                padding,
+                upsample,
+            } => crate::fold::input_padding(
+                (kernel, padding, upsample),
+                self.input.w as usize,
+                self.output.w as usize,
+            ),
         }
     }
 
@@ -342,13 +366,17 @@ impl<'a> Model<'a> {
                     }
                 }
             }
-            // The last layer writes pixels straight into the caller's buffer.
-            let live = if i + 1 == layer_count {
-                layer.input.len()
-            } else {
-                layer.input.len() + layer.output.len()
-            };
-            model.working_bytes = model.working_bytes.max(live);
+            // Working memory, as the decoder stores activations (with the columns of padding
+            // their reader needs): the previous layer held its input and this layer's input at
+            // once; the last layer holds only its input (it writes pixels into the caller's buffer).
+            let input = layer.input.stored_len(layer.input_padding());
+            if let Some(p) = previous {
+                let live = p.input.stored_len(p.input_padding()) + input;
+                model.working_bytes = model.working_bytes.max(live);
+            }
+            if i + 1 == layer_count {
+                model.working_bytes = model.working_bytes.max(input);
+            }
             previous = Some(layer);
         }
         let last = previous.ok_or(Error::BadHeader("layer count"))?;
@@ -473,8 +501,9 @@ impl<'a> Model<'a> {
     }
 
     /// Working memory (bytes) a decode needs when each layer's input and output sit side by side
-    /// in one arena: the largest `input + output` of any layer but the last, and the last
-    /// layer's input (its output goes through the output table straight to the pixels).
+    /// in one arena, as the decoder stores them (with the padding columns of the conv that reads
+    /// them, [`Shape::stored_len`]): the largest `input + output` of any layer but the last, and
+    /// the last layer's input (its output goes through the output table straight to the pixels).
     pub fn working_bytes(&self) -> usize {
         self.working_bytes
     }
@@ -761,8 +790,9 @@ pub(crate) mod tests {
         assert_eq!(m.latent_dim(), 2);
         assert_eq!(m.layer_count(), 2);
         assert_eq!(m.output_shape(), Shape { c: 1, h: 4, w: 4 });
-        // Dense 2 -> 4 holds 6 bytes at once; the last conv only its 4-byte input.
-        assert_eq!(m.working_bytes(), 6);
+        // Dense 2 -> 4 holds 2 + 8 bytes at once (the conv stores its 2x2 input with a column of
+        // padding on each side); the last conv only that 8-byte input.
+        assert_eq!(m.working_bytes(), 10);
         assert_eq!(m.macs(), 8 + 16 * 9);
         let l = m.layer(1).expect("layer 1");
         assert_eq!(l.input_zero_point, -128);
