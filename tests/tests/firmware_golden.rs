@@ -103,3 +103,76 @@ fn host_core_and_qemu_boards_match_the_golden_snapshots() {
         }
     }
 }
+
+/// The golden decoder with its ReLU layers' zero points moved from -128 to -60: the ReLU then
+/// clamps inside the int8 range, which the Cortex-M4F kernels do with an extra compare (a path
+/// the calibrated models, whose ReLU outputs all have zero point -128, never take). Its digits
+/// on the emulated M4F and M0 must equal the host core's.
+#[test]
+fn relu_zero_points_above_minus_128_decode_alike_on_host_and_qemu() {
+    use firmware_core::q8::{LayerSpec, Model, write};
+    let golden = fs::read(golden_dir().join("model.q8")).expect("golden model");
+    let model = Model::parse(&golden).expect("golden model parses");
+    let moved = |zp: i8| if zp == -128 { -60 } else { zp };
+    let specs: Vec<LayerSpec> = (0..model.layer_count())
+        .map(|i| {
+            let l = model.layer(i).expect("layer");
+            let c_out = l.output.c as usize;
+            let params: Vec<(i32, i32, i32)> = (0..c_out).map(|o| l.params(o)).collect();
+            let weights: Vec<i8> = l.weights().iter().map(|&b| b as i8).collect();
+            // The bias holds -zp_in x the channel's weight sum: move it with the zero point.
+            let zp_in = if i == 0 { 0 } else { moved(l.input_zero_point) };
+            let shift = i32::from(l.input_zero_point) - i32::from(zp_in);
+            let fan_in = weights.len() / c_out;
+            let bias = params
+                .iter()
+                .zip(weights.chunks_exact(fan_in))
+                .map(|(p, w)| p.0 + shift * w.iter().map(|&v| i32::from(v)).sum::<i32>());
+            LayerSpec {
+                kind: l.kind,
+                relu: l.relu,
+                input: l.input,
+                output: l.output,
+                // The latent's zero point stays 0 (the first layer's input).
+                input_zero_point: zp_in,
+                output_zero_point: if l.relu {
+                    moved(l.output_zero_point)
+                } else {
+                    l.output_zero_point
+                },
+                bias: bias.collect(),
+                weights,
+                multiplier: params.iter().map(|p| p.1).collect(),
+                shift: params.iter().map(|p| p.2).collect(),
+            }
+        })
+        .collect();
+    assert!(specs.iter().any(|s| s.relu && s.output_zero_point == -60));
+    let table: &[u8; 256] = model.output_table().try_into().expect("256-entry table");
+    let blob = write(model.latent_dim(), model.latent_scale(), &specs, table).expect("writes");
+
+    let latents_le = fs::read(golden_dir().join("latents.f32")).expect("golden latents");
+    let values: Vec<f32> = latents_le
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let latents: Vec<Vec<f32>> = values
+        .chunks_exact(model.latent_dim())
+        .map(<[f32]>::to_vec)
+        .collect();
+    let (digits, _) = host_outputs(&blob, &latents);
+    let distinct: std::collections::BTreeSet<u8> = digits.iter().copied().collect();
+    assert!(
+        distinct.len() > 20,
+        "degenerate digits: {} levels",
+        distinct.len()
+    );
+    for board in Board::ALL {
+        let work = scratch_dir(&format!("relu-zero-point-{board:?}"));
+        fs::write(work.join("model.q8"), &blob).expect("write model");
+        fs::write(work.join("latents.f32"), &latents_le).expect("write latents");
+        run_qemu_firmware(board, &work);
+        let fw_digits = fs::read(work.join("digits.gray")).expect("firmware digits");
+        assert_same(&format!("{board:?} digits"), &digits, &fw_digits);
+    }
+}

@@ -75,9 +75,16 @@ macro_rules! taps_4px {
 
 /// Requantizes accumulator `$acc` into `{u}` (int8, sign-extended) with the constants at
 /// `{px} + $at` (`decoder::Requant::packed`): the 64-bit rounding constant, the multiplier,
-/// `k | low << 8`. Ten instructions with the two loads.
+/// `k | low << 8`. Nine instructions with the two loads; five when `low` is -128 (`no_low`: no
+/// ReLU, or a ReLU whose zero point is -128, where the saturation alone clamps).
 macro_rules! requantize {
     ($acc:literal, $at:literal, $at8:literal) => {
+        concat!(
+            requantize!($acc, $at, $at8, no_low),
+            "sxtb {o}, {o}, ror #8\n cmp {u}, {o}\n it lt\n movlt {u}, {o}\n",
+        )
+    };
+    ($acc:literal, $at:literal, $at8:literal, no_low) => {
         concat!(
             "ldrd {t}, {u}, [{px}, #",
             $at,
@@ -87,9 +94,14 @@ macro_rules! requantize {
             "smlal {t}, {u}, ",
             $acc,
             ", {e}\n asr {u}, {u}, {o}\n ssat {u}, #8, {u}\n",
-            "sxtb {o}, {o}, ror #8\n cmp {u}, {o}\n it lt\n movlt {u}, {o}\n",
         )
     };
+}
+
+/// Whether every channel of packed requantization constants has `low = -128`
+/// (`requantize!(.., no_low)` applies).
+fn no_low<const N: usize>(requant: &[[u32; 4]; N]) -> bool {
+    requant.iter().all(|r| (r[3] >> 8) & 0xff == 0x80)
 }
 
 /// Sign-extends bytes 0 and 2 of `x` into two 16-bit lanes: `(x0, x2)`.
@@ -199,9 +211,10 @@ pub(crate) fn run_4ch(
 /// run's reads fit (as [`run_4ch`] checks), its writes fit in `out`, and `w` is 4-byte aligned;
 /// the caller then takes the general path.
 ///
-/// Per output value: two `ldrd`, `smlal`, `asr`, `ssat`, `sxtb`, a conditional move and a
-/// store (10 instructions, where the compiled requantization took ~21 with its constants
-/// reloaded from the stack).
+/// Per output value: two `ldrd`, `smlal`, `asr`, `ssat`, a store, and when some channel's lowest
+/// output is above -128 (a ReLU whose zero point is not -128) `sxtb`, a compare and a
+/// conditional move: 6 or 10 instructions, where the compiled requantization took ~21 with its
+/// constants reloaded from the stack.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_4ch_store(
     x: &[[i8; 4]],
@@ -238,6 +251,7 @@ pub(crate) fn run_4ch_store(
     }
     // The row loop's constants (as in `run_4ch_checked`), then where the requantization
     // constants are and where this pixel's outputs go (32-bit pointers: Armv7E-M only).
+    let clamp_low = !no_low(requant);
     let mut params: [u32; 5] = [
         quads as u32,
         ((stride - quads) * 4) as u32,
@@ -251,40 +265,72 @@ pub(crate) fn run_4ch_store(
         let [a0, a1, a2, a3] = init;
         let px = x.as_ptr().wrapping_add(x_at + p * x_step);
         let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
-        // SAFETY: the checks above: every quad the pixel reads lies in `x` (row `r`: `quads`
-        // quads from `x_at + p * x_step + r * stride`), the first `rows * quads` weight blocks
-        // exist and are 4-byte aligned for `ldrd` (32-byte blocks), the four bytes written lie
-        // in `out` (`out_at + p * out_step + 3 < out.len()`), and `requant` is 64 readable,
-        // 4-byte-aligned bytes. Writes `params[2]` (a local) and those four bytes of `out`,
-        // which nothing else borrows while the asm runs. Flags are clobbered.
-        unsafe {
-            asm!(
-                taps_4ch!(ldrd),
-                // Requantize and store: px <- the constants, pw <- the outputs.
-                "ldr {px}, [{prm}, #12]",
-                "ldr {pw}, [{prm}, #16]",
-                requantize!("{a0}", 0, 8),
-                "strb {u}, [{pw}]",
-                requantize!("{a1}", 16, 24),
-                "strb {u}, [{pw}, #1]",
-                requantize!("{a2}", 32, 40),
-                "strb {u}, [{pw}, #2]",
-                requantize!("{a3}", 48, 56),
-                "strb {u}, [{pw}, #3]",
-                px = inout(reg) px => _,
-                pw = inout(reg) pw => _,
-                prm = in(reg) prm,
-                n = out(reg) _,
-                a0 = inout(reg) a0 => _,
-                a1 = inout(reg) a1 => _,
-                a2 = inout(reg) a2 => _,
-                a3 = inout(reg) a3 => _,
-                t = out(reg) _,
-                u = out(reg) _,
-                e = out(reg) _,
-                o = out(reg) _,
-                options(nostack),
-            );
+        if clamp_low {
+            // SAFETY: the checks above: every quad the pixel reads lies in `x` (row `r`: `quads`
+            // quads from `x_at + p * x_step + r * stride`), the first `rows * quads` weight blocks
+            // exist and are 4-byte aligned for `ldrd` (32-byte blocks), the four bytes written lie
+            // in `out` (`out_at + p * out_step + 3 < out.len()`), and `requant` is 64 readable,
+            // 4-byte-aligned bytes. Writes `params[2]` (a local) and those four bytes of `out`,
+            // which nothing else borrows while the asm runs. Flags are clobbered.
+            unsafe {
+                asm!(
+                    taps_4ch!(ldrd),
+                    // Requantize and store: px <- the constants, pw <- the outputs.
+                    "ldr {px}, [{prm}, #12]",
+                    "ldr {pw}, [{prm}, #16]",
+                    requantize!("{a0}", 0, 8),
+                    "strb {u}, [{pw}]",
+                    requantize!("{a1}", 16, 24),
+                    "strb {u}, [{pw}, #1]",
+                    requantize!("{a2}", 32, 40),
+                    "strb {u}, [{pw}, #2]",
+                    requantize!("{a3}", 48, 56),
+                    "strb {u}, [{pw}, #3]",
+                    px = inout(reg) px => _,
+                    pw = inout(reg) pw => _,
+                    prm = in(reg) prm,
+                    n = out(reg) _,
+                    a0 = inout(reg) a0 => _,
+                    a1 = inout(reg) a1 => _,
+                    a2 = inout(reg) a2 => _,
+                    a3 = inout(reg) a3 => _,
+                    t = out(reg) _,
+                    u = out(reg) _,
+                    e = out(reg) _,
+                    o = out(reg) _,
+                    options(nostack),
+                );
+            }
+        } else {
+            // SAFETY: as above; the same loads and stores.
+            unsafe {
+                asm!(
+                    taps_4ch!(ldrd),
+                    "ldr {px}, [{prm}, #12]",
+                    "ldr {pw}, [{prm}, #16]",
+                    requantize!("{a0}", 0, 8, no_low),
+                    "strb {u}, [{pw}]",
+                    requantize!("{a1}", 16, 24, no_low),
+                    "strb {u}, [{pw}, #1]",
+                    requantize!("{a2}", 32, 40, no_low),
+                    "strb {u}, [{pw}, #2]",
+                    requantize!("{a3}", 48, 56, no_low),
+                    "strb {u}, [{pw}, #3]",
+                    px = inout(reg) px => _,
+                    pw = inout(reg) pw => _,
+                    prm = in(reg) prm,
+                    n = out(reg) _,
+                    a0 = inout(reg) a0 => _,
+                    a1 = inout(reg) a1 => _,
+                    a2 = inout(reg) a2 => _,
+                    a3 = inout(reg) a3 => _,
+                    t = out(reg) _,
+                    u = out(reg) _,
+                    e = out(reg) _,
+                    o = out(reg) _,
+                    options(nostack),
+                );
+            }
         }
     }
     true
@@ -462,8 +508,9 @@ pub(crate) fn run_pixels<const QS: usize>(
 /// [`run_pixels`] for the last layer with its requantization, sigmoid table and store in the
 /// same assembly: pixel `p` of group `g` becomes `table[y + 128]` at
 /// `out[out_at + (4 g + p) * out_step]`, `y` requantized with `requant` (as in
-/// [`run_4ch_store`]). Returns `false`, having done nothing, unless the reads fit (as
-/// [`run_pixels`] checks), the writes fit in `out`, and `w` is 4-byte aligned.
+/// [`run_4ch_store`], whose lowest output must be -128: the last layer has no ReLU). Returns
+/// `false`, having done nothing, unless the reads fit (as [`run_pixels`] checks), the writes fit
+/// in `out`, `w` is 4-byte aligned and the lowest output is -128.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_pixels_store<const QS: usize>(
     x: &[[i8; 4]],
@@ -496,7 +543,8 @@ pub(crate) fn run_pixels_store<const QS: usize>(
             .checked_mul(4)
             .is_some_and(|bytes| u32::try_from(bytes).is_ok())
         && u32::try_from(out_step).is_ok()
-        && (w.as_ptr() as usize).is_multiple_of(4);
+        && (w.as_ptr() as usize).is_multiple_of(4)
+        && no_low(&[*requant]);
     if !fits {
         return false;
     }
@@ -533,19 +581,19 @@ pub(crate) fn run_pixels_store<const QS: usize>(
                 "ldr {pw}, [{prm}, #16]",
                 "ldr {n}, [{prm}, #20]",
                 "ldr {prm}, [{prm}, #24]",
-                requantize!("{a0}", 0, 8),
+                requantize!("{a0}", 0, 8, no_low),
                 "ldrb {u}, [{n}, {u}]",
                 "strb {u}, [{pw}]",
                 "add {pw}, {pw}, {prm}",
-                requantize!("{a1}", 0, 8),
+                requantize!("{a1}", 0, 8, no_low),
                 "ldrb {u}, [{n}, {u}]",
                 "strb {u}, [{pw}]",
                 "add {pw}, {pw}, {prm}",
-                requantize!("{a2}", 0, 8),
+                requantize!("{a2}", 0, 8, no_low),
                 "ldrb {u}, [{n}, {u}]",
                 "strb {u}, [{pw}]",
                 "add {pw}, {pw}, {prm}",
-                requantize!("{a3}", 0, 8),
+                requantize!("{a3}", 0, 8, no_low),
                 "ldrb {u}, [{n}, {u}]",
                 "strb {u}, [{pw}]",
                 p1 = const 4 * QS,
