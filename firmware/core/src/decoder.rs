@@ -279,6 +279,75 @@ fn dense(
     }
 }
 
+/// Where the outputs of one kernel call lie: `lines` lines (output rows) of `count` steps. Step
+/// `p` of line `l` reads its first tap row from quad `at + l * line + p * step` of the input,
+/// `(at, step, line) = x`, and writes from index `at + l * line + p * step` of the output,
+/// `(at, step, line) = out`. A step is one pixel (channel-block kernels) or a group of
+/// [`PIXEL_BLOCK`] (single-channel kernels). One call covers the rows of a
+/// phase that share their tap rows, so the bounds are checked once for all of them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Grid {
+    /// Steps per line.
+    pub count: usize,
+    /// Lines.
+    pub lines: usize,
+    /// Input quad of step 0 of line 0, and the quads between steps and between lines.
+    pub x: (usize, usize, usize),
+    /// Output index of step 0 of line 0, and the indices between steps and between lines.
+    pub out: (usize, usize, usize),
+}
+
+impl Grid {
+    /// The largest offset from step 0 of line 0 to another step, in units of `(step, line)`;
+    /// `None` on overflow or for an empty grid.
+    #[cfg_attr(not(arm_dsp), allow(dead_code))]
+    fn last(&self, (step, line): (usize, usize)) -> Option<usize> {
+        let steps = self.count.checked_sub(1)?.checked_mul(step)?;
+        self.lines
+            .checked_sub(1)?
+            .checked_mul(line)?
+            .checked_add(steps)
+    }
+
+    /// One past the last quad read when each step reads `rows` rows `stride` quads apart of
+    /// `span` quads each (from its first quad); `None` on overflow or for an empty grid.
+    #[cfg_attr(not(arm_dsp), allow(dead_code))]
+    pub(crate) fn x_end(&self, (stride, rows, span): (usize, usize, usize)) -> Option<usize> {
+        let (at, step, line) = self.x;
+        let taps = rows
+            .checked_sub(1)?
+            .checked_mul(stride)?
+            .checked_add(span)?;
+        self.last((step, line))?.checked_add(at)?.checked_add(taps)
+    }
+
+    /// One past the last output index written when each step writes `width` indices.
+    #[cfg_attr(not(arm_dsp), allow(dead_code))]
+    pub(crate) fn out_end(&self, width: usize) -> Option<usize> {
+        let (at, step, line) = self.out;
+        self.last((step, line))?.checked_add(at)?.checked_add(width)
+    }
+
+    /// Step `p` of line `l`: (first input quad, first output index). Wrapping arithmetic, so
+    /// that it never panics; the kernels read and write only after `x_end`/`out_end` (DSP) or
+    /// checked slicing (portable) ruled out overflow.
+    #[inline(always)]
+    pub(crate) fn step(&self, l: usize, p: usize) -> (usize, usize) {
+        let at = |(base, step, line): (usize, usize, usize)| {
+            base.wrapping_add(l.wrapping_mul(line))
+                .wrapping_add(p.wrapping_mul(step))
+        };
+        (at(self.x), at(self.out))
+    }
+
+    /// Every step, line by line, as [`Grid::step`] gives them.
+    #[cfg_attr(not(arm_dsp), allow(dead_code))]
+    pub(crate) fn steps(&self) -> impl Iterator<Item = (usize, usize)> {
+        let grid = *self;
+        (0..grid.lines).flat_map(move |l| (0..grid.count).map(move |p| grid.step(l, p)))
+    }
+}
+
 /// Where the pixels of one conv layer read their input: the stored (channels-last) input and its
 /// geometry.
 #[derive(Clone, Copy)]
@@ -404,27 +473,22 @@ fn pixel_quads<const QS: usize>(xq: &[[i8; 4]], ws: &[[u8; 8]], acc: &mut [i32; 
     *acc = [a0, a1, a2, a3];
 }
 
-/// A run of `count` neighbouring output pixels of one row for a block of [`CHANNEL_BLOCK`]
-/// channels, every tap inside the input, the input's channels in whole quads: the hot loop of
-/// most conv layers. Positions are in quads of `x`: pixel `p` reads `rows` tap rows of
-/// `quads_per_row` quads starting at `x_at + p * x_step`, rows `stride` apart, with the weights
-/// `w` (`rows x quads_per_row`); it writes its channels at `out_at + p * out_step`.
+/// The output pixels of `grid` (a step is a pixel) for a block of [`CHANNEL_BLOCK`] channels,
+/// every tap inside the input, the input's channels in whole quads: the hot loop of most conv
+/// layers. Positions are in quads of `x`: a pixel reads `rows` tap rows of `quads_per_row` quads
+/// from its first quad, rows `stride` apart, with the weights `w` (`rows x quads_per_row`); it
+/// writes its channels from its output index.
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
 fn channel_block_run(
     x: &[[i8; 4]],
-    (x_at, x_step, stride): (usize, usize, usize),
-    (rows, quads_per_row): (usize, usize),
+    grid: &Grid,
+    (stride, rows, quads_per_row): (usize, usize, usize),
     w: &[[[u8; 8]; CHANNEL_BLOCK]],
-    init: [i32; CHANNEL_BLOCK],
-    requant: &[Requant; CHANNEL_BLOCK],
-    count: usize,
+    (init, requant): ([i32; CHANNEL_BLOCK], &[Requant; CHANNEL_BLOCK]),
     out: &mut [i8],
-    (out_at, out_step): (usize, usize),
 ) {
-    let store = |out: &mut [i8], p: usize, acc: [i32; CHANNEL_BLOCK]| {
-        let at = out_at + p * out_step;
-        if let Some(dst) = out.get_mut(at..at + CHANNEL_BLOCK) {
+    let store = |out: &mut [i8], at: usize, acc: [i32; CHANNEL_BLOCK]| {
+        if let Some(dst) = out.get_mut(at..at.saturating_add(CHANNEL_BLOCK)) {
             for ((d, &a), r) in dst.iter_mut().zip(&acc).zip(requant) {
                 *d = r.apply(a);
             }
@@ -432,61 +496,47 @@ fn channel_block_run(
     };
     #[cfg(arm_dsp)]
     {
+        let taps = (stride, rows, quads_per_row);
         // Requantization and store in the assembly loop when every channel allows it.
-        let fused = Requant::packed(requant).is_some_and(|packed| {
-            crate::dsp::run_4ch_store(
-                x,
-                (x_at, x_step, count),
-                (stride, rows, quads_per_row),
-                w,
-                init,
-                &packed,
-                out,
-                (out_at, out_step),
-            )
-        });
+        let fused = Requant::packed(requant)
+            .is_some_and(|packed| crate::dsp::run_4ch_store(x, grid, taps, w, init, &packed, out));
         if !fused {
-            crate::dsp::run_4ch(
-                x,
-                (x_at, x_step, count),
-                (stride, rows, quads_per_row),
-                w,
-                init,
-                |p, acc| store(out, p, acc),
-            );
+            crate::dsp::run_4ch(x, grid, taps, w, init, |at, acc| store(out, at, acc));
         }
     }
     #[cfg(not(arm_dsp))]
-    for p in 0..count {
-        let mut acc = init;
-        let first = x_at + p * x_step;
-        for (r, ws) in w.chunks(quads_per_row.max(1)).take(rows).enumerate() {
-            let at = first + r * stride;
-            if let Some(xs) = x.get(at..at + quads_per_row) {
-                quads(xs, ws, &mut acc);
+    for l in 0..grid.lines {
+        for p in 0..grid.count {
+            let (first, at) = grid.step(l, p);
+            let mut acc = init;
+            for (r, ws) in w.chunks(quads_per_row.max(1)).take(rows).enumerate() {
+                let at = first.wrapping_add(r.wrapping_mul(stride));
+                if let Some(xs) = x.get(at..at.wrapping_add(quads_per_row)) {
+                    quads(xs, ws, &mut acc);
+                }
             }
+            store(out, at, acc);
         }
-        store(out, p, acc);
     }
 }
 
-/// Groups of [`PIXEL_BLOCK`] neighbouring output pixels of one row for a layer with a single
-/// output channel, every tap inside the input, whole quads only: the hot loop of the last layer.
-/// Positions are in quads of `x`: group `g` starts at pixel `g * PIXEL_BLOCK`; pixel `p` reads
-/// `rows` tap rows of `quads_per_row` quads starting at `x_at + p * QS`, rows `stride` apart,
-/// all with the weights `w` (`rows x quads_per_row`), and writes at `out_at + p * out_step`.
+/// The groups of [`PIXEL_BLOCK`] neighbouring output pixels of `grid` (a step is a group) for a
+/// layer with a single output channel, every tap inside the input, whole quads only: the hot loop
+/// of the last layer. Positions are in quads of `x`: pixel `p` of a group reads `rows` tap rows
+/// of `quads_per_row` quads from `p * QS` quads after the group's first, rows `stride` apart, all
+/// with the weights `w` (`rows x quads_per_row`), and writes at the group's output index plus
+/// `p * pixel_step`.
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
 fn pixel_block_run<const QS: usize>(
     x: &[[i8; 4]],
-    (x_at, stride): (usize, usize),
-    (rows, quads_per_row): (usize, usize),
+    (grid, pixel_step): (&Grid, usize),
+    (stride, rows, quads_per_row): (usize, usize, usize),
     w: &[[u8; 8]],
     (init, requant): (i32, &Requant),
-    groups: usize,
     sink: &mut Sink,
-    (out_at, out_step): (usize, usize),
 ) {
+    #[cfg(arm_dsp)]
+    let taps = (stride, rows, quads_per_row);
     // The last layer: requantization, table and store in the assembly loop when it can.
     #[cfg(arm_dsp)]
     if let Sink::Pixels(out, table) = sink
@@ -494,44 +544,42 @@ fn pixel_block_run<const QS: usize>(
         && let Some([packed]) = Requant::packed(&[*requant])
         && crate::dsp::run_pixels_store::<QS>(
             x,
-            (x_at, groups),
-            (stride, rows, quads_per_row),
+            (grid, pixel_step),
+            taps,
             w,
             init,
             (&packed, table),
             out,
-            (out_at, out_step),
         )
     {
         return;
     }
     #[cfg_attr(arm_dsp, allow(unused_mut))] // moved into the DSP kernel there
-    let mut finish = |g: usize, acc: [i32; PIXEL_BLOCK]| {
+    let mut finish = |at: usize, acc: [i32; PIXEL_BLOCK]| {
         for (p, &a) in acc.iter().enumerate() {
-            sink.put(out_at + (g * PIXEL_BLOCK + p) * out_step, requant.apply(a));
+            sink.put(
+                at.wrapping_add(p.wrapping_mul(pixel_step)),
+                requant.apply(a),
+            );
         }
     };
     #[cfg(arm_dsp)]
-    crate::dsp::run_pixels::<QS>(
-        x,
-        (x_at, groups),
-        (stride, rows, quads_per_row),
-        w,
-        init,
-        finish,
-    );
+    crate::dsp::run_pixels::<QS>(x, grid, taps, w, init, finish);
     #[cfg(not(arm_dsp))]
-    for g in 0..groups {
-        let mut acc = [init; PIXEL_BLOCK];
-        let first = x_at + g * PIXEL_BLOCK * QS;
-        for (r, w_row) in w.chunks(quads_per_row.max(1)).take(rows).enumerate() {
-            let at = first + r * stride;
+    for l in 0..grid.lines {
+        for g in 0..grid.count {
+            let (first, at) = grid.step(l, g);
+            let mut acc = [init; PIXEL_BLOCK];
             // The row's quads for the four pixels.
-            if let Some(xs) = x.get(at..at + (PIXEL_BLOCK - 1) * QS + quads_per_row) {
-                pixel_quads::<QS>(xs, w_row, &mut acc);
+            let span = (PIXEL_BLOCK - 1) * QS + quads_per_row;
+            for (r, w_row) in w.chunks(quads_per_row.max(1)).take(rows).enumerate() {
+                let at = first.wrapping_add(r.wrapping_mul(stride));
+                if let Some(xs) = x.get(at..at.wrapping_add(span)) {
+                    pixel_quads::<QS>(xs, w_row, &mut acc);
+                }
             }
+            finish(at, acc);
         }
-        finish(g, acc);
     }
 }
 
@@ -591,11 +639,18 @@ fn phase_block<const N: usize>(
         }
     }
     let out_w = w_out + 2 * out_padding;
-    for (k, oy) in (ay.phase..h_out).step_by(up).enumerate() {
+    // The tap rows of output row `k` of the phase that lie inside the input.
+    let tap_rows = |k: usize| {
         let row0 = ay.start(k);
-        // The tap rows inside the input.
         let lo = (-row0).clamp(0, sy as isize);
-        let rows = lo as usize..(input.h as isize - row0).clamp(lo, sy as isize) as usize;
+        lo as usize..(input.h as isize - row0).clamp(lo, sy as isize) as usize
+    };
+    let mut k = 0;
+    while k < rows_out {
+        // This output row and the following ones that read the same tap rows (all of them, in
+        // the interior) share their start and one kernel call.
+        let rows = tap_rows(k);
+        let lines = (k..rows_out).take_while(|&k| tap_rows(k) == rows).count();
         // The bias plus what the rows outside the input contribute.
         let mut init = bias;
         for (dy, sums) in padding_rows.iter().enumerate().take(sy) {
@@ -606,18 +661,18 @@ fn phase_block<const N: usize>(
             }
         }
         // Byte of output column 0's first tap in the first row inside the input, and where the
-        // row's outputs go.
-        let y = (row0 + rows.start as isize).max(0) as usize;
+        // outputs go: `out_step` from column to column, `out_line` from row to row.
+        let y = (ay.start(k) + rows.start as isize).max(0) as usize;
         let x_at = y * stride + first * c;
-        let (out_at, out_step) = (
-            (oy * out_w + out_padding + ax.phase) * c_out + o,
-            up * c_out,
-        );
+        let oy = ay.phase + k * up;
+        let out_at = (oy * out_w + out_padding + ax.phase) * c_out + o;
+        let (out_step, out_line) = (up * c_out, up * out_w * c_out);
         // The weights of the rows inside the input (whole quads: rows follow one another).
         let bytes = 2 * layout.row_len;
         let w = folded
             .get(rows.start * bytes..rows.end * bytes)
             .unwrap_or(&[]);
+        let taps = (stride / 4, rows.len(), layout.run / 4);
         let mut done = 0;
         if N == CHANNEL_BLOCK
             && c.is_multiple_of(4)
@@ -625,56 +680,60 @@ fn phase_block<const N: usize>(
             && let Ok(init) = <[i32; CHANNEL_BLOCK]>::try_from(&init[..])
             && let Ok(requant) = <&[Requant; CHANNEL_BLOCK]>::try_from(&requant[..])
         {
-            // Whole quads per tap: positions in quads.
-            let q = c / 4;
+            // Whole quads per tap: input positions in quads.
+            let grid = Grid {
+                count: columns,
+                lines,
+                x: (x_at / 4, c / 4, stride / 4),
+                out: (out_at, out_step, out_line),
+            };
+            let w = w.as_chunks::<8>().0.as_chunks::<CHANNEL_BLOCK>().0;
             channel_block_run(
                 input.values.as_chunks::<4>().0,
-                (x_at / 4, q, stride / 4),
-                (rows.len(), layout.run / 4),
-                w.as_chunks::<8>().0.as_chunks::<CHANNEL_BLOCK>().0,
-                init,
-                requant,
-                columns,
+                &grid,
+                taps,
+                w,
+                (init, requant),
                 out,
-                (out_at, out_step),
             );
             done = columns;
         } else if N == 1 && matches!(c, 4 | 8 | 16) && columns >= PIXEL_BLOCK {
             // A single output channel: PIXEL_BLOCK neighbouring pixels at once.
             let groups = columns / PIXEL_BLOCK;
-            let args = (
-                input.values.as_chunks::<4>().0,
-                (x_at / 4, stride / 4),
-                (rows.len(), layout.run / 4),
-                w.as_chunks::<8>().0,
-                (init[0], &requant[0]),
-                groups,
-            );
-            let (x, at, shape, w, finish, groups) = args;
-            let out = (out_at, out_step);
+            let grid = Grid {
+                count: groups,
+                lines,
+                x: (x_at / 4, PIXEL_BLOCK * c / 4, stride / 4),
+                out: (out_at, PIXEL_BLOCK * out_step, out_line),
+            };
+            let (x, w) = (input.values.as_chunks::<4>().0, w.as_chunks::<8>().0);
+            let (grid, finish) = ((&grid, out_step), (init[0], &requant[0]));
             match c {
-                4 => pixel_block_run::<1>(x, at, shape, w, finish, groups, sink, out),
-                8 => pixel_block_run::<2>(x, at, shape, w, finish, groups, sink, out),
-                _ => pixel_block_run::<4>(x, at, shape, w, finish, groups, sink, out),
+                4 => pixel_block_run::<1>(x, grid, taps, w, finish, sink),
+                8 => pixel_block_run::<2>(x, grid, taps, w, finish, sink),
+                _ => pixel_block_run::<4>(x, grid, taps, w, finish, sink),
             }
             done = groups * PIXEL_BLOCK;
         }
         // The rest one pixel at a time.
-        for i in done..columns {
-            let mut acc = init;
-            for (r, dy) in rows.clone().enumerate() {
-                let at = x_at + i * c + r * stride;
-                if let (Some(xs), Some(w)) =
-                    (input.values.get(at..at + layout.run), weight_rows.get(dy))
-                {
-                    row_macs(xs, w, &mut acc);
+        for line in 0..lines {
+            for i in done..columns {
+                let mut acc = init;
+                for (r, dy) in rows.clone().enumerate() {
+                    let at = x_at + (line + r) * stride + i * c;
+                    if let (Some(xs), Some(w)) =
+                        (input.values.get(at..at + layout.run), weight_rows.get(dy))
+                    {
+                        row_macs(xs, w, &mut acc);
+                    }
+                }
+                let at = out_at + line * out_line + i * out_step;
+                for (j, (&a, r)) in acc.iter().zip(&requant).enumerate() {
+                    sink.put(at + j, r.apply(a));
                 }
             }
-            let at = out_at + i * out_step;
-            for (j, (&a, r)) in acc.iter().zip(&requant).enumerate() {
-                sink.put(at + j, r.apply(a));
-            }
         }
+        k += lines;
     }
 }
 

@@ -14,6 +14,8 @@
 
 use core::arch::asm;
 
+use crate::decoder::Grid;
+
 // The assembly text shared by the kernels below, as macros that expand to string literals (the
 // operands are named alike in every kernel: `px`, `pw` input and weight pointers, `prm` the
 // parameter array, `n` the quad counter, `a0`..`a3` accumulators, `t`, `u`, `e`, `o` scratch).
@@ -140,12 +142,12 @@ pub(crate) fn smlad(a: u32, b: u32, acc: i32) -> i32 {
     r
 }
 
-/// A run of `count` output pixels for a block of 4 output channels: pixel `p` starts from the
-/// accumulators `init`, adds `sum of x . w` over its taps, and hands them to `finish(p, acc)`
-/// (requantization and store). Its taps are `rows` tap rows of `quads` quads, row `r` at quad
-/// `x_at + p * x_step + r * stride` of `x`, with the weights `w` (`rows x quads` blocks, one
-/// row after the other). If `x` or `w` is too short for the run (or `stride < quads`), no tap is
-/// added: every pixel gets `init`.
+/// The output pixels of `grid` (a step is a pixel) for a block of 4 output channels: each starts
+/// from the accumulators `init`, adds `sum of x . w` over its taps, and hands them to
+/// `finish(out, acc)` with its output index (requantization and store). A pixel's taps are `rows`
+/// tap rows of `quads` quads, row `r` at its first quad plus `r * stride`, with the weights `w`
+/// (`rows x quads` blocks, one row after the other). If `x` or `w` is too short for the grid (or
+/// `stride < quads`), no tap is added: every pixel gets `init`.
 ///
 /// Each quad of 4 int8 inputs is split once into its even and odd lanes, and each channel's 8
 /// bytes of folded i16 weights are those lanes' weights (`crate::fold::FoldLayout`), so a quad
@@ -157,19 +159,13 @@ pub(crate) fn smlad(a: u32, b: u32, acc: i32) -> i32 {
 #[inline(always)]
 pub(crate) fn run_4ch(
     x: &[[i8; 4]],
-    (x_at, x_step, count): (usize, usize, usize),
+    grid: &Grid,
     (stride, rows, quads): (usize, usize, usize),
     w: &[[[u8; 8]; 4]],
     init: [i32; 4],
     mut finish: impl FnMut(usize, [i32; 4]),
 ) {
-    // The last quad the run reads, plus one.
-    let x_end = count
-        .checked_sub(1)
-        .and_then(|p| p.checked_mul(x_step))
-        .and_then(|v| v.checked_add(x_at))
-        .and_then(|v| rows.checked_sub(1)?.checked_mul(stride)?.checked_add(v))
-        .and_then(|v| v.checked_add(quads));
+    let x_end = grid.x_end((stride, rows, quads));
     let fits = rows > 0
         && quads > 0
         && stride >= quads
@@ -179,32 +175,18 @@ pub(crate) fn run_4ch(
             .checked_mul(4)
             .is_some_and(|bytes| u32::try_from(bytes).is_ok());
     if !fits {
-        (0..count).for_each(|p| finish(p, init));
+        grid.steps().for_each(|(_, out)| finish(out, init));
         return;
     }
     if (w.as_ptr() as usize).is_multiple_of(4) {
-        run_4ch_checked::<true>(
-            x,
-            (x_at, x_step, count),
-            (stride, rows, quads),
-            w,
-            init,
-            finish,
-        );
+        run_4ch_checked::<true>(x, grid, (stride, rows, quads), w, init, finish);
     } else {
-        run_4ch_checked::<false>(
-            x,
-            (x_at, x_step, count),
-            (stride, rows, quads),
-            w,
-            init,
-            finish,
-        );
+        run_4ch_checked::<false>(x, grid, (stride, rows, quads), w, init, finish);
     }
 }
 
-/// [`run_4ch`] with the requantization and the store in the same assembly: pixel `p`'s four
-/// int8 outputs go to `out[out_at + p * out_step..][..4]`, requantized with `requant` (per
+/// [`run_4ch`] with the requantization and the store in the same assembly: a pixel's four
+/// int8 outputs go to `out[at..][..4]` (`at` its output index), requantized with `requant` (per
 /// channel: the 64-bit rounding constant with the zero point folded in as two words, the
 /// multiplier, then `k | low << 8` with `k = n - 32` the shift of the high word and `low` the
 /// lowest output; see `decoder::Requant`). Returns `false`, having done nothing, unless the
@@ -215,27 +197,17 @@ pub(crate) fn run_4ch(
 /// output is above -128 (a ReLU whose zero point is not -128) `sxtb`, a compare and a
 /// conditional move: 6 or 10 instructions, where the compiled requantization took ~21 with its
 /// constants reloaded from the stack.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_4ch_store(
     x: &[[i8; 4]],
-    (x_at, x_step, count): (usize, usize, usize),
+    grid: &Grid,
     (stride, rows, quads): (usize, usize, usize),
     w: &[[[u8; 8]; 4]],
     init: [i32; 4],
     requant: &[[u32; 4]; 4],
     out: &mut [i8],
-    (out_at, out_step): (usize, usize),
 ) -> bool {
-    let x_end = count
-        .checked_sub(1)
-        .and_then(|p| p.checked_mul(x_step))
-        .and_then(|v| v.checked_add(x_at))
-        .and_then(|v| rows.checked_sub(1)?.checked_mul(stride)?.checked_add(v))
-        .and_then(|v| v.checked_add(quads));
-    let out_end = count
-        .checked_sub(1)
-        .and_then(|p| p.checked_mul(out_step))
-        .and_then(|v| v.checked_add(out_at)?.checked_add(4));
+    let x_end = grid.x_end((stride, rows, quads));
+    let out_end = grid.out_end(4);
     let fits = rows > 0
         && quads > 0
         && stride >= quads
@@ -259,77 +231,80 @@ pub(crate) fn run_4ch_store(
         requant.as_ptr() as usize as u32,
         0,
     ];
-    for p in 0..count {
-        params[2] = rows as u32;
-        params[4] = out.as_mut_ptr().wrapping_add(out_at + p * out_step) as usize as u32;
-        let [a0, a1, a2, a3] = init;
-        let px = x.as_ptr().wrapping_add(x_at + p * x_step);
-        let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
-        if clamp_low {
-            // SAFETY: the checks above: every quad the pixel reads lies in `x` (row `r`: `quads`
-            // quads from `x_at + p * x_step + r * stride`), the first `rows * quads` weight blocks
-            // exist and are 4-byte aligned for `ldrd` (32-byte blocks), the four bytes written lie
-            // in `out` (`out_at + p * out_step + 3 < out.len()`), and `requant` is 64 readable,
-            // 4-byte-aligned bytes. Writes `params[2]` (a local) and those four bytes of `out`,
-            // which nothing else borrows while the asm runs. Flags are clobbered.
-            unsafe {
-                asm!(
-                    taps_4ch!(ldrd),
-                    // Requantize and store: px <- the constants, pw <- the outputs.
-                    "ldr {px}, [{prm}, #12]",
-                    "ldr {pw}, [{prm}, #16]",
-                    requantize!("{a0}", 0, 8),
-                    "strb {u}, [{pw}]",
-                    requantize!("{a1}", 16, 24),
-                    "strb {u}, [{pw}, #1]",
-                    requantize!("{a2}", 32, 40),
-                    "strb {u}, [{pw}, #2]",
-                    requantize!("{a3}", 48, 56),
-                    "strb {u}, [{pw}, #3]",
-                    px = inout(reg) px => _,
-                    pw = inout(reg) pw => _,
-                    prm = in(reg) prm,
-                    n = out(reg) _,
-                    a0 = inout(reg) a0 => _,
-                    a1 = inout(reg) a1 => _,
-                    a2 = inout(reg) a2 => _,
-                    a3 = inout(reg) a3 => _,
-                    t = out(reg) _,
-                    u = out(reg) _,
-                    e = out(reg) _,
-                    o = out(reg) _,
-                    options(nostack),
-                );
-            }
-        } else {
-            // SAFETY: as above; the same loads and stores.
-            unsafe {
-                asm!(
-                    taps_4ch!(ldrd),
-                    "ldr {px}, [{prm}, #12]",
-                    "ldr {pw}, [{prm}, #16]",
-                    requantize!("{a0}", 0, 8, no_low),
-                    "strb {u}, [{pw}]",
-                    requantize!("{a1}", 16, 24, no_low),
-                    "strb {u}, [{pw}, #1]",
-                    requantize!("{a2}", 32, 40, no_low),
-                    "strb {u}, [{pw}, #2]",
-                    requantize!("{a3}", 48, 56, no_low),
-                    "strb {u}, [{pw}, #3]",
-                    px = inout(reg) px => _,
-                    pw = inout(reg) pw => _,
-                    prm = in(reg) prm,
-                    n = out(reg) _,
-                    a0 = inout(reg) a0 => _,
-                    a1 = inout(reg) a1 => _,
-                    a2 = inout(reg) a2 => _,
-                    a3 = inout(reg) a3 => _,
-                    t = out(reg) _,
-                    u = out(reg) _,
-                    e = out(reg) _,
-                    o = out(reg) _,
-                    options(nostack),
-                );
+    for l in 0..grid.lines {
+        for p in 0..grid.count {
+            let (x_at, out_at) = grid.step(l, p);
+            params[2] = rows as u32;
+            params[4] = out.as_mut_ptr().wrapping_add(out_at) as usize as u32;
+            let [a0, a1, a2, a3] = init;
+            let px = x.as_ptr().wrapping_add(x_at);
+            let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
+            if clamp_low {
+                // SAFETY: the checks above: every quad the pixel reads lies in `x` (row `r`: `quads`
+                // quads from `x_at + r * stride`), the first `rows * quads` weight blocks exist and
+                // are 4-byte aligned for `ldrd` (32-byte blocks), the four bytes written lie in `out`
+                // (`out_at + 3 < out.len()`, `out_end`), and `requant` is 64 readable,
+                // 4-byte-aligned bytes. Writes `params[2]` (a local) and those four bytes of `out`,
+                // which nothing else borrows while the asm runs. Flags are clobbered.
+                unsafe {
+                    asm!(
+                        taps_4ch!(ldrd),
+                        // Requantize and store: px <- the constants, pw <- the outputs.
+                        "ldr {px}, [{prm}, #12]",
+                        "ldr {pw}, [{prm}, #16]",
+                        requantize!("{a0}", 0, 8),
+                        "strb {u}, [{pw}]",
+                        requantize!("{a1}", 16, 24),
+                        "strb {u}, [{pw}, #1]",
+                        requantize!("{a2}", 32, 40),
+                        "strb {u}, [{pw}, #2]",
+                        requantize!("{a3}", 48, 56),
+                        "strb {u}, [{pw}, #3]",
+                        px = inout(reg) px => _,
+                        pw = inout(reg) pw => _,
+                        prm = in(reg) prm,
+                        n = out(reg) _,
+                        a0 = inout(reg) a0 => _,
+                        a1 = inout(reg) a1 => _,
+                        a2 = inout(reg) a2 => _,
+                        a3 = inout(reg) a3 => _,
+                        t = out(reg) _,
+                        u = out(reg) _,
+                        e = out(reg) _,
+                        o = out(reg) _,
+                        options(nostack),
+                    );
+                }
+            } else {
+                // SAFETY: as above; the same loads and stores.
+                unsafe {
+                    asm!(
+                        taps_4ch!(ldrd),
+                        "ldr {px}, [{prm}, #12]",
+                        "ldr {pw}, [{prm}, #16]",
+                        requantize!("{a0}", 0, 8, no_low),
+                        "strb {u}, [{pw}]",
+                        requantize!("{a1}", 16, 24, no_low),
+                        "strb {u}, [{pw}, #1]",
+                        requantize!("{a2}", 32, 40, no_low),
+                        "strb {u}, [{pw}, #2]",
+                        requantize!("{a3}", 48, 56, no_low),
+                        "strb {u}, [{pw}, #3]",
+                        px = inout(reg) px => _,
+                        pw = inout(reg) pw => _,
+                        prm = in(reg) prm,
+                        n = out(reg) _,
+                        a0 = inout(reg) a0 => _,
+                        a1 = inout(reg) a1 => _,
+                        a2 = inout(reg) a2 => _,
+                        a3 = inout(reg) a3 => _,
+                        t = out(reg) _,
+                        u = out(reg) _,
+                        e = out(reg) _,
+                        o = out(reg) _,
+                        options(nostack),
+                    );
+                }
             }
         }
     }
@@ -340,7 +315,7 @@ pub(crate) fn run_4ch_store(
 #[inline(always)]
 fn run_4ch_checked<const ALIGNED: bool>(
     x: &[[i8; 4]],
-    (x_at, x_step, count): (usize, usize, usize),
+    grid: &Grid,
     (stride, rows, quads): (usize, usize, usize),
     w: &[[[u8; 8]; 4]],
     init: [i32; 4],
@@ -349,65 +324,69 @@ fn run_4ch_checked<const ALIGNED: bool>(
     // The row loop's constants: quads per row, bytes from a row's end to the next row's start,
     // rows left (counted down by the loop, reset for every pixel).
     let mut params: [u32; 3] = [quads as u32, ((stride - quads) * 4) as u32, rows as u32];
-    for p in 0..count {
-        params[2] = rows as u32;
-        let [mut a0, mut a1, mut a2, mut a3] = init;
-        let px = x.as_ptr().wrapping_add(x_at + p * x_step);
-        let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
-        if ALIGNED {
-            // SAFETY: `run_4ch` checked that every quad the run's pixels read lies in `x`
-            // (row `r` of pixel `p`: `quads` quads from `x_at + p * x_step + r * stride`), that
-            // the first `rows * quads` blocks of `w` exist, and (ALIGNED) that `w` is 4-byte
-            // aligned, as `ldrd` needs (blocks are 32 bytes, so every block stays aligned). The
-            // only memory written is `params[2]`, a local. Flags are clobbered.
-            unsafe {
-                asm!(
-                    taps_4ch!(ldrd),
-                    px = inout(reg) px => _,
-                    pw = inout(reg) pw => _,
-                    prm = in(reg) prm,
-                    n = out(reg) _,
-                    a0 = inout(reg) a0,
-                    a1 = inout(reg) a1,
-                    a2 = inout(reg) a2,
-                    a3 = inout(reg) a3,
-                    t = out(reg) _,
-                    u = out(reg) _,
-                    e = out(reg) _,
-                    o = out(reg) _,
-                    options(nostack),
-                );
+    for l in 0..grid.lines {
+        for p in 0..grid.count {
+            let (x_at, out_at) = grid.step(l, p);
+            params[2] = rows as u32;
+            let [mut a0, mut a1, mut a2, mut a3] = init;
+            let px = x.as_ptr().wrapping_add(x_at);
+            let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
+            if ALIGNED {
+                // SAFETY: `run_4ch` checked that every quad the grid's pixels read lies in `x`
+                // (row `r` of a pixel: `quads` quads from its `x_at + r * stride`), that
+                // the first `rows * quads` blocks of `w` exist, and (ALIGNED) that `w` is 4-byte
+                // aligned, as `ldrd` needs (blocks are 32 bytes, so every block stays aligned). The
+                // only memory written is `params[2]`, a local. Flags are clobbered.
+                unsafe {
+                    asm!(
+                        taps_4ch!(ldrd),
+                        px = inout(reg) px => _,
+                        pw = inout(reg) pw => _,
+                        prm = in(reg) prm,
+                        n = out(reg) _,
+                        a0 = inout(reg) a0,
+                        a1 = inout(reg) a1,
+                        a2 = inout(reg) a2,
+                        a3 = inout(reg) a3,
+                        t = out(reg) _,
+                        u = out(reg) _,
+                        e = out(reg) _,
+                        o = out(reg) _,
+                        options(nostack),
+                    );
+                }
+            } else {
+                // SAFETY: as above, with single-word loads (the Cortex-M4 allows unaligned `ldr`).
+                unsafe {
+                    asm!(
+                        taps_4ch!(ldr),
+                        px = inout(reg) px => _,
+                        pw = inout(reg) pw => _,
+                        prm = in(reg) prm,
+                        n = out(reg) _,
+                        a0 = inout(reg) a0,
+                        a1 = inout(reg) a1,
+                        a2 = inout(reg) a2,
+                        a3 = inout(reg) a3,
+                        t = out(reg) _,
+                        e = out(reg) _,
+                        o = out(reg) _,
+                        options(nostack),
+                    );
+                }
             }
-        } else {
-            // SAFETY: as above, with single-word loads (the Cortex-M4 allows unaligned `ldr`).
-            unsafe {
-                asm!(
-                    taps_4ch!(ldr),
-                    px = inout(reg) px => _,
-                    pw = inout(reg) pw => _,
-                    prm = in(reg) prm,
-                    n = out(reg) _,
-                    a0 = inout(reg) a0,
-                    a1 = inout(reg) a1,
-                    a2 = inout(reg) a2,
-                    a3 = inout(reg) a3,
-                    t = out(reg) _,
-                    e = out(reg) _,
-                    o = out(reg) _,
-                    options(nostack),
-                );
-            }
+            finish(out_at, [a0, a1, a2, a3]);
         }
-        finish(p, [a0, a1, a2, a3]);
     }
 }
 
-/// `groups` groups of 4 neighbouring output pixels of a layer with one output channel: pixel `p`
-/// of group `g` starts from `init`, adds `sum of x . w` over its taps, and the group's four sums
-/// go to `finish(g, acc)`. Pixels are `QS` quads apart in `x`; group `g` starts at quad
-/// `x_at + 4 * g * QS`; each pixel has `rows` tap rows of `quads` quads, `stride` quads apart,
-/// all with the same weights `w` (`rows x quads` blocks of 8 bytes: the even lanes' i16 pair,
-/// then the odd lanes'). If `x` or `w` is too short (or `stride < quads`), no tap is added.
+/// The groups of 4 neighbouring output pixels of `grid` (a step is a group) for a layer with
+/// one output channel: each pixel starts from `init` and adds `sum of x . w` over its taps, and
+/// a group's four sums go to `finish(out, acc)` with the group's output index. Pixel `p` of a
+/// group reads from `p * QS` quads after the group's first quad; each pixel has `rows` tap rows
+/// of `quads` quads, `stride` quads apart, all with the same weights `w` (`rows x quads` blocks
+/// of 8 bytes: the even lanes' i16 pair, then the odd lanes'). If `x` or `w` is too short (or
+/// `stride < quads`), no tap is added.
 ///
 /// Each weight block is loaded once (`ldrd`, or two `ldr` when unaligned) for the four pixels,
 /// each of whose quads costs a load, two `sxtb16` and two `smlad`: 23 instructions for 16
@@ -415,18 +394,14 @@ fn run_4ch_checked<const ALIGNED: bool>(
 #[inline(always)]
 pub(crate) fn run_pixels<const QS: usize>(
     x: &[[i8; 4]],
-    (x_at, groups): (usize, usize),
+    grid: &Grid,
     (stride, rows, quads): (usize, usize, usize),
     w: &[[u8; 8]],
     init: i32,
     mut finish: impl FnMut(usize, [i32; 4]),
 ) {
-    let x_end = groups
-        .checked_sub(1)
-        .and_then(|g| g.checked_mul(4 * QS))
-        .and_then(|v| v.checked_add(x_at)?.checked_add(3 * QS))
-        .and_then(|v| rows.checked_sub(1)?.checked_mul(stride)?.checked_add(v))
-        .and_then(|v| v.checked_add(quads));
+    // The group's last pixel reads up to 3 * QS quads after its first.
+    let x_end = grid.x_end((stride, rows, quads + 3 * QS));
     let fits = rows > 0
         && quads > 0
         && stride >= quads
@@ -436,103 +411,99 @@ pub(crate) fn run_pixels<const QS: usize>(
             .checked_mul(4)
             .is_some_and(|bytes| u32::try_from(bytes).is_ok());
     if !fits {
-        (0..groups).for_each(|g| finish(g, [init; 4]));
+        grid.steps().for_each(|(_, out)| finish(out, [init; 4]));
         return;
     }
     let aligned = (w.as_ptr() as usize).is_multiple_of(4);
     // The row loop's constants: quads per row, bytes from a row's end to the next row's start,
     // rows left (counted down, reset for every group).
     let mut params: [u32; 3] = [quads as u32, ((stride - quads) * 4) as u32, rows as u32];
-    for g in 0..groups {
-        params[2] = rows as u32;
-        let [mut a0, mut a1, mut a2, mut a3] = [init; 4];
-        let px = x.as_ptr().wrapping_add(x_at + 4 * g * QS);
-        let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
-        if aligned {
-            // SAFETY: `fits` checked that every quad read lies in `x`: pixel `p` of group `g`
-            // reads, in row `r`, `quads` quads from `x_at + (4 g + p) QS + r stride` (the loads
-            // at `px + 4 p QS` bytes while `px` walks the row); and that the first
-            // `rows * quads` blocks of `w` exist. `ldrd` needs the 4-byte alignment checked above
-            // (blocks are 8 bytes); the input `ldr`s may be unaligned (allowed on the Cortex-M4).
-            // The only memory written is `params[2]`, a local. Flags are clobbered.
-            unsafe {
-                asm!(
-                    taps_4px!(ldrd),
-                    p1 = const 4 * QS,
-                    p2 = const 8 * QS,
-                    p3 = const 12 * QS,
-                    px = inout(reg) px => _,
-                    pw = inout(reg) pw => _,
-                    prm = in(reg) prm,
-                    n = out(reg) _,
-                    a0 = inout(reg) a0,
-                    a1 = inout(reg) a1,
-                    a2 = inout(reg) a2,
-                    a3 = inout(reg) a3,
-                    t = out(reg) _,
-                    u = out(reg) _,
-                    e = out(reg) _,
-                    o = out(reg) _,
-                    options(nostack),
-                );
+    for l in 0..grid.lines {
+        for p in 0..grid.count {
+            let (x_at, out_at) = grid.step(l, p);
+            params[2] = rows as u32;
+            let [mut a0, mut a1, mut a2, mut a3] = [init; 4];
+            let px = x.as_ptr().wrapping_add(x_at);
+            let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
+            if aligned {
+                // SAFETY: `fits` checked that every quad read lies in `x`: pixel `p` of a group
+                // reads, in row `r`, `quads` quads from `x_at + p QS + r stride` (the loads
+                // at `px + 4 p QS` bytes while `px` walks the row); and that the first
+                // `rows * quads` blocks of `w` exist. `ldrd` needs the 4-byte alignment checked above
+                // (blocks are 8 bytes); the input `ldr`s may be unaligned (allowed on the Cortex-M4).
+                // The only memory written is `params[2]`, a local. Flags are clobbered.
+                unsafe {
+                    asm!(
+                        taps_4px!(ldrd),
+                        p1 = const 4 * QS,
+                        p2 = const 8 * QS,
+                        p3 = const 12 * QS,
+                        px = inout(reg) px => _,
+                        pw = inout(reg) pw => _,
+                        prm = in(reg) prm,
+                        n = out(reg) _,
+                        a0 = inout(reg) a0,
+                        a1 = inout(reg) a1,
+                        a2 = inout(reg) a2,
+                        a3 = inout(reg) a3,
+                        t = out(reg) _,
+                        u = out(reg) _,
+                        e = out(reg) _,
+                        o = out(reg) _,
+                        options(nostack),
+                    );
+                }
+            } else {
+                // SAFETY: as above, with single-word weight loads (the Cortex-M4 allows unaligned
+                // `ldr`).
+                unsafe {
+                    asm!(
+                        taps_4px!(ldr),
+                        p1 = const 4 * QS,
+                        p2 = const 8 * QS,
+                        p3 = const 12 * QS,
+                        px = inout(reg) px => _,
+                        pw = inout(reg) pw => _,
+                        prm = in(reg) prm,
+                        n = out(reg) _,
+                        a0 = inout(reg) a0,
+                        a1 = inout(reg) a1,
+                        a2 = inout(reg) a2,
+                        a3 = inout(reg) a3,
+                        t = out(reg) _,
+                        u = out(reg) _,
+                        e = out(reg) _,
+                        o = out(reg) _,
+                        options(nostack),
+                    );
+                }
             }
-        } else {
-            // SAFETY: as above, with single-word weight loads (the Cortex-M4 allows unaligned
-            // `ldr`).
-            unsafe {
-                asm!(
-                    taps_4px!(ldr),
-                    p1 = const 4 * QS,
-                    p2 = const 8 * QS,
-                    p3 = const 12 * QS,
-                    px = inout(reg) px => _,
-                    pw = inout(reg) pw => _,
-                    prm = in(reg) prm,
-                    n = out(reg) _,
-                    a0 = inout(reg) a0,
-                    a1 = inout(reg) a1,
-                    a2 = inout(reg) a2,
-                    a3 = inout(reg) a3,
-                    t = out(reg) _,
-                    u = out(reg) _,
-                    e = out(reg) _,
-                    o = out(reg) _,
-                    options(nostack),
-                );
-            }
+            finish(out_at, [a0, a1, a2, a3]);
         }
-        finish(g, [a0, a1, a2, a3]);
     }
 }
 
 /// [`run_pixels`] for the last layer with its requantization, sigmoid table and store in the
-/// same assembly: pixel `p` of group `g` becomes `table[y + 128]` at
-/// `out[out_at + (4 g + p) * out_step]`, `y` requantized with `requant` (as in
+/// same assembly: pixel `p` of a group becomes `table[y + 128]` at `out[at + p * pixel_step]`
+/// (`at` the group's output index), `y` requantized with `requant` (as in
 /// [`run_4ch_store`], whose lowest output must be -128: the last layer has no ReLU). Returns
 /// `false`, having done nothing, unless the reads fit (as [`run_pixels`] checks), the writes fit
 /// in `out`, `w` is 4-byte aligned and the lowest output is -128.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_pixels_store<const QS: usize>(
     x: &[[i8; 4]],
-    (x_at, groups): (usize, usize),
+    (grid, pixel_step): (&Grid, usize),
     (stride, rows, quads): (usize, usize, usize),
     w: &[[u8; 8]],
     init: i32,
     (requant, table): (&[u32; 4], &[u8; 256]),
     out: &mut [u8],
-    (out_at, out_step): (usize, usize),
 ) -> bool {
-    let x_end = groups
-        .checked_sub(1)
-        .and_then(|g| g.checked_mul(4 * QS))
-        .and_then(|v| v.checked_add(x_at)?.checked_add(3 * QS))
-        .and_then(|v| rows.checked_sub(1)?.checked_mul(stride)?.checked_add(v))
-        .and_then(|v| v.checked_add(quads));
-    // The last byte written, plus one.
-    let out_end = groups
-        .checked_mul(4)
-        .and_then(|n| n.checked_sub(1)?.checked_mul(out_step))
-        .and_then(|v| v.checked_add(out_at)?.checked_add(1));
+    let x_end = grid.x_end((stride, rows, quads + 3 * QS));
+    // A group writes its last pixel 3 pixel steps after its first.
+    let out_end = pixel_step
+        .checked_mul(3)
+        .and_then(|last| grid.out_end(last.checked_add(1)?));
     let fits = rows > 0
         && quads > 0
         && stride >= quads
@@ -542,7 +513,7 @@ pub(crate) fn run_pixels_store<const QS: usize>(
         && stride
             .checked_mul(4)
             .is_some_and(|bytes| u32::try_from(bytes).is_ok())
-        && u32::try_from(out_step).is_ok()
+        && u32::try_from(pixel_step).is_ok()
         && (w.as_ptr() as usize).is_multiple_of(4)
         && no_low(&[*requant]);
     if !fits {
@@ -558,61 +529,64 @@ pub(crate) fn run_pixels_store<const QS: usize>(
         requant.as_ptr() as usize as u32,
         0,
         table.as_ptr().wrapping_add(128) as usize as u32,
-        out_step as u32,
+        pixel_step as u32,
     ];
-    for g in 0..groups {
-        params[2] = rows as u32;
-        params[4] = out.as_mut_ptr().wrapping_add(out_at + 4 * g * out_step) as usize as u32;
-        let [a0, a1, a2, a3] = [init; 4];
-        let px = x.as_ptr().wrapping_add(x_at + 4 * g * QS);
-        let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
-        // SAFETY: the checks above: every quad read lies in `x` (pixel `p` of group `g`, row
-        // `r`: `quads` quads from `x_at + (4 g + p) QS + r stride`), the first `rows * quads`
-        // weight blocks exist and are 4-byte aligned for `ldrd`; the four bytes written,
-        // `out_at + (4 g + p) out_step`, lie in `out`; the table read is `table[y + 128]` with
-        // `y` saturated to -128..=127; `requant` is 16 readable, aligned bytes. Writes
-        // `params[2]` (a local) and those bytes of `out`. Flags are clobbered.
-        unsafe {
-            asm!(
-                taps_4px!(ldrd),
-                // Requantize, look up and store the four pixels: px <- the constants, pw <- the
-                // outputs, n <- the table's middle, prm <- the step between outputs.
-                "ldr {px}, [{prm}, #12]",
-                "ldr {pw}, [{prm}, #16]",
-                "ldr {n}, [{prm}, #20]",
-                "ldr {prm}, [{prm}, #24]",
-                requantize!("{a0}", 0, 8, no_low),
-                "ldrb {u}, [{n}, {u}]",
-                "strb {u}, [{pw}]",
-                "add {pw}, {pw}, {prm}",
-                requantize!("{a1}", 0, 8, no_low),
-                "ldrb {u}, [{n}, {u}]",
-                "strb {u}, [{pw}]",
-                "add {pw}, {pw}, {prm}",
-                requantize!("{a2}", 0, 8, no_low),
-                "ldrb {u}, [{n}, {u}]",
-                "strb {u}, [{pw}]",
-                "add {pw}, {pw}, {prm}",
-                requantize!("{a3}", 0, 8, no_low),
-                "ldrb {u}, [{n}, {u}]",
-                "strb {u}, [{pw}]",
-                p1 = const 4 * QS,
-                p2 = const 8 * QS,
-                p3 = const 12 * QS,
-                px = inout(reg) px => _,
-                pw = inout(reg) pw => _,
-                prm = inout(reg) prm => _,
-                n = out(reg) _,
-                a0 = inout(reg) a0 => _,
-                a1 = inout(reg) a1 => _,
-                a2 = inout(reg) a2 => _,
-                a3 = inout(reg) a3 => _,
-                t = out(reg) _,
-                u = out(reg) _,
-                e = out(reg) _,
-                o = out(reg) _,
-                options(nostack),
-            );
+    for l in 0..grid.lines {
+        for p in 0..grid.count {
+            let (x_at, out_at) = grid.step(l, p);
+            params[2] = rows as u32;
+            params[4] = out.as_mut_ptr().wrapping_add(out_at) as usize as u32;
+            let [a0, a1, a2, a3] = [init; 4];
+            let px = x.as_ptr().wrapping_add(x_at);
+            let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
+            // SAFETY: the checks above: every quad read lies in `x` (pixel `p` of the group, row
+            // `r`: `quads` quads from `x_at + p QS + r stride`), the first `rows * quads` weight
+            // blocks exist and are 4-byte aligned for `ldrd`; the four bytes written,
+            // `out_at + p pixel_step`, lie in `out`; the table read is `table[y + 128]` with
+            // `y` saturated to -128..=127; `requant` is 16 readable, aligned bytes. Writes
+            // `params[2]` (a local) and those bytes of `out`. Flags are clobbered.
+            unsafe {
+                asm!(
+                    taps_4px!(ldrd),
+                    // Requantize, look up and store the four pixels: px <- the constants, pw <- the
+                    // outputs, n <- the table's middle, prm <- the step between outputs.
+                    "ldr {px}, [{prm}, #12]",
+                    "ldr {pw}, [{prm}, #16]",
+                    "ldr {n}, [{prm}, #20]",
+                    "ldr {prm}, [{prm}, #24]",
+                    requantize!("{a0}", 0, 8, no_low),
+                    "ldrb {u}, [{n}, {u}]",
+                    "strb {u}, [{pw}]",
+                    "add {pw}, {pw}, {prm}",
+                    requantize!("{a1}", 0, 8, no_low),
+                    "ldrb {u}, [{n}, {u}]",
+                    "strb {u}, [{pw}]",
+                    "add {pw}, {pw}, {prm}",
+                    requantize!("{a2}", 0, 8, no_low),
+                    "ldrb {u}, [{n}, {u}]",
+                    "strb {u}, [{pw}]",
+                    "add {pw}, {pw}, {prm}",
+                    requantize!("{a3}", 0, 8, no_low),
+                    "ldrb {u}, [{n}, {u}]",
+                    "strb {u}, [{pw}]",
+                    p1 = const 4 * QS,
+                    p2 = const 8 * QS,
+                    p3 = const 12 * QS,
+                    px = inout(reg) px => _,
+                    pw = inout(reg) pw => _,
+                    prm = inout(reg) prm => _,
+                    n = out(reg) _,
+                    a0 = inout(reg) a0 => _,
+                    a1 = inout(reg) a1 => _,
+                    a2 = inout(reg) a2 => _,
+                    a3 = inout(reg) a3 => _,
+                    t = out(reg) _,
+                    u = out(reg) _,
+                    e = out(reg) _,
+                    o = out(reg) _,
+                    options(nostack),
+                );
+            }
         }
     }
     true
