@@ -27,14 +27,16 @@ cargo fmt --all -- --check
 (cd firmware/qemu && cargo fmt -- --check)
 (cd firmware/blackpill && cargo fmt -- --check)
 cargo clippy --release --workspace --all-targets -- -D warnings
-# The edge runtime's optional ONNX Runtime benchmark path.
-cargo clippy --release -p edge-runtime --features ort --all-targets -- -D warnings
+# The edge runtime's optional ONNX Runtime benchmark path and V4L2 camera input.
+cargo clippy --release -p edge-runtime --features ort,v4l2 --all-targets -- -D warnings
 
 stage "build host (release)"
 cargo build --release --workspace --all-targets
 
+# The 64-bit Raspberry Pi build carries the V4L2 camera input (cargo feature v4l2; its crate does
+# not build for 32-bit ARM).
 stage "build aarch64 edge runtime"
-cargo build --release --target aarch64-unknown-linux-gnu -p edge-runtime --all-targets
+cargo build --release --target aarch64-unknown-linux-gnu -p edge-runtime --features v4l2 --all-targets
 
 stage "build armv7 edge runtime"
 cargo build --release --target armv7-unknown-linux-gnueabihf -p edge-runtime --all-targets
@@ -54,7 +56,7 @@ stage "test host + e2e"
 cargo test --release --workspace
 
 stage "test aarch64 and armv7 (qemu-user)"
-cargo test --release --target aarch64-unknown-linux-gnu -p edge-runtime
+cargo test --release --target aarch64-unknown-linux-gnu -p edge-runtime --features v4l2
 cargo test --release --target armv7-unknown-linux-gnueabihf -p edge-runtime
 
 stage "done"

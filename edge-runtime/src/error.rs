@@ -153,6 +153,18 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A V4L2 camera could not be opened, set up or read (cargo feature `v4l2`).
+    #[error("camera {path} {what}")]
+    Camera {
+        /// The device, e.g. `/dev/video0`.
+        path: PathBuf,
+        /// What went wrong, e.g. `cannot open` or `offers none of GREY, YU12, YUYV`.
+        what: String,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+
     /// An output file could not be written.
     #[error("cannot write {path}")]
     Write {

@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod camera;
 mod decoder;
 mod denoiser;
 mod error;

@@ -27,6 +27,10 @@ Examples:
   # A recorded 8-bit grayscale stream, from a file to a file:
   edge denoise --model denoiser.onnx --size 320x240 --format gray8 --input noisy.y8 --out clean.y8
 
+  # 100 frames from a V4L2 camera (builds with --features v4l2), as gray8:
+  edge denoise --model denoiser.onnx --size 640x480 --device /dev/video0 --format gray8 \\
+    --frames 100 > clean.y8
+
   # Image files (PNG or PGM; color PNGs become grayscale), or every image in a folder:
   edge denoise --model denoiser.onnx photo.png scans/ --out denoised/";
 
@@ -140,6 +144,17 @@ struct DenoiseArgs {
     /// Raw stream input file, or `-` for stdin.
     #[arg(long, value_name = "FILE", default_value = "-", requires = "size")]
     input: PathBuf,
+
+    /// Read the stream from a V4L2 camera instead (e.g. /dev/video0), asking it for --size
+    /// frames in GREY, YU12 or YUYV; --format is then the output's layout.
+    #[cfg(v4l2_camera)]
+    #[arg(long, value_name = "DEVICE", requires = "size")]
+    device: Option<PathBuf>,
+
+    /// With --device: stop after this many frames [default: run until interrupted].
+    #[cfg(v4l2_camera)]
+    #[arg(long, requires = "device")]
+    frames: Option<usize>,
 
     /// Stream: output file or `-` for stdout [default: -]. Images: output folder [default:
     /// denoised], one PNG or PGM per input with its name.
@@ -519,14 +534,7 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
         return denoise_images(args);
     };
     let denoiser = Denoiser::load(&args.model, width, height).context("loading the denoiser")?;
-    let reader: Box<dyn std::io::Read + Send> = if args.input.as_os_str() == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(
-            std::fs::File::open(&args.input)
-                .with_context(|| format!("opening {}", args.input.display()))?,
-        )
-    };
+    let reader = stream_reader(args, (width, height))?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
     // A file output is written to a temporary file beside it and renamed when the stream ends:
     // an interrupted run never leaves half a frame. After a short final frame the complete
@@ -585,6 +593,34 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
         }
         Err(e) => Err(e).context("denoising the frame stream"),
     }
+}
+
+/// Where a raw frame stream comes from: a V4L2 camera (`--device`, cargo feature `v4l2`), stdin
+/// or a file.
+fn stream_reader(
+    args: &DenoiseArgs,
+    #[cfg_attr(not(v4l2_camera), expect(unused_variables))] size: (usize, usize),
+) -> Result<Box<dyn std::io::Read + Send>> {
+    #[cfg(v4l2_camera)]
+    if let Some(device) = &args.device {
+        let camera = edge_runtime::camera::Camera::open(device, size, args.format, args.frames)?;
+        eprintln!(
+            "camera {}: {}x{} frames in {:?}",
+            device.display(),
+            size.0,
+            size.1,
+            camera.pixels()
+        );
+        return Ok(Box::new(camera));
+    }
+    Ok(if args.input.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(&args.input)
+                .with_context(|| format!("opening {}", args.input.display()))?,
+        )
+    })
 }
 
 /// The image files named on the command line, folders expanded (sorted, .png and .pgm only).

@@ -652,3 +652,39 @@ fn encode_upscale_and_anomaly_run_their_models() {
     let square = edge_runtime::Image::load(path("up_any/x.pgm")).expect("upscaled");
     assert_eq!((square.width(), square.height()), (28, 28));
 }
+
+/// `--device` (cargo feature `v4l2`): a missing device and a file that is no V4L2 device are
+/// clear errors that name it, before any frame is written. (No camera on the test machines: a
+/// real capture is not tested here.)
+#[cfg(v4l2_camera)]
+#[test]
+fn denoise_from_a_camera_names_a_bad_device() {
+    let dir = workspace();
+    common::write_model(&dir.path().join("blur.onnx"), &common::box_blur_model());
+    std::fs::write(dir.path().join("not-a-camera"), b"frames").expect("write file");
+    for (device, message) in [
+        (
+            "/nonexistent/video9",
+            "camera /nonexistent/video9 cannot open",
+        ),
+        ("not-a-camera", "camera not-a-camera is not a V4L2 device"),
+    ] {
+        let args = [
+            "denoise",
+            "--model",
+            "blur.onnx",
+            "--size",
+            "10x6",
+            "--device",
+            device,
+        ];
+        let output = edge(dir.path(), &args);
+        assert!(!output.status.success(), "{device}: succeeded");
+        assert!(output.stdout.is_empty(), "{device}: wrote frames");
+        assert!(
+            stderr(&output).contains(message),
+            "{device}: {}",
+            stderr(&output)
+        );
+    }
+}
