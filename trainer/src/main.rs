@@ -149,6 +149,10 @@ struct TrainArgs {
     /// Adam learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// Let the learning rate fall from --lr to this value along a half cosine over the run
+    /// [default: constant].
+    #[arg(long)]
+    final_lr: Option<f64>,
     /// Latent size [default: the family's: dense-ae 32, conv AEs 128 (4x4x8), VAEs 2].
     #[arg(long)]
     latent: Option<usize>,
@@ -348,6 +352,7 @@ fn main() -> anyhow::Result<()> {
                 .with_epochs(args.epochs)
                 .with_batch_size(args.batch_size)
                 .with_learning_rate(args.lr)
+                .with_final_learning_rate(args.final_lr)
                 .with_seed(args.seed)
                 .with_train_subset(args.train_subset)
                 .with_test_subset(args.test_subset);

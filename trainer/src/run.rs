@@ -101,9 +101,13 @@ pub struct TrainingConfig {
     /// Images per optimisation step.
     #[config(default = 128)]
     pub batch_size: usize,
-    /// Adam learning rate.
+    /// Adam learning rate (the first step's, when `final_learning_rate` is set).
     #[config(default = 1e-3)]
     pub learning_rate: f64,
+    /// When set, the learning rate falls from `learning_rate` to this value over the run along
+    /// a half cosine, step by step (constant when absent).
+    #[config(default = "None")]
+    pub final_learning_rate: Option<f64>,
     /// Seed of the initialisation, the shuffling and the latent sampling.
     #[config(default = 42)]
     pub seed: u64,
@@ -113,6 +117,18 @@ pub struct TrainingConfig {
     /// MNIST families: evaluate on the first N test images only (all when absent).
     #[config(default = "None")]
     pub test_subset: Option<usize>,
+}
+
+impl TrainingConfig {
+    /// The learning rate of optimisation step `step` of `steps` (counted over the whole run):
+    /// `learning_rate`, or with `final_learning_rate` the half-cosine from one to the other.
+    pub fn learning_rate_at(&self, step: usize, steps: usize) -> f64 {
+        let Some(last) = self.final_learning_rate else {
+            return self.learning_rate;
+        };
+        let t = step as f64 / steps.saturating_sub(1).max(1) as f64;
+        last + 0.5 * (self.learning_rate - last) * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+    }
 }
 
 /// Why a run directory could not be read.
@@ -260,4 +276,30 @@ pub fn load_run(dir: &Path, device: &Device) -> Result<(TrainingConfig, Model), 
         .try_load_record(record)
         .map_err(|e| weights(e.to_string()))?;
     Ok((config, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_learning_rate_falls_along_a_half_cosine_when_asked() {
+        let config = TrainingConfig::new(ModelConfig::FcVae(crate::model::FcVaeConfig::new()));
+        assert_eq!(config.learning_rate_at(0, 100), 1e-3);
+        assert_eq!(config.learning_rate_at(99, 100), 1e-3);
+        let config = config
+            .with_learning_rate(2e-3)
+            .with_final_learning_rate(Some(1e-5));
+        let at = |step| config.learning_rate_at(step, 101);
+        assert!((at(0) - 2e-3).abs() < 1e-15);
+        assert!((at(50) - (1e-5 + 2e-3) / 2.0).abs() < 1e-12, "{}", at(50));
+        assert!((at(100) - 1e-5).abs() < 1e-15);
+        assert!((1..=100).all(|s| at(s) < at(s - 1)), "not falling");
+        // An old config.json (no field) still reads as a constant rate.
+        let json = r#"{"model":{"family":"fc-vae","latent":2,"hidden":512},"format":2,
+            "epochs":50,"batch_size":128,"learning_rate":0.001,"seed":42,
+            "train_subset":null,"test_subset":null}"#;
+        let old: TrainingConfig = serde_json::from_str(json).expect("parses");
+        assert_eq!(old.final_learning_rate, None);
+    }
 }

@@ -608,7 +608,10 @@ fn run_epochs(
                 bail!(
                     "loss became {total} at epoch {epoch}, batch {batch_index}: \
                      lower the learning rate (now {})",
-                    config.learning_rate
+                    config.learning_rate_at(
+                        (epoch - 1) * batches + batch_index,
+                        config.epochs * batches
+                    )
                 );
             }
             let n = chunk.len() as f64;
@@ -616,7 +619,9 @@ fn run_epochs(
             sums[1] += scalar(loss.reconstruction) * n;
             sums[2] += scalar(loss.kl) * n;
             let grads = GradientsParams::from_grads(loss.total.backward(), &model);
-            model = optim.step(config.learning_rate, model, grads);
+            let step = (epoch - 1) * batches + batch_index;
+            let lr = config.learning_rate_at(step, config.epochs * batches);
+            model = optim.step(lr, model, grads);
             seen += chunk.len();
             report(Progress::Batch {
                 epoch,
