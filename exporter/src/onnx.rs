@@ -199,12 +199,21 @@ fn phase_taps(p: i64, k: i64, pad: i64) -> (i64, usize, Vec<usize>) {
 }
 
 /// Rewrites every 2x nearest upsampling whose only reader is a 3x3-style convolution (stride 1,
-/// dilation 1, one group, symmetric padding) into the convolution's four output phases, each a
-/// small convolution of the low-resolution input with the kernel taps that land on the same input
-/// position summed (a 3x3 kernel becomes 2x2), concatenated and interleaved back with
-/// `DepthToSpace`. The same sums as upsampling then convolving, with 4/9 of the multiply-adds and
-/// no upsampled copy: the firmware's folding (`firmware/core/src/fold.rs`) in ONNX. Pairs that do
-/// not fit the pattern are left alone. Returns how many were rewritten.
+/// dilation 1, one group, symmetric padding) into one convolution of the low-resolution input
+/// that computes the four output phases at once, interleaved back with `DepthToSpace`: the
+/// kernel taps that land on the same input position are summed (a 3x3 kernel becomes 2x2), the
+/// same sums as upsampling then convolving with 4/9 of the multiply-adds and no upsampled copy:
+/// the firmware's folding (`firmware/core/src/fold.rs`) in ONNX.
+///
+/// Along an axis, phase `p` (outputs `2 m + p`) reads input positions `m + base_p ..` for
+/// `span` positions. With equal spans the phases share one window that starts `base_0` after
+/// the window's position `s`: phase `p` at output `m` is window `s = m + base_p - base_0`. When
+/// the bases differ by one (odd padding), the window that gives phase 0 output `m` gives phase 1
+/// output `m - 1`, row `2m - 1`: with phase 1 first in `DepthToSpace`'s channel blocks, window
+/// `s` interleaves rows `2s - 1` and `2s`, and a `Slice` drops the first row (and the extra last
+/// one). One convolution (one input unfolding, one matrix product for the four phases) instead
+/// of four, at `((n + 1) / n)^2` more multiply-adds for an `n`-wide phase. Pairs that do not fit
+/// the pattern are left alone. Returns how many were rewritten.
 fn fold_upsampling_convs(graph: &mut GraphProto) -> anyhow::Result<usize> {
     let mut rewritten = 0;
     let mut index = 0;
@@ -274,14 +283,41 @@ fn fold_upsampling_convs(graph: &mut GraphProto) -> anyhow::Result<usize> {
             index += 1;
             continue;
         }
+        // One window per axis for both phases (equal spans, bases at most one apart); the
+        // phases' order in DepthToSpace's blocks, and the rows to drop at the start.
+        let axis = |phases: &[(i64, usize, Vec<usize>); 2]| {
+            let (shift, span) = (phases[1].0 - phases[0].0, phases[0].1);
+            match (shift, phases[1].1 == span) {
+                (0, true) => Some(([0, 1], 0i64, span)),
+                (1, true) => Some(([1, 0], 1i64, span)),
+                _ => None,
+            }
+        };
+        let (Some((order_y, crop_y, sy)), Some((order_x, crop_x, sx))) =
+            (axis(&phases_y), axis(&phases_x))
+        else {
+            index += 1;
+            continue;
+        };
+        let bias = match bias {
+            Some(b) => match f32_initializer(graph, &b) {
+                Some((values, _)) if values.len() == c_out as usize => Some(values),
+                _ => {
+                    index += 1;
+                    continue;
+                }
+            },
+            None => None,
+        };
         let input = graph.node[index].input[0].clone();
         let name = |suffix: &str| format!("folded{rewritten}_{suffix}");
-        let mut nodes = Vec::new();
-        let mut phase_outputs = Vec::new();
-        for (py, (base_y, span_y, fold_y)) in phases_y.iter().enumerate() {
-            for (px, (base_x, span_x, fold_x)) in phases_x.iter().enumerate() {
-                let (sy, sx) = (*span_y, *span_x);
-                let mut folded = vec![0f32; (c_out * c_in) as usize * sy * sx];
+        // Block (qy, qx) of the stacked output channels is phase (order_y[qy], order_x[qx]).
+        let block = (c_out * c_in) as usize * sy * sx;
+        let mut stacked = vec![0f32; 4 * block];
+        for (qy, &py) in order_y.iter().enumerate() {
+            for (qx, &px) in order_x.iter().enumerate() {
+                let (fold_y, fold_x) = (&phases_y[py].2, &phases_x[px].2);
+                let folded = &mut stacked[(2 * qy + qx) * block..][..block];
                 for o in 0..c_out as usize {
                     for i in 0..c_in as usize {
                         for ky in 0..kh as usize {
@@ -296,52 +332,90 @@ fn fold_upsampling_convs(graph: &mut GraphProto) -> anyhow::Result<usize> {
                         }
                     }
                 }
-                let weight_name = name(&format!("w{py}{px}"));
-                let mut tensor = TensorProto::new();
-                tensor.name = weight_name.clone();
-                tensor.data_type = ONNX_FLOAT;
-                tensor.dims = vec![c_out, c_in, sy as i64, sx as i64];
-                tensor.raw_data = folded
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect::<Vec<u8>>()
-                    .into();
-                graph.initializer.push(tensor);
-                // Padding so that the phase gives exactly its n outputs.
-                let (top, left) = (-base_y, -base_x);
-                let bottom = end_pad(n_y, h, &phases_y[py]);
-                let right = end_pad(n_x, w, &phases_x[px]);
-                let output = name(&format!("phase{py}{px}"));
-                let mut node = NodeProto::new();
-                node.op_type = "Conv".into();
-                node.name = output.clone();
-                node.input = vec![input.clone(), weight_name];
-                node.input.extend(bias.clone());
-                node.output = vec![output.clone()];
-                node.attribute = vec![
-                    ints_attr("kernel_shape", &[sy as i64, sx as i64]),
-                    ints_attr("pads", &[top, left, bottom, right]),
-                ];
-                nodes.push(node);
-                phase_outputs.push(output);
             }
         }
-        let mut concat = NodeProto::new();
-        concat.op_type = "Concat".into();
-        concat.name = name("phases");
-        concat.input = phase_outputs;
-        concat.output = vec![name("phases")];
-        concat.attribute = vec![int_attr("axis", 1)];
-        nodes.push(concat);
-        // DCR: output channel c at (2 m + py, 2 n + px) is input channel (2 py + px) * C + c.
+        let f32_tensor = |tensor_name: String, dims: Vec<i64>, values: &[f32]| {
+            let mut tensor = TensorProto::new();
+            tensor.name = tensor_name;
+            tensor.data_type = ONNX_FLOAT;
+            tensor.dims = dims;
+            tensor.raw_data = values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into();
+            tensor
+        };
+        let weight_name = name("w");
+        graph.initializer.push(f32_tensor(
+            weight_name.clone(),
+            vec![4 * c_out, c_in, sy as i64, sx as i64],
+            &stacked,
+        ));
+        let mut conv_inputs = vec![input, weight_name];
+        if let Some(bias) = bias {
+            let bias_name = name("b");
+            graph.initializer.push(f32_tensor(
+                bias_name.clone(),
+                vec![4 * c_out],
+                &bias.repeat(4),
+            ));
+            conv_inputs.push(bias_name);
+        }
+        // Windows start at base_0; there are n + crop of them (the phase with the later base
+        // needs one more), which the padding after the input provides.
+        let (top, left) = (-phases_y[0].0, -phases_x[0].0);
+        let bottom = n_y + crop_y + sy as i64 - 1 - h as i64 - top;
+        let right = n_x + crop_x + sx as i64 - 1 - w as i64 - left;
+        if top < 0 || left < 0 || bottom < 0 || right < 0 {
+            // Not reachable for the phases checked above; left alone rather than mis-padded.
+            graph.initializer.retain(|t| !t.name.starts_with(&name("")));
+            index += 1;
+            continue;
+        }
+        let mut nodes = Vec::new();
+        let mut stacked_conv = NodeProto::new();
+        stacked_conv.op_type = "Conv".into();
+        stacked_conv.name = name("phases");
+        stacked_conv.input = conv_inputs;
+        stacked_conv.output = vec![name("phases")];
+        stacked_conv.attribute = vec![
+            ints_attr("kernel_shape", &[sy as i64, sx as i64]),
+            ints_attr("pads", &[top, left, bottom, right]),
+        ];
+        nodes.push(stacked_conv);
+        // DCR: output channel c at (2 s + qy, 2 t + qx) is input channel (2 qy + qx) * C + c.
+        let cropped = crop_y > 0 || crop_x > 0;
+        let interleaved = if cropped {
+            name("interleaved")
+        } else {
+            conv_output.clone()
+        };
         let mut interleave = NodeProto::new();
         interleave.op_type = "DepthToSpace".into();
-        interleave.name = conv_output.clone();
+        interleave.name = interleaved.clone();
         interleave.input = vec![name("phases")];
-        interleave.output = vec![conv_output];
+        interleave.output = vec![interleaved.clone()];
         interleave.attribute = vec![int_attr("blocksize", 2), string_attr("mode", "DCR")];
         nodes.push(interleave);
-        // The resize and the convolution go; the phases take the convolution's place.
+        if cropped {
+            // Drop the first row (column) and the one past the last: ends counted from the end,
+            // so the slice does not depend on the image size.
+            let end = |crop: i64| if crop > 0 { -crop } else { i64::MAX };
+            let names = [name("starts"), name("ends"), name("axes")];
+            graph.initializer.extend([
+                int64_tensor(names[0].clone(), vec![crop_y, crop_x]),
+                int64_tensor(names[1].clone(), vec![end(crop_y), end(crop_x)]),
+                int64_tensor(names[2].clone(), vec![2, 3]),
+            ]);
+            let mut slice = NodeProto::new();
+            slice.op_type = "Slice".into();
+            slice.name = conv_output.clone();
+            slice.input = vec![interleaved].into_iter().chain(names).collect();
+            slice.output = vec![conv_output];
+            nodes.push(slice);
+        }
+        // The resize and the convolution go; the folded nodes take the convolution's place.
         let (first, second) = (index.min(conv), index.max(conv));
         graph.node.remove(second);
         graph.node.remove(first);
