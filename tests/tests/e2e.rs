@@ -149,7 +149,7 @@ fn train_export_and_run_everywhere() {
         &config,
         &data::bundled_dir(),
         &run_dir,
-        &device,
+        std::slice::from_ref(&device),
         |p| match p {
             training::Progress::Batch { .. } => batches += 1,
             training::Progress::Epoch(m) => {
@@ -437,8 +437,14 @@ fn camera_denoiser_from_photographs_to_the_pi() {
     .with_epochs(1)
     .with_batch_size(32)
     .with_learning_rate(3e-3);
-    let model = training::train(&config, &natural::bundled_dir(), &run_dir, &device, |_| {})
-        .expect("training");
+    let model = training::train(
+        &config,
+        &natural::bundled_dir(),
+        &run_dir,
+        std::slice::from_ref(&device),
+        |_| {},
+    )
+    .expect("training");
     let options = ExportOptions {
         data_dir: data::bundled_dir(),
         calibration: 0,

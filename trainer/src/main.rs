@@ -183,6 +183,33 @@ struct TrainArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = Backend::Flex)]
     backend: Backend,
+    /// Train data parallel on the backend's first N devices (GPUs: cuda 0..N, wgpu's discrete
+    /// GPUs 0..N), each batch split among them. The CPU backends have one device: N > 1 repeats
+    /// it, which runs the data-parallel path without a speed-up (to check it).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    devices: u32,
+}
+
+/// Device `index` of `count` for `backend`: the CPU backends have one (repeated), CUDA counts its
+/// GPUs, wgpu takes the best adapter for one device and the discrete GPUs in order for several.
+fn device(
+    backend: Backend,
+    #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), expect(unused_variables))]
+    index: usize,
+    #[cfg_attr(not(feature = "wgpu"), expect(unused_variables))] count: u32,
+) -> Device {
+    match backend {
+        Backend::Flex => Device::flex(),
+        #[cfg(feature = "ndarray")]
+        #[allow(deprecated)]
+        Backend::Ndarray => Device::ndarray(),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => Device::cuda(index),
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu if count == 1 => Device::wgpu(Default::default()),
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(index)),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -197,7 +224,7 @@ fn main() -> anyhow::Result<()> {
             training::resume(
                 &args.run,
                 &data,
-                &Device::flex(),
+                &[Device::flex()],
                 args.epochs,
                 reporter(total),
             )
@@ -314,16 +341,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Train(args) => {
-            let device = match args.backend {
-                Backend::Flex => Device::flex(),
-                #[cfg(feature = "ndarray")]
-                #[allow(deprecated)]
-                Backend::Ndarray => Device::ndarray(),
-                #[cfg(feature = "cuda")]
-                Backend::Cuda => Device::cuda(0),
-                #[cfg(feature = "wgpu")]
-                Backend::Wgpu => Device::wgpu(Default::default()),
-            };
+            let devices: Vec<Device> = (0..args.devices as usize)
+                .map(|i| device(args.backend, i, args.devices))
+                .collect();
             let mut model = ModelConfig::default_for(&args.family)
                 .with_context(|| format!("unknown family {}", args.family))?;
             if let Some(latent) = args.latent {
@@ -360,7 +380,7 @@ fn main() -> anyhow::Result<()> {
             let data = args
                 .data
                 .unwrap_or_else(|| training::bundled_data_dir(&config.model));
-            training::train(&config, &data, &out, &device, reporter(config.epochs))
+            training::train(&config, &data, &out, &devices, reporter(config.epochs))
                 .context("training failed")?;
             eprintln!("wrote {}", out.display());
         }

@@ -7,13 +7,13 @@ use std::{path::Path, time::Instant};
 
 use anyhow::{Context, bail};
 use burn::{
-    optim::{AdamConfig, GradientsParams},
+    optim::{AdamConfig, GradientsAccumulator, GradientsParams},
     prelude::*,
 };
 
 use crate::{
     data::{Mnist, SIDE, Split},
-    model::{CameraDenoiserConfig, Corruption, LossKind, Model, ModelConfig, loss},
+    model::{CameraDenoiserConfig, Corruption, Model, ModelConfig, loss},
     natural::{self, GrayImage, add_noise},
     quality::{psnr, ssim},
     rng::SplitMix64,
@@ -436,6 +436,64 @@ pub fn throughput(
     Ok((batches * size) as f64 / start.elapsed().as_secs_f64().max(1e-9))
 }
 
+/// The loss (total, reconstruction, KL: means over the batch) and the gradients of one batch
+/// (`chunk`'s examples), on the first of `devices`, where `model` lives.
+///
+/// With several devices the batch is split data parallel, with Burn's multi-device building
+/// blocks (those burn-train's multi-device strategy uses): each device gets a contiguous shard,
+/// built on it, and a copy of the model (`Module::fork`); its loss is weighted by its share of
+/// the batch, so the shards' gradients, moved to the first device (`GradientsParams::to_device`)
+/// and added (`GradientsAccumulator`), are the whole batch's; the caller takes one optimizer step
+/// there. The shards run one after the other from this thread (each GPU queues its work; the
+/// loss values are read back last), and the input noise is drawn in example order as on one
+/// device.
+fn gradients(
+    model: &Model,
+    (source, config): (&Source, &TrainingConfig),
+    chunk: &[usize],
+    noise: &mut SplitMix64,
+    devices: &[Device],
+) -> anyhow::Result<([f64; 3], GradientsParams)> {
+    let kind = config.model.loss_kind();
+    let Some(main) = devices.first() else {
+        bail!("no device to train on");
+    };
+    if devices.len() == 1 {
+        let (input, target) = source.training_batch(config, chunk, noise, main)?;
+        let loss = loss(kind, &model.forward(input, true), target);
+        let values = [&loss.total, &loss.reconstruction, &loss.kl].map(|t| scalar(t.clone()));
+        return Ok((
+            values,
+            GradientsParams::from_grads(loss.total.backward(), model),
+        ));
+    }
+    let mut accumulator = GradientsAccumulator::<Model>::new();
+    let mut weighted = Vec::with_capacity(devices.len());
+    for (shard, device) in chunk
+        .chunks(chunk.len().div_ceil(devices.len()))
+        .zip(devices)
+    {
+        let replica = model.clone().fork(device);
+        let (input, target) = source.training_batch(config, shard, noise, device)?;
+        let loss = loss(kind, &replica.forward(input, true), target);
+        let weight = shard.len() as f64 / chunk.len() as f64;
+        let grads =
+            GradientsParams::from_grads(loss.total.clone().mul_scalar(weight).backward(), &replica);
+        accumulator.accumulate(model, grads.to_device(main, model));
+        weighted.push((weight, loss));
+    }
+    let mut values = [0.0; 3];
+    for (weight, loss) in weighted {
+        for (v, t) in values
+            .iter_mut()
+            .zip([loss.total, loss.reconstruction, loss.kl])
+        {
+            *v += weight * scalar(t);
+        }
+    }
+    Ok((values, accumulator.grads()))
+}
+
 /// What [`train`] tells its caller while it runs.
 #[derive(Debug, Clone, Copy)]
 pub enum Progress<'a> {
@@ -461,12 +519,15 @@ pub enum Progress<'a> {
 /// atomically). `report` sees every batch's progress and every epoch's metrics as soon as they
 /// are known.
 ///
+/// With several `devices` (GPUs) each batch is split among them, data parallel: see
+/// [`gradients`]. The model lives on the first; one device is the plain single-device loop.
+///
 /// Stops with an error naming the epoch and batch if the loss becomes NaN or infinite.
 pub fn train(
     config: &TrainingConfig,
     data_dir: &Path,
     out: &Path,
-    device: &Device,
+    devices: &[Device],
     report: impl FnMut(Progress),
 ) -> anyhow::Result<Model> {
     if config.batch_size == 0 || config.epochs == 0 {
@@ -474,7 +535,7 @@ pub fn train(
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     save_config(config, out)?;
-    run_epochs(config, data_dir, out, device, None, report)
+    run_epochs(config, data_dir, out, devices, None, report)
 }
 
 /// Continues the interrupted run in `out` (killed, even with `kill -9`, or stopped by an error)
@@ -492,7 +553,7 @@ pub fn train(
 pub fn resume(
     out: &Path,
     data_dir: &Path,
-    device: &Device,
+    devices: &[Device],
     epochs: Option<usize>,
     report: impl FnMut(Progress),
 ) -> anyhow::Result<Model> {
@@ -503,8 +564,11 @@ pub fn resume(
         if let Some(epochs) = epochs {
             config.epochs = epochs;
         }
-        return train(&config, data_dir, out, device, report);
+        return train(&config, data_dir, out, devices, report);
     }
+    let Some(device) = devices.first() else {
+        bail!("no device to train on");
+    };
     let autodiff = device.clone().autodiff();
     let (mut config, model) = load_run(out, &autodiff).context("loading the run to resume")?;
     let metrics_path = out.join(METRICS_FILE);
@@ -542,7 +606,7 @@ pub fn resume(
         &config,
         data_dir,
         out,
-        device,
+        devices,
         Some((model, done, csv)),
         report,
     )
@@ -553,7 +617,7 @@ fn run_epochs(
     config: &TrainingConfig,
     data_dir: &Path,
     out: &Path,
-    device: &Device,
+    devices: &[Device],
     start: Option<(Model, usize, String)>,
     mut report: impl FnMut(Progress),
 ) -> anyhow::Result<Model> {
@@ -563,7 +627,14 @@ fn run_epochs(
     config.model.validate().map_err(anyhow::Error::msg)?;
     let source = Source::load(config, data_dir)?;
 
-    let device = device.clone().autodiff();
+    let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let Some(device) = devices.first().cloned() else {
+        bail!("no device to train on");
+    };
+    for (i, other) in devices.iter().enumerate().skip(1) {
+        // Each replica draws its own latent-sampling noise.
+        other.seed(config.seed.wrapping_add(i as u64 * 0x9E37_79B9));
+    }
     let mut rng = SplitMix64(config.seed);
     let examples = source.examples_per_epoch();
     let (mut model, done, mut metrics_csv) = match start {
@@ -589,7 +660,6 @@ fn run_epochs(
             optim = optim.load_record(record);
         }
     }
-    let loss_kind: LossKind = config.model.loss_kind();
     // The input noise has its own stream, so the data order does not depend on the family.
     let mut noise_rng = SplitMix64(config.seed ^ 0xC0FF_EE00 ^ ((done as u64) << 32));
 
@@ -600,10 +670,9 @@ fn run_epochs(
         let mut sums = [0.0; 3];
         let (batches, mut seen) = (order.len().div_ceil(config.batch_size), 0usize);
         for (batch_index, chunk) in order.chunks(config.batch_size).enumerate() {
-            let (input, target) = source.training_batch(config, chunk, &mut noise_rng, &device)?;
-            let output = model.forward(input, true);
-            let loss = loss(loss_kind, &output, target);
-            let total = scalar(loss.total.clone());
+            let (losses, grads) =
+                gradients(&model, (&source, config), chunk, &mut noise_rng, &devices)?;
+            let total = losses[0];
             if !total.is_finite() {
                 bail!(
                     "loss became {total} at epoch {epoch}, batch {batch_index}: \
@@ -615,10 +684,9 @@ fn run_epochs(
                 );
             }
             let n = chunk.len() as f64;
-            sums[0] += total * n;
-            sums[1] += scalar(loss.reconstruction) * n;
-            sums[2] += scalar(loss.kl) * n;
-            let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+            for (sum, value) in sums.iter_mut().zip(losses) {
+                *sum += value * n;
+            }
             let step = (epoch - 1) * batches + batch_index;
             let lr = config.learning_rate_at(step, config.epochs * batches);
             model = optim.step(lr, model, grads);

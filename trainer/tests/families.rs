@@ -39,11 +39,17 @@ fn every_family_learns_reloads_evaluates_and_draws() {
             .expect("evaluates");
 
         let mut epochs = Vec::new();
-        training::train(&config, &bundled_dir(), &run, &device, |p| {
-            if let Progress::Epoch(m) = p {
-                epochs.push(*m);
-            }
-        })
+        training::train(
+            &config,
+            &bundled_dir(),
+            &run,
+            std::slice::from_ref(&device),
+            |p| {
+                if let Progress::Epoch(m) = p {
+                    epochs.push(*m);
+                }
+            },
+        )
         .unwrap_or_else(|e| panic!("{family}: {e:#}"));
         assert_eq!(epochs.len(), 1, "{family}");
         let m = epochs[0];
@@ -122,7 +128,7 @@ fn camera_denoiser_learns_from_photographs() {
         &config,
         &natural::bundled_dir(),
         dir.path(),
-        &device,
+        std::slice::from_ref(&device),
         |_| {},
     )
     .expect("trains");
@@ -157,8 +163,14 @@ fn nan_loss_stops_training_naming_epoch_and_batch() {
     let dir = tempfile::tempdir().expect("temp dir");
     // An absurd learning rate blows the VAE's log-variance up within a few steps.
     let config = short_run("fc-vae").with_learning_rate(1e30);
-    let err = training::train(&config, &bundled_dir(), dir.path(), &Device::flex(), |_| {})
-        .expect_err("training must stop");
+    let err = training::train(
+        &config,
+        &bundled_dir(),
+        dir.path(),
+        &[Device::flex()],
+        |_| {},
+    )
+    .expect_err("training must stop");
     let message = format!("{err:#}");
     assert!(
         message.contains("at epoch 1, batch") && message.contains("learning rate"),
@@ -175,7 +187,14 @@ fn bad_run_directories_are_clear_errors() {
 
     let run = dir.path().join("run");
     let config = short_run("dense-ae").with_train_subset(Some(64));
-    training::train(&config, &bundled_dir(), &run, &device, |_| {}).expect("trains");
+    training::train(
+        &config,
+        &bundled_dir(),
+        &run,
+        std::slice::from_ref(&device),
+        |_| {},
+    )
+    .expect("trains");
     let json = std::fs::read_to_string(run.join("config.json")).expect("config");
 
     // A config from another version of the run format.
@@ -208,11 +227,59 @@ fn bad_run_directories_are_clear_errors() {
         &short_run("fc-vae").with_train_subset(Some(64)),
         &bundled_dir(),
         &other,
-        &device,
+        std::slice::from_ref(&device),
         |_| {},
     )
     .expect("trains");
     std::fs::copy(other.join("model.bpk"), run.join("model.bpk")).expect("copy");
     let err = load_run(&run, &device).expect_err("wrong weights");
     assert!(matches!(err, RunError::Weights { .. }), "{err}");
+}
+
+/// Data parallel training (`--devices`): each batch split between two devices whose weighted
+/// gradients are added on the first. On the CPU the "two devices" are the same one, so the run
+/// must match the single-device run up to float summation order: same losses after an epoch of
+/// optimizer steps. (Several GPUs take the same code path; none here.)
+#[test]
+fn two_devices_train_like_one() {
+    let config = short_run("conv-ae").with_batch_size(64);
+    let metrics = |devices: &[Device]| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut epochs = Vec::new();
+        training::train(&config, &bundled_dir(), dir.path(), devices, |p| {
+            if let Progress::Epoch(m) = p {
+                epochs.push(*m);
+            }
+        })
+        .expect("trains");
+        epochs[0]
+    };
+    let one = metrics(&[Device::flex()]);
+    let two = metrics(&[Device::flex(), Device::flex()]);
+    // An odd split (the last shard smaller) takes the same path.
+    let three = metrics(&[Device::flex(), Device::flex(), Device::flex()]);
+    for other in [two, three] {
+        for (a, b) in [
+            (one.train_loss, other.train_loss),
+            (one.test_loss, other.test_loss),
+        ] {
+            assert!((a - b).abs() <= 1e-4 * a.abs(), "{one:?}\nvs\n{other:?}");
+        }
+    }
+    // And training did something (the comparison is not between two untouched models).
+    let untrained = {
+        let device = Device::flex();
+        device.seed(config.seed);
+        let model = config.model.init(&device);
+        let mut test = Mnist::load(&bundled_dir(), Split::Test).expect("bundled MNIST");
+        test.truncate(128);
+        training::evaluate_images(&model, &config.model, &test, 64, &device)
+            .expect("evaluates")
+            .loss
+    };
+    assert!(
+        one.test_loss < untrained,
+        "{} vs {untrained}",
+        one.test_loss
+    );
 }

@@ -156,11 +156,32 @@ fn resuming_restores_adam_so_a_deterministic_run_ends_the_same() {
     let device = Device::flex();
     let dir = tempfile::tempdir().expect("temp dir");
     let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
-    training::train(&config, &bundled_dir(), &straight, &device, |_| {}).expect("trains");
+    training::train(
+        &config,
+        &bundled_dir(),
+        &straight,
+        std::slice::from_ref(&device),
+        |_| {},
+    )
+    .expect("trains");
     let first = config.clone().with_epochs(1);
-    training::train(&first, &bundled_dir(), &split, &device, |_| {}).expect("trains");
+    training::train(
+        &first,
+        &bundled_dir(),
+        &split,
+        std::slice::from_ref(&device),
+        |_| {},
+    )
+    .expect("trains");
     assert!(split.join("optimizer-1.bpk").is_file());
-    training::resume(&split, &bundled_dir(), &device, Some(2), |_| {}).expect("resumes");
+    training::resume(
+        &split,
+        &bundled_dir(),
+        std::slice::from_ref(&device),
+        Some(2),
+        |_| {},
+    )
+    .expect("resumes");
     let files: Vec<String> = std::fs::read_dir(&split)
         .expect("dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -192,7 +213,7 @@ fn a_run_killed_between_its_first_weights_and_metrics_starts_afresh() {
         &config,
         &trainer::data::bundled_dir(),
         &run,
-        &Device::flex(),
+        &[Device::flex()],
         |_| {},
     )
     .expect("trains");
