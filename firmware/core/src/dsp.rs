@@ -100,6 +100,41 @@ macro_rules! requantize {
     };
 }
 
+/// The assembly of one pixel of [`run_4ch_store`]: the taps, then the requantization (the
+/// `no_low` form when given, see `requantize!`) and the store of its four channels. Expands to
+/// an `asm!` statement, so it must sit inside `unsafe`.
+macro_rules! run_4ch_store_asm {
+    ($px:ident, $pw:ident, $prm:ident, [$a0:ident, $a1:ident, $a2:ident, $a3:ident] $(, $low:tt)?) => {
+        asm!(
+            taps_4ch!(ldrd),
+            // Requantize and store: px <- the constants, pw <- the outputs.
+            "ldr {px}, [{prm}, #12]",
+            "ldr {pw}, [{prm}, #16]",
+            requantize!("{a0}", 0, 8 $(, $low)?),
+            "strb {u}, [{pw}]",
+            requantize!("{a1}", 16, 24 $(, $low)?),
+            "strb {u}, [{pw}, #1]",
+            requantize!("{a2}", 32, 40 $(, $low)?),
+            "strb {u}, [{pw}, #2]",
+            requantize!("{a3}", 48, 56 $(, $low)?),
+            "strb {u}, [{pw}, #3]",
+            px = inout(reg) $px => _,
+            pw = inout(reg) $pw => _,
+            prm = in(reg) $prm,
+            n = out(reg) _,
+            a0 = inout(reg) $a0 => _,
+            a1 = inout(reg) $a1 => _,
+            a2 = inout(reg) $a2 => _,
+            a3 = inout(reg) $a3 => _,
+            t = out(reg) _,
+            u = out(reg) _,
+            e = out(reg) _,
+            o = out(reg) _,
+            options(nostack),
+        )
+    };
+}
+
 /// Whether every channel of packed requantization constants has `low = -128`
 /// (`requantize!(.., no_low)` applies).
 fn no_low<const N: usize>(requant: &[[u32; 4]; N]) -> bool {
@@ -239,71 +274,17 @@ pub(crate) fn run_4ch_store(
             let [a0, a1, a2, a3] = init;
             let px = x.as_ptr().wrapping_add(x_at);
             let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
-            if clamp_low {
-                // SAFETY: the checks above: every quad the pixel reads lies in `x` (row `r`: `quads`
-                // quads from `x_at + r * stride`), the first `rows * quads` weight blocks exist and
-                // are 4-byte aligned for `ldrd` (32-byte blocks), the four bytes written lie in `out`
-                // (`out_at + 3 < out.len()`, `out_end`), and `requant` is 64 readable,
-                // 4-byte-aligned bytes. Writes `params[2]` (a local) and those four bytes of `out`,
-                // which nothing else borrows while the asm runs. Flags are clobbered.
-                unsafe {
-                    asm!(
-                        taps_4ch!(ldrd),
-                        // Requantize and store: px <- the constants, pw <- the outputs.
-                        "ldr {px}, [{prm}, #12]",
-                        "ldr {pw}, [{prm}, #16]",
-                        requantize!("{a0}", 0, 8),
-                        "strb {u}, [{pw}]",
-                        requantize!("{a1}", 16, 24),
-                        "strb {u}, [{pw}, #1]",
-                        requantize!("{a2}", 32, 40),
-                        "strb {u}, [{pw}, #2]",
-                        requantize!("{a3}", 48, 56),
-                        "strb {u}, [{pw}, #3]",
-                        px = inout(reg) px => _,
-                        pw = inout(reg) pw => _,
-                        prm = in(reg) prm,
-                        n = out(reg) _,
-                        a0 = inout(reg) a0 => _,
-                        a1 = inout(reg) a1 => _,
-                        a2 = inout(reg) a2 => _,
-                        a3 = inout(reg) a3 => _,
-                        t = out(reg) _,
-                        u = out(reg) _,
-                        e = out(reg) _,
-                        o = out(reg) _,
-                        options(nostack),
-                    );
-                }
-            } else {
-                // SAFETY: as above; the same loads and stores.
-                unsafe {
-                    asm!(
-                        taps_4ch!(ldrd),
-                        "ldr {px}, [{prm}, #12]",
-                        "ldr {pw}, [{prm}, #16]",
-                        requantize!("{a0}", 0, 8, no_low),
-                        "strb {u}, [{pw}]",
-                        requantize!("{a1}", 16, 24, no_low),
-                        "strb {u}, [{pw}, #1]",
-                        requantize!("{a2}", 32, 40, no_low),
-                        "strb {u}, [{pw}, #2]",
-                        requantize!("{a3}", 48, 56, no_low),
-                        "strb {u}, [{pw}, #3]",
-                        px = inout(reg) px => _,
-                        pw = inout(reg) pw => _,
-                        prm = in(reg) prm,
-                        n = out(reg) _,
-                        a0 = inout(reg) a0 => _,
-                        a1 = inout(reg) a1 => _,
-                        a2 = inout(reg) a2 => _,
-                        a3 = inout(reg) a3 => _,
-                        t = out(reg) _,
-                        u = out(reg) _,
-                        e = out(reg) _,
-                        o = out(reg) _,
-                        options(nostack),
-                    );
+            // SAFETY: the checks above: every quad the pixel reads lies in `x` (row `r`: `quads`
+            // quads from `x_at + r * stride`), the first `rows * quads` weight blocks exist and
+            // are 4-byte aligned for `ldrd` (32-byte blocks), the four bytes written lie in `out`
+            // (`out_at + 3 < out.len()`, `out_end`), and `requant` is 64 readable,
+            // 4-byte-aligned bytes. Writes `params[2]` (a local) and those four bytes of `out`,
+            // which nothing else borrows while the asm runs. Flags are clobbered.
+            unsafe {
+                if clamp_low {
+                    run_4ch_store_asm!(px, pw, prm, [a0, a1, a2, a3]);
+                } else {
+                    run_4ch_store_asm!(px, pw, prm, [a0, a1, a2, a3], no_low);
                 }
             }
         }
