@@ -36,10 +36,12 @@ impl CapturePixels {
         }
     }
 
-    /// Bytes a row of luma needs at least (`width` pixels).
+    /// Bytes a row of luma needs at least (`width` pixels; `YU12`'s chroma rows, half as long,
+    /// must hold `width / 2` rounded up).
     fn min_bytes_per_line(self, width: usize) -> usize {
         match self {
-            Self::Grey | Self::Yu12 => width,
+            Self::Grey => width,
+            Self::Yu12 => 2 * width.div_ceil(2),
             Self::Yuyv => 2 * width,
         }
     }
@@ -129,6 +131,9 @@ pub fn convert(
             needed: out.frame_bytes(width, height),
             got: dst.len(),
         });
+    }
+    if width == 0 || height == 0 {
+        return Ok(());
     }
     let (luma, chroma) = dst.split_at_mut(width * height);
     let rows = src.chunks(bytes_per_line).take(height);
@@ -489,6 +494,34 @@ mod tests {
         assert_eq!(&dst[18..21], &[120, 122, 124]);
         assert_eq!(&dst[21..24], &[205, 207, 207]);
         assert_eq!(&dst[24..27], &[220, 222, 222]);
+    }
+
+    #[test]
+    fn odd_widths_and_empty_frames_do_not_panic() {
+        // YU12 5 pixels wide with rows 5 apart would give chroma rows of 2 for 3 values.
+        let src = vec![0u8; 100];
+        let mut dst = vec![0u8; FrameFormat::Yuv420.frame_bytes(5, 3)];
+        assert!(matches!(
+            convert(
+                &src,
+                CapturePixels::Yu12,
+                (5, 3),
+                5,
+                FrameFormat::Yuv420,
+                &mut dst
+            ),
+            Err(ConvertError::RowTooShort { needed: 6, .. })
+        ));
+        for pixels in CapturePixels::ALL {
+            assert_eq!(
+                convert(&[], pixels, (0, 3), 0, FrameFormat::Gray8, &mut []),
+                Ok(())
+            );
+            assert_eq!(
+                convert(&[], pixels, (4, 0), 8, FrameFormat::Yuv420, &mut []),
+                Ok(())
+            );
+        }
     }
 
     #[test]
