@@ -26,7 +26,7 @@ fn short_run(family: &str, dir: &Path) -> PathBuf {
         .with_batch_size(32)
         .with_train_subset(Some(256))
         .with_test_subset(Some(64));
-    training::train(&config, &bundled_dir(), &run, &Device::flex(), |_| {}).expect("trains");
+    training::train(&config, &bundled_dir(), &run, &[Device::flex()], |_| {}).expect("trains");
     run
 }
 
