@@ -822,7 +822,7 @@ pub fn decode(
         });
     }
     let too_small = Error::ScratchTooSmall {
-        needed: model.working_bytes() as u32,
+        needed: u32::try_from(model.working_bytes()).unwrap_or(u32::MAX),
     };
     if model.working_bytes() > SCRATCH_BYTES {
         return Err(too_small);
@@ -1144,7 +1144,8 @@ mod tests {
 
     #[test]
     fn the_mnist_decoder_shape_matches_the_reference_with_fewer_macs() {
-        // The conv VAE decoder's shapes: every kernel path (channel blocks, pixel blocks, padding rows and columns).
+        // The conv VAE decoder's shapes: every kernel path (channel blocks, pixel blocks and
+        // the single pixels after them, skipped padding rows, stored padding columns).
         let blob = chain(&[
             (LayerKind::Dense, shape(2, 1, 1), shape(128, 1, 1), true),
             (conv(3, 1, 1), shape(8, 4, 4), shape(8, 4, 4), true),

@@ -3,13 +3,14 @@
 //!
 //! - `sxtb16`, `smlad`: one register-to-register instruction each, no memory access, so their
 //!   `unsafe` blocks cannot break any Rust invariant.
-//! - [`run_4ch`] and [`run_pixels`]: whole loops over a run of output pixels, which load input
-//!   quads and weights through raw pointers. Each checks, once per run and with checked
-//!   arithmetic, that every address its loop reads lies inside the slices it was given; the
-//!   loops write only a local parameter array. Input quads sit in the byte arena, so their `ldr`s
-//!   may be unaligned, which the Cortex-M4 allows (the reset default, `CCR.UNALIGN_TRP = 0`);
-//!   `ldrd` is used only on weights whose 4-byte alignment is checked. The loops need 12
-//!   allocatable registers (r9 included).
+//! - [`run_4ch`] and [`run_pixels`], and their `_store` forms: whole loops over the output pixels
+//!   of a `decoder::Grid`, which load input quads and weights through raw pointers. Each checks,
+//!   once per grid and with checked arithmetic (`Grid::x_end`, `Grid::out_end`), that every
+//!   address its loops read lies inside the slices it was given, and for the `_store` forms that
+//!   every byte they write lies in `out`; otherwise they write only a local parameter array.
+//!   Input quads sit in the byte arena, so their `ldr`s may be unaligned, which the Cortex-M4
+//!   allows (the reset default, `CCR.UNALIGN_TRP = 0`); `ldrd` is used only on weights whose
+//!   4-byte alignment is checked. The loops need 12 allocatable registers (r9 included).
 #![allow(unsafe_code)]
 
 use core::arch::asm;
@@ -190,7 +191,7 @@ pub(crate) fn smlad(a: u32, b: u32, acc: i32) -> i32 {
 /// aligned) and two `smlad`: 17 instructions for 16 multiply-accumulates with the loop, and 7
 /// more per row. In assembly because the compiler keeps neither the accumulators nor the
 /// pointers in registers across the rows (it reloaded them for ~40 instructions per row); the
-/// bounds are checked once per run, not per pixel.
+/// bounds are checked once per grid, not per pixel.
 #[inline(always)]
 pub(crate) fn run_4ch(
     x: &[[i8; 4]],

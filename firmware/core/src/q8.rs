@@ -106,15 +106,20 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// Number of elements.
+    /// Number of elements (saturating: a crafted shape cannot overflow a 32-bit `usize`).
     pub const fn len(&self) -> usize {
-        self.c as usize * self.h as usize * self.w as usize
+        (self.c as usize)
+            .saturating_mul(self.h as usize)
+            .saturating_mul(self.w as usize)
     }
 
     /// Bytes the decoder stores for these activations with `padding` extra columns on each side
-    /// of every row: `h` rows of `w + 2 * padding` pixels of `c` channels.
+    /// of every row: `h` rows of `w + 2 * padding` pixels of `c` channels (saturating).
     pub const fn stored_len(&self, padding: usize) -> usize {
-        self.c as usize * self.h as usize * (self.w as usize + 2 * padding)
+        let width = (self.w as usize).saturating_add(padding.saturating_mul(2));
+        (self.c as usize)
+            .saturating_mul(self.h as usize)
+            .saturating_mul(width)
     }
 
     /// Whether the shape holds no element.
@@ -363,6 +368,11 @@ impl<'a> Model<'a> {
                     }
                     if p.output_zero_point != layer.input_zero_point {
                         return Err(bad("input zero point differs from the previous output"));
+                    }
+                    // A conv writes the rows its reader reads (padding columns included).
+                    let convs = p.kind != LayerKind::Dense && layer.kind != LayerKind::Dense;
+                    if convs && p.output != layer.input {
+                        return Err(bad("input shape differs from the previous conv's output"));
                     }
                 }
             }
@@ -850,6 +860,45 @@ pub(crate) mod tests {
                 "field {at} = {value}"
             );
         }
+        // Two convs whose shapes differ with the same size: the reader would see other rows.
+        let (m, s) = quantize_multiplier(0.01).expect("multiplier");
+        let conv = |input: Shape, output: Shape, relu: bool| LayerSpec {
+            kind: LayerKind::Conv {
+                kernel: 1,
+                padding: 0,
+                upsample: 1,
+            },
+            relu,
+            input,
+            output,
+            input_zero_point: -128,
+            output_zero_point: if relu { -128 } else { 0 },
+            weights: vec![1; (input.c * output.c) as usize],
+            bias: vec![0; output.c as usize],
+            multiplier: vec![m; output.c as usize],
+            shift: vec![s; output.c as usize],
+        };
+        let dense = LayerSpec {
+            kind: LayerKind::Dense,
+            relu: true,
+            input: Shape { c: 2, h: 1, w: 1 },
+            output: Shape { c: 16, h: 1, w: 1 },
+            input_zero_point: 0,
+            output_zero_point: -128,
+            weights: vec![1; 32],
+            bias: vec![0; 16],
+            multiplier: vec![m; 16],
+            shift: vec![s; 16],
+        };
+        let (a, b) = (Shape { c: 1, h: 4, w: 4 }, Shape { c: 1, h: 2, w: 8 });
+        let layers = [dense, conv(a, a, true), conv(b, b, false)];
+        assert_eq!(
+            write(2, 0.05, &layers, &[0; TABLE_LEN]).unwrap_err(),
+            Error::BadLayer {
+                index: 2,
+                reason: "input shape differs from the previous conv's output"
+            }
+        );
         // Flash padding after the blob is fine.
         let mut padded = blob.clone();
         padded.extend_from_slice(&[0xff; 13]);
