@@ -46,11 +46,15 @@ impl CapturePixels {
         }
     }
 
-    /// Bytes of one captured frame with rows `bytes_per_line` apart.
+    /// Bytes of one captured frame with rows `bytes_per_line` apart (saturating).
     pub fn frame_bytes(self, height: usize, bytes_per_line: usize) -> usize {
+        let luma = height.saturating_mul(bytes_per_line);
         match self {
-            Self::Grey | Self::Yuyv => height * bytes_per_line,
-            Self::Yu12 => height * bytes_per_line + 2 * height.div_ceil(2) * (bytes_per_line / 2),
+            Self::Grey | Self::Yuyv => luma,
+            Self::Yu12 => {
+                let chroma = height.div_ceil(2).saturating_mul(bytes_per_line / 2);
+                luma.saturating_add(chroma.saturating_mul(2))
+            }
         }
     }
 }
@@ -317,6 +321,13 @@ mod device {
                 ));
             }
             let bytes_per_line = got.bytes_per_line() as usize;
+            if bytes_per_line < pixels.min_bytes_per_line(width) {
+                return Err(camera_error(
+                    path,
+                    format!("spaces {width}-pixel {pixels:?} rows {bytes_per_line} bytes apart"),
+                    io::Error::from(io::ErrorKind::InvalidData),
+                ));
+            }
             let stream = capture
                 .into_stream()
                 .map_err(|e| camera_error(path, "cannot start streaming", e))?;

@@ -148,10 +148,16 @@ struct DenoiseArgs {
     /// Read the stream from a V4L2 camera instead (e.g. /dev/video0), asking it for --size
     /// frames in GREY, YU12 or YUYV; --format is then the output's layout.
     #[cfg(v4l2_camera)]
-    #[arg(long, value_name = "DEVICE", requires = "size")]
+    #[arg(
+        long,
+        value_name = "DEVICE",
+        requires = "size",
+        conflicts_with = "input"
+    )]
     device: Option<PathBuf>,
 
-    /// With --device: stop after this many frames [default: run until interrupted].
+    /// With --device: stop after this many frames [default: run until interrupted; stdout
+    /// only, since a file is written when the stream ends].
     #[cfg(v4l2_camera)]
     #[arg(long, requires = "device")]
     frames: Option<usize>,
@@ -534,7 +540,6 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
         return denoise_images(args);
     };
     let denoiser = Denoiser::load(&args.model, width, height).context("loading the denoiser")?;
-    let reader = stream_reader(args, (width, height))?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
     // A file output is written to a temporary file beside it and renamed when the stream ends:
     // an interrupted run never leaves half a frame. After a short final frame the complete
@@ -543,6 +548,14 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
         let name = out.file_name().unwrap_or_default().to_string_lossy();
         out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
     });
+    #[cfg(v4l2_camera)]
+    if args.device.is_some() && args.frames.is_none() && temporary.is_some() {
+        bail!(
+            "--out {} is written when the stream ends, and a camera stream without --frames \
+             ends only when interrupted: pass --frames N, or write to stdout",
+            out.display()
+        );
+    }
     if let Some(tmp) = &temporary {
         let same = std::fs::canonicalize(&args.input)
             .ok()
@@ -558,6 +571,7 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
             bail!("the folder of {} does not exist", out.display());
         }
     }
+    let reader = stream_reader(args, (width, height))?;
     let writer: Box<dyn std::io::Write> = match &temporary {
         None => Box::new(std::io::stdout().lock()),
         Some(tmp) => Box::new(std::io::BufWriter::new(

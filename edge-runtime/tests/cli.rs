@@ -687,4 +687,15 @@ fn denoise_from_a_camera_names_a_bad_device() {
             stderr(&output)
         );
     }
+    // A file output without --frames would only be written once the stream ends, that is never.
+    let args = ["denoise", "--model", "blur.onnx", "--size", "10x6"];
+    let camera = ["--device", "not-a-camera", "--out", "clean.y8"];
+    let output = edge(dir.path(), &[&args[..], &camera[..]].concat());
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("pass --frames N"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!dir.path().join("clean.y8").exists());
 }
