@@ -147,11 +147,11 @@ struct TrainArgs {
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = learning_rate)]
     lr: f64,
-    /// Let the learning rate fall from --lr to this value along a half cosine over the run
-    /// [default: constant].
-    #[arg(long)]
+    /// Let the learning rate fall from --lr to this value along a half cosine over the run's
+    /// --epochs (`resume --epochs` with more epochs stretches the schedule) [default: constant].
+    #[arg(long, value_parser = learning_rate)]
     final_lr: Option<f64>,
     /// Latent size [default: the family's: dense-ae 32, conv AEs 128 (4x4x8), VAEs 2].
     #[arg(long)]
@@ -188,6 +188,15 @@ struct TrainArgs {
     /// it, which runs the data-parallel path without a speed-up (to check it).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     devices: u32,
+}
+
+/// A learning rate: a finite number, not negative.
+fn learning_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(v) => Err(format!("{v} is not a usable learning rate (finite, >= 0)")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Device `index` of `count` for `backend`: the CPU backends have one (repeated), CUDA counts its

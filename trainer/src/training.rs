@@ -469,10 +469,15 @@ fn gradients(
     }
     let mut accumulator = GradientsAccumulator::<Model>::new();
     let mut weighted = Vec::with_capacity(devices.len());
-    for (shard, device) in chunk
-        .chunks(chunk.len().div_ceil(devices.len()))
-        .zip(devices)
-    {
+    // Shards as even as they come (sizes differ by at most one), none empty.
+    let (base, extra) = (chunk.len() / devices.len(), chunk.len() % devices.len());
+    let mut rest = chunk;
+    for (i, device) in devices.iter().enumerate() {
+        let (shard, tail) = rest.split_at((base + usize::from(i < extra)).min(rest.len()));
+        rest = tail;
+        if shard.is_empty() {
+            continue;
+        }
         let replica = model.clone().fork(device);
         let (input, target) = source.training_batch(config, shard, noise, device)?;
         let loss = loss(kind, &replica.forward(input, true), target);
@@ -631,10 +636,6 @@ fn run_epochs(
     let Some(device) = devices.first().cloned() else {
         bail!("no device to train on");
     };
-    for (i, other) in devices.iter().enumerate().skip(1) {
-        // Each replica draws its own latent-sampling noise.
-        other.seed(config.seed.wrapping_add(i as u64 * 0x9E37_79B9));
-    }
     let mut rng = SplitMix64(config.seed);
     let examples = source.examples_per_epoch();
     let (mut model, done, mut metrics_csv) = match start {
@@ -653,6 +654,15 @@ fn run_epochs(
             (model, done, csv)
         }
     };
+    // Distinct devices (GPUs) each draw their own latent-sampling noise, resumed runs new draws
+    // as on one device. (A CPU device repeated for `--devices` is one generator: it keeps the
+    // first seed, set above.)
+    for (i, other) in devices.iter().enumerate().skip(1) {
+        if *other != device {
+            let stream = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            other.seed(config.seed.wrapping_add(done as u64) ^ stream);
+        }
+    }
     let mut optim = AdamConfig::new().init();
     if done > 0 {
         // Adam's moments as they were after the last completed epoch, when the run has them.
