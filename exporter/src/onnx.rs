@@ -253,7 +253,8 @@ fn fold_upsampling_convs(graph: &mut GraphProto) -> anyhow::Result<usize> {
             continue;
         };
         let (pad, conv_output) = (pads[0], c.output[0].clone());
-        let bias = c.input.get(2).cloned();
+        // An empty name is ONNX's way of leaving an optional input out.
+        let bias = c.input.get(2).filter(|b| !b.is_empty()).cloned();
         let [c_out, c_in, kh, kw] = dims[..] else {
             index += 1;
             continue;
@@ -299,6 +300,16 @@ fn fold_upsampling_convs(graph: &mut GraphProto) -> anyhow::Result<usize> {
             index += 1;
             continue;
         };
+        // Windows start at base_0; there are n + crop of them (the phase with the later base
+        // needs one more), which the padding after the input provides.
+        let (top, left) = (-phases_y[0].0, -phases_x[0].0);
+        let bottom = n_y + crop_y + sy as i64 - 1 - h as i64 - top;
+        let right = n_x + crop_x + sx as i64 - 1 - w as i64 - left;
+        if top < 0 || left < 0 || bottom < 0 || right < 0 {
+            // Not reachable for the phases checked above; left alone rather than mis-padded.
+            index += 1;
+            continue;
+        }
         let bias = match bias {
             Some(b) => match f32_initializer(graph, &b) {
                 Some((values, _)) if values.len() == c_out as usize => Some(values),
@@ -334,18 +345,6 @@ fn fold_upsampling_convs(graph: &mut GraphProto) -> anyhow::Result<usize> {
                 }
             }
         }
-        let f32_tensor = |tensor_name: String, dims: Vec<i64>, values: &[f32]| {
-            let mut tensor = TensorProto::new();
-            tensor.name = tensor_name;
-            tensor.data_type = ONNX_FLOAT;
-            tensor.dims = dims;
-            tensor.raw_data = values
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into();
-            tensor
-        };
         let weight_name = name("w");
         graph.initializer.push(f32_tensor(
             weight_name.clone(),
@@ -361,17 +360,6 @@ fn fold_upsampling_convs(graph: &mut GraphProto) -> anyhow::Result<usize> {
                 &bias.repeat(4),
             ));
             conv_inputs.push(bias_name);
-        }
-        // Windows start at base_0; there are n + crop of them (the phase with the later base
-        // needs one more), which the padding after the input provides.
-        let (top, left) = (-phases_y[0].0, -phases_x[0].0);
-        let bottom = n_y + crop_y + sy as i64 - 1 - h as i64 - top;
-        let right = n_x + crop_x + sx as i64 - 1 - w as i64 - left;
-        if top < 0 || left < 0 || bottom < 0 || right < 0 {
-            // Not reachable for the phases checked above; left alone rather than mis-padded.
-            graph.initializer.retain(|t| !t.name.starts_with(&name("")));
-            index += 1;
-            continue;
         }
         let mut nodes = Vec::new();
         let mut stacked_conv = NodeProto::new();
@@ -427,6 +415,20 @@ fn fold_upsampling_convs(graph: &mut GraphProto) -> anyhow::Result<usize> {
     }
     drop_unused_initializers(graph);
     Ok(rewritten)
+}
+
+/// A FLOAT tensor `name` of shape `dims` holding `values` (row-major, little-endian raw data).
+fn f32_tensor(name: String, dims: Vec<i64>, values: &[f32]) -> TensorProto {
+    let mut tensor = TensorProto::new();
+    tensor.name = name;
+    tensor.data_type = ONNX_FLOAT;
+    tensor.dims = dims;
+    tensor.raw_data = values
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect::<Vec<u8>>()
+        .into();
+    tensor
 }
 
 /// An INT64 tensor `name` holding `values` (one axis).
@@ -1018,6 +1020,95 @@ mod tests {
             graph.node.push(node);
         }
         graph
+    }
+
+    /// Upsampling x2 (burn-onnx's `Resize`) of a `[1, 3, h, w]` input, then a 3x3 convolution
+    /// with `pad` to 2 channels, as an opset-18 model.
+    fn upsample_conv_model((h, w): (i64, i64), pad: i64) -> ModelProto {
+        let mut graph = graph_with_resizes();
+        graph.node.truncate(1); // x -> y, nearest
+        graph.initializer[0] = int64_tensor("sizes".into(), vec![2 * h, 2 * w]);
+        let weights: Vec<f32> = (0..2 * 3 * 9)
+            .map(|i| ((i * 37 % 19) as f32 - 9.0) / 10.0)
+            .collect();
+        graph
+            .initializer
+            .push(f32_tensor("w".into(), vec![2, 3, 3, 3], &weights));
+        graph
+            .initializer
+            .push(f32_tensor("b".into(), vec![2], &[0.25, -0.5]));
+        let mut conv = NodeProto::new();
+        conv.op_type = "Conv".into();
+        conv.input = vec!["y".into(), "w".into(), "b".into()];
+        conv.output = vec!["z".into()];
+        conv.attribute = vec![
+            ints_attr("kernel_shape", &[3, 3]),
+            ints_attr("pads", &[pad, pad, pad, pad]),
+        ];
+        graph.node.push(conv);
+        let value = |name: &str| {
+            let mut v = onnx_ir::ValueInfoProto::new();
+            v.name = name.into();
+            // A float tensor (shape given when the model is run).
+            v.type_.mut_or_insert_default().mut_tensor_type().elem_type = ONNX_FLOAT;
+            v
+        };
+        graph.input.push(value("x"));
+        graph.output.push(value("z"));
+        let mut model = ModelProto::new();
+        model.ir_version = 8;
+        // (The opset type is not exported by onnx-ir: filled in place.)
+        model.opset_import.push(Default::default());
+        if let Some(opset) = model.opset_import.last_mut() {
+            opset.version = 18;
+        }
+        model.graph = Some(graph).into();
+        model
+    }
+
+    #[test]
+    fn folded_upsampling_convs_compute_what_upsampling_and_convolving_does() {
+        for (pad, size) in [(1, (5, 6)), (0, (4, 7)), (2, (3, 3))] {
+            let model = upsample_conv_model(size, pad);
+            let (mut plain, mut folded) = (model.clone(), model);
+            let graph = |m: &mut ModelProto| m.graph.as_mut().expect("graph").clone();
+            let mut g = graph(&mut plain);
+            assert_eq!(rewrite_nearest_upsampling(&mut g).expect("rewrites"), 1);
+            plain.graph = Some(g).into();
+            let mut g = graph(&mut folded);
+            assert_eq!(
+                fold_upsampling_convs(&mut g).expect("folds"),
+                1,
+                "pad {pad}"
+            );
+            let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+            // Odd padding: the phases' windows are one apart, so a Slice crops.
+            let expected: &[&str] = if pad % 2 == 1 {
+                &["Conv", "DepthToSpace", "Slice"]
+            } else {
+                &["Conv", "DepthToSpace"]
+            };
+            assert_eq!(ops, expected, "pad {pad}");
+            folded.graph = Some(g).into();
+            let shape = [1, 3, size.0 as usize, size.1 as usize];
+            let x: Vec<f32> = (0..shape.iter().product::<usize>())
+                .map(|i| ((i * 13 % 7) as f32 - 3.0) / 4.0)
+                .collect();
+            let run = |m: &ModelProto| {
+                let bytes = m.write_to_bytes().expect("serialises");
+                tract_once(&bytes, &shape, &x).expect("tract runs it")
+            };
+            let (want, got) = (run(&plain), run(&folded));
+            let side = |n: i64| (2 * n + 2 * pad - 2) as usize;
+            assert_eq!(want.len(), 2 * side(size.0) * side(size.1), "pad {pad}");
+            assert_eq!(got.len(), want.len(), "pad {pad}");
+            let diff = want
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-5, "pad {pad}: max |diff| {diff}");
+        }
     }
 
     #[test]
