@@ -50,6 +50,8 @@ struct ResumeArgs {
     /// Dataset directory [default: the bundled MNIST, or data/natural for camera-denoiser].
     #[arg(long)]
     data: Option<PathBuf>,
+    #[command(flatten)]
+    hardware: Hardware,
 }
 
 #[derive(clap::Args)]
@@ -180,6 +182,13 @@ struct TrainArgs {
     /// Use only the first N test images.
     #[arg(long)]
     test_subset: Option<usize>,
+    #[command(flatten)]
+    hardware: Hardware,
+}
+
+/// Where training runs.
+#[derive(clap::Args)]
+struct Hardware {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = Backend::Flex)]
     backend: Backend,
@@ -188,6 +197,15 @@ struct TrainArgs {
     /// it, which runs the data-parallel path without a speed-up (to check it).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     devices: u32,
+}
+
+impl Hardware {
+    /// The devices to train on, the first holding the model.
+    fn devices(&self) -> Vec<Device> {
+        (0..self.devices as usize)
+            .map(|i| device(self.backend, i, self.devices))
+            .collect()
+    }
 }
 
 /// A learning rate: a finite number, not negative.
@@ -233,7 +251,7 @@ fn main() -> anyhow::Result<()> {
             training::resume(
                 &args.run,
                 &data,
-                &[Device::flex()],
+                &args.hardware.devices(),
                 args.epochs,
                 reporter(total),
             )
@@ -350,9 +368,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Train(args) => {
-            let devices: Vec<Device> = (0..args.devices as usize)
-                .map(|i| device(args.backend, i, args.devices))
-                .collect();
+            let devices = args.hardware.devices();
             let mut model = ModelConfig::default_for(&args.family)
                 .with_context(|| format!("unknown family {}", args.family))?;
             if let Some(latent) = args.latent {
