@@ -1,0 +1,67 @@
+//! Data-parallel training (`--devices`) against one device.
+//!
+//! In a test binary of its own: Burn's CPU device has one random generator for the process, and
+//! the tests of one binary run on parallel threads, so a test training next to this one would
+//! draw from it between this test's seeding and its model's initialisation, and the runs compared
+//! here would not start from the same weights.
+
+use burn::prelude::*;
+use trainer::{
+    data::{Mnist, Split, bundled_dir},
+    model::ModelConfig,
+    run::TrainingConfig,
+    training::{self, Progress},
+};
+
+/// Data parallel training (`--devices`): each batch split between two devices whose weighted
+/// gradients are added on the first. On the CPU the "two devices" are the same one, so the run
+/// must match the single-device run up to float summation order: same losses after an epoch of
+/// optimizer steps. (Several GPUs take the same code path; none here.)
+#[test]
+fn two_devices_train_like_one() {
+    let model = ModelConfig::default_for("conv-ae").expect("a known family");
+    let config = TrainingConfig::new(model)
+        .with_epochs(1)
+        .with_batch_size(64)
+        .with_train_subset(Some(1024))
+        .with_test_subset(Some(128));
+    let metrics = |devices: &[Device]| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut epochs = Vec::new();
+        training::train(&config, &bundled_dir(), dir.path(), devices, |p| {
+            if let Progress::Epoch(m) = p {
+                epochs.push(*m);
+            }
+        })
+        .expect("trains");
+        epochs[0]
+    };
+    let one = metrics(&[Device::flex()]);
+    let two = metrics(&[Device::flex(), Device::flex()]);
+    // An odd split (the last shard smaller) takes the same path.
+    let three = metrics(&[Device::flex(), Device::flex(), Device::flex()]);
+    for other in [two, three] {
+        for (a, b) in [
+            (one.train_loss, other.train_loss),
+            (one.test_loss, other.test_loss),
+        ] {
+            assert!((a - b).abs() <= 1e-4 * a.abs(), "{one:?}\nvs\n{other:?}");
+        }
+    }
+    // And training did something (the comparison is not between two untouched models).
+    let untrained = {
+        let device = Device::flex();
+        device.seed(config.seed);
+        let model = config.model.init(&device);
+        let mut test = Mnist::load(&bundled_dir(), Split::Test).expect("bundled MNIST");
+        test.truncate(128);
+        training::evaluate_images(&model, &config.model, &test, 64, &device)
+            .expect("evaluates")
+            .loss
+    };
+    assert!(
+        one.test_loss < untrained,
+        "{} vs {untrained}",
+        one.test_loss
+    );
+}
