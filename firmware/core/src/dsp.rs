@@ -142,6 +142,29 @@ fn no_low<const N: usize>(requant: &[[u32; 4]; N]) -> bool {
     requant.iter().all(|r| (r[3] >> 8) & 0xff == 0x80)
 }
 
+/// The bounds every kernel checks once per grid before its loops: each step reads `rows` tap rows
+/// `stride` quads apart, `span` quads from its first quad (its taps' `quads` per row, plus the
+/// other pixels of a group), all inside the `x_len` input quads; the `rows x quads` weight blocks
+/// exist in the `w_len` given; and the bytes from one row's end to the next row's start fit the
+/// loops' 32-bit register. Checked arithmetic throughout.
+fn reads_fit(
+    grid: &Grid,
+    (stride, rows, quads): (usize, usize, usize),
+    span: usize,
+    (x_len, w_len): (usize, usize),
+) -> bool {
+    rows > 0
+        && quads > 0
+        && stride >= quads
+        && grid
+            .x_end((stride, rows, span))
+            .is_some_and(|end| end <= x_len)
+        && rows.checked_mul(quads).is_some_and(|n| n <= w_len)
+        && stride
+            .checked_mul(4)
+            .is_some_and(|bytes| u32::try_from(bytes).is_ok())
+}
+
 /// Sign-extends bytes 0 and 2 of `x` into two 16-bit lanes: `(x0, x2)`.
 #[inline(always)]
 pub(crate) fn sxtb16(x: u32) -> u32 {
@@ -201,15 +224,7 @@ pub(crate) fn run_4ch(
     init: [i32; 4],
     mut finish: impl FnMut(usize, [i32; 4]),
 ) {
-    let x_end = grid.x_end((stride, rows, quads));
-    let fits = rows > 0
-        && quads > 0
-        && stride >= quads
-        && x_end.is_some_and(|end| end <= x.len())
-        && rows.checked_mul(quads).is_some_and(|n| n <= w.len())
-        && stride
-            .checked_mul(4)
-            .is_some_and(|bytes| u32::try_from(bytes).is_ok());
+    let fits = reads_fit(grid, (stride, rows, quads), quads, (x.len(), w.len()));
     if !fits {
         grid.steps().for_each(|(_, out)| finish(out, init));
         return;
@@ -242,17 +257,8 @@ pub(crate) fn run_4ch_store(
     requant: &[[u32; 4]; 4],
     out: &mut [i8],
 ) -> bool {
-    let x_end = grid.x_end((stride, rows, quads));
-    let out_end = grid.out_end(4);
-    let fits = rows > 0
-        && quads > 0
-        && stride >= quads
-        && x_end.is_some_and(|end| end <= x.len())
-        && out_end.is_some_and(|end| end <= out.len())
-        && rows.checked_mul(quads).is_some_and(|n| n <= w.len())
-        && stride
-            .checked_mul(4)
-            .is_some_and(|bytes| u32::try_from(bytes).is_ok())
+    let fits = reads_fit(grid, (stride, rows, quads), quads, (x.len(), w.len()))
+        && grid.out_end(4).is_some_and(|end| end <= out.len())
         && (w.as_ptr() as usize).is_multiple_of(4);
     if !fits {
         return false;
@@ -383,15 +389,9 @@ pub(crate) fn run_pixels<const QS: usize>(
     mut finish: impl FnMut(usize, [i32; 4]),
 ) {
     // The group's last pixel reads up to 3 * QS quads after its first.
-    let x_end = grid.x_end((stride, rows, quads + 3 * QS));
-    let fits = rows > 0
-        && quads > 0
-        && stride >= quads
-        && x_end.is_some_and(|end| end <= x.len())
-        && rows.checked_mul(quads).is_some_and(|n| n <= w.len())
-        && stride
-            .checked_mul(4)
-            .is_some_and(|bytes| u32::try_from(bytes).is_ok());
+    let span = quads.checked_add(3 * QS);
+    let fits =
+        span.is_some_and(|span| reads_fit(grid, (stride, rows, quads), span, (x.len(), w.len())));
     if !fits {
         grid.steps().for_each(|(_, out)| finish(out, [init; 4]));
         return;
@@ -481,20 +481,15 @@ pub(crate) fn run_pixels_store<const QS: usize>(
     (requant, table): (&[u32; 4], &[u8; 256]),
     out: &mut [u8],
 ) -> bool {
-    let x_end = grid.x_end((stride, rows, quads + 3 * QS));
-    // A group writes its last pixel 3 pixel steps after its first.
+    // A group's last pixel reads up to 3 * QS quads after its first, and is written 3 pixel
+    // steps after its first.
+    let span = quads.checked_add(3 * QS);
     let out_end = pixel_step
         .checked_mul(3)
         .and_then(|last| grid.out_end(last.checked_add(1)?));
-    let fits = rows > 0
-        && quads > 0
-        && stride >= quads
-        && x_end.is_some_and(|end| end <= x.len())
+    let fits = span
+        .is_some_and(|span| reads_fit(grid, (stride, rows, quads), span, (x.len(), w.len())))
         && out_end.is_some_and(|end| end <= out.len())
-        && rows.checked_mul(quads).is_some_and(|n| n <= w.len())
-        && stride
-            .checked_mul(4)
-            .is_some_and(|bytes| u32::try_from(bytes).is_ok())
         && u32::try_from(pixel_step).is_ok()
         && (w.as_ptr() as usize).is_multiple_of(4)
         && no_low(&[*requant]);
