@@ -17,6 +17,14 @@ stage() {
 mkdir -p target
 : > target/stage-times.txt
 
+# A cold build of every stage needs about 8 GB under target/ (BENCHMARKS.md, CI section); say so
+# up front rather than failing with a linker's "No space left on device" half an hour in.
+free_kb=$(df -Pk target | awk 'NR == 2 { print $4 }')
+echo "disk: $((free_kb / 1024 / 1024)) GiB free for target/"
+if [ "$free_kb" -lt $((10 * 1024 * 1024)) ]; then
+  echo "warning: less than 10 GiB free; a cold build may run out of disk" >&2
+fi
+
 stage "install dependencies"
 scripts/deps.sh
 ORT_DYLIB_PATH=$(python3 -c 'import onnxruntime, glob, os; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])')
