@@ -542,7 +542,7 @@ fn pixel_block_run<const QS: usize>(
     if let Sink::Pixels(out, table) = sink
         && let Ok(table) = <&[u8; 256]>::try_from(&table[..])
         && let Some([packed]) = Requant::packed(&[*requant])
-        && crate::dsp::run_pixels_store::<QS>(
+        && crate::dsp::run_pixels_store::<QS, PIXEL_BLOCK>(
             x,
             (grid, pixel_step),
             taps,
@@ -581,6 +581,37 @@ fn pixel_block_run<const QS: usize>(
             finish(at, acc);
         }
     }
+}
+
+/// The pairs of neighbouring output pixels of `grid` (a step is a pair), as
+/// [`pixel_block_run`]'s groups but two pixels each, on the Armv7E-M DSP kernel for the last
+/// layer; `false`, having done nothing, where that kernel does not apply (then the caller takes
+/// the pixels one at a time).
+fn pixel_pair_run<const QS: usize>(
+    x: &[[i8; 4]],
+    (grid, pixel_step): (&Grid, usize),
+    taps: (usize, usize, usize),
+    w: &[[u8; 8]],
+    (init, requant): (i32, &Requant),
+    sink: &mut Sink,
+) -> bool {
+    #[cfg(arm_dsp)]
+    if let Sink::Pixels(out, table) = sink
+        && let Ok(table) = <&[u8; 256]>::try_from(&table[..])
+        && let Some([packed]) = Requant::packed(&[*requant])
+    {
+        return crate::dsp::run_pixels_store::<QS, 2>(
+            x,
+            (grid, pixel_step),
+            taps,
+            w,
+            init,
+            (&packed, table),
+            out,
+        );
+    }
+    let _ = (x, grid, pixel_step, taps, w, init, requant, sink);
+    false
 }
 
 /// The output pixels of one phase for the block of `N` channels starting at `o`, whose folded
@@ -650,7 +681,14 @@ fn phase_block<const N: usize>(
         // This output row and the following ones that read the same tap rows (all of them, in
         // the interior) share their start and one kernel call.
         let rows = tap_rows(k);
-        let lines = (k..rows_out).take_while(|&k| tap_rows(k) == rows).count();
+        let lines = if rows == (0..sy) {
+            // Every tap row inside the input: so for each output row up to the last whose
+            // taps end at the input's last row (`start(k) + sy <= h`, `start(k) = k + base`).
+            let last = input.h as isize - sy as isize - ay.base;
+            (last + 1 - k as isize).clamp(1, (rows_out - k) as isize) as usize
+        } else {
+            (k..rows_out).take_while(|&k| tap_rows(k) == rows).count()
+        };
         // The bias plus what the rows outside the input contribute.
         let mut init = bias;
         for (dy, sums) in padding_rows.iter().enumerate().take(sy) {
@@ -714,6 +752,25 @@ fn phase_block<const N: usize>(
                 _ => pixel_block_run::<4>(x, grid, taps, w, finish, sink),
             }
             done = groups * PIXEL_BLOCK;
+            // A row's last two pixels, when the width leaves them (the MNIST decoders' 14
+            // columns per phase), as one pair per row.
+            if columns - done >= 2 {
+                let pairs = Grid {
+                    count: 1,
+                    lines,
+                    x: (x_at / 4 + done * c / 4, 2 * c / 4, stride / 4),
+                    out: (out_at + done * out_step, 2 * out_step, out_line),
+                };
+                let (grid, finish) = ((&pairs, out_step), (init[0], &requant[0]));
+                let paired = match c {
+                    4 => pixel_pair_run::<1>(x, grid, taps, w, finish, sink),
+                    8 => pixel_pair_run::<2>(x, grid, taps, w, finish, sink),
+                    _ => pixel_pair_run::<4>(x, grid, taps, w, finish, sink),
+                };
+                if paired {
+                    done += 2;
+                }
+            }
         }
         // The rest one pixel at a time.
         for line in 0..lines {

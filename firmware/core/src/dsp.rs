@@ -11,6 +11,10 @@
 //!   Input quads sit in the byte arena, so their `ldr`s may be unaligned, which the Cortex-M4
 //!   allows (the reset default, `CCR.UNALIGN_TRP = 0`); `ldrd` is used only on weights whose
 //!   4-byte alignment is checked. The loops need 12 allocatable registers (r9 included).
+//! - The fixed-register kernels (`run_4ch_store_r2_asm!`, [`run_pixels_store_c16`]) name r0-r5
+//!   and r8-r12, lr themselves, to load two channels' weights with one `ldm` (whose registers
+//!   must ascend) or to keep four weight pairs live; they park the parameters' address on the
+//!   stack (8 bytes, popped before they end) while their taps use every register.
 #![allow(unsafe_code)]
 
 use core::arch::asm;
@@ -31,12 +35,36 @@ macro_rules! taps_4ch {
             "ldrd {t}, {u}, [{pw}], #8\n smlad {a2}, {e}, {t}, {a2}\n smlad {a2}, {o}, {u}, {a2}\n",
             "ldrd {t}, {u}, [{pw}], #8\n smlad {a3}, {e}, {t}, {a3}\n smlad {a3}, {o}, {u}, {a3}\n")
     };
+    // As `(ldrd)`, with the row counter `prm[2]` first reset from `prm[3]`.
+    (ldrd, reset) => {
+        concat!("ldr {n}, [{prm}, #12]\n str {n}, [{prm}, #8]\n", taps_4ch!(ldrd))
+    };
     (ldr) => {
         taps_4ch!(@rows
             "ldr {t}, [{pw}], #4\n smlad {a0}, {e}, {t}, {a0}\n ldr {t}, [{pw}], #4\n smlad {a0}, {o}, {t}, {a0}\n",
             "ldr {t}, [{pw}], #4\n smlad {a1}, {e}, {t}, {a1}\n ldr {t}, [{pw}], #4\n smlad {a1}, {o}, {t}, {a1}\n",
             "ldr {t}, [{pw}], #4\n smlad {a2}, {e}, {t}, {a2}\n ldr {t}, [{pw}], #4\n smlad {a2}, {o}, {t}, {a2}\n",
             "ldr {t}, [{pw}], #4\n smlad {a3}, {e}, {t}, {a3}\n ldr {t}, [{pw}], #4\n smlad {a3}, {o}, {t}, {a3}\n")
+    };
+    // Rows of exactly four quads (8 input channels x 2 taps: the MNIST decoders' upsampled
+    // convs), unrolled: `{n}` counts the rows (from `prm[3]`) instead of the quads. 15
+    // instructions per 16 multiply-accumulates, 4 more per row.
+    (ldrd, q4) => {
+        concat!(
+            "ldr {n}, [{prm}, #12]\n",
+            "2:\n",
+            taps_4ch!(@quad ldrd), taps_4ch!(@quad ldrd), taps_4ch!(@quad ldrd), taps_4ch!(@quad ldrd),
+            "ldr {t}, [{prm}, #4]\n add {px}, {px}, {t}\n subs {n}, {n}, #1\n bne 2b\n",
+        )
+    };
+    (@quad ldrd) => {
+        concat!(
+            "ldr {t}, [{px}], #4\n sxtb16 {e}, {t}\n sxtb16 {o}, {t}, ror #8\n",
+            "ldrd {t}, {u}, [{pw}], #8\n smlad {a0}, {e}, {t}, {a0}\n smlad {a0}, {o}, {u}, {a0}\n",
+            "ldrd {t}, {u}, [{pw}], #8\n smlad {a1}, {e}, {t}, {a1}\n smlad {a1}, {o}, {u}, {a1}\n",
+            "ldrd {t}, {u}, [{pw}], #8\n smlad {a2}, {e}, {t}, {a2}\n smlad {a2}, {o}, {u}, {a2}\n",
+            "ldrd {t}, {u}, [{pw}], #8\n smlad {a3}, {e}, {t}, {a3}\n smlad {a3}, {o}, {u}, {a3}\n",
+        )
     };
     (@rows $c0:literal, $c1:literal, $c2:literal, $c3:literal) => {
         concat!(
@@ -51,17 +79,26 @@ macro_rules! taps_4ch {
 }
 
 /// The tap rows of four neighbouring pixels of one channel, `{p1}`, `{p2}`, `{p3}` bytes after
-/// the first: each weight block loaded once (`ldrd`, or two `ldr`) for the four.
+/// the first: each weight block loaded once (`ldrd`, or two `ldr`) for the four. `(ldrd, 2)`:
+/// the first two pixels only (a row's last pair when its width is not a multiple of four).
 macro_rules! taps_4px {
-    (ldrd) => { taps_4px!(@rows "ldrd {t}, {u}, [{pw}], #8\n") };
-    (ldr) => { taps_4px!(@rows "ldr {t}, [{pw}], #4\n ldr {u}, [{pw}], #4\n") };
-    (@rows $weights:literal) => {
+    (ldrd) => { taps_4px!(@rows "ldrd {t}, {u}, [{pw}], #8\n", concat!(
+        taps_4px!(@pixel "[{px}, #{p1}]", "{a1}"),
+        taps_4px!(@pixel "[{px}, #{p2}]", "{a2}"),
+        taps_4px!(@pixel "[{px}, #{p3}]", "{a3}"),
+    )) };
+    (ldrd, 2) => { taps_4px!(@rows "ldrd {t}, {u}, [{pw}], #8\n",
+        taps_4px!(@pixel "[{px}, #{p1}]", "{a1}")) };
+    (ldr) => { taps_4px!(@rows "ldr {t}, [{pw}], #4\n ldr {u}, [{pw}], #4\n", concat!(
+        taps_4px!(@pixel "[{px}, #{p1}]", "{a1}"),
+        taps_4px!(@pixel "[{px}, #{p2}]", "{a2}"),
+        taps_4px!(@pixel "[{px}, #{p3}]", "{a3}"),
+    )) };
+    (@rows $weights:literal, $others:expr) => {
         concat!(
             "2:\n ldr {n}, [{prm}]\n",
             "3:\n", $weights,
-            taps_4px!(@pixel "[{px}, #{p1}]", "{a1}"),
-            taps_4px!(@pixel "[{px}, #{p2}]", "{a2}"),
-            taps_4px!(@pixel "[{px}, #{p3}]", "{a3}"),
+            $others,
             taps_4px!(@pixel "[{px}], #4", "{a0}"),
             "subs {n}, {n}, #1\n bne 3b\n",
             "ldr {t}, [{prm}, #4]\n add {px}, {px}, {t}\n",
@@ -77,21 +114,26 @@ macro_rules! taps_4px {
 }
 
 /// Requantizes accumulator `$acc` into `{u}` (int8, sign-extended) with the constants at
-/// `{px} + $at` (`decoder::Requant::packed`): the 64-bit rounding constant, the multiplier,
+/// `$base + $at` (`decoder::Requant::packed`): the 64-bit rounding constant, the multiplier,
 /// `k | low << 8`. Nine instructions with the two loads; five when `low` is -128 (`no_low`: no
 /// ReLU, or a ReLU whose zero point is -128, where the saturation alone clamps).
 macro_rules! requantize {
-    ($acc:literal, $at:literal, $at8:literal) => {
+    ($base:literal, $acc:literal, $at:literal, $at8:literal) => {
         concat!(
-            requantize!($acc, $at, $at8, no_low),
+            requantize!($base, $acc, $at, $at8, no_low),
             "sxtb {o}, {o}, ror #8\n cmp {u}, {o}\n it lt\n movlt {u}, {o}\n",
         )
     };
-    ($acc:literal, $at:literal, $at8:literal, no_low) => {
+    ($base:literal, $acc:literal, $at:literal, $at8:literal, no_low) => {
         concat!(
-            "ldrd {t}, {u}, [{px}, #",
+            "ldrd {t}, {u}, [",
+            $base,
+            ", #",
             $at,
-            "]\n ldrd {e}, {o}, [{px}, #",
+            "]\n",
+            "ldrd {e}, {o}, [",
+            $base,
+            ", #",
             $at8,
             "]\n",
             "smlal {t}, {u}, ",
@@ -101,37 +143,138 @@ macro_rules! requantize {
     };
 }
 
-/// The assembly of one pixel of [`run_4ch_store`]: the taps, then the requantization (the
-/// `no_low` form when given, see `requantize!`) and the store of its four channels. Expands to
-/// an `asm!` statement, so it must sit inside `unsafe`.
+/// The assembly of [`run_4ch_store`] for one line of its grid: for each pixel, the accumulators
+/// from `init`, the taps (`taps_4ch!` with `$taps`), the requantization (the `no_low` form when given, see `requantize!`) and the store
+/// of its four channels, then the next pixel. The constants are in `prm` as laid out there.
+/// Expands to an `asm!` statement, so it must sit inside `unsafe`.
 macro_rules! run_4ch_store_asm {
-    ($px:ident, $pw:ident, $prm:ident, [$a0:ident, $a1:ident, $a2:ident, $a3:ident] $(, $low:tt)?) => {
+    ($taps:tt; $px:ident, $prm:ident $(, $low:tt)?) => {
         asm!(
-            taps_4ch!(ldrd),
-            // Requantize and store: px <- the constants, pw <- the outputs.
-            "ldr {px}, [{prm}, #12]",
+            "1:",
+            "ldr {a0}, [{prm}, #36]\n ldr {a1}, [{prm}, #40]",
+            "ldr {a2}, [{prm}, #44]\n ldr {a3}, [{prm}, #48]",
             "ldr {pw}, [{prm}, #16]",
-            requantize!("{a0}", 0, 8 $(, $low)?),
+            taps_4ch! $taps,
+            // px: to the next pixel's first quad; pw: to this pixel's outputs.
+            "ldr {t}, [{prm}, #28]\n add {px}, {px}, {t}\n ldr {pw}, [{prm}, #20]",
+            requantize!("{prm}", "{a0}", 64, 72 $(, $low)?),
             "strb {u}, [{pw}]",
-            requantize!("{a1}", 16, 24 $(, $low)?),
+            requantize!("{prm}", "{a1}", 80, 88 $(, $low)?),
             "strb {u}, [{pw}, #1]",
-            requantize!("{a2}", 32, 40 $(, $low)?),
+            requantize!("{prm}", "{a2}", 96, 104 $(, $low)?),
             "strb {u}, [{pw}, #2]",
-            requantize!("{a3}", 48, 56 $(, $low)?),
+            requantize!("{prm}", "{a3}", 112, 120 $(, $low)?),
             "strb {u}, [{pw}, #3]",
+            "ldr {t}, [{prm}, #24]\n add {pw}, {pw}, {t}\n str {pw}, [{prm}, #20]",
+            "ldr {n}, [{prm}, #32]\n subs {n}, {n}, #1\n str {n}, [{prm}, #32]\n bne 1b",
             px = inout(reg) $px => _,
-            pw = inout(reg) $pw => _,
+            pw = out(reg) _,
             prm = in(reg) $prm,
             n = out(reg) _,
-            a0 = inout(reg) $a0 => _,
-            a1 = inout(reg) $a1 => _,
-            a2 = inout(reg) $a2 => _,
-            a3 = inout(reg) $a3 => _,
+            a0 = out(reg) _,
+            a1 = out(reg) _,
+            a2 = out(reg) _,
+            a3 = out(reg) _,
             t = out(reg) _,
             u = out(reg) _,
             e = out(reg) _,
             o = out(reg) _,
             options(nostack),
+        )
+    };
+}
+
+/// `asm!` with the operands of the fixed-register kernels: r3 holds the parameters' address
+/// and r4 the input pointer on entry; every free register is clobbered. Not `nostack`: they
+/// push.
+macro_rules! asm_fixed {
+    ($px:ident, $prm:ident; $($template:expr),+ $(,)?) => {
+        asm!(
+            $($template),+,
+            inout("r3") $prm => _,
+            inout("r4") $px => _,
+            out("r0") _,
+            out("r1") _,
+            out("r2") _,
+            out("r5") _,
+            out("r8") _,
+            out("r9") _,
+            out("r10") _,
+            out("r11") _,
+            out("r12") _,
+            out("lr") _,
+        )
+    };
+}
+
+/// One quad of the two-row kernel ([`run_4ch_store`] with 2 rows of 4 quads) in fixed
+/// registers: the quad at r4 split into r8 (even lanes) and r9 (odd lanes), the four channels'
+/// weights loaded two channels per `ldm` into r0..r3 from r5, accumulated into r10, r11, r12
+/// and lr. 13 instructions per 16 multiply-accumulates.
+macro_rules! quad_r2 {
+    () => {
+        concat!(
+            "ldr r0, [r4], #4\n sxtb16 r8, r0\n sxtb16 r9, r0, ror #8\n",
+            "ldm r5!, {{r0-r3}}\n",
+            "smlad r10, r8, r0, r10\n smlad r10, r9, r1, r10\n",
+            "smlad r11, r8, r2, r11\n smlad r11, r9, r3, r11\n",
+            "ldm r5!, {{r0-r3}}\n",
+            "smlad r12, r8, r0, r12\n smlad r12, r9, r1, r12\n",
+            "smlad lr, r8, r2, lr\n smlad lr, r9, r3, lr\n",
+        )
+    };
+}
+
+/// `requantize!` for the two-row kernel's fixed registers: accumulator `$acc`, constants at
+/// r3 + `$at`, result in r1.
+macro_rules! requantize_r2 {
+    ($acc:literal, $at:literal, $at8:literal) => {
+        concat!(
+            requantize_r2!($acc, $at, $at8, no_low),
+            "sxtb r9, r9, ror #8\n cmp r1, r9\n it lt\n movlt r1, r9\n",
+        )
+    };
+    ($acc:literal, $at:literal, $at8:literal, no_low) => {
+        concat!(
+            "ldrd r0, r1, [r3, #",
+            $at,
+            "]\n ldrd r8, r9, [r3, #",
+            $at8,
+            "]\n",
+            "smlal r0, r1, ",
+            $acc,
+            ", r8\n asr r1, r1, r9\n ssat r1, #8, r1\n",
+        )
+    };
+}
+
+/// [`run_4ch_store_asm!`] for pixels of exactly 2 tap rows of 4 quads (the interior rows of the
+/// MNIST decoders' upsampled convs), with the rows unrolled and fixed registers, so that the
+/// weights of two channels come in one `ldm`: the parameters' address (r3) and the bytes between
+/// the rows are kept on the stack while the taps use every free register. Same parameters.
+macro_rules! run_4ch_store_r2_asm {
+    ($px:ident, $prm:ident $(, $low:tt)?) => {
+        asm_fixed!($px, $prm;
+            "ldr r0, [r3, #4]\n push {{r0, r3}}",
+            "1:",
+            "ldr r10, [r3, #36]\n ldr r11, [r3, #40]\n ldr r12, [r3, #44]\n ldr lr, [r3, #48]",
+            "ldr r5, [r3, #16]",
+            quad_r2!(), quad_r2!(), quad_r2!(), quad_r2!(),
+            "ldr r0, [sp]\n add r4, r4, r0",
+            quad_r2!(), quad_r2!(), quad_r2!(), quad_r2!(),
+            // r3: the parameters again; r4: to the next pixel's first quad; r5: to its outputs.
+            "ldr r3, [sp, #4]\n ldr r0, [r3, #28]\n add r4, r4, r0\n ldr r5, [r3, #20]",
+            requantize_r2!("r10", 64, 72 $(, $low)?),
+            "strb r1, [r5]",
+            requantize_r2!("r11", 80, 88 $(, $low)?),
+            "strb r1, [r5, #1]",
+            requantize_r2!("r12", 96, 104 $(, $low)?),
+            "strb r1, [r5, #2]",
+            requantize_r2!("lr", 112, 120 $(, $low)?),
+            "strb r1, [r5, #3]",
+            "ldr r0, [r3, #24]\n add r5, r5, r0\n str r5, [r3, #20]",
+            "ldr r0, [r3, #32]\n subs r0, r0, #1\n str r0, [r3, #32]\n bne 1b",
+            "add sp, sp, #8",
         )
     };
 }
@@ -163,6 +306,17 @@ fn reads_fit(
         && stride
             .checked_mul(4)
             .is_some_and(|bytes| u32::try_from(bytes).is_ok())
+}
+
+/// Whether the kernels whose loop over a line's steps runs in the assembly can count it in
+/// 32-bit words: the step count, the output step and the input step in bytes.
+fn line_loop_fits(grid: &Grid) -> bool {
+    let ((_, x_step, _), (_, out_step, _)) = (grid.x, grid.out);
+    u32::try_from(grid.count).is_ok()
+        && u32::try_from(out_step).is_ok()
+        && x_step
+            .checked_mul(4)
+            .is_some_and(|b| u32::try_from(b).is_ok())
 }
 
 /// Sign-extends bytes 0 and 2 of `x` into two 16-bit lanes: `(x0, x2)`.
@@ -247,7 +401,10 @@ pub(crate) fn run_4ch(
 /// Per output value: two `ldrd`, `smlal`, `asr`, `ssat`, a store, and when some channel's lowest
 /// output is above -128 (a ReLU whose zero point is not -128) `sxtb`, a compare and a
 /// conditional move: 6 or 10 instructions, where the compiled requantization took ~21 with its
-/// constants reloaded from the stack.
+/// constants reloaded from the stack. The pixel loop runs in the assembly too (15 instructions
+/// per pixel where the compiled loop took 29). Rows of exactly 4 quads run unrolled
+/// (`taps_4ch!(ldrd, q4)`), and pixels of exactly 2 such rows on the fixed-register kernel
+/// (`run_4ch_store_r2_asm!`: 13 instructions per 16 multiply-accumulates).
 pub(crate) fn run_4ch_store(
     x: &[[i8; 4]],
     grid: &Grid,
@@ -257,42 +414,62 @@ pub(crate) fn run_4ch_store(
     requant: &[[u32; 4]; 4],
     out: &mut [i8],
 ) -> bool {
+    let (_, x_step, _) = grid.x;
+    let (_, out_step, _) = grid.out;
     let fits = reads_fit(grid, (stride, rows, quads), quads, (x.len(), w.len()))
         && grid.out_end(4).is_some_and(|end| end <= out.len())
-        && (w.as_ptr() as usize).is_multiple_of(4);
+        && (w.as_ptr() as usize).is_multiple_of(4)
+        && line_loop_fits(grid);
     if !fits {
         return false;
     }
-    // The row loop's constants (as in `run_4ch_checked`), then where the requantization
-    // constants are and where this pixel's outputs go (32-bit pointers: Armv7E-M only).
+    if grid.count == 0 {
+        return true;
+    }
+    // What the assembly reads (and counts down) at `prm`, as 32-bit words (pointers are 32-bit:
+    // Armv7E-M only): 0 quads per row, 1 bytes from a row's end to the next row's start, 2 rows
+    // left (the general taps count down), 3 rows, 4 the weights, 5 the next pixel's outputs, 6
+    // bytes between pixels' outputs, 7 bytes from where the taps leave the input pointer to the
+    // next pixel's first quad (a wrapping difference), 8 pixels left in the line, 9..=12 `init`,
+    // 16..32 `requant` (byte 64).
+    let mut params = [0u32; 32];
+    params[0] = quads as u32;
+    params[1] = ((stride - quads) * 4) as u32;
+    params[3] = rows as u32;
+    params[4] = w.as_ptr() as usize as u32;
+    params[6] = out_step as u32;
+    // The taps move the input pointer by `rows * stride` quads, but for the unrolled two rows
+    // (no step after the last row; no overflow: `reads_fit`).
+    let two_rows = quads == 4 && rows == 2;
+    let moved = rows * stride * 4 - if two_rows { (stride - quads) * 4 } else { 0 };
+    params[7] = ((x_step * 4) as u32).wrapping_sub(moved as u32);
+    for (p, &a) in params[9..13].iter_mut().zip(&init) {
+        *p = a as u32;
+    }
+    params[16..].copy_from_slice(requant.as_flattened());
     let clamp_low = !no_low(requant);
-    let mut params: [u32; 5] = [
-        quads as u32,
-        ((stride - quads) * 4) as u32,
-        rows as u32,
-        requant.as_ptr() as usize as u32,
-        0,
-    ];
     for l in 0..grid.lines {
-        for p in 0..grid.count {
-            let (x_at, out_at) = grid.step(l, p);
-            params[2] = rows as u32;
-            params[4] = out.as_mut_ptr().wrapping_add(out_at) as usize as u32;
-            let [a0, a1, a2, a3] = init;
-            let px = x.as_ptr().wrapping_add(x_at);
-            let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
-            // SAFETY: the checks above: every quad the pixel reads lies in `x` (row `r`: `quads`
-            // quads from `x_at + r * stride`), the first `rows * quads` weight blocks exist and
-            // are 4-byte aligned for `ldrd` (32-byte blocks), the four bytes written lie in `out`
-            // (`out_at + 3 < out.len()`, `out_end`), and `requant` is 64 readable,
-            // 4-byte-aligned bytes. Writes `params[2]` (a local) and those four bytes of `out`,
-            // which nothing else borrows while the asm runs. Flags are clobbered.
-            unsafe {
-                if clamp_low {
-                    run_4ch_store_asm!(px, pw, prm, [a0, a1, a2, a3]);
-                } else {
-                    run_4ch_store_asm!(px, pw, prm, [a0, a1, a2, a3], no_low);
-                }
+        let (x_at, out_at) = grid.step(l, 0);
+        params[5] = out.as_mut_ptr().wrapping_add(out_at) as usize as u32;
+        params[8] = grid.count as u32;
+        let px = x.as_ptr().wrapping_add(x_at);
+        let prm = params.as_mut_ptr();
+        // SAFETY: the checks above: every quad a pixel of the line reads lies in `x` (row `r`:
+        // `quads` quads from `x_at + p x_step + r stride`), the first `rows * quads` weight
+        // blocks exist and are 4-byte aligned for `ldrd` (32-byte blocks), the four bytes each
+        // pixel writes lie in `out` (`out_end`), and the line has at least one pixel (the loop
+        // tests its count after a pixel). `params` is 128 readable, aligned bytes; the assembly
+        // writes its words 2, 5 and 8 (a local) and those bytes of `out`, which nothing else
+        // borrows while it runs, and (the two-row kernel) 8 bytes below the stack pointer, which
+        // it restores. Flags are clobbered.
+        unsafe {
+            match (quads == 4, clamp_low) {
+                (true, true) if two_rows => run_4ch_store_r2_asm!(px, prm),
+                (true, false) if two_rows => run_4ch_store_r2_asm!(px, prm, no_low),
+                (true, true) => run_4ch_store_asm!((ldrd, q4); px, prm),
+                (true, false) => run_4ch_store_asm!((ldrd, q4); px, prm, no_low),
+                (false, true) => run_4ch_store_asm!((ldrd, reset); px, prm),
+                (false, false) => run_4ch_store_asm!((ldrd, reset); px, prm, no_low),
             }
         }
     }
@@ -465,14 +642,208 @@ pub(crate) fn run_pixels<const QS: usize>(
     }
 }
 
+/// Requantizes accumulator `$acc` of [`run_pixels_store`], looks it up in the sigmoid table
+/// (`{n}`: its middle) and stores it at `{pw}`, which then steps to the next pixel (by `{prm}`)
+/// unless this is the group's `last` pixel.
+macro_rules! store_pixel {
+    ($acc:literal) => {
+        concat!(store_pixel!($acc, last), "add {pw}, {pw}, {prm}\n")
+    };
+    ($acc:literal, last) => {
+        concat!(
+            requantize!("{px}", $acc, 0, 8, no_low),
+            "ldrb {u}, [{n}, {u}]\n strb {u}, [{pw}]\n",
+        )
+    };
+}
+
+/// One quad `q` of both taps of a row of the two-tap, 16-channel kernel
+/// ([`run_pixels_store_c16`]) in fixed registers: the two taps' weights for channels `4q..4q+4`
+/// (r0, r1 and r2, r3; from r5 + `$w0`, + `$w1`), then the quad `q` of the five input columns
+/// the group's four pixels read (r4 + `$x0`.. + `$x4`, split into r8 and r9), each column feeding
+/// the pixel whose first tap it is and the one whose second tap it is. Accumulators r10, r11,
+/// r12, lr. 33 instructions per 32 multiply-accumulates.
+macro_rules! quad_c16 {
+    ($w0:literal, $w1:literal, $x0:literal, $x1:literal, $x2:literal, $x3:literal, $x4:literal) => {
+        concat!(
+            "ldrd r0, r1, [r5, #", $w0, "]\n ldrd r2, r3, [r5, #", $w1, "]\n",
+            quad_c16!(@column $x0), quad_c16!(@mac "r10", "r0", "r1"),
+            quad_c16!(@column $x1), quad_c16!(@mac "r11", "r0", "r1"), quad_c16!(@mac "r10", "r2", "r3"),
+            quad_c16!(@column $x2), quad_c16!(@mac "r12", "r0", "r1"), quad_c16!(@mac "r11", "r2", "r3"),
+            quad_c16!(@column $x3), quad_c16!(@mac "lr", "r0", "r1"), quad_c16!(@mac "r12", "r2", "r3"),
+            quad_c16!(@column $x4), quad_c16!(@mac "lr", "r2", "r3"),
+        )
+    };
+    // The first two pixels only (a row's last pair): three input columns.
+    (pair; $w0:literal, $w1:literal, $x0:literal, $x1:literal, $x2:literal) => {
+        concat!(
+            "ldrd r0, r1, [r5, #", $w0, "]\n ldrd r2, r3, [r5, #", $w1, "]\n",
+            quad_c16!(@column $x0), quad_c16!(@mac "r10", "r0", "r1"),
+            quad_c16!(@column $x1), quad_c16!(@mac "r11", "r0", "r1"), quad_c16!(@mac "r10", "r2", "r3"),
+            quad_c16!(@column $x2), quad_c16!(@mac "r11", "r2", "r3"),
+        )
+    };
+    (@column $x:literal) => {
+        concat!("ldr r8, [r4, #", $x, "]\n sxtb16 r9, r8, ror #8\n sxtb16 r8, r8\n")
+    };
+    (@mac $acc:literal, $even:literal, $odd:literal) => {
+        concat!(
+            "smlad ", $acc, ", r8, ", $even, ", ", $acc, "\n",
+            "smlad ", $acc, ", r9, ", $odd, ", ", $acc, "\n",
+        )
+    };
+}
+
+/// A row of taps of [`run_pixels_store_c16`]: its four quads (`pair`: of a 2-pixel group).
+macro_rules! row_c16 {
+    () => {
+        concat!(
+            quad_c16!(0, 32, 0, 16, 32, 48, 64),
+            quad_c16!(8, 40, 4, 20, 36, 52, 68),
+            quad_c16!(16, 48, 8, 24, 40, 56, 72),
+            quad_c16!(24, 56, 12, 28, 44, 60, 76),
+        )
+    };
+    (pair) => {
+        concat!(
+            quad_c16!(pair; 0, 32, 0, 16, 32),
+            quad_c16!(pair; 8, 40, 4, 20, 36),
+            quad_c16!(pair; 16, 48, 8, 24, 40),
+            quad_c16!(pair; 24, 56, 12, 28, 44),
+        )
+    };
+}
+
+/// The assembly of [`run_pixels_store_c16`] for one line: `$init` sets the accumulators from
+/// r10, `$row` is `row_c16!` of the group's size, `$stores` the `store_c16!`s.
+macro_rules! run_c16_asm {
+    ($px:ident, $prm:ident; $init:literal, $row:expr, $stores:expr) => {
+        asm_fixed!($px, $prm;
+            "ldr r0, [r3]\n push {{r0, r3}}",
+            "1:",
+            "ldr r10, [r3, #24]",
+            $init,
+            "ldr r5, [r3, #4]",
+            $row,
+            "ldr r8, [sp]\n add r4, r4, r8\n add r5, r5, #64",
+            $row,
+            // r3: the parameters again; r4: to the next group's first quad; r5: to its
+            // outputs; r2: the table's middle; r8, r9: the multiplier and the shift.
+            "ldr r3, [sp, #4]\n ldr r0, [r3, #16]\n add r4, r4, r0",
+            "ldr r5, [r3, #8]\n ldr r2, [r3, #28]\n ldrd r8, r9, [r3, #48]",
+            $stores,
+            "ldr r5, [r3, #8]\n ldr r0, [r3, #12]\n add r5, r5, r0\n str r5, [r3, #8]",
+            "ldr r0, [r3, #20]\n subs r0, r0, #1\n str r0, [r3, #20]\n bne 1b",
+            "add sp, sp, #8",
+        )
+    };
+}
+
+/// Requantizes accumulator `$acc` of [`run_pixels_store_c16`] (rounding constant at r3 + 40,
+/// multiplier in r8, shift in r9), looks it up in the table (r2: its middle) and stores it at
+/// r5, which then steps to the next pixel unless this is the group's `last`.
+macro_rules! store_c16 {
+    ($acc:literal) => {
+        concat!(
+            store_c16!($acc, last),
+            "ldr r0, [r3, #32]\n add r5, r5, r0\n"
+        )
+    };
+    ($acc:literal, last) => {
+        concat!(
+            "ldrd r0, r1, [r3, #40]\n smlal r0, r1, ",
+            $acc,
+            ", r8\n",
+            "asr r1, r1, r9\n ssat r1, #8, r1\n ldrb r1, [r2, r1]\n strb r1, [r5]\n",
+        )
+    };
+}
+
+/// [`run_pixels_store`] for groups of `P` (4 or 2) pixels of a 16-channel input with 2 x 2 taps
+/// (the MNIST decoders' last layer, interior rows), once its checks passed: each input quad is split
+/// once for the two pixels that read it, the rows are unrolled, the group loop is in the
+/// assembly, and the registers are fixed (the parameters' address and the bytes between rows
+/// wait on the stack while the taps use every free register). `false`, having done nothing,
+/// when a count or step does not fit the assembly's 32-bit words.
+fn run_pixels_store_c16<const P: usize>(
+    x: &[[i8; 4]],
+    (grid, pixel_step): (&Grid, usize),
+    stride: usize,
+    w: &[[u8; 8]],
+    init: i32,
+    (requant, table): (&[u32; 4], &[u8; 256]),
+    out: &mut [u8],
+) -> bool {
+    let (_, x_step, _) = grid.x;
+    let (_, out_step, _) = grid.out;
+    if !line_loop_fits(grid) {
+        return false;
+    }
+    if grid.count == 0 {
+        return true;
+    }
+    // What the assembly reads (and counts down) at `prm`, as 32-bit words (pointers are 32-bit:
+    // Armv7E-M only): 0 bytes between input rows, 1 the weights, 2 the next group's first
+    // output, 3 bytes between groups' outputs, 4 bytes from where the taps leave the input
+    // pointer (one row down) to the next group's first quad (a wrapping difference), 5 groups
+    // left in the line, 6 `init`, 7 the table's middle, 8 the step between a group's outputs,
+    // 10..14 `requant`.
+    let mut params = [0u32; 14];
+    params[0] = (stride * 4) as u32;
+    params[1] = w.as_ptr() as usize as u32;
+    params[3] = out_step as u32;
+    params[4] = ((x_step * 4) as u32).wrapping_sub((stride * 4) as u32);
+    params[6] = init as u32;
+    params[7] = table.as_ptr().wrapping_add(128) as usize as u32;
+    params[8] = pixel_step as u32;
+    params[10..].copy_from_slice(requant);
+    for l in 0..grid.lines {
+        let (x_at, out_at) = grid.step(l, 0);
+        params[2] = out.as_mut_ptr().wrapping_add(out_at) as usize as u32;
+        params[5] = grid.count as u32;
+        let px = x.as_ptr().wrapping_add(x_at);
+        let prm = params.as_mut_ptr();
+        // SAFETY: `run_pixels_store` checked that every quad read lies in `x` (group `g`, row
+        // `r`: the `4 P + 4` quads from `x_at + g x_step + r stride`, as its `P` pixels of 8
+        // quads, 4 apart, read) and that the 16 weight blocks exist and are 4-byte aligned for
+        // `ldrd`; the `P` bytes each group writes, `out_at + g out_step + p pixel_step`, lie in
+        // `out`; the table read is `table[y + 128]` with `y` saturated to -128..=127; the line
+        // has at least one group (the loop tests its count after a group). `params` is 56
+        // readable, aligned bytes; the assembly writes its words 2 and 5 (a local), those bytes
+        // of `out`, and 8 bytes below the stack pointer, which it restores.
+        unsafe {
+            if P == 4 {
+                run_c16_asm!(px, prm;
+                    "mov r11, r10\n mov r12, r10\n mov lr, r10",
+                    row_c16!(),
+                    concat!(
+                        store_c16!("r10"),
+                        store_c16!("r11"),
+                        store_c16!("r12"),
+                        store_c16!("lr", last),
+                    )
+                );
+            } else {
+                run_c16_asm!(px, prm;
+                    "mov r11, r10",
+                    row_c16!(pair),
+                    concat!(store_c16!("r10"), store_c16!("r11", last))
+                );
+            }
+        }
+    }
+    true
+}
+
 /// [`run_pixels`] for the last layer with its requantization, sigmoid table and store in the
 /// same assembly: pixel `p` of a group becomes `table[y + 128]` at `out[at + p * pixel_step]`
 /// (`at` the group's output index), `y` requantized with `requant` (as in
-/// [`run_4ch_store`], whose lowest output must be -128: the last layer has no ReLU). Returns
+/// [`run_4ch_store`], whose lowest output must be -128: the last layer has no ReLU). A group is
+/// `P` pixels: 4, or 2 for the pair that ends a row whose width is not a multiple of 4. Returns
 /// `false`, having done nothing, unless the reads fit (as [`run_pixels`] checks), the writes fit
 /// in `out`, `w` is 4-byte aligned and the lowest output is -128.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn run_pixels_store<const QS: usize>(
+pub(crate) fn run_pixels_store<const QS: usize, const P: usize>(
     x: &[[i8; 4]],
     (grid, pixel_step): (&Grid, usize),
     (stride, rows, quads): (usize, usize, usize),
@@ -481,11 +852,12 @@ pub(crate) fn run_pixels_store<const QS: usize>(
     (requant, table): (&[u32; 4], &[u8; 256]),
     out: &mut [u8],
 ) -> bool {
-    // A group's last pixel reads up to 3 * QS quads after its first, and is written 3 pixel
-    // steps after its first.
-    let span = quads.checked_add(3 * QS);
+    const { assert!(P == 2 || P == 4) };
+    // A group's last pixel reads up to (P - 1) * QS quads after its first, and is written
+    // P - 1 pixel steps after its first.
+    let span = quads.checked_add((P - 1) * QS);
     let out_end = pixel_step
-        .checked_mul(3)
+        .checked_mul(P - 1)
         .and_then(|last| grid.out_end(last.checked_add(1)?));
     let fits = span
         .is_some_and(|span| reads_fit(grid, (stride, rows, quads), span, (x.len(), w.len())))
@@ -495,6 +867,10 @@ pub(crate) fn run_pixels_store<const QS: usize>(
         && no_low(&[*requant]);
     if !fits {
         return false;
+    }
+    if QS == 4 && quads == 8 && rows == 2 {
+        let finish = (requant, table);
+        return run_pixels_store_c16::<P>(x, (grid, pixel_step), stride, w, init, finish, out);
     }
     // The row loop's constants, then the requantization constants, this group's first output,
     // the table's middle (index 0 for a logit of 0) and the step between outputs (32-bit
@@ -518,51 +894,61 @@ pub(crate) fn run_pixels_store<const QS: usize>(
             let (pw, prm) = (w.as_ptr(), params.as_mut_ptr());
             // SAFETY: the checks above: every quad read lies in `x` (pixel `p` of the group, row
             // `r`: `quads` quads from `x_at + p QS + r stride`), the first `rows * quads` weight
-            // blocks exist and are 4-byte aligned for `ldrd`; the four bytes written,
+            // blocks exist and are 4-byte aligned for `ldrd`; the `P` bytes written,
             // `out_at + p pixel_step`, lie in `out`; the table read is `table[y + 128]` with
             // `y` saturated to -128..=127; `requant` is 16 readable, aligned bytes. Writes
-            // `params[2]` (a local) and those bytes of `out`. Flags are clobbered.
+            // `params[2]` (a local) and those bytes of `out`. Flags are clobbered. After the
+            // taps the assembly points px at the constants, pw at the outputs, n at the table's
+            // middle and prm at the step between outputs.
             unsafe {
-                asm!(
-                    taps_4px!(ldrd),
-                    // Requantize, look up and store the four pixels: px <- the constants, pw <- the
-                    // outputs, n <- the table's middle, prm <- the step between outputs.
-                    "ldr {px}, [{prm}, #12]",
-                    "ldr {pw}, [{prm}, #16]",
-                    "ldr {n}, [{prm}, #20]",
-                    "ldr {prm}, [{prm}, #24]",
-                    requantize!("{a0}", 0, 8, no_low),
-                    "ldrb {u}, [{n}, {u}]",
-                    "strb {u}, [{pw}]",
-                    "add {pw}, {pw}, {prm}",
-                    requantize!("{a1}", 0, 8, no_low),
-                    "ldrb {u}, [{n}, {u}]",
-                    "strb {u}, [{pw}]",
-                    "add {pw}, {pw}, {prm}",
-                    requantize!("{a2}", 0, 8, no_low),
-                    "ldrb {u}, [{n}, {u}]",
-                    "strb {u}, [{pw}]",
-                    "add {pw}, {pw}, {prm}",
-                    requantize!("{a3}", 0, 8, no_low),
-                    "ldrb {u}, [{n}, {u}]",
-                    "strb {u}, [{pw}]",
-                    p1 = const 4 * QS,
-                    p2 = const 8 * QS,
-                    p3 = const 12 * QS,
-                    px = inout(reg) px => _,
-                    pw = inout(reg) pw => _,
-                    prm = inout(reg) prm => _,
-                    n = out(reg) _,
-                    a0 = inout(reg) a0 => _,
-                    a1 = inout(reg) a1 => _,
-                    a2 = inout(reg) a2 => _,
-                    a3 = inout(reg) a3 => _,
-                    t = out(reg) _,
-                    u = out(reg) _,
-                    e = out(reg) _,
-                    o = out(reg) _,
-                    options(nostack),
-                );
+                if P == 4 {
+                    asm!(
+                        taps_4px!(ldrd),
+                        "ldr {px}, [{prm}, #12]\n ldr {pw}, [{prm}, #16]",
+                        "ldr {n}, [{prm}, #20]\n ldr {prm}, [{prm}, #24]",
+                        store_pixel!("{a0}"),
+                        store_pixel!("{a1}"),
+                        store_pixel!("{a2}"),
+                        store_pixel!("{a3}", last),
+                        p1 = const 4 * QS,
+                        p2 = const 8 * QS,
+                        p3 = const 12 * QS,
+                        px = inout(reg) px => _,
+                        pw = inout(reg) pw => _,
+                        prm = inout(reg) prm => _,
+                        n = out(reg) _,
+                        a0 = inout(reg) a0 => _,
+                        a1 = inout(reg) a1 => _,
+                        a2 = inout(reg) a2 => _,
+                        a3 = inout(reg) a3 => _,
+                        t = out(reg) _,
+                        u = out(reg) _,
+                        e = out(reg) _,
+                        o = out(reg) _,
+                        options(nostack),
+                    );
+                } else {
+                    let _ = (a2, a3);
+                    asm!(
+                        taps_4px!(ldrd, 2),
+                        "ldr {px}, [{prm}, #12]\n ldr {pw}, [{prm}, #16]",
+                        "ldr {n}, [{prm}, #20]\n ldr {prm}, [{prm}, #24]",
+                        store_pixel!("{a0}"),
+                        store_pixel!("{a1}", last),
+                        p1 = const 4 * QS,
+                        px = inout(reg) px => _,
+                        pw = inout(reg) pw => _,
+                        prm = inout(reg) prm => _,
+                        n = out(reg) _,
+                        a0 = inout(reg) a0 => _,
+                        a1 = inout(reg) a1 => _,
+                        t = out(reg) _,
+                        u = out(reg) _,
+                        e = out(reg) _,
+                        o = out(reg) _,
+                        options(nostack),
+                    );
+                }
             }
         }
     }
