@@ -144,9 +144,10 @@ macro_rules! requantize {
 }
 
 /// The assembly of [`run_4ch_store`] for one line of its grid: for each pixel, the accumulators
-/// from `init`, the taps (`taps_4ch!` with `$taps`), the requantization (the `no_low` form when given, see `requantize!`) and the store
-/// of its four channels, then the next pixel. The constants are in `prm` as laid out there.
-/// Expands to an `asm!` statement, so it must sit inside `unsafe`.
+/// from `init`, the taps (`taps_4ch!` with `$taps`), the requantization (the `no_low` form when
+/// given, see `requantize!`) and the store of its four channels, then the next pixel. The
+/// constants are in `prm` as laid out there. Expands to an `asm!` statement, so it must sit
+/// inside `unsafe`.
 macro_rules! run_4ch_store_asm {
     ($taps:tt; $px:ident, $prm:ident $(, $low:tt)?) => {
         asm!(
@@ -760,8 +761,8 @@ macro_rules! store_c16 {
 }
 
 /// [`run_pixels_store`] for groups of `P` (4 or 2) pixels of a 16-channel input with 2 x 2 taps
-/// (the MNIST decoders' last layer, interior rows), once its checks passed: each input quad is split
-/// once for the two pixels that read it, the rows are unrolled, the group loop is in the
+/// (the MNIST decoders' last layer, interior rows), once its checks passed: each input quad is
+/// split once for the two pixels that read it, the rows are unrolled, the group loop is in the
 /// assembly, and the registers are fixed (the parameters' address and the bytes between rows
 /// wait on the stack while the taps use every free register). `false`, having done nothing,
 /// when a count or step does not fit the assembly's 32-bit words.
