@@ -27,6 +27,17 @@ fn frame_name(i: usize) -> String {
     format!("frame_{i:03}.pbm")
 }
 
+/// The golden latents: the file's bytes, and the vectors of `dim` values they hold.
+fn golden_latents(dim: usize) -> (Vec<u8>, Vec<Vec<f32>>) {
+    let latents_le = fs::read(golden_dir().join("latents.f32")).expect("golden latents");
+    let values: Vec<f32> = latents_le
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let latents = values.chunks_exact(dim).map(<[f32]>::to_vec).collect();
+    (latents_le, latents)
+}
+
 fn assert_same(what: &str, expected: &[u8], actual: &[u8]) {
     let differing = expected.iter().zip(actual).filter(|(a, b)| a != b).count();
     assert!(
@@ -151,15 +162,7 @@ fn relu_zero_points_above_minus_128_decode_alike_on_host_and_qemu() {
     let table: &[u8; 256] = model.output_table().try_into().expect("256-entry table");
     let blob = write(model.latent_dim(), model.latent_scale(), &specs, table).expect("writes");
 
-    let latents_le = fs::read(golden_dir().join("latents.f32")).expect("golden latents");
-    let values: Vec<f32> = latents_le
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let latents: Vec<Vec<f32>> = values
-        .chunks_exact(model.latent_dim())
-        .map(<[f32]>::to_vec)
-        .collect();
+    let (latents_le, latents) = golden_latents(model.latent_dim());
     let (digits, _) = host_outputs(&blob, &latents);
     let distinct: std::collections::BTreeSet<u8> = digits.iter().copied().collect();
     assert!(
@@ -174,5 +177,69 @@ fn relu_zero_points_above_minus_128_decode_alike_on_host_and_qemu() {
         run_qemu_firmware(board, &work);
         let fw_digits = fs::read(work.join("digits.gray")).expect("firmware digits");
         assert_same(&format!("{board:?} digits"), &digits, &fw_digits);
+    }
+}
+
+/// The golden decoder with every conv layer's folded weights copied to an offset 2 bytes past a
+/// word boundary (valid: the format asks no alignment of them), so that the Cortex-M4F kernels
+/// take their unaligned paths (two `ldr` where the aligned ones use `ldrd` or `ldm`, the
+/// requantization outside the assembly, the last layer's leftover pairs on the portable kernel).
+/// Its digits, on the host and on both QEMU boards, must be the golden ones.
+#[test]
+fn unaligned_folded_weights_decode_like_the_golden_model() {
+    use firmware_core::q8::{Model, crc32};
+    // The q8 layout (`firmware/core/Q8.md`): header, 32-byte layer records, the blob's length
+    // at byte 24, a record's folded-weights offset at its byte 28, the CRC last.
+    const HEADER: usize = 32;
+    const RECORD: usize = 32;
+    let golden = fs::read(golden_dir().join("model.q8")).expect("golden model");
+    let model = Model::parse(&golden).expect("golden model parses");
+    let mut blob = golden[..golden.len() - 4].to_vec();
+    let mut moved = Vec::new();
+    for i in 0..model.layer_count() {
+        let folded = model.layer(i).expect("layer").folded();
+        if folded.is_empty() {
+            continue;
+        }
+        while blob.len() % 4 != 2 {
+            blob.push(0);
+        }
+        let at = u32::try_from(blob.len()).expect("offset fits");
+        blob.extend_from_slice(folded);
+        let record = HEADER + RECORD * i;
+        blob[record + 28..record + 32].copy_from_slice(&at.to_le_bytes());
+        moved.push(i);
+    }
+    let total = u32::try_from(blob.len() + 4).expect("length fits");
+    blob[24..28].copy_from_slice(&total.to_le_bytes());
+    let crc = crc32(&blob);
+    blob.extend_from_slice(&crc.to_le_bytes());
+
+    let parsed = Model::parse(&blob).expect("the moved blob parses");
+    assert_eq!(moved.len(), 4, "the golden decoder has 4 conv layers");
+    for &i in &moved {
+        let at =
+            parsed.layer(i).expect("layer").folded().as_ptr() as usize - blob.as_ptr() as usize;
+        assert_eq!(at % 4, 2, "layer {i}'s folded weights at blob offset {at}");
+    }
+    let golden_digits = fs::read(golden_dir().join("digits.gray")).expect("golden digits");
+    let (latents_le, latents) = golden_latents(parsed.latent_dim());
+    let (digits, _) = host_outputs(&blob, &latents);
+    assert_same(
+        "host digits, unaligned folded weights",
+        &golden_digits,
+        &digits,
+    );
+    for board in Board::ALL {
+        let work = scratch_dir(&format!("unaligned-{board:?}"));
+        fs::write(work.join("model.q8"), &blob).expect("write model");
+        fs::write(work.join("latents.f32"), &latents_le).expect("write latents");
+        run_qemu_firmware(board, &work);
+        let fw_digits = fs::read(work.join("digits.gray")).expect("firmware digits");
+        assert_same(
+            &format!("{board:?} digits, unaligned"),
+            &golden_digits,
+            &fw_digits,
+        );
     }
 }

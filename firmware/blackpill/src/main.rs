@@ -14,15 +14,15 @@ use cortex_m_rt::entry;
 use defmt_rtt as _;
 use firmware_core::{
     decoder::{self, IMAGE_PIXELS, Scratch},
-    q8::{MAX_LATENT, Model},
+    q8::{Aligned, MAX_LATENT, Model},
     render,
 };
 use panic_probe as _;
 use ssd1306::{I2CDisplayInterface, Ssd1306, prelude::*};
 use stm32f4xx_hal::{pac, prelude::*, rcc::Config};
 
-/// The q8 decoder blob, in flash (see `build.rs`).
-static MODEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/model.q8"));
+/// The q8 decoder blob, in flash (see `build.rs`), 4-byte aligned for the DSP kernels.
+static MODEL: &[u8] = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/model.q8"))).0;
 
 /// Frames from one latent to the next.
 const MORPH_STEPS: usize = 12;

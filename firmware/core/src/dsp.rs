@@ -41,10 +41,10 @@ macro_rules! taps_4ch {
     };
     (ldr) => {
         taps_4ch!(@rows
-            "ldr {t}, [{pw}], #4\n smlad {a0}, {e}, {t}, {a0}\n ldr {t}, [{pw}], #4\n smlad {a0}, {o}, {t}, {a0}\n",
-            "ldr {t}, [{pw}], #4\n smlad {a1}, {e}, {t}, {a1}\n ldr {t}, [{pw}], #4\n smlad {a1}, {o}, {t}, {a1}\n",
-            "ldr {t}, [{pw}], #4\n smlad {a2}, {e}, {t}, {a2}\n ldr {t}, [{pw}], #4\n smlad {a2}, {o}, {t}, {a2}\n",
-            "ldr {t}, [{pw}], #4\n smlad {a3}, {e}, {t}, {a3}\n ldr {t}, [{pw}], #4\n smlad {a3}, {o}, {t}, {a3}\n")
+            "ldr {t}, [{pw}], #4\n smlad {a0}, {e}, {t}, {a0}\n ldr {u}, [{pw}], #4\n smlad {a0}, {o}, {u}, {a0}\n",
+            "ldr {t}, [{pw}], #4\n smlad {a1}, {e}, {t}, {a1}\n ldr {u}, [{pw}], #4\n smlad {a1}, {o}, {u}, {a1}\n",
+            "ldr {t}, [{pw}], #4\n smlad {a2}, {e}, {t}, {a2}\n ldr {u}, [{pw}], #4\n smlad {a2}, {o}, {u}, {a2}\n",
+            "ldr {t}, [{pw}], #4\n smlad {a3}, {e}, {t}, {a3}\n ldr {u}, [{pw}], #4\n smlad {a3}, {o}, {u}, {a3}\n")
     };
     // Rows of exactly four quads (8 input channels x 2 taps: the MNIST decoders' upsampled
     // convs), unrolled: `{n}` counts the rows (from `prm[3]`) instead of the quads. 15
@@ -109,6 +109,33 @@ macro_rules! taps_4px {
         concat!(
             "ldr {e}, ", $address, "\n sxtb16 {o}, {e}, ror #8\n sxtb16 {e}, {e}\n",
             "smlad ", $acc, ", {e}, {t}, ", $acc, "\n smlad ", $acc, ", {o}, {u}, ", $acc, "\n",
+        )
+    };
+}
+
+/// `asm!` with the operands of the tap loops of [`run_4ch`] and [`run_pixels`] (`taps_4ch!`,
+/// `taps_4px!`): the pointers `px`, `pw` and the parameters `prm` in, the accumulators in and
+/// out, `$name = const` offsets for the template. Expands to an `asm!` statement, so it must sit
+/// inside `unsafe`.
+macro_rules! taps_asm {
+    ($template:expr; $px:ident, $pw:ident, $prm:ident, [$a0:ident, $a1:ident, $a2:ident, $a3:ident]
+     $(, $name:ident = const $value:expr)*) => {
+        asm!(
+            $template,
+            $($name = const $value,)*
+            px = inout(reg) $px => _,
+            pw = inout(reg) $pw => _,
+            prm = in(reg) $prm,
+            n = out(reg) _,
+            a0 = inout(reg) $a0,
+            a1 = inout(reg) $a1,
+            a2 = inout(reg) $a2,
+            a3 = inout(reg) $a3,
+            t = out(reg) _,
+            u = out(reg) _,
+            e = out(reg) _,
+            o = out(reg) _,
+            options(nostack),
         )
     };
 }
@@ -504,41 +531,12 @@ fn run_4ch_checked<const ALIGNED: bool>(
                 // aligned, as `ldrd` needs (blocks are 32 bytes, so every block stays aligned). The
                 // only memory written is `params[2]`, a local. Flags are clobbered.
                 unsafe {
-                    asm!(
-                        taps_4ch!(ldrd),
-                        px = inout(reg) px => _,
-                        pw = inout(reg) pw => _,
-                        prm = in(reg) prm,
-                        n = out(reg) _,
-                        a0 = inout(reg) a0,
-                        a1 = inout(reg) a1,
-                        a2 = inout(reg) a2,
-                        a3 = inout(reg) a3,
-                        t = out(reg) _,
-                        u = out(reg) _,
-                        e = out(reg) _,
-                        o = out(reg) _,
-                        options(nostack),
-                    );
+                    taps_asm!(taps_4ch!(ldrd); px, pw, prm, [a0, a1, a2, a3]);
                 }
             } else {
                 // SAFETY: as above, with single-word loads (the Cortex-M4 allows unaligned `ldr`).
                 unsafe {
-                    asm!(
-                        taps_4ch!(ldr),
-                        px = inout(reg) px => _,
-                        pw = inout(reg) pw => _,
-                        prm = in(reg) prm,
-                        n = out(reg) _,
-                        a0 = inout(reg) a0,
-                        a1 = inout(reg) a1,
-                        a2 = inout(reg) a2,
-                        a3 = inout(reg) a3,
-                        t = out(reg) _,
-                        e = out(reg) _,
-                        o = out(reg) _,
-                        options(nostack),
-                    );
+                    taps_asm!(taps_4ch!(ldr); px, pw, prm, [a0, a1, a2, a3]);
                 }
             }
             finish(out_at, [a0, a1, a2, a3]);
@@ -593,49 +591,13 @@ pub(crate) fn run_pixels<const QS: usize>(
                 // (blocks are 8 bytes); the input `ldr`s may be unaligned (allowed on the Cortex-M4).
                 // The only memory written is `params[2]`, a local. Flags are clobbered.
                 unsafe {
-                    asm!(
-                        taps_4px!(ldrd),
-                        p1 = const 4 * QS,
-                        p2 = const 8 * QS,
-                        p3 = const 12 * QS,
-                        px = inout(reg) px => _,
-                        pw = inout(reg) pw => _,
-                        prm = in(reg) prm,
-                        n = out(reg) _,
-                        a0 = inout(reg) a0,
-                        a1 = inout(reg) a1,
-                        a2 = inout(reg) a2,
-                        a3 = inout(reg) a3,
-                        t = out(reg) _,
-                        u = out(reg) _,
-                        e = out(reg) _,
-                        o = out(reg) _,
-                        options(nostack),
-                    );
+                    taps_asm!(taps_4px!(ldrd); px, pw, prm, [a0, a1, a2, a3], p1 = const 4 * QS, p2 = const 8 * QS, p3 = const 12 * QS);
                 }
             } else {
                 // SAFETY: as above, with single-word weight loads (the Cortex-M4 allows unaligned
                 // `ldr`).
                 unsafe {
-                    asm!(
-                        taps_4px!(ldr),
-                        p1 = const 4 * QS,
-                        p2 = const 8 * QS,
-                        p3 = const 12 * QS,
-                        px = inout(reg) px => _,
-                        pw = inout(reg) pw => _,
-                        prm = in(reg) prm,
-                        n = out(reg) _,
-                        a0 = inout(reg) a0,
-                        a1 = inout(reg) a1,
-                        a2 = inout(reg) a2,
-                        a3 = inout(reg) a3,
-                        t = out(reg) _,
-                        u = out(reg) _,
-                        e = out(reg) _,
-                        o = out(reg) _,
-                        options(nostack),
-                    );
+                    taps_asm!(taps_4px!(ldr); px, pw, prm, [a0, a1, a2, a3], p1 = const 4 * QS, p2 = const 8 * QS, p3 = const 12 * QS);
                 }
             }
             finish(out_at, [a0, a1, a2, a3]);

@@ -223,6 +223,21 @@ impl<'a> Layer<'a> {
     }
 }
 
+/// Bytes at a 4-byte-aligned address. A q8 blob should sit at one: the writer aligns the folded
+/// weights within the blob, and the Armv7E-M kernels load them with `ldrd` and `ldm`, which need
+/// aligned addresses (an unaligned blob decodes the same, on slower paths). `include_bytes!` and
+/// byte arrays promise no alignment, so a firmware keeps its blob in one of these:
+///
+/// ```
+/// use firmware_core::q8::Aligned;
+/// // In a firmware: `&Aligned(*include_bytes!("model.q8")).0`.
+/// static MODEL: &[u8] = &Aligned([0x41, 0x45, 0x51, 0x38, 2, 0]).0;
+/// assert!((MODEL.as_ptr() as usize).is_multiple_of(4));
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(4))]
+pub struct Aligned<T: ?Sized>(pub T);
+
 /// A validated q8 blob. Cheap to copy; borrows the bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct Model<'a> {

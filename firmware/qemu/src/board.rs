@@ -22,7 +22,8 @@ mod this {
     /// The model, built into flash: 16 KiB of RAM cannot hold a 5 KB model next to the decoder's
     /// 4 KiB scratch, the screen buffers and a ~4 KiB stack. `build.rs` copies the file named by
     /// the `DECODE_MODEL` environment variable at build time (empty when it is unset).
-    pub static MODEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/model.q8"));
+    pub static MODEL: &[u8] =
+        &firmware_core::q8::Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/model.q8"))).0;
 }
 
 pub use this::*;

@@ -79,9 +79,10 @@ enum Error {
 
 /// The large buffers, in `.bss` so that their size shows at link time and never touches the stack.
 struct Buffers {
-    /// The model file's bytes (the microbit has its model in flash).
+    /// The model file's bytes, 4-byte aligned for the DSP kernels (the microbit has its model
+    /// in flash).
     #[cfg(board = "mps2_an386")]
-    model: [u8; board::MODEL_CAPACITY],
+    model: q8::Aligned<[u8; board::MODEL_CAPACITY]>,
     /// The decoder's working memory.
     scratch: Scratch,
     /// The decoded digit.
@@ -97,7 +98,7 @@ fn main() -> ! {
     // cortex-m-rt turns a `static mut` declared here into a `&'static mut` (the entry runs once).
     static mut BUFFERS: Buffers = Buffers {
         #[cfg(board = "mps2_an386")]
-        model: [0; board::MODEL_CAPACITY],
+        model: q8::Aligned([0; board::MODEL_CAPACITY]),
         scratch: Scratch::new(),
         pixels: [0; IMAGE_PIXELS],
         fb: Framebuffer::new(),
@@ -120,7 +121,7 @@ fn main() -> ! {
 
 fn run(buffers: &mut Buffers, measuring: bool) -> Result<usize, Error> {
     #[cfg(board = "mps2_an386")]
-    let blob = read_model(&mut buffers.model)?;
+    let blob = read_model(&mut buffers.model.0)?;
     #[cfg(board = "microbit")]
     let blob = check_flash_model()?;
     let Buffers {
