@@ -282,9 +282,9 @@ fn dense(
 /// Where the outputs of one kernel call lie: `lines` lines (output rows) of `count` steps. Step
 /// `p` of line `l` reads its first tap row from quad `at + l * line + p * step` of the input,
 /// `(at, step, line) = x`, and writes from index `at + l * line + p * step` of the output,
-/// `(at, step, line) = out`. A step is one pixel (channel-block kernels) or a group of
-/// [`PIXEL_BLOCK`] (single-channel kernels). One call covers the rows of a
-/// phase that share their tap rows, so the bounds are checked once for all of them.
+/// `(at, step, line) = out`. A step is one pixel (channel-block kernels), or a group of
+/// [`PIXEL_BLOCK`] or a pair (single-channel kernels). One call covers the rows of a phase that
+/// share their tap rows, so the bounds are checked once for all of them.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Grid {
     /// Steps per line.

@@ -7,7 +7,8 @@
 //!   of a `decoder::Grid`, which load input quads and weights through raw pointers. Each checks,
 //!   once per grid and with checked arithmetic (`Grid::x_end`, `Grid::out_end`), that every
 //!   address its loops read lies inside the slices it was given, and for the `_store` forms that
-//!   every byte they write lies in `out`; otherwise they write only a local parameter array.
+//!   every byte they write lies in `out`; otherwise they write only a local parameter array (and
+//!   the fixed-register kernels 8 bytes of stack, below).
 //!   Input quads sit in the byte arena, so their `ldr`s may be unaligned, which the Cortex-M4
 //!   allows (the reset default, `CCR.UNALIGN_TRP = 0`); `ldrd` is used only on weights whose
 //!   4-byte alignment is checked. The loops need 12 allocatable registers (r9 included).
@@ -336,11 +337,13 @@ fn reads_fit(
             .is_some_and(|bytes| u32::try_from(bytes).is_ok())
 }
 
-/// Whether the kernels whose loop over a line's steps runs in the assembly can count it in
-/// 32-bit words: the step count, the output step and the input step in bytes.
+/// Whether the kernels whose loop over a line's steps runs in the assembly can run it: at least
+/// one step (the loop tests its count after a step), and the step count, the output step and
+/// the input step in bytes fit their 32-bit words.
 fn line_loop_fits(grid: &Grid) -> bool {
     let ((_, x_step, _), (_, out_step, _)) = (grid.x, grid.out);
-    u32::try_from(grid.count).is_ok()
+    grid.count > 0
+        && u32::try_from(grid.count).is_ok()
         && u32::try_from(out_step).is_ok()
         && x_step
             .checked_mul(4)
@@ -423,8 +426,9 @@ pub(crate) fn run_4ch(
 /// channel: the 64-bit rounding constant with the zero point folded in as two words, the
 /// multiplier, then `k | low << 8` with `k = n - 32` the shift of the high word and `low` the
 /// lowest output; see `decoder::Requant`). Returns `false`, having done nothing, unless the
-/// run's reads fit (as [`run_4ch`] checks), its writes fit in `out`, and `w` is 4-byte aligned;
-/// the caller then takes the general path.
+/// run's reads fit (as [`run_4ch`] checks), its writes fit in `out`, `w` is 4-byte aligned and
+/// the line loop fits its 32-bit counters (`line_loop_fits`); the caller then takes the general
+/// path.
 ///
 /// Per output value: two `ldrd`, `smlal`, `asr`, `ssat`, a store, and when some channel's lowest
 /// output is above -128 (a ReLU whose zero point is not -128) `sxtb`, a compare and a
@@ -450,9 +454,6 @@ pub(crate) fn run_4ch_store(
         && line_loop_fits(grid);
     if !fits {
         return false;
-    }
-    if grid.count == 0 {
-        return true;
     }
     // What the assembly reads (and counts down) at `prm`, as 32-bit words (pointers are 32-bit:
     // Armv7E-M only): 0 quads per row, 1 bytes from a row's end to the next row's start, 2 rows
@@ -484,9 +485,9 @@ pub(crate) fn run_4ch_store(
         let prm = params.as_mut_ptr();
         // SAFETY: the checks above: every quad a pixel of the line reads lies in `x` (row `r`:
         // `quads` quads from `x_at + p x_step + r stride`), the first `rows * quads` weight
-        // blocks exist and are 4-byte aligned for `ldrd` (32-byte blocks), the four bytes each
-        // pixel writes lie in `out` (`out_end`), and the line has at least one pixel (the loop
-        // tests its count after a pixel). `params` is 128 readable, aligned bytes; the assembly
+        // blocks exist and are 4-byte aligned for `ldrd` and `ldm` (32-byte blocks), the four
+        // bytes each pixel writes lie in `out` (`out_end`), and the line has at least one pixel
+        // (`line_loop_fits`: the loop tests its count after a pixel). `params` is 128 readable, aligned bytes; the assembly
         // writes its words 2, 5 and 8 (a local) and those bytes of `out`, which nothing else
         // borrows while it runs, and (the two-row kernel) 8 bytes below the stack pointer, which
         // it restores. Flags are clobbered.
@@ -742,9 +743,6 @@ fn run_pixels_store_c16<const P: usize>(
     if !line_loop_fits(grid) {
         return false;
     }
-    if grid.count == 0 {
-        return true;
-    }
     // What the assembly reads (and counts down) at `prm`, as 32-bit words (pointers are 32-bit:
     // Armv7E-M only): 0 bytes between input rows, 1 the weights, 2 the next group's first
     // output, 3 bytes between groups' outputs, 4 bytes from where the taps leave the input
@@ -771,9 +769,10 @@ fn run_pixels_store_c16<const P: usize>(
         // quads, 4 apart, read) and that the 16 weight blocks exist and are 4-byte aligned for
         // `ldrd`; the `P` bytes each group writes, `out_at + g out_step + p pixel_step`, lie in
         // `out`; the table read is `table[y + 128]` with `y` saturated to -128..=127; the line
-        // has at least one group (the loop tests its count after a group). `params` is 56
-        // readable, aligned bytes; the assembly writes its words 2 and 5 (a local), those bytes
-        // of `out`, and 8 bytes below the stack pointer, which it restores.
+        // has at least one group (`line_loop_fits`: the loop tests its count after a group).
+        // `params` is 56 readable, aligned bytes; the assembly writes its words 2 and 5 (a
+        // local), those bytes of `out`, and 8 bytes below the stack pointer, which it restores.
+        // Flags are clobbered.
         unsafe {
             if P == 4 {
                 run_c16_asm!(px, prm;
@@ -804,7 +803,8 @@ fn run_pixels_store_c16<const P: usize>(
 /// [`run_4ch_store`], whose lowest output must be -128: the last layer has no ReLU). A group is
 /// `P` pixels: 4, or 2 for the pair that ends a row whose width is not a multiple of 4. Returns
 /// `false`, having done nothing, unless the reads fit (as [`run_pixels`] checks), the writes fit
-/// in `out`, `w` is 4-byte aligned and the lowest output is -128.
+/// in `out`, `pixel_step` fits in 32 bits, `w` is 4-byte aligned and the lowest output is -128
+/// (and, for the 16-channel kernel, its line loop fits its counters: `line_loop_fits`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_pixels_store<const QS: usize, const P: usize>(
     x: &[[i8; 4]],
