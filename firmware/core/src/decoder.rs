@@ -152,13 +152,18 @@ impl Requant {
         let (_, multiplier, shift) = layer.params(channel);
         let n = (31 - shift).clamp(1, 62) as u32;
         let zero_point = layer.output_zero_point as i32;
-        let half = 1i64 << (n - 1);
         Requant {
             multiplier,
             round: if Self::FOLDED.contains(&n) {
-                half + ((zero_point as i64) << n)
+                // 2^(n-1) + zp 2^n, built from its high word: a variable 64-bit shift is a
+                // dozen instructions on a 32-bit core. `zp << k` fits an i32 (|zp| <= 128,
+                // k <= 22).
+                let k = n - 32;
+                let high = (zero_point << k) + if k > 0 { 1 << (k - 1) } else { 0 };
+                let low: u32 = if k == 0 { 1 << 31 } else { 0 };
+                ((high as i64) << 32) | low as i64
             } else {
-                half
+                1i64 << (n - 1)
             },
             n,
             zero_point,
