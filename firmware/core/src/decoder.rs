@@ -154,20 +154,25 @@ impl Requant {
         let zero_point = layer.output_zero_point as i32;
         Requant {
             multiplier,
-            round: if Self::FOLDED.contains(&n) {
-                // 2^(n-1) + zp 2^n, built from its high word: a variable 64-bit shift is a
-                // dozen instructions on a 32-bit core. `zp << k` fits an i32 (|zp| <= 128,
-                // k <= 22).
-                let k = n - 32;
-                let high = (zero_point << k) + if k > 0 { 1 << (k - 1) } else { 0 };
-                let low: u32 = if k == 0 { 1 << 31 } else { 0 };
-                ((high as i64) << 32) | low as i64
-            } else {
-                1i64 << (n - 1)
-            },
+            round: Self::round(n, zero_point),
             n,
             zero_point,
             low: if layer.relu { zero_point } else { -128 },
+        }
+    }
+
+    /// The rounding constant for shift `n`: `2^(n-1)`, plus `zero_point * 2^n` on the fast
+    /// path ([`Requant::FOLDED`]), where it is built from its high word: a variable 64-bit shift
+    /// is a dozen instructions on a 32-bit core. `zero_point << k` fits an i32 there (an i8
+    /// zero point, `k <= 22`).
+    fn round(n: u32, zero_point: i32) -> i64 {
+        if Self::FOLDED.contains(&n) {
+            let k = n - 32;
+            let high = (zero_point << k) + if k > 0 { 1 << (k - 1) } else { 0 };
+            let low: u32 = if k == 0 { 1 << 31 } else { 0 };
+            ((high as i64) << 32) | low as i64
+        } else {
+            1i64 << (n.clamp(1, 62) - 1)
         }
     }
 
@@ -1334,6 +1339,21 @@ mod tests {
             decode(&model, &[1, 2], &mut scratch, &mut out[..15]),
             Err(Error::OutputLength { expected: 16 })
         );
+    }
+
+    #[test]
+    fn rounding_constants_are_their_64_bit_formula() {
+        for n in 1..=62u32 {
+            for zp in [-128, -60, -1, 0, 1, 77, 127] {
+                let half = 1i64 << (n - 1);
+                let expected = if Requant::FOLDED.contains(&n) {
+                    half + ((zp as i64) << n)
+                } else {
+                    half
+                };
+                assert_eq!(Requant::round(n, zp), expected, "n {n}, zero point {zp}");
+            }
+        }
     }
 
     #[test]
