@@ -399,14 +399,25 @@ impl<'a, const N: usize> WeightRow<'a, N> {
         }
     }
 
-    /// Sum of channel `j`'s weights in this row.
-    fn sum(&self, j: usize) -> i32 {
-        let quads = self.quads.iter().flat_map(|q| q[j].as_chunks::<2>().0);
-        quads
-            .chain(self.tail.iter().map(|t| &t[j]))
-            .fold(0i32, |sum, &w| {
-                sum.wrapping_add(i16::from_le_bytes(w) as i32)
-            })
+    /// Sum of each channel's weights in this row, in one pass.
+    fn sums(&self) -> [i32; N] {
+        let mut sums = [0i32; N];
+        let add = |sum: &mut i32, w: &[[u8; 2]]| {
+            for &w in w {
+                *sum = sum.wrapping_add(i16::from_le_bytes(w) as i32);
+            }
+        };
+        for q in self.quads {
+            for (sum, w) in sums.iter_mut().zip(q) {
+                add(sum, w.as_chunks::<2>().0);
+            }
+        }
+        for t in self.tail {
+            for (sum, w) in sums.iter_mut().zip(t) {
+                add(sum, core::slice::from_ref(w));
+            }
+        }
+        sums
     }
 }
 
@@ -674,8 +685,8 @@ fn phase_block<const N: usize>(
     );
     if top < 0 || bottom > input.h as isize {
         for (row, sums) in weight_rows.iter().zip(&mut padding_rows).take(sy) {
-            for (j, v) in sums.iter_mut().enumerate() {
-                *v = input.zero_point.wrapping_mul(row.sum(j));
+            for (v, sum) in sums.iter_mut().zip(row.sums()) {
+                *v = input.zero_point.wrapping_mul(sum);
             }
         }
     }
