@@ -440,10 +440,35 @@ fn quads<const N: usize>(xs: &[[i8; 4]], ws: &[[[u8; 8]; N]], acc: &mut [i32; N]
     }
 }
 
+/// The weights of `blocks` as i16 values, when their bytes sit at an even address (the writer
+/// aligns the folded weights; a blob kept at an aligned address keeps them so): one `ldrsh`
+/// each on the Cortex-M0 (with its offset register), where a little-endian byte pair costs five
+/// instructions.
+#[cfg(not(arm_dsp))]
+#[inline(always)]
+fn as_i16<const B: usize>(blocks: &[[u8; B]]) -> Option<&[i16]> {
+    if cfg!(target_endian = "little") {
+        bytemuck::try_cast_slice(blocks.as_flattened()).ok()
+    } else {
+        None
+    }
+}
+
 /// The same sums in plain Rust (hosts, Cortex-M0).
 #[cfg(not(arm_dsp))]
 #[inline(always)]
 fn quads<const N: usize>(xs: &[[i8; 4]], ws: &[[[u8; 8]; N]], acc: &mut [i32; N]) {
+    if let Some(w) = as_i16(ws.as_flattened()) {
+        // Per channel the lanes' weights in the order `w0, w2, w1, w3` (see `FoldLayout`).
+        for (x, w) in xs.iter().zip(w.as_chunks::<4>().0.chunks_exact(N)) {
+            let [x0, x1, x2, x3] = x.map(|v| v as i32);
+            for (a, &[w0, w2, w1, w3]) in acc.iter_mut().zip(w) {
+                let [w0, w1, w2, w3] = [w0, w1, w2, w3].map(i32::from);
+                *a = a.wrapping_add(w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3);
+            }
+        }
+        return;
+    }
     for (x, w) in xs.iter().zip(ws) {
         let [x0, x1, x2, x3] = x.map(|v| v as i32);
         for (a, w) in acc.iter_mut().zip(w) {
@@ -479,9 +504,7 @@ pub const PIXEL_BLOCK: usize = 4;
 #[inline(always)]
 fn pixel_quads<const QS: usize>(xq: &[[i8; 4]], ws: &[[u8; 8]], acc: &mut [i32; PIXEL_BLOCK]) {
     let [mut a0, mut a1, mut a2, mut a3] = *acc;
-    // One window per weight quad: the four pixels' quads at constant offsets.
-    for (w, x) in ws.iter().zip(xq.windows(3 * QS + 1)) {
-        let [w0, w2, w1, w3] = [0, 2, 4, 6].map(|i| i16::from_le_bytes([w[i], w[i + 1]]) as i32);
+    let mut step = |[w0, w2, w1, w3]: [i32; 4], x: &[[i8; 4]]| {
         let mac = |a: i32, x: [i8; 4]| {
             let [x0, x1, x2, x3] = x.map(|v| v as i32);
             a.wrapping_add(w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3)
@@ -490,6 +513,20 @@ fn pixel_quads<const QS: usize>(xq: &[[i8; 4]], ws: &[[u8; 8]], acc: &mut [i32; 
         a1 = mac(a1, x[QS]);
         a2 = mac(a2, x[2 * QS]);
         a3 = mac(a3, x[3 * QS]);
+    };
+    // One window per weight quad: the four pixels' quads at constant offsets.
+    let windows = xq.windows(3 * QS + 1);
+    if let Some(w) = as_i16(ws) {
+        for (w, x) in w.as_chunks::<4>().0.iter().zip(windows) {
+            step(w.map(i32::from), x);
+        }
+    } else {
+        for (w, x) in ws.iter().zip(windows) {
+            step(
+                [0, 2, 4, 6].map(|i| i16::from_le_bytes([w[i], w[i + 1]]) as i32),
+                x,
+            );
+        }
     }
     *acc = [a0, a1, a2, a3];
 }
