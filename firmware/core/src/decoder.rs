@@ -198,7 +198,7 @@ impl Requant {
 
     #[inline(always)]
     fn apply(&self, acc: i32) -> i8 {
-        let product = acc as i64 * self.multiplier as i64;
+        let product = widening_mul(acc, self.multiplier);
         let y = if Self::FOLDED.contains(&self.n) {
             // One `smlal`; the high word shifted is `scaled + zp`, within +-2^31 (see FOLDED).
             (((product + self.round) >> 32) as i32) >> (self.n - 32)
@@ -212,6 +212,29 @@ impl Requant {
         // `clamp(-128, 127)` is one `ssat`; `low` is at least -128.
         y.clamp(-128, 127).max(self.low) as i8
     }
+}
+
+/// `a * b` as an i64. One instruction where the core has a 32 x 32 -> 64 multiply; the
+/// Cortex-M0 (Armv6-M) has none, and its runtime's 64 x 64 multiply costs ~38 instructions.
+#[inline(always)]
+fn widening_mul(a: i32, b: i32) -> i64 {
+    if cfg!(armv6m) {
+        widening_mul_by_halves(a, b)
+    } else {
+        a as i64 * b as i64
+    }
+}
+
+/// [`widening_mul`] from four 16 x 16-bit products, each of which fits an i32 (`muls`):
+/// `a = ah 2^16 + al`, `b = bh 2^16 + bl` with `al`, `bl` unsigned, so `a b = ah bh 2^32 +
+/// (ah bl + al bh) 2^16 + al bl`.
+#[inline(always)]
+fn widening_mul_by_halves(a: i32, b: i32) -> i64 {
+    let (ah, al) = (a >> 16, (a & 0xffff) as u32);
+    let (bh, bl) = (b >> 16, (b & 0xffff) as u32);
+    let low = (al * bl) as i64; // < 2^32: unsigned
+    let cross = (ah * bl as i32) as i64 + (al as i32 * bh) as i64; // each within +-2^31
+    ((ah * bh) as i64).wrapping_shl(32) + cross.wrapping_shl(16) + low
 }
 
 /// Where a layer's results go: the next activation buffer, or through the output table to pixels.
@@ -1387,6 +1410,38 @@ mod tests {
             decode(&model, &[1, 2], &mut scratch, &mut out[..15]),
             Err(Error::OutputLength { expected: 16 })
         );
+    }
+
+    #[test]
+    fn widening_mul_by_halves_is_the_64_bit_product() {
+        let edges = [
+            i32::MIN,
+            i32::MIN + 1,
+            -65_537,
+            -65_536,
+            -65_535,
+            -1,
+            0,
+            1,
+            65_535,
+        ];
+        let more = [
+            65_536,
+            1 << 30,
+            i32::MAX,
+            12_345_678,
+            -987_654_321,
+            0x7fff_0001,
+        ];
+        for &a in edges.iter().chain(&more) {
+            for &b in edges.iter().chain(&more) {
+                assert_eq!(
+                    widening_mul_by_halves(a, b),
+                    a as i64 * b as i64,
+                    "{a} x {b}"
+                );
+            }
+        }
     }
 
     #[test]
