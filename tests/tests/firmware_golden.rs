@@ -38,6 +38,17 @@ fn golden_latents(dim: usize) -> (Vec<u8>, Vec<Vec<f32>>) {
     (latents_le, latents)
 }
 
+/// Runs the firmware on `board` with `model` and the latents' bytes in a fresh scratch
+/// directory named after `name` and the board; returns the directory (the digits and frames it
+/// wrote) and the defmt log.
+fn run_board(board: Board, name: &str, model: &[u8], latents_le: &[u8]) -> (PathBuf, String) {
+    let work = scratch_dir(&format!("{name}-{board:?}"));
+    fs::write(work.join("model.q8"), model).expect("write model");
+    fs::write(work.join("latents.f32"), latents_le).expect("write latents");
+    let log = run_qemu_firmware(board, &work);
+    (work, log)
+}
+
 fn assert_same(what: &str, expected: &[u8], actual: &[u8]) {
     let differing = expected.iter().zip(actual).filter(|(a, b)| a != b).count();
     assert!(
@@ -98,10 +109,7 @@ fn host_core_and_qemu_boards_match_the_golden_snapshots() {
 
     // Both QEMU boards against the same snapshots.
     for board in Board::ALL {
-        let work = scratch_dir(&format!("golden-{board:?}"));
-        fs::write(work.join("model.q8"), &model).expect("write model");
-        fs::write(work.join("latents.f32"), &latents_le).expect("write latents");
-        let log = run_qemu_firmware(board, &work);
+        let (work, log) = run_board(board, "golden", &model, &latents_le);
         assert!(
             log.contains(&format!("decoded {count} latents")),
             "{board:?} defmt log:\n{log}"
@@ -171,10 +179,7 @@ fn relu_zero_points_above_minus_128_decode_alike_on_host_and_qemu() {
         distinct.len()
     );
     for board in Board::ALL {
-        let work = scratch_dir(&format!("relu-zero-point-{board:?}"));
-        fs::write(work.join("model.q8"), &blob).expect("write model");
-        fs::write(work.join("latents.f32"), &latents_le).expect("write latents");
-        run_qemu_firmware(board, &work);
+        let (work, _) = run_board(board, "relu-zero-point", &blob, &latents_le);
         let fw_digits = fs::read(work.join("digits.gray")).expect("firmware digits");
         assert_same(&format!("{board:?} digits"), &digits, &fw_digits);
     }
@@ -232,10 +237,7 @@ fn unaligned_folded_weights_decode_like_the_golden_model() {
         &digits,
     );
     for board in Board::ALL {
-        let work = scratch_dir(&format!("unaligned-{board:?}"));
-        fs::write(work.join("model.q8"), &blob).expect("write model");
-        fs::write(work.join("latents.f32"), &latents_le).expect("write latents");
-        run_qemu_firmware(board, &work);
+        let (work, _) = run_board(board, "unaligned", &blob, &latents_le);
         let fw_digits = fs::read(work.join("digits.gray")).expect("firmware digits");
         assert_same(
             &format!("{board:?} digits, unaligned"),

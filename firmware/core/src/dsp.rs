@@ -487,10 +487,10 @@ pub(crate) fn run_4ch_store(
         // `quads` quads from `x_at + p x_step + r stride`), the first `rows * quads` weight
         // blocks exist and are 4-byte aligned for `ldrd` and `ldm` (32-byte blocks), the four
         // bytes each pixel writes lie in `out` (`out_end`), and the line has at least one pixel
-        // (`line_loop_fits`: the loop tests its count after a pixel). `params` is 128 readable, aligned bytes; the assembly
-        // writes its words 2, 5 and 8 (a local) and those bytes of `out`, which nothing else
-        // borrows while it runs, and (the two-row kernel) 8 bytes below the stack pointer, which
-        // it restores. Flags are clobbered.
+        // (`line_loop_fits`: the loop tests its count after a pixel). `params` is 128 readable,
+        // aligned bytes; the assembly writes its words 2, 5 and 8 (a local) and those bytes of
+        // `out`, which nothing else borrows while it runs, and (the two-row kernel) 8 bytes
+        // below the stack pointer, which it restores. Flags are clobbered.
         unsafe {
             match (quads == 4, clamp_low) {
                 (true, true) if two_rows => run_4ch_store_r2_asm!(px, prm),
