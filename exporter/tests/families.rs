@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use exporter::{ExportOptions, FLOAT_TOLERANCE, Kind, export_run};
-use trainer::{data::bundled_dir, model::ModelConfig, run::TrainingConfig, training};
+use trainer::{
+    data::bundled_dir,
+    model::{ConvVaeConfig, ModelConfig},
+    run::TrainingConfig,
+    training,
+};
 
 fn options() -> ExportOptions {
     ExportOptions {
@@ -20,8 +25,13 @@ fn options() -> ExportOptions {
 
 /// A run of `family` trained on 256 images for one epoch.
 fn short_run(family: &str, dir: &Path) -> PathBuf {
-    let run = dir.join(family);
-    let config = TrainingConfig::new(ModelConfig::default_for(family).expect("family"))
+    short_run_of(ModelConfig::default_for(family).expect("family"), dir)
+}
+
+/// A run of `model` trained on 256 images for one epoch, in `dir/<family>`.
+fn short_run_of(model: ModelConfig, dir: &Path) -> PathBuf {
+    let run = dir.join(model.family());
+    let config = TrainingConfig::new(model)
         .with_epochs(1)
         .with_batch_size(32)
         .with_train_subset(Some(256))
@@ -99,8 +109,23 @@ fn a_broken_run_is_one_clear_error_and_writes_nothing() {
 #[test]
 fn the_conv_vae_exports_its_int8_decoder_as_q8_and_as_qdq_onnx_matching_the_firmware() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let run = short_run("conv-vae", dir.path());
-    let out = dir.path().join("out");
+    check_conv_vae_export(short_run("conv-vae", dir.path()), dir.path());
+}
+
+#[test]
+fn a_widened_conv_vae_exports_the_same_files() {
+    // Other channels and a dense hidden layer on each side: two dense layers before the convs.
+    let model = ConvVaeConfig::new()
+        .with_channels(Some(4))
+        .with_hidden(Some(24));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = short_run_of(ModelConfig::ConvVae(model), dir.path());
+    check_conv_vae_export(run, dir.path());
+}
+
+/// Exports a conv VAE `run` into `dir/out` and checks every file it writes.
+fn check_conv_vae_export(run: PathBuf, dir: &Path) {
+    let out = dir.join("out");
     let report = export_run(&run, &out, &options()).expect("exports");
     let written: Vec<Kind> = report.files.iter().map(|f| f.kind).collect();
     assert_eq!(

@@ -4,7 +4,13 @@ use std::{io::IsTerminal, path::PathBuf};
 use anyhow::Context;
 use burn::prelude::*;
 use clap::{Parser, Subcommand, ValueEnum};
-use trainer::{data, model::ModelConfig, pictures, run::TrainingConfig, training};
+use trainer::{
+    data,
+    model::{ModelConfig, Reconstruction},
+    pictures,
+    run::TrainingConfig,
+    training,
+};
 
 #[derive(Parser)]
 #[command(
@@ -116,6 +122,15 @@ struct PicturesArgs {
     data: Option<PathBuf>,
 }
 
+/// `--reconstruction`'s values.
+#[derive(Clone, Copy, ValueEnum)]
+enum Loss {
+    /// Binary cross-entropy.
+    Bce,
+    /// Squared error.
+    Sse,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Backend {
     /// Burn's pure-Rust CPU backend.
@@ -164,9 +179,19 @@ struct TrainArgs {
     /// Denoising AE: standard deviation of the noise [default: 0.5].
     #[arg(long)]
     noise_std: Option<f32>,
-    /// Camera denoiser: feature channels [default: 8].
+    /// Camera denoiser: feature channels; conv-vae: channels of its narrow (7x7, 4x4, 8x8)
+    /// layers [default: 8 for both].
     #[arg(long)]
     channels: Option<usize>,
+    /// conv-vae: width of a dense hidden layer between the 4x4 map and the latent, in the
+    /// encoder and the decoder (0: none); fc-vae: width of its hidden layers [default: conv-vae
+    /// none (the lesson's), fc-vae 512].
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// VAEs: the loss's reconstruction term, binary cross-entropy or squared error summed over
+    /// the pixels [default: conv-vae bce, fc-vae sse (the lesson's)].
+    #[arg(long, value_enum)]
+    reconstruction: Option<Loss>,
     /// Camera denoiser: dilation of each 3x3 layer, comma-separated [default: 1,2,4,2,1].
     #[arg(long, value_delimiter = ',')]
     dilations: Option<Vec<usize>>,
@@ -381,14 +406,51 @@ fn main() -> anyhow::Result<()> {
                 c.noise_mean = args.noise_mean.unwrap_or(c.noise_mean);
                 c.noise_std = args.noise_std.unwrap_or(c.noise_std);
             }
-            if args.channels.is_some() || args.dilations.is_some() || args.patches.is_some() {
-                let ModelConfig::CameraDenoiser(c) = &mut model else {
-                    anyhow::bail!("--channels, --dilations and --patches are for camera-denoiser");
-                };
-                c.channels = args.channels.unwrap_or(c.channels);
-                c.dilations = args.dilations.unwrap_or(c.dilations.clone());
-                c.patches_per_epoch = args.patches.unwrap_or(c.patches_per_epoch);
+            let denoiser_flags = args.dilations.is_some() || args.patches.is_some();
+            let reconstruction = args.reconstruction.map(|l| match l {
+                Loss::Bce => Reconstruction::Bce,
+                Loss::Sse => Reconstruction::Sse,
+            });
+            match &mut model {
+                ModelConfig::CameraDenoiser(c) => {
+                    c.channels = args.channels.unwrap_or(c.channels);
+                    c.dilations = args.dilations.unwrap_or(c.dilations.clone());
+                    c.patches_per_epoch = args.patches.unwrap_or(c.patches_per_epoch);
+                }
+                ModelConfig::ConvVae(c) => {
+                    c.channels = args.channels.or(c.channels);
+                    c.hidden = args.hidden.or(c.hidden).filter(|&h| h > 0);
+                    c.reconstruction = reconstruction.or(c.reconstruction);
+                }
+                ModelConfig::FcVae(c) => {
+                    c.hidden = args.hidden.unwrap_or(c.hidden);
+                    c.reconstruction = reconstruction.or(c.reconstruction);
+                }
+                _ => {}
             }
+            let family = model.family();
+            let given = |flag: &str, set: bool, families: &[&str]| {
+                if set && !families.contains(&family) {
+                    anyhow::bail!("{flag} is for {}, not {family}", families.join(" and "));
+                }
+                Ok(())
+            };
+            given(
+                "--channels",
+                args.channels.is_some(),
+                &["camera-denoiser", "conv-vae"],
+            )?;
+            given("--hidden", args.hidden.is_some(), &["conv-vae", "fc-vae"])?;
+            given(
+                "--reconstruction",
+                reconstruction.is_some(),
+                &["conv-vae", "fc-vae"],
+            )?;
+            given(
+                "--dilations and --patches",
+                denoiser_flags,
+                &["camera-denoiser"],
+            )?;
             model.validate().map_err(anyhow::Error::msg)?;
             let out = args
                 .out
@@ -483,9 +545,14 @@ fn print_evaluation(run: &std::path::Path, model: &ModelConfig, e: &training::Ev
             e.reconstruction
         );
         println!("  KL             {:>8.4}", e.kl);
+        // Both VAE losses, whichever this one was trained on, to compare VAEs.
         println!(
-            "  MSE x 784 + KL {:>8.4} (the FC VAE's loss, to compare VAEs)",
+            "  MSE x 784 + KL {:>8.4} (the lesson's FC VAE loss)",
             e.output.mse * 784.0 + e.kl
+        );
+        println!(
+            "  BCE + KL       {:>8.4} (summed over pixels: the Bernoulli negative ELBO, nats)",
+            e.bce + e.kl
         );
     } else {
         println!("  ({reconstruction})");

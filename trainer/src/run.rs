@@ -302,4 +302,30 @@ mod tests {
         let old: TrainingConfig = serde_json::from_str(json).expect("parses");
         assert_eq!(old.final_learning_rate, None);
     }
+
+    #[test]
+    fn a_conv_vae_config_from_before_its_width_options_reads_as_the_lessons_model() {
+        use crate::model::{ConvVaeConfig, LossKind, Reconstruction};
+        let json = r#"{"model":{"family":"conv-vae","latent":2},"format":2,"epochs":5,
+            "batch_size":128,"learning_rate":0.001,"seed":42,"train_subset":null,
+            "test_subset":null}"#;
+        let old: TrainingConfig = serde_json::from_str(json).expect("parses");
+        assert_eq!(old.model, ModelConfig::ConvVae(ConvVaeConfig::new()));
+        assert_eq!(old.model.loss_kind(), LossKind::BceKl);
+        let ModelConfig::ConvVae(lesson) = &old.model else {
+            unreachable!("parsed as a conv VAE above")
+        };
+        assert_eq!(lesson.channels(), 8);
+
+        let wide = ConvVaeConfig::new()
+            .with_channels(Some(16))
+            .with_hidden(Some(512))
+            .with_reconstruction(Some(Reconstruction::Sse));
+        let json = serde_json::to_string(&TrainingConfig::new(ModelConfig::ConvVae(wide.clone())))
+            .expect("serialises");
+        assert!(json.contains(r#""reconstruction":"sse""#), "{json}");
+        let back: TrainingConfig = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back.model, ModelConfig::ConvVae(wide));
+        assert_eq!(back.model.loss_kind(), LossKind::SseKl);
+    }
 }

@@ -13,7 +13,7 @@ use burn::{
 
 use crate::{
     data::{Mnist, SIDE, Split},
-    model::{CameraDenoiserConfig, Corruption, Model, ModelConfig, loss},
+    model::{CameraDenoiserConfig, Corruption, Model, ModelConfig, bce_with_logits, loss},
     natural::{self, GrayImage, add_noise},
     quality::{psnr, ssim},
     rng::SplitMix64,
@@ -105,6 +105,10 @@ pub struct Evaluation {
     pub reconstruction: f64,
     /// Mean KL term (0 for plain autoencoders).
     pub kl: f64,
+    /// Binary cross-entropy of the output summed over the pixels, mean per image, whatever the
+    /// family's loss (with [`Evaluation::kl`], a VAE's negative ELBO under a Bernoulli
+    /// likelihood: VAEs trained on different losses compare on it). NaN for the camera denoiser.
+    pub bce: f64,
     /// The model's output (VAEs: decoded from the latent mean) against the clean images.
     pub output: Quality,
     /// Denoising: the noisy input; super-resolution: the bicubic upscaling of the input.
@@ -116,6 +120,7 @@ pub struct Evaluation {
 struct Sums {
     images: usize,
     losses: [f64; 3],
+    bce: f64,
     squared: [f64; 2],
     ssim: [f64; 2],
 }
@@ -153,6 +158,7 @@ fn evaluate(
         let images = model.to_image(output.logits.clone());
         let l = loss(config.loss_kind(), &output, clean.clone());
         let n = chunk.len() as f64;
+        sums.bce += scalar(bce_with_logits(output.logits.clone(), clean.clone()).sum());
         for (sum, term) in sums
             .losses
             .iter_mut()
@@ -194,6 +200,7 @@ fn evaluate(
         loss: sums.losses[0] / n,
         reconstruction: sums.losses[1] / n,
         kl: sums.losses[2] / n,
+        bce: sums.bce / n,
         output: quality[0],
         baseline: (corruption != Corruption::None).then_some(quality[1]),
     })
@@ -385,6 +392,7 @@ impl Source {
                     loss: mse,
                     reconstruction: mse,
                     kl: 0.0,
+                    bce: f64::NAN,
                     output: Quality {
                         mse,
                         psnr_db: psnr(mse),

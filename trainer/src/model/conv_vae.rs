@@ -18,33 +18,51 @@ use burn::{
     tensor::activation::{relu, sigmoid},
 };
 
+use super::Reconstruction;
 use crate::data::SIDE;
 
-/// Channels of the 4x4 feature map at the bottleneck (the lesson's 4x4x8 code).
-const BOTTLENECK: [usize; 3] = [8, 4, 4];
+/// Side of the feature map at the bottleneck (the lesson's 4x4x8 code).
+const BOTTLENECK_SIDE: usize = 4;
 
-/// Hyper-parameters of [`ConvVae`].
+/// Channels of the narrow layers in the lesson's model.
+pub const LESSON_CHANNELS: usize = 8;
+
+/// Hyper-parameters of [`ConvVae`]. The defaults are the lesson's model (the one the firmware
+/// runs); `channels` and `hidden` widen it. (Both are options so that the `config.json` of a run
+/// from before they existed still reads.)
 #[derive(Config, Debug, PartialEq)]
 pub struct ConvVaeConfig {
     /// Size of the latent vector.
     #[config(default = 2)]
     pub latent: usize,
+    /// Channels of the narrow layers: the 7x7 and 4x4 maps of the encoder, the 4x4 and 8x8 maps
+    /// of the decoder [default: [`LESSON_CHANNELS`]].
+    pub channels: Option<usize>,
+    /// Width of a dense hidden layer between the 4x4 map and the latent, in the encoder and in
+    /// the decoder [default: none, the lesson's].
+    pub hidden: Option<usize>,
+    /// The reconstruction term of the loss [default: [`Reconstruction::Bce`]].
+    pub reconstruction: Option<Reconstruction>,
 }
 
-/// Encoder: Conv16-Pool-Conv8-Pool-Conv8-Pool to a 4x4x8 map, then mean and log-variance.
+/// Encoder: Conv16-Pool-Conv8-Pool-Conv8-Pool to a 4x4x8 map, an optional dense hidden layer,
+/// then mean and log-variance.
 #[derive(Module, Debug)]
 pub struct ConvEncoder {
     conv1: Conv2d,
     conv2: Conv2d,
     conv3: Conv2d,
     pool: MaxPool2d,
+    hidden: Option<Linear>,
     mean: Linear,
     log_var: Linear,
 }
 
-/// Decoder: dense to a 4x4x8 map, then conv + 2x nearest upsampling up to 28x28, sigmoid output.
+/// Decoder: an optional dense hidden layer, dense to a 4x4x8 map, then conv + 2x nearest
+/// upsampling up to 28x28, sigmoid output.
 #[derive(Module, Debug)]
 pub struct ConvDecoder {
+    hidden: Option<Linear>,
     fc: Linear,
     conv1: Conv2d,
     conv2: Conv2d,
@@ -71,24 +89,39 @@ fn conv(channels: [usize; 2], padding: usize, device: &Device) -> Conv2d {
 }
 
 impl ConvVaeConfig {
+    /// Channels of the narrow layers.
+    pub fn channels(&self) -> usize {
+        self.channels.unwrap_or(LESSON_CHANNELS)
+    }
+
     /// Returns the initialized model.
     pub fn init(&self, device: &Device) -> ConvVae {
-        let flat = BOTTLENECK.iter().product();
+        let c = self.channels();
+        let flat = c * BOTTLENECK_SIDE * BOTTLENECK_SIDE;
+        let dense = |from: usize, to: usize| LinearConfig::new(from, to).init(device);
+        // A hidden layer sits between the 4x4 map and the latent on both sides; `code` is the
+        // width next to the latent.
+        let (encoder_hidden, decoder_hidden, code) = match self.hidden {
+            Some(h) => (Some(dense(flat, h)), Some(dense(self.latent, h)), h),
+            None => (None, None, flat),
+        };
         ConvVae {
             encoder: ConvEncoder {
                 conv1: conv([1, 16], 1, device),
-                conv2: conv([16, 8], 1, device),
-                conv3: conv([8, 8], 1, device),
+                conv2: conv([16, c], 1, device),
+                conv3: conv([c, c], 1, device),
                 // ceil mode turns 7x7 into 4x4, like Keras' `padding="same"` pooling.
                 pool: MaxPool2dConfig::new([2, 2]).with_ceil_mode(true).init(),
-                mean: LinearConfig::new(flat, self.latent).init(device),
-                log_var: LinearConfig::new(flat, self.latent).init(device),
+                hidden: encoder_hidden,
+                mean: dense(code, self.latent),
+                log_var: dense(code, self.latent),
             },
             decoder: ConvDecoder {
-                fc: LinearConfig::new(self.latent, flat).init(device),
-                conv1: conv([8, 8], 1, device),
-                conv2: conv([8, 8], 1, device),
-                conv3: conv([8, 16], 0, device),
+                hidden: decoder_hidden,
+                fc: dense(self.hidden.unwrap_or(self.latent), flat),
+                conv1: conv([c, c], 1, device),
+                conv2: conv([c, c], 1, device),
+                conv3: conv([c, 16], 0, device),
                 conv4: conv([16, 1], 1, device),
                 up: Interpolate2dConfig::new()
                     .with_scale_factor(Some([2.0, 2.0]))
@@ -105,9 +138,12 @@ impl ConvEncoder {
     /// - output: (mean, log-variance), each `[batch, latent]`
     pub fn forward(&self, images: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
         let x = self.pool.forward(relu(self.conv1.forward(images))); // [b, 16, 14, 14]
-        let x = self.pool.forward(relu(self.conv2.forward(x))); // [b, 8, 7, 7]
-        let x = self.pool.forward(relu(self.conv3.forward(x))); // [b, 8, 4, 4]
-        let x: Tensor<2> = x.flatten(1, 3); // [b, 128]
+        let x = self.pool.forward(relu(self.conv2.forward(x))); // [b, c, 7, 7]
+        let x = self.pool.forward(relu(self.conv3.forward(x))); // [b, c, 4, 4]
+        let mut x: Tensor<2> = x.flatten(1, 3); // [b, 16 c]
+        if let Some(hidden) = &self.hidden {
+            x = relu(hidden.forward(x)); // [b, hidden]
+        }
         (self.mean.forward(x.clone()), self.log_var.forward(x))
     }
 }
@@ -166,7 +202,12 @@ fn conv_weights(c: &Conv2d) -> (Vec<f32>, Vec<f32>) {
 impl ConvDecoder {
     /// Latent size the decoder takes.
     pub fn latent(&self) -> usize {
-        self.fc.weight.dims()[0]
+        self.hidden.as_ref().unwrap_or(&self.fc).weight.dims()[0]
+    }
+
+    /// Channels of the 4x4 map the dense part reshapes to.
+    fn channels(&self) -> usize {
+        self.conv1.weight.dims()[0]
     }
 
     /// Pre-sigmoid output; with `trace`, also every layer's output (after its ReLU), flattened.
@@ -180,18 +221,26 @@ impl ConvDecoder {
         latent: Tensor<2>,
         mut trace: Option<&mut Vec<Tensor<2>>>,
     ) -> Tensor<4> {
+        let [batch, _] = latent.dims();
+        let mut x = latent;
+        if let Some(hidden) = &self.hidden {
+            x = relu(hidden.forward(x)); // [b, hidden]
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.push(x.clone());
+            }
+        }
         let mut record = |t: &Tensor<4>| {
             if let Some(trace) = trace.as_deref_mut() {
                 trace.push(t.clone().flatten(1, 3));
             }
         };
-        let [batch, _] = latent.dims();
-        let x = relu(self.fc.forward(latent));
-        let x: Tensor<4> = x.reshape([batch, BOTTLENECK[0], BOTTLENECK[1], BOTTLENECK[2]]);
+        let x = relu(self.fc.forward(x));
+        let side = BOTTLENECK_SIDE;
+        let x: Tensor<4> = x.reshape([batch, self.channels(), side, side]);
         record(&x);
-        let x = relu(self.conv1.forward(x)); // [b, 8, 4, 4]
+        let x = relu(self.conv1.forward(x)); // [b, c, 4, 4]
         record(&x);
-        let x = relu(self.conv2.forward(self.up.forward(x))); // [b, 8, 8, 8]
+        let x = relu(self.conv2.forward(self.up.forward(x))); // [b, c, 8, 8]
         record(&x);
         let x = relu(self.conv3.forward(self.up.forward(x))); // [b, 16, 14, 14]
         record(&x);
@@ -209,20 +258,27 @@ impl ConvDecoder {
 
     /// The layers of [`ConvDecoder::forward_logits`] with their weights, for quantization.
     pub fn layers(&self) -> Vec<LayerWeights> {
-        let flat = BOTTLENECK.iter().product();
-        let (w, b) = dense_weights(&self.fc);
-        let mut layers = vec![LayerWeights {
-            op: LayerOp::Dense,
-            relu: true,
-            input: [self.latent(), 1, 1],
-            output: [flat, 1, 1],
-            weights: w,
-            bias: b,
-        }];
+        let c = self.channels();
+        let side = BOTTLENECK_SIDE;
+        let bottleneck = [c, side, side];
+        let dense = |l: &Linear| {
+            let [input, output] = l.weight.dims();
+            let (weights, bias) = dense_weights(l);
+            LayerWeights {
+                op: LayerOp::Dense,
+                relu: true,
+                input: [input, 1, 1],
+                output: [output, 1, 1],
+                weights,
+                bias,
+            }
+        };
+        let mut layers: Vec<LayerWeights> = self.hidden.iter().map(dense).collect();
+        layers.push(dense(&self.fc));
         let convs = [
-            (&self.conv1, 1, 1, BOTTLENECK, [8, 4, 4], true),
-            (&self.conv2, 1, 2, [8, 4, 4], [8, 8, 8], true),
-            (&self.conv3, 0, 2, [8, 8, 8], [16, 14, 14], true),
+            (&self.conv1, 1, 1, bottleneck, bottleneck, true),
+            (&self.conv2, 1, 2, bottleneck, [c, 8, 8], true),
+            (&self.conv3, 0, 2, [c, 8, 8], [16, 14, 14], true),
             (&self.conv4, 1, 2, [16, 14, 14], [1, SIDE, SIDE], false),
         ];
         for (c, padding, upsample, input, output, relu) in convs {

@@ -6,6 +6,7 @@ use burn::{
     tensor::activation::relu,
 };
 
+use super::Reconstruction;
 use crate::data::PIXELS;
 
 /// Hyper-parameters of [`DenseAe`].
@@ -86,6 +87,9 @@ pub struct FcVaeConfig {
     /// Width of the hidden layer of the encoder and of the decoder.
     #[config(default = 512)]
     pub hidden: usize,
+    /// The reconstruction term of the loss [default: [`Reconstruction::Sse`], the lesson's]
+    /// (an option so that older runs' `config.json` still reads).
+    pub reconstruction: Option<Reconstruction>,
 }
 
 /// Fully-connected VAE: 784 -> 512 -> (mean, log-variance) | latent -> 512 -> 784.

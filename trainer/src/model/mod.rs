@@ -6,8 +6,8 @@
 //! | `conv-ae` | image | [`ConvAe`], the lesson's (4x4x8 code) | BCE, mean over pixels |
 //! | `denoising-ae` | noisy image (fresh noise every batch) | [`ConvAe`] | BCE vs the clean image |
 //! | `super-res` | 14x14 average-pooled image | [`SuperRes`] | BCE vs the 28x28 image |
-//! | `fc-vae` | image | [`FcVae`] 784-512-(mean, log-var) / latent-512-784 | MSE x 784 + KL |
-//! | `conv-vae` | image | [`ConvVae`] | BCE summed over pixels + KL |
+//! | `fc-vae` | image | [`FcVae`] 784-512-(mean, log-var) / latent-512-784 | MSE x 784 + KL (or BCE summed + KL) |
+//! | `conv-vae` | image | [`ConvVae`], the lesson's or wider | BCE summed over pixels + KL (or MSE x 784 + KL) |
 //! | `camera-denoiser` | noisy photo patch (sigma 5..50 of 255, 8-bit) | [`CameraDenoiser`] | MSE |
 //!
 //! [`ModelConfig`] (saved in the run's `config.json`) names the family and its hyper-parameters;
@@ -128,6 +128,17 @@ pub enum ModelConfig {
     CameraDenoiser(CameraDenoiserConfig),
 }
 
+/// What a VAE's reconstruction term measures (per image, summed over the pixels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reconstruction {
+    /// Binary cross-entropy of the sigmoid output: with the KL, the negative ELBO of a Bernoulli
+    /// likelihood (the conv VAE's default).
+    Bce,
+    /// Squared error, `MSE x 784`: the lesson's FC VAE loss (its default).
+    Sse,
+}
+
 /// How a family's loss is computed (per image, averaged over the batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossKind {
@@ -139,6 +150,15 @@ pub enum LossKind {
     BceKl,
     /// Squared error of the (unclipped) output image, mean over the pixels.
     Mse,
+}
+
+impl From<Reconstruction> for LossKind {
+    fn from(r: Reconstruction) -> Self {
+        match r {
+            Reconstruction::Bce => Self::BceKl,
+            Reconstruction::Sse => Self::SseKl,
+        }
+    }
 }
 
 impl ModelConfig {
@@ -247,8 +267,8 @@ impl ModelConfig {
     /// How the loss is computed.
     pub fn loss_kind(&self) -> LossKind {
         match self {
-            Self::FcVae(_) => LossKind::SseKl,
-            Self::ConvVae(_) => LossKind::BceKl,
+            Self::FcVae(c) => c.reconstruction.unwrap_or(Reconstruction::Sse).into(),
+            Self::ConvVae(c) => c.reconstruction.unwrap_or(Reconstruction::Bce).into(),
             Self::CameraDenoiser(_) => LossKind::Mse,
             _ => LossKind::MeanBce,
         }
@@ -300,7 +320,11 @@ impl ModelConfig {
                 positive("a latent size", c.latent)?;
                 positive("a hidden width", c.hidden)
             }
-            Self::ConvVae(c) => positive("a latent size", c.latent),
+            Self::ConvVae(c) => {
+                positive("a latent size", c.latent)?;
+                positive("channels", c.channels())?;
+                c.hidden.map_or(Ok(()), |h| positive("a hidden width", h))
+            }
             Self::CameraDenoiser(c) => c.validate(),
         }
     }
