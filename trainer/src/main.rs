@@ -264,7 +264,31 @@ fn device(
     }
 }
 
+/// Tells glibc's allocator to keep freed large buffers for reuse instead of returning them to
+/// the kernel. Burn's `flex` backend allocates every activation and gradient of a step afresh
+/// (a few MB each at batch 128); by default glibc maps such buffers with `mmap` and unmaps them
+/// on free, so each step page-faults them in again (a tenth of a conv AE step's time under
+/// `perf`). Kept, they are reused: the process holds on to its peak heap instead.
+/// BENCHMARKS.md has the before/after; the `edge` binary does the same for tract.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn keep_freed_buffers() {
+    // SAFETY: `mallopt` only sets allocator parameters; it is called first thing in `main`,
+    // before any other thread exists. The trim threshold is only set once the mmap threshold was
+    // accepted (setting either turns off glibc's adaptive thresholds; one without the other would
+    // be worse than the defaults).
+    unsafe {
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20) == 1 {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_buffers() {}
+
 fn main() -> anyhow::Result<()> {
+    keep_freed_buffers();
     match Cli::parse().command {
         Command::Resume(args) => {
             let config = trainer::run::load_config(&args.run).context("reading the run")?;
@@ -278,7 +302,7 @@ fn main() -> anyhow::Result<()> {
                 &data,
                 &args.hardware.devices(),
                 args.epochs,
-                reporter(total),
+                reporter(total, config.model.is_variational()),
             )
             .context("training failed")?;
             eprintln!("wrote {}", args.run.display());
@@ -467,7 +491,8 @@ fn main() -> anyhow::Result<()> {
             let data = args
                 .data
                 .unwrap_or_else(|| training::bundled_data_dir(&config.model));
-            training::train(&config, &data, &out, &devices, reporter(config.epochs))
+            let vae = config.model.is_variational();
+            training::train(&config, &data, &out, &devices, reporter(config.epochs, vae))
                 .context("training failed")?;
             eprintln!("wrote {}", out.display());
         }
@@ -477,7 +502,10 @@ fn main() -> anyhow::Result<()> {
 
 /// Prints training progress: a bar on a terminal (redrawn at most 5 times a second) and one line
 /// per epoch.
-fn reporter(epochs: usize) -> impl FnMut(training::Progress) {
+///
+/// For a VAE, warns when the test KL has fallen to about zero: the posterior is the prior and
+/// the decoder ignores the latent.
+fn reporter(epochs: usize, vae: bool) -> impl FnMut(training::Progress) {
     let interactive = std::io::stderr().is_terminal();
     let mut last_bar = std::time::Instant::now();
     move |progress| {
@@ -520,8 +548,19 @@ fn reporter(epochs: usize) -> impl FnMut(training::Progress) {
             m.images_per_second,
             m.seconds
         );
+        if vae && m.test_kl < COLLAPSED_KL {
+            eprintln!(
+                "warning: KL {:.4} at epoch {}: the latent carries no information (the decoder \
+                 ignores it; with --reconstruction sse often saturated sigmoid outputs that no \
+                 longer learn); a lower --lr usually avoids it",
+                m.test_kl, m.epoch
+            );
+        }
     }
 }
+
+/// Test KL (nats per image) under which a VAE's latent carries next to no information.
+const COLLAPSED_KL: f64 = 0.05;
 
 /// Prints `trainer eval`'s report.
 fn print_evaluation(run: &std::path::Path, model: &ModelConfig, e: &training::Evaluation) {
