@@ -60,6 +60,11 @@ cargo clippy --release -p firmware-core --target thumbv6m-none-eabi -- -D warnin
 # The real board is built (with the golden model in flash), not run: CI has no probe.
 (cd firmware/blackpill && cargo clippy --release -- -D warnings && cargo build --release)
 
+# The trainer's GPU path must keep compiling though CI has no GPU (wgpu only: the cuda feature's
+# build downloads LLVM at build time, outside the package registries CI can reach).
+stage "check trainer --features wgpu"
+cargo check -p trainer --features wgpu --all-targets
+
 stage "test host + e2e"
 cargo test --release --workspace
 
