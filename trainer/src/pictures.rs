@@ -410,8 +410,10 @@ pub fn loss_curves(points: &[LossPoint]) -> Canvas {
     let (lo, hi) = losses
         .iter()
         .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    // The data's own range (losses run from ~0.002 for the camera denoiser's MSE to ~150 for a
+    // VAE's), widened only when every value is about the same.
     let (lo, hi) = if lo <= hi {
-        (lo, hi.max(lo + 1.0))
+        (lo, hi.max(lo + lo.abs().max(1e-6) * 1e-3))
     } else {
         (0.0, 1.0)
     };
@@ -439,8 +441,8 @@ pub fn loss_curves(points: &[LossPoint]) -> Canvas {
             canvas.disc(p, 3, color);
         }
     }
-    canvas.text((4, 16), &format!("{hi:.1}"), 2, BLACK);
-    canvas.text((4, h - margin - 12), &format!("{lo:.1}"), 2, BLACK);
+    canvas.text((4, 16), &axis_label(hi), 2, BLACK);
+    canvas.text((4, h - margin - 12), &axis_label(lo), 2, BLACK);
     canvas.text((margin, h - margin + 10), "1", 2, BLACK);
     canvas.text((w - 60, h - margin + 10), &format!("{last}"), 2, BLACK);
     canvas.text((w / 2 - 40, h - 24), "epoch", 2, BLACK);
@@ -449,6 +451,17 @@ pub fn loss_curves(points: &[LossPoint]) -> Canvas {
     canvas.rect((w - 170, 54), (14, 14), DIGIT_COLORS[1]);
     canvas.text((w - 150, 56), "test", 2, BLACK);
     canvas
+}
+
+/// `value` with three significant digits and no exponent (`146`, `35.2`, `0.0953`, `0.00163`).
+fn axis_label(value: f32) -> String {
+    let magnitude = if value == 0.0 || !value.is_finite() {
+        0
+    } else {
+        value.abs().log10().floor() as i32
+    };
+    let decimals = (2 - magnitude).clamp(0, 8) as usize;
+    format!("{value:.decimals$}")
 }
 
 /// Draws every picture of the run in `run_dir` (test images from `data_dir`) into `out_dir` and
@@ -703,5 +716,35 @@ mod tests {
             test: 3.0,
         }]);
         assert_eq!((c.width(), c.height()), (640, 400));
+    }
+
+    #[test]
+    fn small_losses_span_the_whole_plot() {
+        // A camera denoiser's MSE: ~0.002, falling by a fifth. The first test point is the
+        // highest value, the last the lowest: they must sit at the top and the bottom of the
+        // plot, not on one line at the bottom of a 0..1 axis.
+        let points: Vec<LossPoint> = (1..=10)
+            .map(|e| LossPoint {
+                epoch: e as f32,
+                train: 0.0020,
+                test: 0.0020 - 0.00004 * e as f32,
+            })
+            .collect();
+        let c = loss_curves(&points);
+        let test_color = DIGIT_COLORS[1];
+        let rows_with_test: Vec<usize> = (0..c.height())
+            .filter(|&y| {
+                // Not the legend's swatch (top right).
+                let legend = |x: usize| x >= c.width() - 170 && y < 70;
+                (0..c.width()).any(|x| !legend(x) && c.get(x, y) == Some(test_color))
+            })
+            .collect();
+        let (top, bottom) = (rows_with_test[0], rows_with_test[rows_with_test.len() - 1]);
+        assert!(bottom - top > 250, "test curve spans rows {top}..{bottom}");
+        assert_eq!(axis_label(0.00163), "0.00163");
+        assert_eq!(axis_label(0.0953), "0.0953");
+        assert_eq!(axis_label(35.2), "35.2");
+        assert_eq!(axis_label(146.53), "147");
+        assert_eq!(axis_label(0.0), "0.00");
     }
 }
