@@ -267,8 +267,8 @@ fn device(
 /// Tells glibc's allocator to keep freed large buffers for reuse instead of returning them to
 /// the kernel. Burn's `flex` backend allocates every activation and gradient of a step afresh
 /// (a few MB each at batch 128); by default glibc maps such buffers with `mmap` and unmaps them
-/// on free, so each step page-faults them in again (a tenth of a conv AE step's time under
-/// `perf`). Kept, they are reused: the process holds on to its peak heap instead.
+/// on free, so each step page-faults them in again (~8% of a conv AE step under `perf`,
+/// 6.6x more page faults). Kept, they are reused: the process holds on to its peak heap instead.
 /// BENCHMARKS.md has the before/after; the `edge` binary does the same for tract.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
