@@ -2,7 +2,8 @@
 //! `SHA256SUMS`), as grayscale images the way a camera's Y plane sees them (BT.601 luma, 8 bits).
 //!
 //! Three images are held out of training and only used to measure the denoiser: [`HELD_OUT`].
-//! Training draws random square patches, flipped at random, each with its own noise level.
+//! Training draws random square patches, flipped and transposed at random (the eight symmetries
+//! of a square: sensor noise has no preferred direction), each with its own noise level.
 
 use std::path::{Path, PathBuf};
 
@@ -106,7 +107,8 @@ pub fn load(dir: &Path, names: &[&str]) -> Result<Vec<GrayImage>, DataError> {
 }
 
 /// `count` random `side x side` patches of `images` (image chosen in proportion to its area,
-/// flipped horizontally and/or vertically at random), concatenated.
+/// flipped horizontally and/or vertically and transposed at random: any of the square's eight
+/// symmetries), concatenated.
 ///
 /// # Errors
 /// An image smaller than the patch.
@@ -144,11 +146,12 @@ pub fn patches(
         let x0 = (rng.next_u64() % (image.width - side + 1) as u64) as usize;
         let y0 = (rng.next_u64() % (image.height - side + 1) as u64) as usize;
         let bits = rng.next_u64();
-        let (flip_x, flip_y) = (bits & 1 == 1, bits & 2 == 2);
+        let (flip_x, flip_y, transpose) = (bits & 1 == 1, bits & 2 == 2, bits & 4 == 4);
         for y in 0..side {
             let sy = if flip_y { side - 1 - y } else { y };
             for x in 0..side {
                 let sx = if flip_x { side - 1 - x } else { x };
+                let (sx, sy) = if transpose { (sy, sx) } else { (sx, sy) };
                 out.push(image.pixels[(y0 + sy) * image.width + x0 + sx]);
             }
         }
@@ -194,11 +197,16 @@ mod tests {
         let p = patches(std::slice::from_ref(&image), 50, 3, &mut rng).expect("fits");
         assert_eq!(p.len(), 50 * 9);
         // Every patch is a (possibly flipped) 3x3 window: its corners differ by 2 across and 8
-        // (two rows of 4) down.
+        // (two rows of 4) down, or the other way round when it is transposed. All eight
+        // symmetries turn up in 50 draws.
+        let mut seen = std::collections::BTreeSet::new();
         for patch in p.chunks(9) {
-            assert_eq!((patch[2] - patch[0]).abs(), 2.0);
-            assert_eq!((patch[6] - patch[0]).abs(), 8.0);
+            let (across, down) = (patch[2] - patch[0], patch[6] - patch[0]);
+            let (a, d) = (across.abs(), down.abs());
+            assert!((a, d) == (2.0, 8.0) || (a, d) == (8.0, 2.0), "{patch:?}");
+            seen.insert((across as i32, down as i32));
         }
+        assert_eq!(seen.len(), 8, "{seen:?}");
         assert!(patches(&[image], 1, 4, &mut rng).is_err(), "too small");
         let clean = vec![0.5; 10_000];
         let noisy = add_noise(&clean, 25.0, &mut rng);
