@@ -20,6 +20,8 @@ pub struct Decoder {
     /// The plan's execution state, reused by every call (a mutex so that `decode` takes `&self`).
     state: Mutex<TypedSimpleState>,
     latent_dim: usize,
+    /// Digits a conditional decoder knows (its input ends in their one-hot vector); 0 if none.
+    classes: usize,
     width: usize,
     height: usize,
 }
@@ -62,6 +64,20 @@ impl Decoder {
         }
         let latent_dim = latent_dim_of(model.input_fact(0).map_err(prepare_failed)?)
             .map_err(|reason| not_a_decoder(format!("input 0 {reason}")))?;
+        // The exporter records a conditional decoder's digit classes in the ONNX metadata.
+        let classes = match model.properties.get("onnx.metadata_props.classes") {
+            None => 0,
+            Some(value) => value
+                .to_plain_array_view::<String>()
+                .ok()
+                .and_then(|v| v.iter().next().and_then(|v| v.parse::<usize>().ok()))
+                .filter(|&c| c > 0 && c < latent_dim)
+                .ok_or_else(|| {
+                    not_a_decoder(format!(
+                        "its metadata `classes` is not a count below the input size {latent_dim}"
+                    ))
+                })?,
+        };
 
         let model = model
             .with_input_fact(0, f32::fact([1, latent_dim]).into())
@@ -76,14 +92,54 @@ impl Decoder {
             plan,
             state,
             latent_dim,
+            classes,
             width,
             height,
         })
     }
 
-    /// Length `D` of the latent vectors this decoder takes.
+    /// Length `D` of the vectors [`Decoder::decode`] takes: the latent, and for a conditional
+    /// decoder its one-hot digit after it ([`Decoder::with_digit`]).
     pub fn latent_dim(&self) -> usize {
         self.latent_dim
+    }
+
+    /// Digits a conditional decoder can be asked for (0 to `classes - 1`); 0 for a decoder that
+    /// takes a latent alone.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// The input asking a conditional decoder for `digit` in the style `latent`
+    /// (`latent_dim() - classes()` values): `latent` with the digit's one-hot vector appended.
+    ///
+    /// # Errors
+    /// [`Error::Digit`] when the decoder is not conditional or `digit >= classes()`,
+    /// [`Error::LatentLength`] when `latent` has the wrong length.
+    pub fn with_digit(&self, latent: &[f32], digit: usize) -> Result<Vec<f32>, Error> {
+        if self.classes == 0 {
+            return Err(Error::Digit {
+                reason: "this decoder is not conditional: it cannot be asked for a digit".into(),
+            });
+        }
+        if digit >= self.classes {
+            return Err(Error::Digit {
+                reason: format!(
+                    "digit {digit} is not one of the decoder's 0..={}",
+                    self.classes - 1
+                ),
+            });
+        }
+        let style = self.latent_dim - self.classes;
+        if latent.len() != style {
+            return Err(Error::LatentLength {
+                expected: style,
+                actual: latent.len(),
+            });
+        }
+        let mut input = latent.to_vec();
+        input.extend((0..self.classes).map(|c| if c == digit { 1.0 } else { 0.0 }));
+        Ok(input)
     }
 
     /// Size `(width, height)` of the images it produces.
@@ -134,6 +190,7 @@ impl std::fmt::Debug for Decoder {
         // The plan itself is a whole graph dump: leave it out.
         f.debug_struct("Decoder")
             .field("latent_dim", &self.latent_dim)
+            .field("classes", &self.classes)
             .field("width", &self.width)
             .field("height", &self.height)
             .finish_non_exhaustive()

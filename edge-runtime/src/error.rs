@@ -61,6 +61,13 @@ pub enum Error {
         actual: usize,
     },
 
+    /// A digit asked of a decoder that is not conditional, or outside its classes.
+    #[error("{reason}")]
+    Digit {
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An input with the wrong number of values for the model.
     #[error("the model takes {expected} input values, got {actual}")]
     InputLength {

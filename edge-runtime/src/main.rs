@@ -51,7 +51,10 @@ Examples:
   edge generate --model out/conv-vae/decoder.onnx --morph -1.5,1 1.5,-1 --steps 12 --sheet morph.png
 
   # Latents from a file: CSV (one vector per line) or JSON ([[0.5, -1.2], [0, 0]]):
-  edge generate --model out/conv-vae/decoder.onnx --latents z.csv --out digit.png";
+  edge generate --model out/conv-vae/decoder.onnx --latents z.csv --out digit.png
+
+  # A conditional decoder (trainer train conv-vae --conditional): 16 sevens in random styles:
+  edge generate --model out/cvae/decoder.onnx --digit 7 --random 16 --sheet sevens.png";
 
 /// Runs the exported MNIST autoencoders with tract.
 #[derive(Debug, Parser)]
@@ -439,6 +442,11 @@ struct GenerateArgs {
     /// Digits in `--morph` [default: 8].
     #[arg(long, value_parser = clap::value_parser!(u32).range(2..=1000))]
     steps: Option<u32>,
+
+    /// Conditional decoders (`trainer train conv-vae --conditional`): the digit to draw. Every
+    /// latent then holds the style alone; the digit's one-hot vector is appended to it.
+    #[arg(long, value_name = "0-9", value_parser = clap::value_parser!(u8).range(0..=9))]
+    digit: Option<u8>,
 
     /// Output image, `.png` or `.pgm`. With several digits, digit i (counting from 0) is written
     /// to `<stem>_<i>.<ext>` instead, e.g. `digits_0.png`, `digits_1.png`.
@@ -988,10 +996,37 @@ fn generate(args: &GenerateArgs) -> Result<()> {
 /// Pixels between the digits of a contact sheet.
 const SHEET_GAP: usize = 2;
 
-/// The latents the arguments ask for, and how many a contact sheet should put on a row.
+/// The decoder inputs the arguments ask for, and how many a contact sheet should put on a row:
+/// the latents, each with the `--digit`'s one-hot vector appended when one is given.
 fn latents(args: &GenerateArgs, decoder: &Decoder) -> Result<(Vec<Vec<f32>>, usize)> {
+    let Some(digit) = args.digit else {
+        let generated = args.random.is_some() || args.grid.is_some();
+        if decoder.classes() > 0 && generated {
+            bail!(
+                "this decoder is conditional: say which digit to draw with --digit (0-{})",
+                decoder.classes() - 1
+            );
+        }
+        return styles(args, decoder.latent_dim());
+    };
+    if decoder.classes() == 0 {
+        bail!(
+            "--digit needs a conditional decoder (exported from `trainer train conv-vae --conditional`); this one takes a latent alone"
+        );
+    }
+    let (styles, columns) = styles(args, decoder.latent_dim() - decoder.classes())?;
+    let inputs = styles
+        .iter()
+        .map(|style| decoder.with_digit(style, digit.into()))
+        .collect::<Result<Vec<_>, _>>()
+        .context("appending the digit")?;
+    Ok((inputs, columns))
+}
+
+/// The latents (of `dim` values where the arguments generate them) the arguments ask for, and
+/// how many a contact sheet should put on a row.
+fn styles(args: &GenerateArgs, dim: usize) -> Result<(Vec<Vec<f32>>, usize)> {
     let square = |n: usize| (n as f64).sqrt().ceil() as usize;
-    let dim = decoder.latent_dim();
     if !args.latent.is_empty() {
         let latents: Vec<Vec<f32>> = args.latent.iter().map(|l| l.0.clone()).collect();
         let columns = square(latents.len());

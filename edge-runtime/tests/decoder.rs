@@ -171,3 +171,55 @@ fn two_outputs_are_rejected() {
     let model = edited(|g| g.output.push(common::f32_value_any_shape("z")));
     assert_not_a_decoder(&model, "2 outputs");
 }
+
+/// The test decoder marked conditional: its input's last `classes` values are a one-hot digit.
+fn conditional(classes: &str) -> ModelProto {
+    let mut model = decoder_model(Batch::Static);
+    model
+        .metadata_props
+        .push(tract_onnx::pb::StringStringEntryProto {
+            key: "classes".into(),
+            value: classes.into(),
+        });
+    model
+}
+
+#[test]
+fn a_conditional_decoder_is_asked_for_a_digit() {
+    // Two inputs: a 1-d style and a one-class one-hot "digit".
+    let decoder = load(&conditional("1")).expect("valid decoder");
+    assert_eq!((decoder.latent_dim(), decoder.classes()), (LATENT_DIM, 1));
+    let input = decoder.with_digit(&[0.5], 0).expect("digit 0");
+    assert_eq!(input, [0.5, 1.0]);
+    let image = decoder.decode(&input).expect("decode");
+    assert!(max_abs_diff(image.pixels(), &expected_pixels(&[0.5, 1.0])) <= ATOL);
+
+    let err = decoder.with_digit(&[0.5], 1).expect_err("no digit 1");
+    assert!(err.to_string().contains("digit 1 is not one of"), "{err}");
+    let err = decoder
+        .with_digit(&[0.5, 0.5], 0)
+        .expect_err("style too long");
+    assert!(
+        matches!(
+            err,
+            Error::LatentLength {
+                expected: 1,
+                actual: 2
+            }
+        ),
+        "{err}"
+    );
+
+    let plain = load(&decoder_model(Batch::Static)).expect("valid decoder");
+    assert_eq!(plain.classes(), 0);
+    let err = plain.with_digit(&[0.5], 0).expect_err("not conditional");
+    assert!(err.to_string().contains("not conditional"), "{err}");
+}
+
+#[test]
+fn nonsense_classes_metadata_is_rejected() {
+    // The classes must leave at least one latent value, and be a number.
+    for classes in ["2", "0", "ten"] {
+        assert_not_a_decoder(&conditional(classes), "metadata `classes`");
+    }
+}

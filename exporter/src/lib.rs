@@ -27,7 +27,7 @@ use burn::prelude::*;
 use serde::Serialize;
 use trainer::{
     data::{Mnist, Split},
-    model::{ConvVae, Model, ModelConfig},
+    model::{ConvVae, Model, ModelConfig, one_hot, with_condition},
     run::{load_run, write_atomic},
 };
 
@@ -474,7 +474,7 @@ fn decoder_check_latents(
     Ok(Tensor::cat(
         vec![
             encode(model, &options.data_dir, Split::Test, half, device)?,
-            normal_samples(half, model.decoder.latent(), 7, device),
+            prior_samples(model, half, 7, device),
         ],
         0,
     ))
@@ -487,8 +487,8 @@ fn export_conv_vae_decoder(
     check: Tensor<2>,
     options: &ExportOptions,
 ) -> anyhow::Result<(FileReport, Vec<u8>)> {
-    let bytes =
-        onnx::export_decoder(&model.decoder, run_dir).context("exporting the decoder to ONNX")?;
+    let bytes = onnx::export_decoder(&model.decoder, model.classes(), run_dir)
+        .context("exporting the decoder to ONNX")?;
     let parity = onnx::verify_decoder(&bytes, &model.decoder, check, options.ort_dylib.as_deref())?;
     check_parity("decoder", &parity)?;
     Ok((
@@ -523,7 +523,7 @@ fn quantize_conv_vae(
                 options.calibration,
                 &device,
             )?,
-            normal_samples(options.calibration, model.decoder.latent(), 11, &device),
+            prior_samples(model, options.calibration, 11, &device),
         ],
         0,
     );
@@ -794,7 +794,7 @@ fn decoder_forward(m: &Model, latent: Tensor<2>) -> Vec<Tensor<4>> {
 }
 
 fn image_forward(m: &Model, input: Tensor<4>) -> Vec<Tensor<4>> {
-    vec![m.reconstruct(input)]
+    vec![m.reconstruct(input, None)]
 }
 
 /// Noisy crops of the held-out photographs (sigma 25), of several sizes, for the parity checks.
@@ -828,7 +828,8 @@ fn check_parity(what: &str, parity: &[Parity]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Latents from encoding `n` images of `split` (the means), `[n, latent]`.
+/// Decoder inputs from encoding `n` images of `split` (the means; a conditional decoder's with
+/// each image's one-hot digit appended), `[n, latent + classes]`.
 fn encode(
     model: &ConvVae,
     data_dir: &Path,
@@ -841,9 +842,26 @@ fn encode(
     let indices: Vec<usize> = (0..data.len()).collect();
     let means = indices
         .chunks(500)
-        .map(|chunk| model.encoder.forward(data.batch(chunk, device)).0)
+        .map(|chunk| {
+            let mean = model.encoder.forward(data.batch(chunk, device)).0;
+            with_condition(mean, condition(model, &data.digits(chunk), device))
+        })
         .collect();
     Ok(Tensor::cat(means, 0))
+}
+
+/// The one-hot rows of `digits` for a conditional decoder, `None` for an unconditional one.
+fn condition(model: &ConvVae, digits: &[u8], device: &Device) -> Option<Tensor<2>> {
+    let classes = model.classes();
+    (classes > 0).then(|| one_hot(digits, classes, device))
+}
+
+/// Deterministic decoder inputs from the prior: N(0, I) latents, `[n, latent + classes]` (a
+/// conditional decoder's with the digits 0..9 in turn appended).
+fn prior_samples(model: &ConvVae, n: usize, seed: u64, device: &Device) -> Tensor<2> {
+    let z = normal_samples(n, model.decoder.latent() - model.classes(), seed, device);
+    let digits: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    with_condition(z, condition(model, &digits, device))
 }
 
 /// Deterministic N(0, I) samples, `[n, latent]`.

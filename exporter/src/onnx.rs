@@ -529,24 +529,33 @@ fn rewrite_nearest_upsampling(graph: &mut GraphProto) -> anyhow::Result<usize> {
 }
 
 /// Exports `decoder` (`latent [batch, d]` -> `image [batch, 1, 28, 28]`, symbolic batch: traced
-/// at batch 1, then [`symbolic_batch`]).
-pub fn export_decoder(decoder: &ConvDecoder, run_dir: &Path) -> anyhow::Result<Vec<u8>> {
-    let latent = decoder.latent();
-    let sample = Tensor::<2>::zeros([1, latent], &Device::flex());
+/// at batch 1, then [`symbolic_batch`]). A conditional decoder's input ends in `classes`
+/// one-hot digit values (metadata `classes`; `latent_size` counts the latent alone).
+pub fn export_decoder(
+    decoder: &ConvDecoder,
+    classes: usize,
+    run_dir: &Path,
+) -> anyhow::Result<Vec<u8>> {
+    let input = decoder.latent();
+    let sample = Tensor::<2>::zeros([1, input], &Device::flex());
+    let mut metadata = vec![
+        ("kind", "decoder".into()),
+        ("latent_size", input.saturating_sub(classes).to_string()),
+        ("input_shape", format!("[batch,{input}]")),
+        ("output_shape", "[batch,1,28,28]".into()),
+        ("pixel_range", "[0,1]".into()),
+        ("source_run", run_dir.display().to_string()),
+    ];
+    if classes > 0 {
+        metadata.push(("classes", classes.to_string()));
+    }
     let bytes = export_static(
         decoder,
         sample,
         ConvDecoder::forward,
         &[LATENT_INPUT],
         &[IMAGE_OUTPUT],
-        &[
-            ("kind", "decoder".into()),
-            ("latent_size", latent.to_string()),
-            ("input_shape", format!("[batch,{latent}]")),
-            ("output_shape", "[batch,1,28,28]".into()),
-            ("pixel_range", "[0,1]".into()),
-            ("source_run", run_dir.display().to_string()),
-        ],
+        &metadata,
     )?;
     symbolic_batch(&bytes)
 }

@@ -485,7 +485,7 @@ fn camera_denoiser_from_photographs_to_the_pi() {
     let input = Tensor::<1>::from_floats(noisy.as_slice(), &device).reshape([3, 1, h, w]);
     let burn = to_u8(
         &model
-            .reconstruct(input)
+            .reconstruct(input, None)
             .into_data()
             .try_to_vec::<f32>()
             .expect("f32"),
@@ -531,4 +531,107 @@ fn camera_denoiser_from_photographs_to_the_pi() {
         "camera denoiser: noisy {noisy_db:.2} dB -> {burn_db:.2} dB; ONNX parity tract {:e}, ORT {:e}",
         parity[0].max_abs_diff, parity[1].max_abs_diff
     );
+}
+
+/// A conditional conv VAE (the digit's one-hot vector appended to the latent at the decoder's
+/// input) through the same chain: trained, exported (float ONNX and q8), asked for digits by the
+/// edge runtime's `with_digit` and by the firmware core with the same inputs, against Burn.
+#[test]
+fn a_conditional_decoder_draws_the_asked_digit_everywhere() {
+    use trainer::model::{CLASSES, one_hot, with_condition};
+    let work = scratch_dir("conditional");
+    let (run_dir, out_dir) = (work.join("run"), work.join("export"));
+    let device = Device::flex();
+    let vae = ConvVaeConfig::new().with_conditional(Some(true));
+    let config = TrainingConfig::new(ModelConfig::ConvVae(vae))
+        .with_epochs(1)
+        .with_batch_size(32)
+        .with_train_subset(Some(512))
+        .with_test_subset(Some(64));
+    training::train(
+        &config,
+        &data::bundled_dir(),
+        &run_dir,
+        std::slice::from_ref(&device),
+        |_| {},
+    )
+    .expect("train");
+    let options = ExportOptions {
+        data_dir: data::bundled_dir(),
+        calibration: 200,
+        check: 100,
+        ort_dylib: Some(ort_dylib()),
+        only: None,
+    };
+    let report = export_run(&run_dir, &out_dir, &options).expect("export");
+    assert_eq!(report.latent, Some(2));
+    let (_, model) = load_run(&run_dir, &device).expect("reload");
+    assert_eq!(model.classes(), CLASSES);
+
+    let decoder = edge_runtime::Decoder::load(out_dir.join("decoder.onnx")).expect("edge loads it");
+    assert_eq!(
+        (decoder.latent_dim(), decoder.classes()),
+        (2 + CLASSES, CLASSES)
+    );
+    let styles = [[0.0f32, 0.0], [1.2, -0.7]];
+    let mut inputs = Vec::new();
+    for digit in 0..CLASSES {
+        for z in styles {
+            inputs.push(
+                decoder
+                    .with_digit(&z, digit)
+                    .expect("a digit of the decoder"),
+            );
+        }
+    }
+    // Burn, the reference, on the same latents with the trainer's own one-hot rows.
+    let digits: Vec<u8> = (0..CLASSES as u8).flat_map(|d| [d, d]).collect();
+    let latents: Vec<f32> = (0..CLASSES).flat_map(|_| styles.concat()).collect();
+    let latents = Tensor::<1>::from_floats(latents.as_slice(), &device).reshape([digits.len(), 2]);
+    let burn = model
+        .decode(with_condition(
+            latents,
+            Some(one_hot(&digits, CLASSES, &device)),
+        ))
+        .expect("decodes")
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("f32");
+    let tract: Vec<f32> = inputs
+        .iter()
+        .flat_map(|x| decoder.decode(x).expect("tract decode").into_pixels())
+        .collect();
+    let d = assert_close(
+        "conditional tract vs Burn",
+        &burn,
+        &tract,
+        Tolerance::FloatRuntime,
+    );
+    // The digit is an input the decoder uses: the same style as a 0 and as a 7 differ.
+    let pixels = 28 * 28;
+    let (zero, seven) = (&tract[..pixels], &tract[14 * pixels..15 * pixels]);
+    let moved = zero
+        .iter()
+        .zip(seven)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        moved > 0.01,
+        "digit 0 and 7 decode alike (max |diff| {moved})"
+    );
+    assert!(
+        decoder.with_digit(&[0.0, 0.0], CLASSES).is_err(),
+        "no 11th digit"
+    );
+    assert!(decoder.with_digit(&[0.0], 3).is_err(), "a 1-d style");
+
+    // The firmware core takes the same 12 values through the q8 blob.
+    let blob = fs::read(out_dir.join("decoder.q8")).expect("q8");
+    let (int8, _) = host_outputs(&blob, &inputs);
+    let psnr = psnr_u8_vs_float(&int8, &burn);
+    assert!(
+        psnr >= MIN_INT8_PSNR_DB,
+        "int8 conditional decoder {psnr:.2} dB vs Burn"
+    );
+    eprintln!("conditional decoder: tract vs Burn {d:e}; int8 firmware core {psnr:.2} dB");
 }

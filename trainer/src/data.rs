@@ -240,6 +240,11 @@ impl Mnist {
         &self.images[i * PIXELS..(i + 1) * PIXELS]
     }
 
+    /// The labels of the images at `indices`.
+    pub fn digits(&self, indices: &[usize]) -> Vec<u8> {
+        indices.iter().map(|&i| self.labels[i]).collect()
+    }
+
     /// The images at `indices` as a float batch in `[0, 1]`.
     ///
     /// # Shapes

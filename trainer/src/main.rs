@@ -16,13 +16,15 @@ use trainer::{
 #[command(
     version,
     about,
-    after_help = "Examples:\n  trainer train conv-vae --epochs 10 --out runs/conv-vae\n  trainer train dense-ae --latent 32 --out runs/dense-32\n  trainer train denoising-ae --noise-std 0.3 --noise-mean 0\n  trainer eval runs/conv-vae\n  trainer sample runs/conv-vae --count 64\n  trainer pictures runs/conv-vae"
+    after_help = "Examples:\n  trainer train conv-vae --epochs 10 --out runs/conv-vae\n  trainer train dense-ae --latent 32 --out runs/dense-32\n  trainer train denoising-ae --noise-std 0.3 --noise-mean 0\n  trainer eval runs/conv-vae\n  trainer sample runs/conv-vae --count 64\n  trainer train conv-vae --conditional --out runs/cvae\n  trainer sample runs/cvae --digit 7\n  trainer pictures runs/conv-vae"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Train a model family: dense-ae, conv-ae, denoising-ae, super-res, fc-vae, conv-vae.
@@ -105,6 +107,9 @@ struct SampleArgs {
     /// Seed of the samples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Conditional models: the digit to draw [default: the ten digits, one per column].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    digit: Option<u8>,
     /// The PNG to write (default: `<run>/samples.png`).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -198,6 +203,13 @@ struct TrainArgs {
     /// Camera denoiser: training patches per epoch [default: 16384].
     #[arg(long)]
     patches: Option<usize>,
+    /// conv-vae: condition the decoder on the digit (a conditional VAE: the one-hot label is
+    /// appended to the latent), so `sample --digit` can ask for one.
+    #[arg(long)]
+    conditional: bool,
+    /// Camera denoiser: side of the square training patches, in pixels [default: 48].
+    #[arg(long)]
+    patch: Option<usize>,
     /// Seed for initialisation, shuffling and sampling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -397,8 +409,20 @@ fn main() -> anyhow::Result<()> {
                 .model
                 .latent()
                 .with_context(|| format!("a {} has no latent to sample", config.model.family()))?;
-            let canvas =
-                pictures::samples(&model, latent, args.count as usize, args.seed, &device)?;
+            if args.digit.is_some() && model.classes() == 0 {
+                anyhow::bail!(
+                    "--digit needs a conditional model (train conv-vae --conditional); this {} is not",
+                    config.model.family()
+                );
+            }
+            let canvas = pictures::samples(
+                &model,
+                latent,
+                args.count as usize,
+                args.seed,
+                args.digit,
+                &device,
+            )?;
             let out = args.out.unwrap_or_else(|| args.run.join("samples.png"));
             trainer::run::write_atomic(&out, &canvas.png()?)
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -430,7 +454,8 @@ fn main() -> anyhow::Result<()> {
                 c.noise_mean = args.noise_mean.unwrap_or(c.noise_mean);
                 c.noise_std = args.noise_std.unwrap_or(c.noise_std);
             }
-            let denoiser_flags = args.dilations.is_some() || args.patches.is_some();
+            let denoiser_flags =
+                args.dilations.is_some() || args.patches.is_some() || args.patch.is_some();
             let reconstruction = args.reconstruction.map(|l| match l {
                 Loss::Bce => Reconstruction::Bce,
                 Loss::Sse => Reconstruction::Sse,
@@ -440,11 +465,13 @@ fn main() -> anyhow::Result<()> {
                     c.channels = args.channels.unwrap_or(c.channels);
                     c.dilations = args.dilations.unwrap_or(c.dilations.clone());
                     c.patches_per_epoch = args.patches.unwrap_or(c.patches_per_epoch);
+                    c.patch = args.patch.unwrap_or(c.patch);
                 }
                 ModelConfig::ConvVae(c) => {
                     c.channels = args.channels.or(c.channels);
                     c.hidden = args.hidden.or(c.hidden).filter(|&h| h > 0);
                     c.reconstruction = reconstruction.or(c.reconstruction);
+                    c.conditional = c.conditional.or(args.conditional.then_some(true));
                 }
                 ModelConfig::FcVae(c) => {
                     c.hidden = args.hidden.unwrap_or(c.hidden);
@@ -465,13 +492,14 @@ fn main() -> anyhow::Result<()> {
                 &["camera-denoiser", "conv-vae"],
             )?;
             given("--hidden", args.hidden.is_some(), &["conv-vae", "fc-vae"])?;
+            given("--conditional", args.conditional, &["conv-vae"])?;
             given(
                 "--reconstruction",
                 reconstruction.is_some(),
                 &["conv-vae", "fc-vae"],
             )?;
             given(
-                "--dilations and --patches",
+                "--dilations, --patches and --patch",
                 denoiser_flags,
                 &["camera-denoiser"],
             )?;

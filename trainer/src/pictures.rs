@@ -10,7 +10,7 @@ use burn::prelude::*;
 
 use crate::{
     data::{Mnist, SIDE, Split},
-    model::{Corruption, Model},
+    model::{Corruption, Model, with_condition},
     run::{load_run, write_atomic},
     training::tensor_values,
 };
@@ -323,17 +323,37 @@ pub fn latent_grid(
 
 /// `count` digits decoded from latents of size `latent` drawn from the prior N(0, I) (seeded), on
 /// a grid of `ceil(sqrt(count))` columns with 2-pixel gaps.
+///
+/// A conditional model draws `digit`, or without one the ten digits in ten columns, each row
+/// one latent sample (a style) decoded as every digit.
 pub fn samples(
     model: &Model,
     latent: usize,
     count: usize,
     seed: u64,
+    digit: Option<u8>,
     device: &Device,
 ) -> anyhow::Result<Canvas> {
-    let latents = crate::rng::SplitMix64(seed).normals(count * latent);
+    let classes = model.classes();
+    let by_digit = classes > 0 && digit.is_none();
+    // Sample i decodes style i (or i / 10 when every row shows the ten digits).
+    let styles = if by_digit { count.div_ceil(10) } else { count };
+    let drawn = crate::rng::SplitMix64(seed).normals(styles * latent);
+    let style = |i: usize| if by_digit { i / 10 } else { i };
+    let latents: Vec<f32> = (0..count)
+        .flat_map(|i| drawn[style(i) * latent..][..latent].to_vec())
+        .collect();
     let z = Tensor::<1>::from_floats(latents.as_slice(), device).reshape([count, latent]);
+    let digits: Vec<u8> = (0..count)
+        .map(|i| digit.unwrap_or((i % 10) as u8))
+        .collect();
+    let z = with_condition(z, model.condition(&digits, device));
     let pixels = decoded_pixels(model, z)?;
-    let columns = (count as f64).sqrt().ceil().max(1.0) as usize;
+    let columns = if by_digit {
+        count.min(10)
+    } else {
+        (count as f64).sqrt().ceil().max(1.0) as usize
+    };
     let rows = count.div_ceil(columns);
     let (gap, cell) = (2, SIDE + 2);
     let mut canvas = Canvas::new(columns * cell + gap, rows * cell + gap, GRAY);
@@ -468,8 +488,10 @@ fn axis_label(value: f32) -> String {
 /// returns the files written:
 /// - `reconstructions.png`: the first test image of each digit, as the model sees it (noisy,
 ///   low-resolution) when that differs from the clean image, the model's output, the clean image;
-/// - `latent_scatter.png` and `latent_grid.png` for 2-d latents;
-/// - `samples.png` for VAEs (decoded samples of the prior);
+/// - `latent_scatter.png` and `latent_grid.png` for 2-d latents (no grid for a conditional
+///   model: its decoder needs a digit);
+/// - `samples.png` for VAEs (decoded samples of the prior; a conditional model's: ten rows of
+///   styles, each decoded as the ten digits);
 /// - `loss_curves.png` when `metrics.csv` exists.
 pub fn write_pictures(
     run_dir: &Path,
@@ -505,7 +527,8 @@ pub fn write_pictures(
     let clean = test.batch(&firsts, device);
     let corruption = config.model.corruption();
     let input = corruption.apply(clean.clone(), &mut crate::rng::SplitMix64(1));
-    let output = model.reconstruct(input.clone());
+    let condition = model.condition(&test.digits(&firsts), device);
+    let output = model.reconstruct(input.clone(), condition);
     let rows = labelled_rows(
         corruption,
         to_images(input)?,
@@ -529,10 +552,18 @@ pub fn write_pictures(
             "latent_scatter.png",
             &latent_scatter(&means, &test.labels[..n]),
         )?;
-        save("latent_grid.png", &latent_grid(&model, 15, 3.0, device)?)?;
+        // A conditional decoder needs a digit for each latent: its samples sheet shows the
+        // plane's styles decoded as every digit instead.
+        if model.classes() == 0 {
+            save("latent_grid.png", &latent_grid(&model, 15, 3.0, device)?)?;
+        }
     }
     if let (true, Some(latent)) = (config.model.is_variational(), config.model.latent()) {
-        save("samples.png", &samples(&model, latent, 64, 0, device)?)?;
+        let count = if model.classes() > 0 { 100 } else { 64 };
+        save(
+            "samples.png",
+            &samples(&model, latent, count, 0, None, device)?,
+        )?;
     }
     Ok(written)
 }
@@ -556,7 +587,7 @@ fn camera_crops(model: &Model, data_dir: &Path, device: &Device) -> anyhow::Resu
         for sigma in [15.0, 25.0, 50.0] {
             let noisy = crate::natural::add_noise(&crop, sigma, &mut rng);
             let input = Tensor::<1>::from_floats(noisy.as_slice(), device).reshape([1, 1, h, w]);
-            rows[1].push(tensor_values(model.reconstruct(input))?);
+            rows[1].push(tensor_values(model.reconstruct(input, None))?);
             rows[0].push(noisy);
             rows[2].push(crop.clone());
         }
@@ -665,12 +696,12 @@ mod tests {
         let model = crate::model::ModelConfig::default_for("fc-vae")
             .expect("a family")
             .init(&device);
-        let sheet = samples(&model, 2, 5, 1, &device).expect("decodes");
+        let sheet = samples(&model, 2, 5, 1, None, &device).expect("decodes");
         // 3 columns, 2 rows of 28-pixel digits with 2-pixel gaps.
         assert_eq!((sheet.width(), sheet.height()), (92, 62));
         assert_eq!(
             sheet,
-            samples(&model, 2, 5, 1, &device).expect("decodes"),
+            samples(&model, 2, 5, 1, None, &device).expect("decodes"),
             "seeded"
         );
     }

@@ -13,7 +13,7 @@ use burn::{
 
 use crate::{
     data::{Mnist, SIDE, Split},
-    model::{CameraDenoiserConfig, Corruption, Model, ModelConfig, bce_with_logits, loss},
+    model::{CameraDenoiserConfig, Corruption, Model, ModelConfig, bce_with_logits, loss, one_hot},
     natural::{self, GrayImage, add_noise},
     quality::{psnr, ssim},
     rng::SplitMix64,
@@ -154,7 +154,8 @@ fn evaluate(
     for chunk in indices.chunks(batch_size.max(1)) {
         let clean = data.batch(chunk, device);
         let input = corruption.apply(clean.clone(), &mut rng);
-        let output = model.forward(input.clone(), false);
+        let condition = model.condition(&data.digits(chunk), device);
+        let output = model.forward(input.clone(), condition, false);
         let images = model.to_image(output.logits.clone());
         let l = loss(config.loss_kind(), &output, clean.clone());
         let n = chunk.len() as f64;
@@ -276,7 +277,7 @@ pub fn evaluate_camera(
                 image.height,
                 image.width,
             ]);
-            let denoised = tensor_values(model.reconstruct(input))?;
+            let denoised = tensor_values(model.reconstruct(input, None))?;
             let denoised_mse = mse(&denoised);
             rows.push(CameraEvaluation {
                 image: image.name.clone(),
@@ -302,6 +303,9 @@ enum Source {
         config: CameraDenoiserConfig,
     },
 }
+
+/// A training batch: model input, clean target, and the one-hot digits for a conditional model.
+type Batch = (Tensor<4>, Tensor<4>, Option<Tensor<2>>);
 
 impl Source {
     fn load(config: &TrainingConfig, data_dir: &Path) -> anyhow::Result<Source> {
@@ -338,18 +342,23 @@ impl Source {
         }
     }
 
-    /// The model input and the clean target for the examples `chunk` of the epoch's order.
+    /// The model input, the clean target and, for a conditional model, the one-hot digits
+    /// ([`Model::condition`]) of the examples `chunk` of the epoch's order.
     fn training_batch(
         &self,
         config: &TrainingConfig,
         chunk: &[usize],
         noise: &mut SplitMix64,
         device: &Device,
-    ) -> anyhow::Result<(Tensor<4>, Tensor<4>)> {
+    ) -> anyhow::Result<Batch> {
         match self {
             Source::Mnist { train, .. } => {
                 let clean = train.batch(chunk, device);
-                Ok((config.model.corruption().apply(clean.clone(), noise), clean))
+                let classes = config.model.classes();
+                let condition =
+                    (classes > 0).then(|| one_hot(&train.digits(chunk), classes, device));
+                let input = config.model.corruption().apply(clean.clone(), noise);
+                Ok((input, clean, condition))
             }
             Source::Photos { train, config, .. } => {
                 let side = config.patch;
@@ -363,7 +372,7 @@ impl Source {
                 }
                 let shape = [chunk.len(), 1, side, side];
                 let tensor = |v: &[f32]| Tensor::<1>::from_floats(v, device).reshape(shape);
-                Ok((tensor(&noisy), tensor(&clean)))
+                Ok((tensor(&noisy), tensor(&clean), None))
             }
         }
     }
@@ -431,8 +440,9 @@ pub fn throughput(
             start = Instant::now();
         }
         let chunk: Vec<usize> = (0..size).map(|i| (step * size + i) % examples).collect();
-        let (input, target) = source.training_batch(config, &chunk, &mut noise, &device)?;
-        let output = model.forward(input, true);
+        let (input, target, condition) =
+            source.training_batch(config, &chunk, &mut noise, &device)?;
+        let output = model.forward(input, condition, true);
         let loss = loss(config.model.loss_kind(), &output, target);
         let total = scalar(loss.total.clone());
         if !total.is_finite() {
@@ -467,8 +477,8 @@ fn gradients(
         bail!("no device to train on");
     };
     if devices.len() == 1 {
-        let (input, target) = source.training_batch(config, chunk, noise, main)?;
-        let loss = loss(kind, &model.forward(input, true), target);
+        let (input, target, condition) = source.training_batch(config, chunk, noise, main)?;
+        let loss = loss(kind, &model.forward(input, condition, true), target);
         let values = [&loss.total, &loss.reconstruction, &loss.kl].map(|t| scalar(t.clone()));
         return Ok((
             values,
@@ -487,8 +497,8 @@ fn gradients(
             continue;
         }
         let replica = model.clone().fork(device);
-        let (input, target) = source.training_batch(config, shard, noise, device)?;
-        let loss = loss(kind, &replica.forward(input, true), target);
+        let (input, target, condition) = source.training_batch(config, shard, noise, device)?;
+        let loss = loss(kind, &replica.forward(input, condition, true), target);
         let weight = shard.len() as f64 / chunk.len() as f64;
         let grads =
             GradientsParams::from_grads(loss.total.clone().mul_scalar(weight).backward(), &replica);

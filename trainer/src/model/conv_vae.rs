@@ -27,6 +27,9 @@ const BOTTLENECK_SIDE: usize = 4;
 /// Channels of the narrow layers in the lesson's model.
 pub const LESSON_CHANNELS: usize = 8;
 
+/// Classes a conditional decoder tells apart: the ten digits.
+pub const CLASSES: usize = 10;
+
 /// Hyper-parameters of [`ConvVae`]. The defaults are the lesson's model (the one the firmware
 /// runs); `channels` and `hidden` widen it. (Both are options so that the `config.json` of a run
 /// from before they existed still reads.)
@@ -43,6 +46,10 @@ pub struct ConvVaeConfig {
     pub hidden: Option<usize>,
     /// The reconstruction term of the loss [default: [`Reconstruction::Bce`]].
     pub reconstruction: Option<Reconstruction>,
+    /// Condition the decoder on the digit: its input is the latent with the digit's one-hot
+    /// vector ([`CLASSES`] values) appended, so it can be asked for a given digit; the encoder
+    /// stays unconditional [default: false].
+    pub conditional: Option<bool>,
 }
 
 /// Encoder: Conv16-Pool-Conv8-Pool-Conv8-Pool to a 4x4x8 map, an optional dense hidden layer,
@@ -94,15 +101,25 @@ impl ConvVaeConfig {
         self.channels.unwrap_or(LESSON_CHANNELS)
     }
 
+    /// Values appended to the latent at the decoder's input: [`CLASSES`] when conditional.
+    pub fn classes(&self) -> usize {
+        if self.conditional == Some(true) {
+            CLASSES
+        } else {
+            0
+        }
+    }
+
     /// Returns the initialized model.
     pub fn init(&self, device: &Device) -> ConvVae {
         let c = self.channels();
+        let input = self.latent + self.classes();
         let flat = c * BOTTLENECK_SIDE * BOTTLENECK_SIDE;
         let dense = |from: usize, to: usize| LinearConfig::new(from, to).init(device);
         // A hidden layer sits between the 4x4 map and the latent on both sides; `code` is the
         // width next to the latent.
         let (encoder_hidden, decoder_hidden, code) = match self.hidden {
-            Some(h) => (Some(dense(flat, h)), Some(dense(self.latent, h)), h),
+            Some(h) => (Some(dense(flat, h)), Some(dense(input, h)), h),
             None => (None, None, flat),
         };
         ConvVae {
@@ -118,7 +135,7 @@ impl ConvVaeConfig {
             },
             decoder: ConvDecoder {
                 hidden: decoder_hidden,
-                fc: dense(self.hidden.unwrap_or(self.latent), flat),
+                fc: dense(self.hidden.unwrap_or(input), flat),
                 conv1: conv([c, c], 1, device),
                 conv2: conv([c, c], 1, device),
                 conv3: conv([c, 16], 0, device),
@@ -129,6 +146,14 @@ impl ConvVaeConfig {
                     .init(),
             },
         }
+    }
+}
+
+impl ConvVae {
+    /// Values the decoder takes besides the latent: [`CLASSES`] for a conditional model, else 0.
+    pub fn classes(&self) -> usize {
+        let latent = self.encoder.mean.weight.dims()[1];
+        self.decoder.latent().saturating_sub(latent)
     }
 }
 
@@ -200,7 +225,7 @@ fn conv_weights(c: &Conv2d) -> (Vec<f32>, Vec<f32>) {
 }
 
 impl ConvDecoder {
-    /// Latent size the decoder takes.
+    /// Width of the decoder's input: the latent size, plus [`CLASSES`] for a conditional decoder.
     pub fn latent(&self) -> usize {
         self.hidden.as_ref().unwrap_or(&self.fc).weight.dims()[0]
     }

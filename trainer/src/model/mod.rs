@@ -247,6 +247,15 @@ impl ModelConfig {
         }
     }
 
+    /// Values appended to the latent at the decoder's input: the digit's one-hot vector
+    /// ([`CLASSES`]) for a conditional conv VAE, none (0) otherwise.
+    pub fn classes(&self) -> usize {
+        match self {
+            Self::ConvVae(c) => c.classes(),
+            _ => 0,
+        }
+    }
+
     /// Whether the family is variational (its loss has a KL term, its latent can be sampled).
     pub fn is_variational(&self) -> bool {
         matches!(self, Self::FcVae(_) | Self::ConvVae(_))
@@ -379,13 +388,51 @@ fn reparameterise(mean: Tensor<2>, log_var: Tensor<2>, sample: bool) -> Tensor<2
     mean + log_var.mul_scalar(0.5).exp() * eps
 }
 
+/// The one-hot rows `[digits.len(), classes]` of `digits` (a digit >= `classes` gets a zero row).
+pub fn one_hot(digits: &[u8], classes: usize, device: &Device) -> Tensor<2> {
+    let mut values = vec![0.0f32; digits.len() * classes];
+    for (row, &d) in values.chunks_exact_mut(classes.max(1)).zip(digits) {
+        if let Some(v) = row.get_mut(usize::from(d)) {
+            *v = 1.0;
+        }
+    }
+    Tensor::<1>::from_floats(values.as_slice(), device).reshape([digits.len(), classes])
+}
+
+/// `latent` with the one-hot `condition` appended (a conditional decoder's input), or `latent`
+/// alone when there is no condition.
+pub fn with_condition(latent: Tensor<2>, condition: Option<Tensor<2>>) -> Tensor<2> {
+    match condition {
+        Some(c) => Tensor::cat(vec![latent, c], 1),
+        None => latent,
+    }
+}
+
 impl Model {
+    /// Values appended to the latent at the decoder's input ([`ModelConfig::classes`]).
+    pub fn classes(&self) -> usize {
+        match self {
+            Self::ConvVae(m) => m.classes(),
+            _ => 0,
+        }
+    }
+
+    /// What a conditional model is told about `digits` (their one-hot rows); `None` for the
+    /// other models, which ignore labels.
+    pub fn condition(&self, digits: &[u8], device: &Device) -> Option<Tensor<2>> {
+        let classes = self.classes();
+        (classes > 0).then(|| one_hot(digits, classes, device))
+    }
+
     /// Runs the model on its `input` (already corrupted as the family's [`Corruption`] says).
-    /// VAEs decode a sample of the posterior when `sample`, its mean otherwise.
+    /// VAEs decode a sample of the posterior when `sample`, its mean otherwise. A conditional
+    /// model's decoder also gets `condition` ([`Model::condition`]; without one, an all-zero
+    /// vector: no digit); other models ignore it.
     ///
     /// # Shapes
     /// - input: `[batch, 1, 28, 28]` (`super-res`: `[batch, 1, 14, 14]`)
-    pub fn forward(&self, input: Tensor<4>, sample: bool) -> Output {
+    /// - condition: `[batch, classes]`
+    pub fn forward(&self, input: Tensor<4>, condition: Option<Tensor<2>>, sample: bool) -> Output {
         let (logits, posterior) = match self {
             Self::DenseAe(m) => (square(m.decode_logits(m.encode(flat(input)))), None),
             Self::ConvAe(m) | Self::DenoisingAe(m) => (m.decode_logits(m.encode(input)), None),
@@ -399,15 +446,23 @@ impl Model {
             Self::ConvVae(m) => {
                 let (mean, log_var) = m.encoder.forward(input);
                 let z = reparameterise(mean.clone(), log_var.clone(), sample);
+                let classes = m.classes();
+                let condition = match condition {
+                    Some(c) if classes > 0 => Some(c),
+                    _ if classes > 0 => Some(Tensor::zeros([z.dims()[0], classes], &z.device())),
+                    _ => None,
+                };
+                let z = with_condition(z, condition);
                 (m.decoder.forward_logits(z, None), Some((mean, log_var)))
             }
         };
         Output { logits, posterior }
     }
 
-    /// The model's output image for its `input`, in `[0, 1]` (VAEs: decoded from the mean).
-    pub fn reconstruct(&self, input: Tensor<4>) -> Tensor<4> {
-        self.to_image(self.forward(input, false).logits)
+    /// The model's output image for its `input`, in `[0, 1]` (VAEs: decoded from the mean; a
+    /// conditional one told `condition`, as in [`Model::forward`]).
+    pub fn reconstruct(&self, input: Tensor<4>, condition: Option<Tensor<2>>) -> Tensor<4> {
+        self.to_image(self.forward(input, condition, false).logits)
     }
 
     /// The image in `[0, 1]` that [`Output::logits`] stands for: their sigmoid, or for the camera
@@ -454,10 +509,11 @@ impl Model {
         }
     }
 
-    /// Images decoded from latent codes, in `[0, 1]`; `None` for families without a decoder.
+    /// Images decoded from latent codes, in `[0, 1]`; `None` for families without a decoder. A
+    /// conditional decoder's latents carry the one-hot digit appended ([`with_condition`]).
     ///
     /// # Shapes
-    /// - latent: `[batch, latent]`; output: `[batch, 1, 28, 28]`
+    /// - latent: `[batch, latent + classes]`; output: `[batch, 1, 28, 28]`
     pub fn decode(&self, latent: Tensor<2>) -> Option<Tensor<4>> {
         let logits = match self {
             Self::DenseAe(m) => square(m.decode_logits(latent)),
