@@ -527,7 +527,7 @@ fn quantize_conv_vae(
         ],
         0,
     );
-    let quantized = quantize::quantize_decoder(&model.decoder, calibration)?;
+    let quantized = quantize::quantize_decoder(&model.decoder, model.classes(), calibration)?;
     let blob = quantized.blob()?;
     let q8 = quantize::evaluate(&model.decoder, &blob, check)?;
     if q8.psnr_db.is_nan() || q8.psnr_db < MIN_INT8_PSNR_DB {

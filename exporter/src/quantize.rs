@@ -80,8 +80,11 @@ pub struct QuantizedLayer {
 /// int8 ONNX file, [`crate::qdq`], is written from them).
 #[derive(Debug, Clone)]
 pub struct QuantizedDecoder {
-    /// Latent size.
+    /// Inputs the decoder takes: the latent size, plus `classes`.
     pub latent: usize,
+    /// Inputs of `latent` that are a conditional decoder's one-hot digit (the last ones); 0 if
+    /// the decoder is not conditional.
+    pub classes: usize,
     /// Real value of one latent step (latents are symmetric, clamped to +-127 steps).
     pub latent_scale: f32,
     /// The layers, in order.
@@ -94,8 +97,9 @@ impl QuantizedDecoder {
     /// The q8 blob the firmware loads.
     pub fn blob(&self) -> anyhow::Result<Vec<u8>> {
         let specs: Vec<LayerSpec> = self.layers.iter().map(|l| l.spec.clone()).collect();
-        Ok(q8::write(
+        Ok(q8::write_conditional(
             self.latent,
+            self.classes,
             self.latent_scale,
             &specs,
             &self.table,
@@ -174,12 +178,14 @@ fn shape([c, h, w]: [usize; 3]) -> anyhow::Result<Shape> {
     })
 }
 
-/// Quantizes `decoder` with activation ranges from `calibration` latents.
+/// Quantizes `decoder` with activation ranges from `calibration` latents; `classes` of its
+/// inputs are a conditional decoder's one-hot digit (recorded in the blob), 0 if none.
 ///
 /// # Shapes
-/// - calibration: `[n, latent]`
+/// - calibration: `[n, latent + classes]`
 pub fn quantize_decoder(
     decoder: &ConvDecoder,
+    classes: usize,
     calibration: Tensor<2>,
 ) -> anyhow::Result<QuantizedDecoder> {
     let layers = decoder.layers();
@@ -214,6 +220,7 @@ pub fn quantize_decoder(
     }
     Ok(QuantizedDecoder {
         latent: decoder.latent(),
+        classes,
         latent_scale: latent_scale as f32,
         layers: quantized,
         table,

@@ -625,8 +625,14 @@ fn a_conditional_decoder_draws_the_asked_digit_everywhere() {
     );
     assert!(decoder.with_digit(&[0.0], 3).is_err(), "a 1-d style");
 
-    // The firmware core takes the same 12 values through the q8 blob.
+    // The firmware core takes the same 12 values through the q8 blob, which records the classes
+    // and builds the same inputs from a style and a digit.
     let blob = fs::read(out_dir.join("decoder.q8")).expect("q8");
+    let parsed = firmware_core::q8::Model::parse(&blob).expect("the q8 blob parses");
+    assert_eq!(parsed.classes(), CLASSES);
+    let mut x = [0.0f32; 2 + CLASSES];
+    parsed.digit_latent(&styles[1], 7, &mut x).expect("a digit");
+    assert_eq!(x.as_slice(), inputs[15].as_slice(), "style 1 as a 7");
     let (int8, _) = host_outputs(&blob, &inputs);
     let psnr = psnr_u8_vs_float(&int8, &burn);
     assert!(

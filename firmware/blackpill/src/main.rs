@@ -1,7 +1,8 @@
 //! Generated digits on an SSD1306 OLED, from an STM32F411 "Black Pill".
 //!
 //! The int8 decoder built into flash (`build.rs`) turns latent vectors into 28x28 digits;
-//! the firmware morphs from one random latent to the next in [`MORPH_STEPS`] frames and draws
+//! the firmware morphs from one random latent to the next in [`MORPH_STEPS`] frames (with a
+//! conditional decoder, from one digit to the next, 0 to 9 in random styles) and draws
 //! each frame with `firmware_core::render::draw_frame`, the same screen the QEMU firmware dumps
 //! as PBM in CI. Pressing the KEY button (PA0) starts a morph to a new digit at once. The on-board
 //! LED (PC13) is lit while a digit is decoded; the defmt log (RTT, shown by `probe-rs run`) gives
@@ -54,6 +55,26 @@ impl Rng {
     }
 }
 
+/// The next latent to morph to: a sample of the prior; for a conditional model (one that takes
+/// a digit, `trainer train conv-vae --conditional`) a random style asked for `digit`, which then
+/// moves on, so the board counts through the digits 0, 1, ..., 9, 0, ...
+fn next_target(model: &Model, rng: &mut Rng, digit: &mut u8, to: &mut [f32]) {
+    let dim = model.latent_dim();
+    rng.fill_normal(&mut to[..dim]);
+    let classes = model.classes();
+    if classes == 0 {
+        return;
+    }
+    let styles = dim - classes;
+    let mut style = [0f32; MAX_LATENT];
+    style[..styles].copy_from_slice(&to[..styles]);
+    if let Err(e) = model.digit_latent(&style[..styles], *digit, &mut to[..dim]) {
+        defmt::panic!("digit: {}", e);
+    }
+    defmt::info!("next digit: {}", *digit);
+    *digit = ((usize::from(*digit) + 1) % classes) as u8;
+}
+
 #[entry]
 fn main() -> ! {
     let (Some(dp), Some(mut cp)) = (pac::Peripherals::take(), cortex_m::Peripherals::take()) else {
@@ -89,9 +110,10 @@ fn main() -> ! {
     };
     let dim = model.latent_dim();
     defmt::info!(
-        "model: {} bytes, latent size {}, {} MACs per digit",
+        "model: {} bytes, latent size {} ({} of them a one-hot digit), {} MACs per digit",
         MODEL.len(),
         dim,
+        model.classes(),
         model.macs()
     );
 
@@ -100,12 +122,13 @@ fn main() -> ! {
     let (mut from, mut to, mut z) = ([0f32; MAX_LATENT], [0f32; MAX_LATENT], [0f32; MAX_LATENT]);
     let mut z_q = [0i8; MAX_LATENT];
     let mut rng = Rng(0x2545_f491);
-    rng.fill_normal(&mut to[..dim]);
+    let mut digit = 0u8;
+    next_target(&model, &mut rng, &mut digit, &mut to);
     let mut frame = 0usize;
     let mut was_pressed = false;
     loop {
         from[..dim].copy_from_slice(&to[..dim]);
-        rng.fill_normal(&mut to[..dim]);
+        next_target(&model, &mut rng, &mut digit, &mut to);
         for step in 1..=MORPH_STEPS {
             let t = step as f32 / MORPH_STEPS as f32;
             for ((v, a), b) in z.iter_mut().zip(&from).zip(&to).take(dim) {

@@ -54,6 +54,14 @@ pub enum Error {
     },
     /// A latent value is NaN or infinite.
     NonFiniteLatent,
+    /// A digit asked of a model that does not know it: `classes` is the number of digits the
+    /// model was trained on (0: the model is not conditional).
+    UnknownDigit {
+        /// The digit asked for.
+        digit: u8,
+        /// Digits the model knows.
+        classes: u16,
+    },
 }
 
 impl core::fmt::Display for Error {
@@ -69,6 +77,15 @@ impl core::fmt::Display for Error {
                 write!(f, "latent has {got} values, the model takes {expected}")
             }
             Error::NonFiniteLatent => write!(f, "latent contains NaN or infinity"),
+            Error::UnknownDigit { classes: 0, .. } => {
+                write!(
+                    f,
+                    "the model is not conditional: it cannot be asked for a digit"
+                )
+            }
+            Error::UnknownDigit { digit, classes } => {
+                write!(f, "digit {digit} is not one of the model's 0..{classes}")
+            }
         }
     }
 }
@@ -244,6 +261,7 @@ pub struct Model<'a> {
     blob: &'a [u8],
     layer_count: u16,
     latent_dim: u16,
+    classes: u16,
     latent_scale: f32,
     output: Shape,
     table: &'a [u8],
@@ -330,6 +348,10 @@ impl<'a> Model<'a> {
         if latent_dim == 0 || latent_dim as usize > MAX_LATENT {
             return Err(Error::BadHeader("latent size"));
         }
+        let classes = read_u16(blob, 28);
+        if classes >= latent_dim || read_u16(blob, 30) != 0 {
+            return Err(Error::BadHeader("classes"));
+        }
         let output = Shape {
             c: read_u16(blob, 10),
             h: read_u16(blob, 12),
@@ -352,6 +374,7 @@ impl<'a> Model<'a> {
             blob,
             layer_count,
             latent_dim,
+            classes,
             latent_scale,
             output,
             table,
@@ -497,6 +520,42 @@ impl<'a> Model<'a> {
         self.latent_dim as usize
     }
 
+    /// Digits a conditional decoder was trained on: the last `classes` of its
+    /// [`Model::latent_dim`] inputs are the digit's one-hot vector ([`Model::digit_latent`]).
+    /// 0 for a decoder that takes a latent alone.
+    pub fn classes(&self) -> usize {
+        self.classes as usize
+    }
+
+    /// Fills `out` (of [`Model::latent_dim`] values) with the input that asks a conditional
+    /// decoder for `digit` in the style `style` (`latent_dim - classes` values): the style, then
+    /// the digit's one-hot vector.
+    ///
+    /// # Errors
+    /// [`Error::UnknownDigit`] for a model that is not conditional or a digit past its classes,
+    /// [`Error::LatentLength`] when `style` or `out` has the wrong length.
+    pub fn digit_latent(&self, style: &[f32], digit: u8, out: &mut [f32]) -> Result<(), Error> {
+        if u16::from(digit) >= self.classes {
+            return Err(Error::UnknownDigit {
+                digit,
+                classes: self.classes,
+            });
+        }
+        let styles = self.latent_dim - self.classes;
+        if style.len() != styles as usize || out.len() != self.latent_dim as usize {
+            return Err(Error::LatentLength {
+                expected: styles,
+                got: style.len().min(u16::MAX as usize) as u16,
+            });
+        }
+        let (head, one_hot) = out.split_at_mut(styles as usize);
+        head.copy_from_slice(style);
+        for (i, v) in one_hot.iter_mut().enumerate() {
+            *v = if i == usize::from(digit) { 1.0 } else { 0.0 };
+        }
+        Ok(())
+    }
+
     /// The float step of one int8 latent unit.
     pub fn latent_scale(&self) -> f32 {
         self.latent_scale
@@ -610,7 +669,7 @@ pub fn quantize_multiplier(factor: f64) -> Option<(i32, i32)> {
 }
 
 #[cfg(any(test, feature = "std"))]
-pub use writer::{LayerSpec, write};
+pub use writer::{LayerSpec, write, write_conditional};
 
 #[cfg(any(test, feature = "std"))]
 mod writer {
@@ -657,6 +716,18 @@ mod writer {
     /// one [`Model::parse`] accepts.
     pub fn write(
         latent_dim: usize,
+        latent_scale: f32,
+        layers: &[LayerSpec],
+        table: &[u8; TABLE_LEN],
+    ) -> Result<Vec<u8>, Error> {
+        write_conditional(latent_dim, 0, latent_scale, layers, table)
+    }
+
+    /// [`write`] for a conditional decoder: the last `classes` of its `latent_dim` inputs are a
+    /// one-hot digit ([`Model::classes`]; 0 writes the same blob as [`write`]).
+    pub fn write_conditional(
+        latent_dim: usize,
+        classes: usize,
         latent_scale: f32,
         layers: &[LayerSpec],
         table: &[u8; TABLE_LEN],
@@ -741,7 +812,8 @@ mod writer {
         let total = base + data.len() + 4;
         head.extend_from_slice(&(table_at as u32).to_le_bytes());
         head.extend_from_slice(&(total as u32).to_le_bytes());
-        head.extend_from_slice(&0u32.to_le_bytes());
+        put_u16(&mut head, classes)?;
+        put_u16(&mut head, 0)?;
 
         let mut blob = head;
         blob.extend_from_slice(&records);
@@ -824,6 +896,49 @@ pub(crate) mod tests {
         assert_eq!(l.weights()[8] as i8, 9);
         assert_eq!(l.params(0).0, -7);
         assert!(m.layer(2).is_none());
+    }
+
+    #[test]
+    fn a_conditional_blob_knows_its_digits() {
+        let plain = Model::parse(&tiny_blob()).expect("parses").classes();
+        assert_eq!(plain, 0);
+        let with_classes = |classes: u16, reserved: u16| {
+            let mut blob = tiny_blob();
+            blob[28..30].copy_from_slice(&classes.to_le_bytes());
+            blob[30..32].copy_from_slice(&reserved.to_le_bytes());
+            resealed(blob)
+        };
+        // The tiny model takes 2 inputs: a 1-value style and a 1-class one-hot.
+        let blob = with_classes(1, 0);
+        let m = Model::parse(&blob).expect("parses");
+        assert_eq!(m.classes(), 1);
+        let mut z = [9.0f32; 2];
+        m.digit_latent(&[0.25], 0, &mut z).expect("digit 0");
+        assert_eq!(z, [0.25, 1.0]);
+        assert_eq!(
+            m.digit_latent(&[0.25], 1, &mut z),
+            Err(Error::UnknownDigit {
+                digit: 1,
+                classes: 1
+            })
+        );
+        assert!(matches!(
+            m.digit_latent(&[0.25, 0.5], 0, &mut z),
+            Err(Error::LatentLength { expected: 1, .. })
+        ));
+        let plain_blob = tiny_blob();
+        let plain = Model::parse(&plain_blob).expect("parses");
+        assert_eq!(
+            plain.digit_latent(&[0.25, 0.5], 0, &mut z),
+            Err(Error::UnknownDigit {
+                digit: 0,
+                classes: 0
+            })
+        );
+        // No latent left beside the one-hot, or the reserved half not zero.
+        for blob in [with_classes(2, 0), with_classes(1, 1)] {
+            assert_eq!(Model::parse(&blob).err(), Some(Error::BadHeader("classes")));
+        }
     }
 
     #[test]
