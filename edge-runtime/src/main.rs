@@ -79,7 +79,8 @@ enum Command {
     /// Upscales low-resolution digit images (14x14) to 28x28 with an exported upscaler.
     Upscale(UpscaleArgs),
     /// Scores images by how badly an autoencoder rebuilds them (mean squared pixel error through
-    /// encoder.onnx then decoder.onnx): digits it learned score low, anything else high.
+    /// encoder.onnx then decoder.onnx): digits it learned score low, anything else high. A
+    /// conditional decoder rebuilds each image as every digit; the best scores and is named.
     Anomaly(AnomalyArgs),
     /// Times a decoder: latency percentiles and digits per second, with tract and (when built
     /// with the `ort` feature and given the library) ONNX Runtime on the same latents.
@@ -346,21 +347,43 @@ fn anomaly(args: &AnomalyArgs) -> Result<()> {
             .run(image.pixels())
             .with_context(|| format!("encoding {}", file.display()))?
             .swap_remove(0);
-        let rebuilt = decoder
-            .decode(&latent)
-            .with_context(|| format!("decoding {}", file.display()))?;
-        let score = image
-            .pixels()
-            .iter()
-            .zip(rebuilt.pixels())
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f32>()
-            / image.pixels().len() as f32;
+        // A conditional decoder rebuilds the image as every digit; the best one scores (and
+        // names the digit the image looks most like).
+        let inputs = match decoder.classes() {
+            0 => vec![latent],
+            classes => (0..classes)
+                .map(|digit| decoder.with_digit(&latent, digit))
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("encoding {}", file.display()))?,
+        };
+        let mut best: Option<(f32, usize)> = None;
+        for (digit, input) in inputs.iter().enumerate() {
+            let rebuilt = decoder
+                .decode(input)
+                .with_context(|| format!("decoding {}", file.display()))?;
+            let score = image
+                .pixels()
+                .iter()
+                .zip(rebuilt.pixels())
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+                / image.pixels().len() as f32;
+            // NaN (a broken model) wins, so that it is flagged.
+            if best.is_none_or(|(b, _)| score.is_nan() || score < b) {
+                best = Some((score, digit));
+            }
+        }
+        let (score, digit) = best.context("the decoder rebuilt nothing")?;
         // A NaN score (a broken model) is flagged too.
         let flag = args.threshold.is_some_and(|t| score.is_nan() || score > t);
         flagged += usize::from(flag);
+        let looks_like = if decoder.classes() > 0 {
+            format!("  (closest digit: {digit})")
+        } else {
+            String::new()
+        };
         println!(
-            "{score:>10.5}  {}{}",
+            "{score:>10.5}  {}{looks_like}{}",
             file.display(),
             if flag { "  ANOMALY" } else { "" }
         );

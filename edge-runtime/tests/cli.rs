@@ -653,6 +653,84 @@ fn encode_upscale_and_anomaly_run_their_models() {
     assert_eq!((square.width(), square.height()), (28, 28));
 }
 
+/// A conditional decoder (trained: `tests/fixtures/conditional`) draws the digit `--digit` asks
+/// for, and `anomaly` names the digit an image looks most like.
+#[test]
+fn a_conditional_decoder_draws_and_names_digits() {
+    let dir = workspace();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/conditional");
+    let (encoder, decoder) = (fixtures.join("encoder.onnx"), fixtures.join("decoder.onnx"));
+    let (encoder, decoder) = (
+        encoder.to_str().expect("utf-8"),
+        decoder.to_str().expect("utf-8"),
+    );
+    std::fs::create_dir(dir.path().join("digits")).expect("mkdir");
+    for digit in ["0", "3", "8"] {
+        let out_file = format!("digits/{digit}.png");
+        let out = edge(
+            dir.path(),
+            &[
+                "generate", "--model", decoder, "--digit", digit, "--latent", "0.3,-0.5", "--out",
+                &out_file,
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = edge(
+        dir.path(),
+        &[
+            "anomaly",
+            "--encoder",
+            encoder,
+            "--decoder",
+            decoder,
+            "digits",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    for digit in ["0", "3", "8"] {
+        let line = report
+            .lines()
+            .find(|l| l.contains(&format!("{digit}.png")))
+            .expect("a row per image");
+        assert!(
+            line.ends_with(&format!("(closest digit: {digit})")),
+            "{report}"
+        );
+    }
+
+    // Without a digit, a conditional decoder cannot draw random samples; an unconditional one
+    // cannot be asked for a digit.
+    let out = edge(
+        dir.path(),
+        &[
+            "generate", "--model", decoder, "--random", "2", "--sheet", "x.png",
+        ],
+    );
+    assert!(stderr(&out).contains("say which digit"), "{}", stderr(&out));
+    let out = edge(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            "decoder.onnx",
+            "--digit",
+            "3",
+            "--random",
+            "2",
+            "--sheet",
+            "x.png",
+        ],
+    );
+    assert!(
+        stderr(&out).contains("needs a conditional decoder"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("x.png").exists(), "nothing written");
+}
+
 /// `--device` (cargo feature `v4l2`): a missing device and a file that is no V4L2 device are
 /// clear errors that name it, before any frame is written. (No camera on the test machines: a
 /// real capture is not tested here.)
