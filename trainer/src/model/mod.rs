@@ -447,11 +447,9 @@ impl Model {
                 let (mean, log_var) = m.encoder.forward(input);
                 let z = reparameterise(mean.clone(), log_var.clone(), sample);
                 let classes = m.classes();
-                let condition = match condition {
-                    Some(c) if classes > 0 => Some(c),
-                    _ if classes > 0 => Some(Tensor::zeros([z.dims()[0], classes], &z.device())),
-                    _ => None,
-                };
+                let condition = (classes > 0).then(|| {
+                    condition.unwrap_or_else(|| Tensor::zeros([z.dims()[0], classes], &z.device()))
+                });
                 let z = with_condition(z, condition);
                 (m.decoder.forward_logits(z, None), Some((mean, log_var)))
             }
