@@ -76,9 +76,13 @@ fn every_family_learns_reloads_evaluates_and_draws() {
             after.loss,
             m.test_loss
         );
+        // 32 steps leave the convolutional models close to a constant image, whose SSIM is
+        // ~0 and may fall either side of it; the pixel error must still have dropped.
         assert!(
-            after.output.ssim > 0.0 && after.output.ssim <= 1.0,
-            "{after:?}"
+            after.output.mse < before.output.mse && (-1.0..=1.0).contains(&after.output.ssim),
+            "{family}: {:?} after training, {:?} untrained",
+            after.output,
+            before.output
         );
         assert_eq!(
             after.baseline.is_some(),
