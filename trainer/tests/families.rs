@@ -263,9 +263,12 @@ fn a_conditional_conv_vae_draws_the_digit_it_is_asked_for() {
     let (_, model) = load_run(&run, &device).expect("the run reloads");
     assert_eq!(model.classes(), CLASSES);
 
-    // Each digit decoded from the centre of the latent plane, judged by the nearest mean image
-    // of the test set's digits: a decoder that ignored its label would draw one digit for all.
-    // Measured: 9 of 10 at seeds 42, 1 and 7 (a 3 or a 0 taken for an 8 or a 5).
+    // Every digit decoded in ten styles (the centre of the latent plane and nine points on a
+    // ring of radius 0.4 around it), each image judged by the nearest mean image of the test
+    // set's digits (a crude judge: it takes many a 0 for a 5 or an 8). A decoder that ignored
+    // its label would draw one digit across each style, ~10 of 100 right. Measured: 90, 74, 83
+    // and 83 of 100 at seeds 42, 1, 7 and 3. (This test first judged one image per digit, from
+    // the centre, and passed at 8 of 10: a margin of one image.)
     let mut test = Mnist::load(&bundled_dir(), Split::Test).expect("bundled MNIST");
     test.truncate(2000);
     let mut means = vec![[0.0f32; 784]; CLASSES];
@@ -280,8 +283,18 @@ fn a_conditional_conv_vae_draws_the_digit_it_is_asked_for() {
     for (m, n) in means.iter_mut().zip(counts) {
         m.iter_mut().for_each(|v| *v /= n as f32);
     }
-    let digits: Vec<u8> = (0..CLASSES as u8).collect();
-    let z = Tensor::<2>::zeros([CLASSES, 2], &device);
+    const STYLES: usize = 10;
+    let mut latents = Vec::with_capacity(2 * STYLES * CLASSES);
+    let mut digits = Vec::with_capacity(STYLES * CLASSES);
+    for style in 0..STYLES {
+        let angle = std::f32::consts::TAU * style as f32 / (STYLES - 1) as f32;
+        let radius = if style == 0 { 0.0 } else { 0.4 };
+        for digit in 0..CLASSES as u8 {
+            latents.extend([radius * angle.cos(), radius * angle.sin()]);
+            digits.push(digit);
+        }
+    }
+    let z = Tensor::<2>::from_data(TensorData::new(latents, [STYLES * CLASSES, 2]), &device);
     let drawn = model
         .decode(with_condition(z, Some(one_hot(&digits, CLASSES, &device))))
         .expect("decodes")
@@ -298,11 +311,15 @@ fn a_conditional_conv_vae_draws_the_digit_it_is_asked_for() {
     let recognised: Vec<usize> = drawn.chunks_exact(784).map(nearest).collect();
     let right = recognised
         .iter()
-        .enumerate()
-        .filter(|(d, r)| d == *r)
+        .zip(&digits)
+        .filter(|(r, d)| **r == usize::from(**d))
         .count();
-    eprintln!("asked for 0..9, drew {recognised:?}");
-    assert!(right >= 8, "asked for 0..9, drew {recognised:?}");
+    eprintln!("{right} of {} drawn as asked: {recognised:?}", digits.len());
+    assert!(
+        right >= 60,
+        "{right} of {} drawn as asked: {recognised:?}",
+        digits.len()
+    );
 
     // `trainer sample` without a digit: ten columns, one per digit.
     let sheet = trainer::pictures::samples(&model, 2, 20, 0, None, &device).expect("samples");
