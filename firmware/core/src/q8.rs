@@ -6,8 +6,13 @@
 
 /// The four bytes every q8 blob starts with.
 pub const MAGIC: [u8; 4] = *b"AEQ8";
-/// The format version this crate reads and writes.
-pub const VERSION: u16 = 2;
+/// The newest format version this crate reads and writes: 3, a conditional decoder (header
+/// field `classes`). The writer still writes unconditional decoders as version 2, which every
+/// parser of this format reads; a version-2 parser refuses a conditional blob instead of
+/// decoding its one-hot digit as two more latent values.
+pub const VERSION: u16 = 3;
+/// The oldest format version this crate reads (an unconditional decoder).
+pub const FIRST_VERSION: u16 = 2;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 32;
 /// Size of one layer record.
@@ -32,7 +37,7 @@ pub enum Error {
     Truncated,
     /// The blob does not start with [`MAGIC`].
     BadMagic,
-    /// The blob's version is not [`VERSION`].
+    /// The blob's version is not one this crate reads ([`FIRST_VERSION`]..=[`VERSION`]).
     UnsupportedVersion(u16),
     /// The stored CRC does not match the contents.
     BadCrc,
@@ -323,7 +328,7 @@ impl<'a> Model<'a> {
             return Err(Error::BadMagic);
         }
         let version = read_u16(blob, 4);
-        if version != VERSION {
+        if !(FIRST_VERSION..=VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion(version));
         }
         let total = read_u32(blob, 24) as usize;
@@ -348,8 +353,10 @@ impl<'a> Model<'a> {
         if latent_dim == 0 || latent_dim as usize > MAX_LATENT {
             return Err(Error::BadHeader("latent size"));
         }
+        // Version 2 is unconditional (its bytes 28..32 were reserved, 0); version 3 conditional.
         let classes = read_u16(blob, 28);
-        if classes >= latent_dim || read_u16(blob, 30) != 0 {
+        let conditional = version >= 3;
+        if (classes > 0) != conditional || classes >= latent_dim || read_u16(blob, 30) != 0 {
             return Err(Error::BadHeader("classes"));
         }
         let output = Shape {
@@ -542,11 +549,15 @@ impl<'a> Model<'a> {
             });
         }
         let styles = self.latent_dim - self.classes;
-        if style.len() != styles as usize || out.len() != self.latent_dim as usize {
-            return Err(Error::LatentLength {
-                expected: styles,
-                got: style.len().min(u16::MAX as usize) as u16,
-            });
+        let length = |expected: u16, got: usize| Error::LatentLength {
+            expected,
+            got: got.min(u16::MAX as usize) as u16,
+        };
+        if style.len() != styles as usize {
+            return Err(length(styles, style.len()));
+        }
+        if out.len() != self.latent_dim as usize {
+            return Err(length(self.latent_dim, out.len()));
         }
         let (head, one_hot) = out.split_at_mut(styles as usize);
         head.copy_from_slice(style);
@@ -735,7 +746,8 @@ mod writer {
         let last = layers.last().ok_or(Error::BadHeader("layer count"))?;
         let mut head = Vec::with_capacity(HEADER_LEN);
         head.extend_from_slice(&MAGIC);
-        head.extend_from_slice(&VERSION.to_le_bytes());
+        let version = if classes > 0 { VERSION } else { FIRST_VERSION };
+        head.extend_from_slice(&version.to_le_bytes());
         put_u16(&mut head, layers.len())?;
         put_u16(&mut head, latent_dim)?;
         put_u16(&mut head, last.output.c as usize)?;
@@ -902,12 +914,14 @@ pub(crate) mod tests {
     fn a_conditional_blob_knows_its_digits() {
         let plain = Model::parse(&tiny_blob()).expect("parses").classes();
         assert_eq!(plain, 0);
-        let with_classes = |classes: u16, reserved: u16| {
+        let header = |version: u16, classes: u16, reserved: u16| {
             let mut blob = tiny_blob();
+            blob[4..6].copy_from_slice(&version.to_le_bytes());
             blob[28..30].copy_from_slice(&classes.to_le_bytes());
             blob[30..32].copy_from_slice(&reserved.to_le_bytes());
             resealed(blob)
         };
+        let with_classes = |classes: u16, reserved: u16| header(3, classes, reserved);
         // The tiny model takes 2 inputs: a 1-value style and a 1-class one-hot.
         let blob = with_classes(1, 0);
         let m = Model::parse(&blob).expect("parses");
@@ -922,10 +936,21 @@ pub(crate) mod tests {
                 classes: 1
             })
         );
-        assert!(matches!(
+        assert_eq!(
             m.digit_latent(&[0.25, 0.5], 0, &mut z),
-            Err(Error::LatentLength { expected: 1, .. })
-        ));
+            Err(Error::LatentLength {
+                expected: 1,
+                got: 2
+            })
+        );
+        assert_eq!(
+            m.digit_latent(&[0.25], 0, &mut [0.0; 3]),
+            Err(Error::LatentLength {
+                expected: 2,
+                got: 3
+            }),
+            "the output buffer's length"
+        );
         let plain_blob = tiny_blob();
         let plain = Model::parse(&plain_blob).expect("parses");
         assert_eq!(
@@ -935,10 +960,21 @@ pub(crate) mod tests {
                 classes: 0
             })
         );
-        // No latent left beside the one-hot, or the reserved half not zero.
-        for blob in [with_classes(2, 0), with_classes(1, 1)] {
+        // No latent left beside the one-hot, the reserved half not zero, a version-2 blob with
+        // classes (a version-2 parser would take the one-hot for latent values), a version-3
+        // blob without.
+        for blob in [
+            with_classes(2, 0),
+            with_classes(1, 1),
+            header(2, 1, 0),
+            header(3, 0, 0),
+        ] {
             assert_eq!(Model::parse(&blob).err(), Some(Error::BadHeader("classes")));
         }
+        assert_eq!(
+            Model::parse(&header(4, 1, 0)).err(),
+            Some(Error::UnsupportedVersion(4))
+        );
     }
 
     #[test]
