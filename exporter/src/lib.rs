@@ -184,6 +184,8 @@ pub struct Report {
     pub family: String,
     /// Latent size, for families with one.
     pub latent: Option<usize>,
+    /// Digits a conditional decoder takes after the latent (one-hot), 0 for the others.
+    pub classes: usize,
     /// Largest difference allowed between a float ONNX runtime and Burn.
     pub float_tolerance: f32,
     /// The files written, in order.
@@ -256,6 +258,7 @@ pub fn export_run_with_progress(
         run: run_dir.display().to_string(),
         family: family.into(),
         latent: config.model.latent(),
+        classes: config.model.classes(),
         float_tolerance: FLOAT_TOLERANCE,
         files: Vec::new(),
         q8: None,
@@ -470,6 +473,7 @@ fn decoder_check_latents(
     options: &ExportOptions,
     device: &Device,
 ) -> anyhow::Result<Tensor<2>> {
+    anyhow::ensure!(options.check > 0, "the decoders' check needs latents: --check 0");
     let half = options.check.div_ceil(2);
     Ok(Tensor::cat(
         vec![
@@ -513,6 +517,10 @@ fn quantize_conv_vae(
     check: Tensor<2>,
     options: &ExportOptions,
 ) -> anyhow::Result<(quantize::QuantizedDecoder, Vec<u8>, quantize::Q8Report)> {
+    anyhow::ensure!(
+        options.calibration > 0,
+        "the int8 decoder's calibration needs latents: --calibration 0"
+    );
     let device = Device::flex();
     let calibration = Tensor::cat(
         vec![
@@ -575,18 +583,23 @@ fn export_int8_onnx(
     options: &ExportOptions,
 ) -> anyhow::Result<(FileReport, Vec<u8>)> {
     let d = quantized.latent;
-    let bytes = qdq::to_onnx(
-        quantized,
-        run_dir,
-        &[
-            ("kind", "decoder".into()),
-            ("precision", "int8 (QDQ)".into()),
-            ("latent_size", d.to_string()),
-            ("input_shape", format!("[batch,{d}]")),
-            ("output_shape", "[batch,1,28,28]".into()),
-            ("pixel_range", "[0,1]".into()),
-        ],
-    )?;
+    // The same interface metadata as the float decoder's (`onnx::export_decoder`): a conditional
+    // decoder's input ends in `classes` one-hot values that `latent_size` does not count.
+    let mut metadata = vec![
+        ("kind", "decoder".into()),
+        ("precision", "int8 (QDQ)".into()),
+        (
+            "latent_size",
+            d.saturating_sub(quantized.classes).to_string(),
+        ),
+        ("input_shape", format!("[batch,{d}]")),
+        ("output_shape", "[batch,1,28,28]".into()),
+        ("pixel_range", "[0,1]".into()),
+    ];
+    if quantized.classes > 0 {
+        metadata.push(("classes", quantized.classes.to_string()));
+    }
+    let bytes = qdq::to_onnx(quantized, run_dir, &metadata)?;
     let [n, _] = check.dims();
     let z = check
         .into_data()

@@ -28,11 +28,11 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<Kind>>,
     /// Training images encoded to calibrate the int8 activations (plus as many N(0, I) samples).
-    #[arg(long, default_value_t = 1000)]
-    calibration: usize,
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    calibration: u32,
     /// Latents the conv VAE's decoders are checked on (half test encodings, half N(0, I) samples).
-    #[arg(long, default_value_t = 1000)]
-    check: usize,
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    check: u32,
     /// Directory with the MNIST files.
     #[arg(long, default_value_os_t = trainer::data::bundled_dir())]
     data: PathBuf,
@@ -83,8 +83,8 @@ fn main() -> anyhow::Result<()> {
     };
     let options = ExportOptions {
         data_dir: cli.data,
-        calibration: cli.calibration,
-        check: cli.check,
+        calibration: cli.calibration as usize,
+        check: cli.check as usize,
         ort_dylib,
         only: cli.only,
     };

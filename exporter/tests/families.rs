@@ -109,7 +109,20 @@ fn a_broken_run_is_one_clear_error_and_writes_nothing() {
 #[test]
 fn the_conv_vae_exports_its_int8_decoder_as_q8_and_as_qdq_onnx_matching_the_firmware() {
     let dir = tempfile::tempdir().expect("temp dir");
-    check_conv_vae_export(short_run("conv-vae", dir.path()), dir.path());
+    let run = short_run("conv-vae", dir.path());
+    // No latents to check or calibrate on is an error, not a panic, and writes nothing.
+    let none = dir.path().join("none");
+    for (check, calibration) in [(0, 32), (32, 0)] {
+        let options = ExportOptions {
+            check,
+            calibration,
+            ..options()
+        };
+        let err = export_run(&run, &none, &options).expect_err("no latents");
+        assert!(format!("{err:#}").contains("needs latents"), "{err:#}");
+        assert!(!none.exists(), "nothing written");
+    }
+    check_conv_vae_export(run, dir.path());
 }
 
 #[test]

@@ -564,7 +564,7 @@ fn a_conditional_decoder_draws_the_asked_digit_everywhere() {
         only: None,
     };
     let report = export_run(&run_dir, &out_dir, &options).expect("export");
-    assert_eq!(report.latent, Some(2));
+    assert_eq!((report.latent, report.classes), (Some(2), CLASSES));
     let (_, model) = load_run(&run_dir, &device).expect("reload");
     assert_eq!(model.classes(), CLASSES);
 
@@ -572,6 +572,12 @@ fn a_conditional_decoder_draws_the_asked_digit_everywhere() {
     assert_eq!(
         (decoder.latent_dim(), decoder.classes()),
         (2 + CLASSES, CLASSES)
+    );
+    let int8 = edge_runtime::Decoder::load(out_dir.join("decoder_int8.onnx")).expect("int8 loads");
+    assert_eq!(
+        (int8.latent_dim(), int8.classes()),
+        (2 + CLASSES, CLASSES),
+        "the int8 ONNX decoder says it is conditional too"
     );
     let styles = [[0.0f32, 0.0], [1.2, -0.7]];
     let mut inputs = Vec::new();
