@@ -44,7 +44,8 @@ enum Command {
     /// denoiser) per second over a number of Adam steps on the bundled data.
     Bench(BenchArgs),
     /// Draw a trained run: reconstructions, the latent scatter of the test set coloured by digit,
-    /// digits decoded across the 2-d latent plane, loss curves (PNG files).
+    /// digits decoded across the 2-d latent plane (not for a conditional VAE: its samples show
+    /// each style as every digit), loss curves (PNG files).
     Pictures(PicturesArgs),
 }
 

@@ -107,8 +107,8 @@ pub fn load(dir: &Path, names: &[&str]) -> Result<Vec<GrayImage>, DataError> {
 }
 
 /// `count` random `side x side` patches of `images` (image chosen in proportion to its area,
-/// flipped horizontally and/or vertically and transposed at random: any of the square's eight
-/// symmetries), concatenated.
+/// flipped horizontally and/or vertically at random, and with `transposes` also transposed at
+/// random: any of the square's eight symmetries), concatenated.
 ///
 /// # Errors
 /// An image smaller than the patch.
@@ -116,6 +116,7 @@ pub fn patches(
     images: &[GrayImage],
     count: usize,
     side: usize,
+    transposes: bool,
     rng: &mut SplitMix64,
 ) -> Result<Vec<f32>, String> {
     if let Some(small) = images.iter().find(|i| i.width < side || i.height < side) {
@@ -146,7 +147,8 @@ pub fn patches(
         let x0 = (rng.next_u64() % (image.width - side + 1) as u64) as usize;
         let y0 = (rng.next_u64() % (image.height - side + 1) as u64) as usize;
         let bits = rng.next_u64();
-        let (flip_x, flip_y, transpose) = (bits & 1 == 1, bits & 2 == 2, bits & 4 == 4);
+        let (flip_x, flip_y) = (bits & 1 == 1, bits & 2 == 2);
+        let transpose = transposes && bits & 4 == 4;
         for y in 0..side {
             let sy = if flip_y { side - 1 - y } else { y };
             for x in 0..side {
@@ -194,7 +196,7 @@ mod tests {
             pixels: (0..12).map(|v| v as f32).collect(),
         };
         let mut rng = SplitMix64(1);
-        let p = patches(std::slice::from_ref(&image), 50, 3, &mut rng).expect("fits");
+        let p = patches(std::slice::from_ref(&image), 50, 3, true, &mut rng).expect("fits");
         assert_eq!(p.len(), 50 * 9);
         // Every patch is a (possibly flipped) 3x3 window: its corners differ by 2 across and 8
         // (two rows of 4) down, or the other way round when it is transposed. All eight
@@ -207,7 +209,15 @@ mod tests {
             seen.insert((across as i32, down as i32));
         }
         assert_eq!(seen.len(), 8, "{seen:?}");
-        assert!(patches(&[image], 1, 4, &mut rng).is_err(), "too small");
+        // Without transposes (runs from before the option), only the four flips.
+        let p = patches(std::slice::from_ref(&image), 50, 3, false, &mut rng).expect("fits");
+        for patch in p.chunks(9) {
+            assert_eq!((patch[2] - patch[0]).abs(), 2.0, "{patch:?}");
+        }
+        assert!(
+            patches(&[image], 1, 4, true, &mut rng).is_err(),
+            "too small"
+        );
         let clean = vec![0.5; 10_000];
         let noisy = add_noise(&clean, 25.0, &mut rng);
         let rms = (noisy.iter().map(|v| (v - 0.5).powi(2)).sum::<f32>() / 1e4).sqrt() * 255.0;

@@ -296,17 +296,38 @@ pub fn latent_scatter(means: &[[f32; 2]], labels: &[u8]) -> Canvas {
 
 /// The pixels of the digits `model` decodes from the latents `z`, digit after digit.
 fn decoded_pixels(model: &Model, z: Tensor<2>) -> anyhow::Result<Vec<f32>> {
+    let width = model
+        .decoder_input()
+        .context("this family has no decoder")?;
+    let [_, given] = z.dims();
+    let classes = model.classes();
+    anyhow::ensure!(
+        given == width,
+        "the decoder takes {width} values per digit{}, not {given}",
+        if classes > 0 {
+            format!(" ({classes} of them the one-hot digit)")
+        } else {
+            String::new()
+        }
+    );
     tensor_values(model.decode(z).context("this family has no decoder")?)
 }
 
 /// Digits decoded on a `side x side` grid over `[-span, span]^2` of the 2-d latent plane, z1
 /// growing upwards, z0 to the right.
+///
+/// # Errors
+/// A model without a decoder of a 2-d latent (a conditional one included: it draws digits).
 pub fn latent_grid(
     model: &Model,
     side: usize,
     span: f32,
     device: &Device,
 ) -> anyhow::Result<Canvas> {
+    anyhow::ensure!(
+        model.classes() == 0,
+        "a conditional decoder has no single latent plane to draw (one per digit)"
+    );
     let at = |i: usize| -span + 2.0 * span * i as f32 / (side.max(2) - 1) as f32;
     let latents: Vec<f32> = (0..side)
         .flat_map(|row| (0..side).flat_map(move |col| [at(col), -at(row)]))
@@ -334,6 +355,7 @@ pub fn samples(
     digit: Option<u8>,
     device: &Device,
 ) -> anyhow::Result<Canvas> {
+    anyhow::ensure!(count > 0, "no samples asked for");
     let classes = model.classes();
     let by_digit = classes > 0 && digit.is_none();
     // Sample i decodes style i (or i / 10 when every row shows the ten digits).
@@ -704,6 +726,29 @@ mod tests {
             samples(&model, 2, 5, 1, None, &device).expect("decodes"),
             "seeded"
         );
+        assert!(
+            samples(&model, 2, 0, 1, None, &device).is_err(),
+            "no samples"
+        );
+        assert!(
+            samples(&model, 3, 4, 1, None, &device).is_err(),
+            "wrong latent"
+        );
+    }
+
+    #[test]
+    fn only_a_plain_2d_latent_has_a_plane_to_draw() {
+        use crate::model::{ConvVaeConfig, DenseAeConfig, ModelConfig};
+        let device = Device::flex();
+        let wide = ModelConfig::DenseAe(DenseAeConfig::new().with_latent(8)).init(&device);
+        let conditional =
+            ModelConfig::ConvVae(ConvVaeConfig::new().with_conditional(Some(true))).init(&device);
+        for model in [wide, conditional] {
+            let err = latent_grid(&model, 3, 1.0, &device).expect_err("no plane");
+            assert!(err.to_string().contains("decoder"), "{err}");
+        }
+        let plain = ModelConfig::ConvVae(ConvVaeConfig::new()).init(&device);
+        assert!(latent_grid(&plain, 3, 1.0, &device).is_ok());
     }
 
     #[test]

@@ -362,7 +362,8 @@ impl Source {
             }
             Source::Photos { train, config, .. } => {
                 let side = config.patch;
-                let clean = natural::patches(train, chunk.len(), side, noise)
+                let transposes = config.transposes == Some(true);
+                let clean = natural::patches(train, chunk.len(), side, transposes, noise)
                     .map_err(anyhow::Error::msg)?;
                 let mut noisy = Vec::with_capacity(clean.len());
                 for patch in clean.chunks_exact(side * side) {

@@ -117,7 +117,8 @@ fn camera_denoiser_learns_from_photographs() {
     let device = Device::flex();
     let model = CameraDenoiserConfig::new()
         .with_patch(32)
-        .with_patches_per_epoch(3072);
+        .with_patches_per_epoch(3072)
+        .with_transposes(Some(true));
     let config = TrainingConfig::new(ModelConfig::CameraDenoiser(model))
         .with_epochs(1)
         .with_batch_size(32)

@@ -182,6 +182,10 @@ pub struct CameraDenoiserConfig {
     /// Largest noise standard deviation in training, in 8-bit units.
     #[config(default = 50.0)]
     pub sigma_max: f32,
+    /// Also transpose training patches at random: with the flips, all eight symmetries of a
+    /// square. `None` (runs written before the option existed) keeps to the flips, as those
+    /// runs trained; `trainer train` writes `Some(true)`.
+    pub transposes: Option<bool>,
 }
 
 /// Denoiser for camera frames: a fully convolutional stack of dilated 3x3 convolutions (ReLU

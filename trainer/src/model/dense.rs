@@ -76,6 +76,11 @@ impl DenseAe {
         // The code is linear (no ReLU), as in the lesson; the first decoder layer follows with one.
         run(&self.decoder, code)
     }
+
+    /// Width of the code the decoder takes.
+    pub fn latent(&self) -> usize {
+        self.decoder.first().map_or(0, |l| l.weight.dims()[0])
+    }
 }
 
 /// Hyper-parameters of [`FcVae`].
@@ -140,5 +145,10 @@ impl FcDecoder {
     /// - latent: `[batch, latent]`; output: `[batch, 784]`
     pub fn forward_logits(&self, latent: Tensor<2>) -> Tensor<2> {
         self.output.forward(relu(self.hidden.forward(latent)))
+    }
+
+    /// Width of the latent the decoder takes.
+    pub fn latent(&self) -> usize {
+        self.hidden.weight.dims()[0]
     }
 }

@@ -196,7 +196,9 @@ impl ModelConfig {
             "super-res" => Self::SuperRes(SuperResConfig::new()),
             "fc-vae" => Self::FcVae(FcVaeConfig::new()),
             "conv-vae" => Self::ConvVae(ConvVaeConfig::new()),
-            "camera-denoiser" => Self::CameraDenoiser(CameraDenoiserConfig::new()),
+            "camera-denoiser" => {
+                Self::CameraDenoiser(CameraDenoiserConfig::new().with_transposes(Some(true)))
+            }
             _ => return None,
         })
     }
@@ -525,6 +527,20 @@ impl Model {
             Self::ConvVae(m) => m.decoder.forward_logits(latent, None),
         };
         Some(sigmoid(logits))
+    }
+
+    /// Width of the input [`Model::decode`] takes (the latent, plus [`Model::classes`]); `None`
+    /// for families without a decoder.
+    pub fn decoder_input(&self) -> Option<usize> {
+        match self {
+            Self::DenseAe(m) => Some(m.latent()),
+            Self::ConvAe(m) | Self::DenoisingAe(m) => {
+                Some(m.code_channels() * CODE_SIDE * CODE_SIDE)
+            }
+            Self::SuperRes(_) | Self::CameraDenoiser(_) => None,
+            Self::FcVae(m) => Some(m.decoder.latent()),
+            Self::ConvVae(m) => Some(m.decoder.latent()),
+        }
     }
 
     /// The convolutional VAE, if that is what this is (the int8 exporter's input).
