@@ -41,8 +41,8 @@ impl CapturePixels {
     fn min_bytes_per_line(self, width: usize) -> usize {
         match self {
             Self::Grey => width,
-            Self::Yu12 => 2 * width.div_ceil(2),
-            Self::Yuyv => 2 * width,
+            Self::Yu12 => width.div_ceil(2).saturating_mul(2),
+            Self::Yuyv => width.saturating_mul(2),
         }
     }
 

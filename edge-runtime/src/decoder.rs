@@ -43,7 +43,7 @@ impl Decoder {
         let model = crate::onnx::read(path)?;
         let not_a_decoder = |reason: String| Error::NotADecoder {
             path: path.into(),
-            reason,
+            reason: format!("as a decoder: {reason}"),
         };
         let prepare_failed = |e: TractError| Error::PrepareModel {
             path: path.into(),

@@ -21,10 +21,15 @@ pub struct Denoiser {
     height: usize,
 }
 
+/// Longest frame side a denoiser takes (a 16K frame; any sensor's is smaller). It keeps every
+/// buffer size far from overflow, on 32-bit targets too.
+pub const MAX_FRAME_SIDE: usize = 16_384;
+
 impl Denoiser {
     /// Loads the ONNX denoiser at `path` and optimises it for `width x height` frames.
     ///
     /// # Errors
+    /// - [`Error::FrameSize`]: a side of 0 or above [`MAX_FRAME_SIDE`];
     /// - [`Error::ReadModel`] / [`Error::ParseModel`]: missing, unreadable or not ONNX;
     /// - [`Error::NotADecoder`] (the interface check): not one input and one output, or an
     ///   output that is not `[1, 1, height, width]` for that input;
@@ -41,15 +46,15 @@ impl Denoiser {
             path: path.into(),
             source: e.into(),
         };
+        if !(1..=MAX_FRAME_SIDE).contains(&width) || !(1..=MAX_FRAME_SIDE).contains(&height) {
+            return Err(Error::FrameSize { width, height });
+        }
         let inputs = model.input_outlets().map_err(prepare_failed)?.len();
         let outputs = model.output_outlets().map_err(prepare_failed)?.len();
         if inputs != 1 || outputs != 1 {
             return Err(not_a_denoiser(format!(
                 "it has {inputs} inputs and {outputs} outputs, a denoiser has 1 and 1"
             )));
-        }
-        if width == 0 || height == 0 {
-            return Err(not_a_denoiser(format!("a {width}x{height} frame is empty")));
         }
         let model = model
             .with_input_fact(0, f32::fact([1, 1, height, width]).into())

@@ -33,8 +33,9 @@ pub enum Error {
         source: TractFailure,
     },
 
-    /// The model parsed, but its inputs or outputs do not look like a decoder's.
-    #[error("{path} is not a decoder: {reason}")]
+    /// The model parsed, but its inputs or outputs do not fit the role it was loaded for (a
+    /// decoder, a denoiser, a model with one input); `reason` names the role.
+    #[error("{path} cannot be used {reason}")]
     NotADecoder {
         /// The model file.
         path: PathBuf,
@@ -92,6 +93,15 @@ pub enum Error {
         /// tract's explanation.
         #[source]
         source: TractFailure,
+    },
+
+    /// A frame size a denoiser cannot take: a side of 0 or above [`crate::MAX_FRAME_SIDE`].
+    #[error("a {width}x{height} frame: each side must be 1 to {max} pixels", max = crate::MAX_FRAME_SIDE)]
+    FrameSize {
+        /// Frame width.
+        width: usize,
+        /// Frame height.
+        height: usize,
     },
 
     /// Pixel data whose length does not match the image size.

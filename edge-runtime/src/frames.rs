@@ -62,10 +62,15 @@ fn read_frame(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
+/// Most worker threads [`denoise_stream`] starts.
+pub const MAX_THREADS: usize = 256;
+
 /// Denoises every frame of `reader` (frames of `format` at the denoiser's size, back to back)
 /// and writes them to `writer` in the same order and format, with `threads` workers (at least
-/// one) each holding at most one frame, and at most `2 * threads + 1` frames in memory in all.
-/// The frame buffers are reused: nothing is allocated per frame.
+/// one, at most [`MAX_THREADS`]) each holding at most one frame, and at most `2 * threads + 1`
+/// frames in memory in all. The frame buffers and the model's input tensors are reused: the
+/// stream allocates nothing per frame of its own (tract allocates the intermediate tensors of
+/// each run; the `edge` binary keeps glibc from returning that memory between frames).
 ///
 /// # Errors
 /// [`Error::ShortFrame`] when the stream ends inside a frame (every complete frame before it
@@ -79,7 +84,7 @@ pub fn denoise_stream(
 ) -> Result<StreamSummary, Error> {
     let (width, height) = denoiser.frame_size();
     let (frame_bytes, luma) = (format.frame_bytes(width, height), width * height);
-    let threads = threads.max(1);
+    let threads = threads.clamp(1, MAX_THREADS);
     let in_flight = 2 * threads + 1;
     let workers: Vec<Denoiser> = (0..threads)
         .map(|_| denoiser.worker())

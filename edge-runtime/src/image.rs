@@ -65,7 +65,7 @@ impl Image {
     ///
     /// # Errors
     /// [`Error::MixedSizes`] when the images differ in size; [`Error::PixelCount`] when there is
-    /// no image or `columns` is 0.
+    /// no image, `columns` is 0 or the sheet would be too large to address.
     pub fn tile(images: &[Image], columns: usize, gap: usize) -> Result<Image, Error> {
         let (Some(first), true) = (images.first(), columns > 0) else {
             return Err(Error::PixelCount {
@@ -83,8 +83,20 @@ impl Image {
         }
         let columns = columns.min(images.len());
         let rows = images.len().div_ceil(columns);
-        let (sheet_w, sheet_h) = (columns * (w + gap) + gap, rows * (h + gap) + gap);
-        let mut pixels = vec![0.5f32; sheet_w * sheet_h];
+        let side = |n: usize, cell: usize| n.checked_mul(cell.checked_add(gap)?)?.checked_add(gap);
+        let (Some(sheet_w), Some(sheet_h)) = (side(columns, w), side(rows, h)) else {
+            return Err(Error::PixelCount {
+                width: usize::MAX,
+                height: usize::MAX,
+                actual: images.len(),
+            });
+        };
+        let area = sheet_w.checked_mul(sheet_h).ok_or(Error::PixelCount {
+            width: sheet_w,
+            height: sheet_h,
+            actual: images.len(),
+        })?;
+        let mut pixels = vec![0.5f32; area];
         for row in 0..rows {
             for col in 0..columns {
                 let (x0, y0) = (gap + col * (w + gap), gap + row * (h + gap));
@@ -262,6 +274,9 @@ fn decode_pgm(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
         return Err(format!(
             "PGM maxval {maxval} is not 1..=255 (16-bit PGM is not supported)"
         ));
+    }
+    if width == 0 || height == 0 {
+        return Err(format!("PGM is {width}x{height}: no pixels"));
     }
     let pixels = width
         .checked_mul(height)
@@ -462,6 +477,14 @@ mod tests {
         assert_eq!(&bytes[..header.len()], header);
         assert_eq!(&bytes[header.len()..], image.to_gray8().as_slice());
         assert_only_file(dir.path(), "digit.pgm");
+    }
+
+    #[test]
+    fn pgm_without_pixels_is_an_error() {
+        for bytes in [&b"P5\n0 5\n255\n"[..], b"P5 18446744073709551615 0 255\n"] {
+            let err = decode_pgm(bytes).expect_err("no pixels");
+            assert!(err.contains("no pixels"), "{err}");
+        }
     }
 
     #[test]

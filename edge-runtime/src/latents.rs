@@ -96,13 +96,14 @@ fn check_uniform(latents: &[Vec<f32>]) -> Result<(), String> {
     for (i, v) in latents.iter().enumerate() {
         if v.is_empty() || v.len() != first.len() {
             return Err(format!(
-                "vector {i} has {} values, vector 0 has {}",
+                "vector {} has {} values, the first has {}",
+                i + 1,
                 v.len(),
                 first.len()
             ));
         }
         if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
-            return Err(format!("vector {i} holds {bad}, not a finite number"));
+            return Err(format!("vector {} holds {bad}, not a finite number", i + 1));
         }
     }
     Ok(())
@@ -205,11 +206,11 @@ mod tests {
         assert!(check_uniform(&[vec![1.0, 2.0], vec![3.0, 4.0]]).is_ok());
         assert_eq!(
             check_uniform(&[vec![1.0, 2.0], vec![3.0]]),
-            Err("vector 1 has 1 values, vector 0 has 2".into())
+            Err("vector 2 has 1 values, the first has 2".into())
         );
         assert_eq!(
             check_uniform(&[vec![1.0, f32::NAN]]),
-            Err("vector 0 holds NaN, not a finite number".into())
+            Err("vector 1 holds NaN, not a finite number".into())
         );
         assert_eq!(
             check_uniform(&[]),
@@ -229,7 +230,7 @@ mod tests {
         let json = dir.path().join("z.json");
         std::fs::write(&json, "[[1, 2], [3]]").expect("write");
         let message = read_file(&json).expect_err("ragged").to_string();
-        assert!(message.contains("z.json") && message.contains("vector 1 has 1 values"));
+        assert!(message.contains("z.json") && message.contains("vector 2 has 1 values"));
         let missing = read_file(&dir.path().join("none.csv")).expect_err("missing");
         assert!(missing.to_string().contains("none.csv"));
         assert!(read_file(&dir.path().join("z.txt")).is_err());

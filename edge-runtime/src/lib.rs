@@ -1,14 +1,16 @@
 //! Runs the exported MNIST autoencoders with [tract] on small Linux devices (Raspberry Pi).
 //!
-//! The trainer and exporter produce ONNX files; this crate loads a decoder, checks that its
-//! interface is the one a decoder must have, optimises it once for batch 1, and turns latent
-//! vectors into 28x28 grayscale images written as PNG or PGM.
+//! The trainer and exporter produce ONNX files; this crate loads them, checks that each has the
+//! interface its role needs, optimises it once, and runs it: a [`Decoder`] turns latent vectors
+//! into grayscale digit images (written as PNG or PGM), a [`Denoiser`] cleans camera frames of
+//! a size fixed at load time (one by one or as a stream, [`frames`]), and an [`OnnxModel`] runs
+//! encoders and upscalers.
 //!
 //! ```no_run
 //! use edge_runtime::Decoder;
 //!
 //! # fn main() -> Result<(), edge_runtime::Error> {
-//! let decoder = Decoder::load("runs/conv/conv.decoder.onnx")?;
+//! let decoder = Decoder::load("out/conv-vae/decoder.onnx")?;
 //! let image = decoder.decode(&vec![0.0; decoder.latent_dim()])?;
 //! image.save("digit.png")?; // or .pgm; written atomically
 //! # Ok(())
@@ -18,7 +20,9 @@
 //! # The decoder contract
 //! One input, `f32 [1, D]` or `f32 [N, D]` with a symbolic batch `N` (fixed to 1 at load time);
 //! one output, `f32 [1, 1, H, W]`, values in `[0, 1]` for the trained models. Inputs and outputs
-//! are found by position, not by name. Anything else is reported as [`Error::NotADecoder`].
+//! are found by position, not by name. Anything else is reported as [`Error::NotADecoder`]. A
+//! conditional decoder's metadata `classes` says how many of its `D` inputs are a one-hot digit
+//! ([`Decoder::with_digit`]).
 //!
 //! # Portability
 //! Nothing here is specific to a CPU: the same code is tested on x86_64 and, through
@@ -40,7 +44,7 @@ mod model;
 mod onnx;
 
 pub use decoder::Decoder;
-pub use denoiser::Denoiser;
+pub use denoiser::{Denoiser, MAX_FRAME_SIDE};
 pub use error::{Error, TractFailure};
 pub use image::{Image, ImageFormat, write_atomically};
 pub use model::OnnxModel;

@@ -76,14 +76,16 @@ enum Command {
     /// Encodes digit images (PNG/PGM, 28x28) into latent vectors with an exported encoder: CSV,
     /// one vector per line after a `# file` comment (what `generate --latents` reads).
     Encode(EncodeArgs),
-    /// Upscales low-resolution digit images (14x14) to 28x28 with an exported upscaler.
+    /// Upscales low-resolution digit images to twice their size with an exported upscaler (the
+    /// super-resolution AE's: 14x14 to 28x28; a fully convolutional one takes any even size).
     Upscale(UpscaleArgs),
     /// Scores images by how badly an autoencoder rebuilds them (mean squared pixel error through
     /// encoder.onnx then decoder.onnx): digits it learned score low, anything else high. A
     /// conditional decoder rebuilds each image as every digit; the best scores and is named.
     Anomaly(AnomalyArgs),
-    /// Times a decoder: latency percentiles and digits per second, with tract and (when built
-    /// with the `ort` feature and given the library) ONNX Runtime on the same latents.
+    /// Times a decoder (digits per second) or, with --size, a denoiser (frames per second):
+    /// latency percentiles with tract and (when built with the `ort` feature and given the
+    /// library) ONNX Runtime on the same inputs.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
 }
@@ -97,7 +99,7 @@ Examples:
 
 #[derive(Debug, Args)]
 struct BenchArgs {
-    /// ONNX decoder written by the exporter.
+    /// ONNX decoder (or, with --size, denoiser) written by the exporter.
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
 
@@ -282,9 +284,10 @@ fn upscale(args: &UpscaleArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    for file in image_files(&args.images, "upscale")? {
+    let files = image_files(&args.images, "upscale")?;
+    for (file, target) in files.iter().zip(targets(&files, &args.out)?) {
         let image = if any_size {
-            let image = Image::load(&file)?;
+            let image = Image::load(file)?;
             let size = (image.width(), image.height());
             if !models.iter().any(|(s, _)| *s == size) {
                 let model = OnnxModel::load(&args.model, Some(&[1, 1, size.1, size.0]))
@@ -297,7 +300,7 @@ fn upscale(args: &UpscaleArgs) -> Result<()> {
                 .first()
                 .map(|(s, _)| *s)
                 .context("a fixed-size upscaler")?;
-            load_sized(&file, size)?
+            load_sized(file, size)?
         };
         let size = (image.width(), image.height());
         let Some((_, model)) = models.iter().find(|(s, _)| *s == size) else {
@@ -319,9 +322,6 @@ fn upscale(args: &UpscaleArgs) -> Result<()> {
             .run(image.pixels())
             .with_context(|| format!("upscaling {}", file.display()))?;
         let pixels = outputs.swap_remove(0);
-        let target = args
-            .out
-            .join(file.file_name().context("an image file has a name")?);
         Image::new(w, h, pixels)?.save(&target)?;
         println!("{} -> {} ({w}x{h})", file.display(), target.display());
     }
@@ -346,7 +346,9 @@ fn anomaly(args: &AnomalyArgs) -> Result<()> {
         let latent = encoder
             .run(image.pixels())
             .with_context(|| format!("encoding {}", file.display()))?
-            .swap_remove(0);
+            .into_iter()
+            .next()
+            .context("the encoder has no output")?;
         // A conditional decoder rebuilds the image as every digit; the best one scores (and
         // names the digit the image looks most like).
         let inputs = match decoder.classes() {
@@ -402,9 +404,14 @@ fn parse_size(text: &str) -> Result<(usize, usize), String> {
             h.trim().parse::<usize>().ok()?,
         ))
     });
+    let side = 1..=edge_runtime::MAX_FRAME_SIDE;
     match parsed {
-        Some((w, h)) if w > 0 && h > 0 => Ok((w, h)),
-        _ => Err(format!("`{text}` is not a size like 640x480")),
+        Some((w, h)) if side.contains(&w) && side.contains(&h) => Ok((w, h)),
+        Some(_) => Err(format!(
+            "`{text}`: each side must be 1 to {} pixels",
+            edge_runtime::MAX_FRAME_SIDE
+        )),
+        None => Err(format!("`{text}` is not a size like 640x480")),
     }
 }
 
@@ -574,8 +581,11 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
     // A file output is written to a temporary file beside it and renamed when the stream ends:
     // an interrupted run never leaves half a frame. After a short final frame the complete
-    // frames are kept (renamed) and the error reported.
-    let temporary = (out.as_os_str() != "-").then(|| {
+    // frames are kept (renamed) and the error reported. An existing output that is not a
+    // regular file (a FIFO, /dev/null, a device) is written in place: renaming over it would
+    // replace it.
+    let special = out.as_os_str() != "-" && std::fs::metadata(&out).is_ok_and(|m| !m.is_file());
+    let temporary = (out.as_os_str() != "-" && !special).then(|| {
         let name = out.file_name().unwrap_or_default().to_string_lossy();
         out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
     });
@@ -604,6 +614,12 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
     }
     let reader = stream_reader(args, (width, height))?;
     let writer: Box<dyn std::io::Write> = match &temporary {
+        None if special => Box::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&out)
+                .with_context(|| format!("opening {}", out.display()))?,
+        )),
         None => Box::new(std::io::stdout().lock()),
         Some(tmp) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?,
@@ -621,6 +637,10 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
     if let Some(tmp) = &temporary {
         let keep = matches!(result, Ok(_) | Err(edge_runtime::Error::ShortFrame { .. }));
         if keep {
+            // On disk before the rename makes it visible (the stream's writer is flushed).
+            std::fs::File::open(tmp)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", tmp.display()))?;
             std::fs::rename(tmp, &out)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
         } else {
@@ -690,6 +710,36 @@ fn image_files(inputs: &[PathBuf], verb: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Where each of `files` is written in the folder `out` (under its own file name), refusing to
+/// overwrite an input or to write two inputs to one file.
+fn targets(files: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
+    let inputs: std::collections::HashSet<PathBuf> = files
+        .iter()
+        .filter_map(|f| std::fs::canonicalize(f).ok())
+        .collect();
+    let mut taken = std::collections::HashSet::new();
+    files
+        .iter()
+        .map(|file| {
+            let target = out.join(file.file_name().context("an image file has a name")?);
+            if !taken.insert(target.clone()) {
+                bail!(
+                    "two inputs named {} would both be written to {}",
+                    target.file_name().unwrap_or_default().to_string_lossy(),
+                    target.display()
+                );
+            }
+            if std::fs::canonicalize(&target).is_ok_and(|t| inputs.contains(&t)) {
+                bail!(
+                    "{} would overwrite an input: choose another --out folder",
+                    target.display()
+                );
+            }
+            Ok(target)
+        })
+        .collect()
+}
+
 fn denoise_images(args: &DenoiseArgs) -> Result<()> {
     if args.images.is_empty() {
         bail!("no images to denoise: name image files or folders, or give --size for a raw stream");
@@ -700,9 +750,10 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("denoised"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let targets = targets(&files, &out)?;
     // One plan per frame size, optimised on first use.
     let mut plans: std::collections::HashMap<(usize, usize), Denoiser> = Default::default();
-    for (index, file) in files.iter().enumerate() {
+    for (index, (file, target)) in files.iter().zip(targets).enumerate() {
         let original = Image::load(file)?;
         let image = match args.add_noise {
             Some(sigma) => with_noise(&original, sigma, index as u64)?,
@@ -718,8 +769,6 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
         let clean = denoiser
             .denoise(&image)
             .with_context(|| format!("denoising {}", file.display()))?;
-        let name = file.file_name().context("an image file has a name")?;
-        let target = out.join(name);
         clean.save(&target)?;
         if args.add_noise.is_some() {
             let noisy_path = target.with_file_name(format!(

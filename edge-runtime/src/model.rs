@@ -24,7 +24,7 @@ impl OnnxModel {
     ///
     /// # Errors
     /// [`Error::ReadModel`], [`Error::ParseModel`]; [`Error::NotADecoder`] (the interface check)
-    /// for a model without exactly one input or without a usable shape; [`Error::PrepareModel`]
+    /// for a model without exactly one input, without outputs or without a usable shape; [`Error::PrepareModel`]
     /// when tract cannot optimise it for the shape.
     pub fn load(path: impl AsRef<Path>, input_shape: Option<&[usize]>) -> Result<Self, Error> {
         let path = path.as_ref();
@@ -46,6 +46,9 @@ impl OnnxModel {
             let dims: Option<Vec<usize>> = fact.shape.iter().map(|d| d.to_usize().ok()).collect();
             output_shapes
                 .push(dims.ok_or_else(|| interface(format!("output {i} has no fixed shape")))?);
+        }
+        if output_shapes.is_empty() {
+            return Err(interface("it has no outputs".into()));
         }
         let plan = model.into_runnable().map_err(prepare_failed)?;
         let state = Mutex::new(plan.spawn().map_err(prepare_failed)?);

@@ -372,7 +372,7 @@ fn latents_from_csv_and_json_files() {
     assert!(!out.status.success());
     let message = stderr(&out);
     assert!(
-        message.contains("bad.csv") && message.contains("vector 1 has 1 values"),
+        message.contains("bad.csv") && message.contains("vector 2 has 1 values"),
         "{message}"
     );
     assert!(!dir.path().join("b_0.png").exists(), "nothing written");
@@ -490,6 +490,104 @@ fn denoise_pipes_a_raw_stream_and_denoises_image_folders() {
         "{}",
         stderr(&out)
     );
+
+    // Written into the folder they came from, the images would replace themselves; two inputs
+    // of one name would land on one file. Both refused, the originals untouched.
+    let before = std::fs::read(photos.join("a.png")).expect("a.png");
+    let args = [
+        "denoise",
+        "--model",
+        "blur.onnx",
+        "photos",
+        "--out",
+        "photos",
+    ];
+    let out = edge(dir.path(), &args);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("would overwrite an input"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(photos.join("a.png")).expect("a.png"), before);
+    std::fs::create_dir(dir.path().join("more")).expect("mkdir");
+    image
+        .save(dir.path().join("more").join("a.png"))
+        .expect("png");
+    let args = [
+        "denoise",
+        "--model",
+        "blur.onnx",
+        "photos",
+        "more",
+        "--out",
+        "x",
+    ];
+    let out = edge(dir.path(), &args);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("two inputs named a.png"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Frame sizes past the limit are refused before anything is read.
+    let args = [
+        "denoise",
+        "--model",
+        "blur.onnx",
+        "--size",
+        "4294967296x4294967296",
+    ];
+    let out = edge(dir.path(), &args);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("each side must be 1 to 16384"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A stream written to something that is not a regular file (here a FIFO, like /dev/null or
+/// a pipe to another program) is written in place: renaming a temporary file over it would
+/// replace it.
+#[cfg(unix)]
+#[test]
+fn a_stream_into_a_fifo_stays_a_fifo() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = workspace();
+    common::write_model(&dir.path().join("blur.onnx"), &common::box_blur_model());
+    let fifo = dir.path().join("out.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).expect("read the fifo"))
+    };
+    let frames: Vec<u8> = (0..2 * 60).map(|i| (i * 5 % 256) as u8).collect();
+    std::fs::write(dir.path().join("in.y8"), &frames).expect("frames");
+    let args = [
+        "denoise",
+        "--model",
+        "blur.onnx",
+        "--size",
+        "10x6",
+        "--format",
+        "gray8",
+        "--input",
+        "in.y8",
+        "--out",
+        "out.fifo",
+    ];
+    let out = edge(dir.path(), &args);
+    if !out.status.success() {
+        // Let the reader's open return, so the failure is reported instead of a hang.
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+    }
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(reader.join().expect("reader").len(), frames.len());
+    let kind = std::fs::metadata(&fifo).expect("still there").file_type();
+    assert!(kind.is_fifo(), "{kind:?}");
 }
 
 #[test]
