@@ -763,7 +763,15 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
         let denoiser = match plans.entry(size) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                Denoiser::load(&args.model, size.0, size.1).context("loading the denoiser")?,
+                Denoiser::load(&args.model, size.0, size.1).with_context(|| {
+                    format!(
+                        "loading the denoiser for {} ({}x{}; a denoiser of one fixed size, \
+                         like an MNIST denoising AE's, takes images of that size only)",
+                        file.display(),
+                        size.0,
+                        size.1
+                    )
+                })?,
             ),
         };
         let clean = denoiser

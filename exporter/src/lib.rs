@@ -473,7 +473,10 @@ fn decoder_check_latents(
     options: &ExportOptions,
     device: &Device,
 ) -> anyhow::Result<Tensor<2>> {
-    anyhow::ensure!(options.check > 0, "the decoders' check needs latents: --check 0");
+    anyhow::ensure!(
+        options.check > 0,
+        "the decoders' check needs latents: --check 0"
+    );
     let half = options.check.div_ceil(2);
     Ok(Tensor::cat(
         vec![
