@@ -383,6 +383,12 @@ fn main() -> anyhow::Result<()> {
                         format!("a {} has no latent size", config.model.family())
                     })?;
                     let e = training::evaluate_images(&model, &config.model, &test, 500, &device)?;
+                    if config.model.classes() > 0 {
+                        eprintln!(
+                            "note: a conditional model's decoder is also told each image's digit, \
+                             so its {latent}-d code is not compared like for like with PCA's"
+                        );
+                    }
                     Some((latent, e.output.mse))
                 }
                 None => None,
