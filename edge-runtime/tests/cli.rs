@@ -232,7 +232,12 @@ fn non_numeric_latent_is_a_usage_error() {
 /// Runs `edge generate` with `args` in a fresh workspace and checks it fails with `message`.
 fn generate_fails_with(args: &[&str], message: &str) {
     let dir = workspace();
-    let out = edge(dir.path(), &[&["generate"], args].concat());
+    fails_with(dir.path(), &[&["generate"], args].concat(), message);
+}
+
+/// Runs `edge` with `args` in `dir` and checks it fails with `message`.
+fn fails_with(dir: &Path, args: &[&str], message: &str) {
+    let out = edge(dir, args);
     assert!(!out.status.success(), "edge {args:?} succeeded");
     assert!(stderr(&out).contains(message), "{}", stderr(&out));
 }
@@ -483,69 +488,25 @@ fn denoise_pipes_a_raw_stream_and_denoises_image_folders() {
         assert_eq!(clean.to_gray8()[w + 1], 128);
         assert_eq!(clean.to_gray8()[0], 57);
     }
-    let out = edge(dir.path(), &["denoise", "--model", "blur.onnx"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("no images to denoise"),
-        "{}",
-        stderr(&out)
-    );
+    let denoise = ["denoise", "--model", "blur.onnx"];
+    fails_with(dir.path(), &denoise, "no images to denoise");
 
     // Written into the folder they came from, the images would replace themselves; two inputs
     // of one name would land on one file. Both refused, the originals untouched.
     let before = std::fs::read(photos.join("a.png")).expect("a.png");
-    let args = [
-        "denoise",
-        "--model",
-        "blur.onnx",
-        "photos",
-        "--out",
-        "photos",
-    ];
-    let out = edge(dir.path(), &args);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("would overwrite an input"),
-        "{}",
-        stderr(&out)
-    );
+    let args = [&denoise[..], &["photos", "--out", "photos"]].concat();
+    fails_with(dir.path(), &args, "would overwrite an input");
     assert_eq!(std::fs::read(photos.join("a.png")).expect("a.png"), before);
     std::fs::create_dir(dir.path().join("more")).expect("mkdir");
     image
         .save(dir.path().join("more").join("a.png"))
         .expect("png");
-    let args = [
-        "denoise",
-        "--model",
-        "blur.onnx",
-        "photos",
-        "more",
-        "--out",
-        "x",
-    ];
-    let out = edge(dir.path(), &args);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("two inputs named a.png"),
-        "{}",
-        stderr(&out)
-    );
+    let args = [&denoise[..], &["photos", "more", "--out", "x"]].concat();
+    fails_with(dir.path(), &args, "two inputs named a.png");
 
     // Frame sizes past the limit are refused before anything is read.
-    let args = [
-        "denoise",
-        "--model",
-        "blur.onnx",
-        "--size",
-        "4294967296x4294967296",
-    ];
-    let out = edge(dir.path(), &args);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("each side must be 1 to 16384"),
-        "{}",
-        stderr(&out)
-    );
+    let args = [&denoise[..], &["--size", "4294967296x4294967296"]].concat();
+    fails_with(dir.path(), &args, "each side must be 1 to 16384");
 }
 
 /// A stream written to something that is not a regular file (here a FIFO, like /dev/null or
