@@ -419,6 +419,17 @@ fn bench_prints_latency_percentiles() {
     }
 }
 
+/// `edge denoise` of a stream of 10x6 gray frames with the box-blur model `blur.onnx`.
+const GRAY_STREAM: [&str; 7] = [
+    "denoise",
+    "--model",
+    "blur.onnx",
+    "--size",
+    "10x6",
+    "--format",
+    "gray8",
+];
+
 #[test]
 fn denoise_pipes_a_raw_stream_and_denoises_image_folders() {
     use std::io::Write;
@@ -430,15 +441,7 @@ fn denoise_pipes_a_raw_stream_and_denoises_image_folders() {
     // Two and a half gray frames on stdin: two come out on stdout, the third is an error.
     let mut child = edge_command()
         .current_dir(dir.path())
-        .args([
-            "denoise",
-            "--model",
-            "blur.onnx",
-            "--size",
-            "10x6",
-            "--format",
-            "gray8",
-        ])
+        .args(GRAY_STREAM)
         .args(["--threads", "2"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -527,19 +530,7 @@ fn a_stream_into_a_fifo_stays_a_fifo() {
     };
     let frames: Vec<u8> = (0..2 * 60).map(|i| (i * 5 % 256) as u8).collect();
     std::fs::write(dir.path().join("in.y8"), &frames).expect("frames");
-    let args = [
-        "denoise",
-        "--model",
-        "blur.onnx",
-        "--size",
-        "10x6",
-        "--format",
-        "gray8",
-        "--input",
-        "in.y8",
-        "--out",
-        "out.fifo",
-    ];
+    let args = [&GRAY_STREAM[..], &["--input", "in.y8", "--out", "out.fifo"]].concat();
     let out = edge(dir.path(), &args);
     if !out.status.success() {
         // Let the reader's open return, so the failure is reported instead of a hang.
