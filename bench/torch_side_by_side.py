@@ -9,8 +9,9 @@ Runs `trainer bench FAMILY --batches N` and the identical model in PyTorch (same
 batch size, Adam at 1e-3, the same loss, batches drawn from the bundled MNIST training images and
 moved into a tensor every step, as the trainer does) in turn, `--rounds` times, and prints
 images per second for each and the Burn / PyTorch ratio per round (the machine is shared: compare
-ratios from one round). PyTorch runs with each thread count of `--threads` (Burn's `flex`
-backend trains on one core). Benchmark only: never run in CI.
+ratios from one round). Both run with each thread count of `--threads` (PyTorch through
+`torch.set_num_threads`, Burn's `flex` backend through its rayon pool's `RAYON_NUM_THREADS`).
+Benchmark only: never run in CI.
 """
 import argparse
 import gzip
@@ -126,12 +127,13 @@ def torch_rate(family, images, batches, batch_size, threads):
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def burn_rate(trainer, family, batches, batch_size):
+def burn_rate(trainer, family, batches, batch_size, threads):
     out = subprocess.run(
         [trainer, "bench", family, "--batches", str(batches), "--batch-size", str(batch_size)],
         check=True,
         capture_output=True,
         text=True,
+        env={**os.environ, "RAYON_NUM_THREADS": str(threads)},
     ).stdout
     for line in out.splitlines():
         fields = line.split()
@@ -147,18 +149,22 @@ def main():
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", default="1,2", help="PyTorch thread counts to time")
+    parser.add_argument("--threads", default="1,2", help="thread counts to time both at")
     args = parser.parse_args()
     images = mnist_images()
     threads = [int(t) for t in args.threads.split(",")]
     print(f"torch {torch.__version__}; batch {args.batch_size}, {args.batches} Adam steps; images/s")
-    header = ["round", "family", "burn"] + [f"torch {t}t" for t in threads] + [f"burn/torch {t}t" for t in threads]
+    header = ["round", "family"]
+    for t in threads:
+        header += [f"burn {t}t", f"torch {t}t", f"burn/torch {t}t"]
     print(" ".join(f"{h:>14}" for h in header))
     for r in range(1, args.rounds + 1):
         for family in args.families.split(","):
-            burn = burn_rate(args.trainer, family, args.batches, args.batch_size)
-            rates = [torch_rate(family, images, args.batches, args.batch_size, t) for t in threads]
-            row = [str(r), family, f"{burn:.0f}"] + [f"{x:.0f}" for x in rates] + [f"{burn / x:.2f}" for x in rates]
+            row = [str(r), family]
+            for t in threads:
+                burn = burn_rate(args.trainer, family, args.batches, args.batch_size, t)
+                torch_ = torch_rate(family, images, args.batches, args.batch_size, t)
+                row += [f"{burn:.0f}", f"{torch_:.0f}", f"{burn / torch_:.2f}"]
             print(" ".join(f"{c:>14}" for c in row), flush=True)
 
 

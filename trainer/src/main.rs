@@ -327,8 +327,13 @@ fn main() -> anyhow::Result<()> {
                 args.families.iter().map(String::as_str).collect()
             };
             println!(
-                "{:<16} {:>10} {:>14}  (batch {}, {} Adam steps, flex CPU backend)",
-                "family", "latent", "examples/s", args.batch_size, args.batches
+                "{:<16} {:>10} {:>14}  (batch {}, {} Adam steps, flex CPU backend, {} threads)",
+                "family",
+                "latent",
+                "examples/s",
+                args.batch_size,
+                args.batches,
+                rayon::current_num_threads()
             );
             for family in families {
                 let model = ModelConfig::default_for(family).context("a known family")?;
