@@ -37,6 +37,9 @@ impl Denoiser {
     ///   with a fixed size other than the frame's).
     pub fn load(path: impl AsRef<Path>, width: usize, height: usize) -> Result<Self, Error> {
         let path = path.as_ref();
+        if !(1..=MAX_FRAME_SIDE).contains(&width) || !(1..=MAX_FRAME_SIDE).contains(&height) {
+            return Err(Error::FrameSize { width, height });
+        }
         let model = crate::onnx::read(path)?;
         let not_a_denoiser = |reason: String| Error::NotADecoder {
             path: path.into(),
@@ -46,9 +49,6 @@ impl Denoiser {
             path: path.into(),
             source: e.into(),
         };
-        if !(1..=MAX_FRAME_SIDE).contains(&width) || !(1..=MAX_FRAME_SIDE).contains(&height) {
-            return Err(Error::FrameSize { width, height });
-        }
         let inputs = model.input_outlets().map_err(prepare_failed)?.len();
         let outputs = model.output_outlets().map_err(prepare_failed)?.len();
         if inputs != 1 || outputs != 1 {

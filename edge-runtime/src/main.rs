@@ -584,8 +584,9 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
     // frames are kept (renamed) and the error reported. An existing output that is not a
     // regular file (a FIFO, /dev/null, a device) is written in place: renaming over it would
     // replace it.
-    let special = out.as_os_str() != "-" && std::fs::metadata(&out).is_ok_and(|m| !m.is_file());
-    let temporary = (out.as_os_str() != "-" && !special).then(|| {
+    let to_stdout = out.as_os_str() == "-";
+    let special = !to_stdout && std::fs::metadata(&out).is_ok_and(|m| !m.is_file());
+    let temporary = (!to_stdout && !special).then(|| {
         let name = out.file_name().unwrap_or_default().to_string_lossy();
         out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
     });
@@ -765,8 +766,7 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
             std::collections::hash_map::Entry::Vacant(e) => e.insert(
                 Denoiser::load(&args.model, size.0, size.1).with_context(|| {
                     format!(
-                        "loading the denoiser for {} ({}x{}; a denoiser of one fixed size, \
-                         like an MNIST denoising AE's, takes images of that size only)",
+                        "loading the denoiser for {} ({}x{})",
                         file.display(),
                         size.0,
                         size.1
