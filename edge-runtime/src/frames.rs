@@ -46,10 +46,14 @@ impl FrameFormat {
 pub struct StreamSummary {
     /// Frames read, denoised and written.
     pub frames: usize,
+    /// The stream was stopped (by the `stop` flag of [`denoise_stream_until`]) before its input
+    /// ended.
+    pub stopped: bool,
 }
 
-/// Reads as many bytes as `buf` holds, short only at the end of the stream; returns the count.
-fn read_frame(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads as many bytes as `buf` holds, short only at the end of the stream or when `stop` is
+/// found set after a read (one a signal interrupted, too); returns the count.
+fn read_frame(reader: &mut impl Read, buf: &mut [u8], stop: &AtomicBool) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match reader.read(&mut buf[got..]) {
@@ -57,6 +61,9 @@ fn read_frame(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
         }
     }
     Ok(got)
@@ -78,9 +85,28 @@ pub const MAX_THREADS: usize = 256;
 pub fn denoise_stream(
     denoiser: &Denoiser,
     format: FrameFormat,
+    reader: impl Read + Send,
+    writer: impl Write,
+    threads: usize,
+) -> Result<StreamSummary, Error> {
+    let never = AtomicBool::new(false);
+    denoise_stream_until(denoiser, format, reader, writer, threads, &never)
+}
+
+/// [`denoise_stream`] that also ends, cleanly, once `stop` is set (by a signal handler, say):
+/// the frame being read when it is set is dropped unless it is already complete (not an error),
+/// and every frame read before is denoised and written. A reader blocked in `read` sees the
+/// flag when that read returns (a signal interrupted it, or more input arrived).
+///
+/// # Errors
+/// As [`denoise_stream`].
+pub fn denoise_stream_until(
+    denoiser: &Denoiser,
+    format: FrameFormat,
     mut reader: impl Read + Send,
     mut writer: impl Write,
     threads: usize,
+    stop: &AtomicBool,
 ) -> Result<StreamSummary, Error> {
     let (width, height) = denoiser.frame_size();
     let (frame_bytes, luma) = (format.frame_bytes(width, height), width * height);
@@ -100,12 +126,20 @@ pub fn denoise_stream(
     let (job_tx, job_rx) = sync_channel::<(usize, Vec<u8>)>(in_flight);
     let job_rx = std::sync::Mutex::new(job_rx);
     let (done_tx, done_rx) = sync_channel::<(usize, Result<Vec<u8>, Error>)>(in_flight);
-    let stopped = AtomicBool::new(false);
+    let writer_stopped = AtomicBool::new(false);
 
     std::thread::scope(|scope| {
-        let stopped = &stopped;
-        let reading =
-            scope.spawn(move || read_frames(&mut reader, &free_rx, &job_tx, frame_bytes, stopped));
+        let writer_stopped = &writer_stopped;
+        let reading = scope.spawn(move || {
+            read_frames(
+                &mut reader,
+                &free_rx,
+                &job_tx,
+                frame_bytes,
+                writer_stopped,
+                stop,
+            )
+        });
         for worker in &workers {
             let (job_rx, done_tx) = (&job_rx, done_tx.clone());
             scope.spawn(move || {
@@ -141,15 +175,18 @@ pub fn denoise_stream(
         // Stop the reader if the writer stopped early: it reads no further frame, and it leaves
         // `recv` once the free buffers run out. (A reader blocked inside `read` on an input that
         // sends nothing more stays there until the input ends or closes.)
-        stopped.store(true, Ordering::Relaxed);
+        writer_stopped.store(true, Ordering::Relaxed);
         drop(free_tx);
         drop(done_rx);
         let read = reading
             .join()
             .unwrap_or_else(|_| Err(stream_closed("reading (the reader panicked)")));
         let frames = written?;
-        read?;
-        Ok(StreamSummary { frames })
+        let ended = read?;
+        Ok(StreamSummary {
+            frames,
+            stopped: ended == Ended::Stopped,
+        })
     })
 }
 
@@ -160,28 +197,45 @@ fn stream_closed(what: &str) -> Error {
     }
 }
 
+/// Why the reader thread finished without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The input ended, or the writer stopped.
+    Input,
+    /// The caller's `stop` flag.
+    Stopped,
+}
+
 /// The reader thread: fills free buffers with frames and hands them to the workers.
 fn read_frames(
     reader: &mut impl Read,
     free: &Receiver<Vec<u8>>,
     jobs: &SyncSender<(usize, Vec<u8>)>,
     frame_bytes: usize,
-    stopped: &AtomicBool,
-) -> Result<(), Error> {
+    writer_stopped: &AtomicBool,
+    stop: &AtomicBool,
+) -> Result<Ended, Error> {
     for index in 0.. {
-        if stopped.load(Ordering::Relaxed) {
-            return Ok(());
+        if stop.load(Ordering::Relaxed) {
+            return Ok(Ended::Stopped);
+        }
+        if writer_stopped.load(Ordering::Relaxed) {
+            return Ok(Ended::Input);
         }
         // No free buffer: the writer has stopped (an error), nothing more to do.
         let Ok(mut buf) = free.recv() else {
-            return Ok(());
+            return Ok(Ended::Input);
         };
-        let got = read_frame(reader, &mut buf).map_err(|source| Error::Stream {
+        let got = read_frame(reader, &mut buf, stop).map_err(|source| Error::Stream {
             what: format!("reading frame {index}"),
             source,
         })?;
+        if got < frame_bytes && stop.load(Ordering::Relaxed) {
+            // Cut short by the stop, not by the input: dropped.
+            return Ok(Ended::Stopped);
+        }
         if got == 0 {
-            return Ok(());
+            return Ok(Ended::Input);
         }
         if got < frame_bytes {
             return Err(Error::ShortFrame {
@@ -191,10 +245,10 @@ fn read_frames(
             });
         }
         if jobs.send((index, buf)).is_err() {
-            return Ok(());
+            return Ok(Ended::Input);
         }
     }
-    Ok(())
+    Ok(Ended::Input)
 }
 
 /// The writer (the calling thread): writes denoised frames in their input order and recycles

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::bail;
 use anyhow::{Context, Result};
@@ -23,6 +24,10 @@ Examples:
   # Camera frames from the Pi camera, denoised on 4 cores, to a file (or pipe them on):
   rpicam-vid -t 10000 --width 640 --height 480 --codec yuv420 -o - \\
     | edge denoise --model out/camera-denoiser/denoiser.onnx --size 640x480 --threads 4 > clean.yuv
+
+  # Until Ctrl-C, to a file: the frames read before it are denoised and kept:
+  rpicam-vid -t 0 --width 640 --height 480 --codec yuv420 -o - \\
+    | edge denoise --model out/camera-denoiser/denoiser.onnx --size 640x480 --out clean.yuv
 
   # A recorded 8-bit grayscale stream, from a file to a file:
   edge denoise --model denoiser.onnx --size 320x240 --format gray8 --input noisy.y8 --out clean.y8
@@ -162,8 +167,7 @@ struct DenoiseArgs {
     )]
     device: Option<PathBuf>,
 
-    /// With --device: stop after this many frames [default: run until interrupted; stdout
-    /// only, since a file is written when the stream ends].
+    /// With --device: stop after this many frames [default: run until Ctrl-C].
     #[cfg(v4l2_camera)]
     #[arg(long, requires = "device")]
     frames: Option<usize>,
@@ -561,6 +565,45 @@ fn keep_freed_buffers() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_buffers() {}
 
+/// Set by the first SIGINT or SIGTERM once [`stop_on_interrupt`] has run.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes the first Ctrl-C (SIGINT, or a SIGTERM) end a frame stream cleanly instead of killing
+/// the process: the stream takes no further frame, writes every frame it read, and keeps a file
+/// `--out` (a camera pipeline is normally stopped this way). A second signal exits at once.
+/// Returns the flag the stream watches.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn stop_on_interrupt() -> &'static AtomicBool {
+    extern "C" fn on_signal(_: libc::c_int) {
+        const NOTE: &[u8] = b"interrupted: finishing the frames read so far (again to quit now)\n";
+        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: `_exit` is async-signal-safe.
+            unsafe { libc::_exit(130) };
+        }
+        // SAFETY: `write` is async-signal-safe; NOTE outlives the call. A failed write is moot.
+        unsafe { libc::write(2, NOTE.as_ptr().cast(), NOTE.len()) };
+    }
+    // SAFETY: the handler only touches an atomic and calls `write` and `_exit`, all
+    // async-signal-safe.
+    // Without SA_RESTART a blocking read in the thread that takes the signal returns EINTR, and
+    // the stream's reader then sees the flag.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+    &INTERRUPTED
+}
+
+#[cfg(not(unix))]
+fn stop_on_interrupt() -> &'static AtomicBool {
+    &INTERRUPTED
+}
+
 fn main() -> Result<()> {
     keep_freed_buffers();
     match Cli::parse().command {
@@ -580,8 +623,8 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
     let denoiser = Denoiser::load(&args.model, width, height).context("loading the denoiser")?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
     // A file output is written to a temporary file beside it and renamed when the stream ends:
-    // an interrupted run never leaves half a frame. After a short final frame the complete
-    // frames are kept (renamed) and the error reported. An existing output that is not a
+    // a failed run never leaves half a frame. After a short final frame the complete frames are
+    // kept (renamed) and the error reported; after a Ctrl-C, every frame read before it. An existing output that is not a
     // regular file (a FIFO, /dev/null, a device) is written in place: renaming over it would
     // replace it.
     let to_stdout = out.as_os_str() == "-";
@@ -590,14 +633,6 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
         let name = out.file_name().unwrap_or_default().to_string_lossy();
         out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
     });
-    #[cfg(v4l2_camera)]
-    if args.device.is_some() && args.frames.is_none() && temporary.is_some() {
-        bail!(
-            "--out {} is written when the stream ends, and a camera stream without --frames \
-             ends only when interrupted: pass --frames N, or write to stdout",
-            out.display()
-        );
-    }
     if let Some(tmp) = &temporary {
         let same = std::fs::canonicalize(&args.input)
             .ok()
@@ -626,13 +661,15 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
             std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?,
         )),
     };
+    let stop = stop_on_interrupt();
     let start = std::time::Instant::now();
-    let result = frames::denoise_stream(
+    let result = frames::denoise_stream_until(
         &denoiser,
         args.format,
         reader,
         writer,
         args.threads as usize,
+        stop,
     );
     let seconds = start.elapsed().as_secs_f64();
     if let Some(tmp) = &temporary {
@@ -651,10 +688,15 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
     match result {
         Ok(summary) => {
             eprintln!(
-                "denoised {} frames of {width}x{height} in {seconds:.2}s ({:.1} frames/s)",
+                "denoised {} frames of {width}x{height} in {seconds:.2}s ({:.1} frames/s){}",
                 summary.frames,
-                summary.frames as f64 / seconds.max(1e-9)
+                summary.frames as f64 / seconds.max(1e-9),
+                if summary.stopped { ", interrupted" } else { "" }
             );
+            if summary.stopped {
+                // The shell's status for a command ended by SIGINT.
+                std::process::exit(130);
+            }
             Ok(())
         }
         Err(e) => Err(e).context("denoising the frame stream"),

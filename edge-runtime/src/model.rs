@@ -124,7 +124,6 @@ impl std::fmt::Debug for OnnxModel {
     }
 }
 
-/// The declared shape of an input, a symbolic first (batch) axis taken as 1.
 /// The ONNX file at `path`, which must have exactly one input.
 fn read_one_input(path: &Path) -> Result<InferenceModel, Error> {
     let model = crate::onnx::read(path)?;
@@ -154,6 +153,7 @@ fn prepare_error(path: &Path, e: TractError) -> Error {
     }
 }
 
+/// The declared shape of an input, a symbolic first (batch) axis taken as 1.
 fn declared_shape(fact: &InferenceFact) -> Result<Vec<usize>, String> {
     use tract_onnx::tract_hir::infer::Factoid;
     let shape = fact
@@ -167,7 +167,8 @@ fn declared_shape(fact: &InferenceFact) -> Result<Vec<usize>, String> {
             Ok(n) => Ok(n),
             Err(_) if i == 0 => Ok(1),
             Err(_) => Err(format!(
-                "has a symbolic dimension {i} ({d}): give the shape"
+                "has a symbolic dimension {i} ({d}) where a fixed size is needed (is it a fully \
+                 convolutional model, a denoiser or an upscaler?)"
             )),
         })
         .collect()

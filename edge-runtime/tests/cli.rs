@@ -512,6 +512,75 @@ fn denoise_pipes_a_raw_stream_and_denoises_image_folders() {
     fails_with(dir.path(), &args, "each side must be 1 to 16384");
 }
 
+/// Ctrl-C (SIGINT) ends a stream cleanly: the frames read before it are denoised and the
+/// output file is kept, with the shell's status for an interrupted command.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_stream_keeps_the_frames_read_before_it() {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let dir = workspace();
+    common::write_model(&dir.path().join("blur.onnx"), &common::box_blur_model());
+    let (w, h) = (10, 6);
+    let frames: Vec<u8> = (0..2 * w * h).map(|i| (i * 11 % 256) as u8).collect();
+    let mut child = edge_command()
+        .current_dir(dir.path())
+        .args(GRAY_STREAM)
+        .args(["--out", "out.y8"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start edge");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(&frames).expect("write frames");
+    stdin.flush().expect("flush");
+    // Both frames are in the temporary file once it holds their bytes: the stream is running.
+    let written = || {
+        std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".out.y8.tmp-"))
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum::<u64>()
+    };
+    let start = std::time::Instant::now();
+    while written() < frames.len() as u64 {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "the frames never reached the file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    // The note on stderr says the signal was taken; then the input ends mid-frame, which after
+    // a Ctrl-C is not an error (a camera pipeline stops that way).
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("stderr");
+    assert!(line.starts_with("interrupted"), "{line}");
+    // (The reader may have stopped already: then the write fails, and that is fine.)
+    let _ = stdin.write_all(&frames[..w * h / 2]);
+    drop(stdin);
+    let status = child.wait().expect("edge finishes");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("stderr");
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("denoised 2 frames"), "{rest}");
+    let expected: Vec<u8> = frames
+        .chunks(w * h)
+        .flat_map(|f| common::box_blur_reference(f, w, h))
+        .collect();
+    assert_eq!(
+        std::fs::read(dir.path().join("out.y8")).expect("kept"),
+        expected
+    );
+    assert_eq!(written(), 0, "no temporary file is left");
+}
+
 /// A stream written to something that is not a regular file (here a FIFO, like /dev/null or
 /// a pipe to another program) is written in place: renaming a temporary file over it would
 /// replace it.
@@ -591,6 +660,10 @@ fn encode_upscale_and_anomaly_run_their_models() {
             .collect::<Vec<_>>(),
     );
     assert!(max_abs_diff(&z, &want) < ATOL, "{z:?} vs {want:?}");
+    // A fully convolutional model has no fixed input size to encode at.
+    common::write_model(&path("blur.onnx"), &common::box_blur_model());
+    let args = ["encode", "--model", "blur.onnx", "digits"];
+    fails_with(dir.path(), &args, "where a fixed size is needed");
     let out = edge(
         dir.path(),
         &[

@@ -4,7 +4,9 @@
 mod common;
 
 use common::{box_blur_model, box_blur_reference, write_model};
-use edge_runtime::frames::{FrameFormat, denoise_stream};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use edge_runtime::frames::{FrameFormat, denoise_stream, denoise_stream_until};
 use edge_runtime::{Denoiser, Error, Image};
 
 fn blur(width: usize, height: usize) -> (tempfile::TempDir, Denoiser) {
@@ -91,6 +93,61 @@ fn a_stream_keeps_its_order_on_many_threads_and_reports_a_short_last_frame() {
     // An empty stream is zero frames, not an error.
     let summary = denoise_stream(&denoiser, format, &[][..], &mut Vec::new(), 2).expect("empty");
     assert_eq!(summary.frames, 0);
+}
+
+/// A stream source that raises `stop` (as a Ctrl-C would) once it has handed out `before`
+/// bytes, then delivers what is left in pieces, like a camera still sending.
+struct StopsPartWay<'a> {
+    bytes: &'a [u8],
+    before: usize,
+    stop: &'a AtomicBool,
+}
+
+impl std::io::Read for StopsPartWay<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.before == 0 {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+        let limit = if self.before > 0 { self.before } else { 5 };
+        let n = buf.len().min(limit).min(self.bytes.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        self.before = self.before.saturating_sub(n);
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_stopped_stream_writes_the_frames_read_before_the_stop_and_drops_the_cut_one() {
+    let (w, h) = (16, 12);
+    let (_dir, denoiser) = blur(w, h);
+    let format = FrameFormat::Gray8;
+    let size = format.frame_bytes(w, h);
+    let frames: Vec<Vec<u8>> = (0..6).map(|i| frame(i, size)).collect();
+    let stream = frames.concat();
+    // The stop comes 3.5 frames in: frame 3 is being read and is cut short by it.
+    for threads in [1, 3] {
+        let stop = AtomicBool::new(false);
+        let reader = StopsPartWay {
+            bytes: &stream,
+            before: 3 * size + size / 2,
+            stop: &stop,
+        };
+        let mut out = Vec::new();
+        let summary = denoise_stream_until(&denoiser, format, reader, &mut out, threads, &stop)
+            .expect("a stop is not an error");
+        assert!(summary.stopped);
+        assert_eq!(summary.frames, 3, "{threads} threads");
+        let expected: Vec<u8> = frames[..3]
+            .iter()
+            .flat_map(|f| box_blur_reference(f, w, h))
+            .collect();
+        assert_eq!(out, expected, "{threads} threads");
+    }
+    // Without a stop the same stream runs to its end.
+    let summary =
+        denoise_stream(&denoiser, format, stream.as_slice(), &mut Vec::new(), 2).expect("whole");
+    assert_eq!((summary.frames, summary.stopped), (6, false));
 }
 
 #[test]
