@@ -1,8 +1,12 @@
 //! Loading an exported ONNX denoiser with tract and cleaning camera frames with it.
 //!
 //! The denoiser is fully convolutional with stride 1 (`noisy [B, 1, H, W] -> denoised
-//! [B, 1, H, W]`, symbolic `B`, `H`, `W`), so frames need no padding to a stride and no cropping
-//! back: the plan is optimised once for the frame size given at load time.
+//! [B, 1, H, W]`, symbolic `B`, `H`, `W`), so frames need no padding to a stride: the plan is
+//! optimised once for the frame size given at load time. When the exporter recorded a
+//! `reflect_padding` of `b` pixels in the model's metadata (the camera denoiser's receptive-field
+//! radius), each frame is mirrored outwards by `b` pixels on every side on its way into the
+//! model and the output cropped back, so the pixels near the edges are denoised like the rest
+//! instead of seeing the convolutions' zero padding (the trainer measures its PSNR that way).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -19,11 +23,17 @@ pub struct Denoiser {
     state: Mutex<(TypedSimpleState, Option<Tensor>)>,
     width: usize,
     height: usize,
+    /// Pixels mirrored onto each side of a frame before the model (the metadata's
+    /// `reflect_padding`; 0 without it).
+    border: usize,
 }
 
 /// Longest frame side a denoiser takes (a 16K frame; any sensor's is smaller). It keeps every
 /// buffer size far from overflow, on 32-bit targets too.
 pub const MAX_FRAME_SIDE: usize = 16_384;
+
+/// Largest `reflect_padding` a model's metadata may ask for.
+pub const MAX_REFLECT_PADDING: usize = 1024;
 
 impl Denoiser {
     /// Loads the ONNX denoiser at `path` and optimises it for `width x height` frames.
@@ -31,8 +41,9 @@ impl Denoiser {
     /// # Errors
     /// - [`Error::FrameSize`]: a side of 0 or above [`MAX_FRAME_SIDE`];
     /// - [`Error::ReadModel`] / [`Error::ParseModel`]: missing, unreadable or not ONNX;
-    /// - [`Error::NotADecoder`] (the interface check): not one input and one output, or an
-    ///   output that is not `[1, 1, height, width]` for that input;
+    /// - [`Error::NotADecoder`] (the interface check): not one input and one output, an output
+    ///   that is not the input's shape, or a `reflect_padding` that is not a count of pixels up
+    ///   to [`MAX_REFLECT_PADDING`];
     /// - [`Error::PrepareModel`]: tract cannot type or optimise it for that size (e.g. a model
     ///   with a fixed size other than the frame's).
     pub fn load(path: impl AsRef<Path>, width: usize, height: usize) -> Result<Self, Error> {
@@ -56,15 +67,35 @@ impl Denoiser {
                 "it has {inputs} inputs and {outputs} outputs, a denoiser has 1 and 1"
             )));
         }
+        let border = match model.properties.get("onnx.metadata_props.reflect_padding") {
+            None => 0,
+            Some(value) => value
+                .to_plain_array_view::<String>()
+                .ok()
+                .and_then(|v| v.iter().next().and_then(|v| v.parse::<usize>().ok()))
+                .filter(|&b| b <= MAX_REFLECT_PADDING)
+                .ok_or_else(|| {
+                    not_a_denoiser(format!(
+                        "its metadata `reflect_padding` is not a pixel count up to \
+                         {MAX_REFLECT_PADDING}"
+                    ))
+                })?,
+        };
+        let (padded_width, padded_height) = (width + 2 * border, height + 2 * border);
         let model = model
-            .with_input_fact(0, f32::fact([1, 1, height, width]).into())
+            .with_input_fact(0, f32::fact([1, 1, padded_height, padded_width]).into())
             .and_then(|m| m.into_optimized())
             .map_err(prepare_failed)?;
         let output = model.output_fact(0).map_err(prepare_failed)?;
-        let expected: TVec<TDim> = tvec![1.into(), 1.into(), height.into(), width.into()];
+        let expected: TVec<TDim> = tvec![
+            1.into(),
+            1.into(),
+            padded_height.into(),
+            padded_width.into()
+        ];
         if output.shape.to_tvec() != expected {
             return Err(not_a_denoiser(format!(
-                "output 0 is {:?} for a [1, 1, {height}, {width}] frame",
+                "output 0 is {:?} for a [1, 1, {padded_height}, {padded_width}] input",
                 output.shape
             )));
         }
@@ -75,6 +106,7 @@ impl Denoiser {
             state: Mutex::new((state, None)),
             width,
             height,
+            border,
         })
     }
 
@@ -93,12 +125,19 @@ impl Denoiser {
             state: Mutex::new((state, None)),
             width: self.width,
             height: self.height,
+            border: self.border,
         })
     }
 
     /// Size `(width, height)` of the frames it takes.
     pub fn frame_size(&self) -> (usize, usize) {
         (self.width, self.height)
+    }
+
+    /// Pixels mirrored onto each side of a frame before the model (its metadata's
+    /// `reflect_padding`, 0 without).
+    pub fn reflect_padding(&self) -> usize {
+        self.border
     }
 
     /// Denoises an 8-bit grayscale frame (`width * height` bytes, row-major) into `out` (same
@@ -110,11 +149,7 @@ impl Denoiser {
     pub fn denoise_gray8(&self, frame: &[u8], out: &mut [u8]) -> Result<(), Error> {
         self.run(
             frame.len(),
-            |input| {
-                for (x, &p) in input.iter_mut().zip(frame) {
-                    *x = p as f32 * (1.0 / 255.0);
-                }
-            },
+            |i| frame[i] as f32 * (1.0 / 255.0),
             out.len(),
             |values| {
                 for (o, v) in out.iter_mut().zip(values) {
@@ -135,7 +170,7 @@ impl Denoiser {
         let mut pixels = vec![0.0; self.width * self.height];
         self.run(
             image.pixels().len(),
-            |input| input.copy_from_slice(image.pixels()),
+            |i| image.pixels()[i],
             pixels.len(),
             |values| {
                 for (o, v) in pixels.iter_mut().zip(values) {
@@ -154,11 +189,13 @@ impl Denoiser {
         }
     }
 
-    /// Fills the reused input tensor with `fill`, runs the plan, hands the output to `take`.
+    /// Fills the reused input tensor with the frame (`pixel(i)` is its value at row-major index
+    /// `i`), mirrored outwards by the border, runs the plan, and hands the output, cropped back
+    /// to the frame, to `take`.
     fn run(
         &self,
         input_len: usize,
-        fill: impl FnOnce(&mut [f32]),
+        pixel: impl Fn(usize) -> f32,
         output_len: usize,
         take: impl FnOnce(&mut dyn Iterator<Item = f32>),
     ) -> Result<(), Error> {
@@ -174,10 +211,12 @@ impl Denoiser {
             self.plan.spawn().ok().map(|fresh| (fresh, None))
         });
         let (state, buffer) = &mut *guard;
+        let (b, w, h) = (self.border, self.width, self.height);
+        let padded_width = w + 2 * b;
         let mut input = match buffer.take() {
             Some(tensor) => tensor,
             None => {
-                Tensor::zero::<f32>(&[1, 1, self.height, self.width]).map_err(inference_failed)?
+                Tensor::zero::<f32>(&[1, 1, h + 2 * b, padded_width]).map_err(inference_failed)?
             }
         };
         {
@@ -187,7 +226,20 @@ impl Denoiser {
             let slice = view.as_slice_mut().ok_or_else(|| {
                 inference_failed(anyhow::anyhow!("the input tensor is not contiguous"))
             })?;
-            fill(slice);
+            for (y, row) in slice.chunks_exact_mut(padded_width).enumerate() {
+                let source = mirror(y as isize - b as isize, h) * w;
+                let (left, rest) = row.split_at_mut(b);
+                let (middle, right) = rest.split_at_mut(w);
+                for (x, v) in middle.iter_mut().enumerate() {
+                    *v = pixel(source + x);
+                }
+                for (x, v) in left.iter_mut().enumerate() {
+                    *v = middle[mirror(x as isize - b as isize, w)];
+                }
+                for (x, v) in right.iter_mut().enumerate() {
+                    *v = middle[mirror((w + x) as isize, w)];
+                }
+            }
         }
         let value = input.into_tvalue();
         let outputs = state.run(tvec!(value.clone())).map_err(inference_failed)?;
@@ -200,9 +252,30 @@ impl Denoiser {
         let view = output
             .to_plain_array_view::<f32>()
             .map_err(inference_failed)?;
-        take(&mut view.iter().copied());
+        let values = view.as_slice().ok_or_else(|| {
+            inference_failed(anyhow::anyhow!("the output tensor is not contiguous"))
+        })?;
+        take(
+            &mut values
+                .chunks_exact(padded_width)
+                .skip(b)
+                .take(h)
+                .flat_map(|row| row[b..b + w].iter().copied()),
+        );
         Ok(())
     }
+}
+
+/// Index `i`, which may lie outside `0..n`, mirrored into `0..n` about the edge pixels (`-1` to
+/// `1`, `n` to `n - 2`, as ONNX `Pad` mode `reflect`), folding again for offsets past the far
+/// side. Every index of a 1-pixel side is 0.
+fn mirror(i: isize, n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    let period = 2 * (n as isize - 1);
+    let j = i.rem_euclid(period);
+    (if j < n as isize { j } else { period - j }) as usize
 }
 
 impl std::fmt::Debug for Denoiser {

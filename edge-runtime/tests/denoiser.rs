@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{box_blur_model, box_blur_reference, write_model};
+use common::{box_blur_mirrored_reference, box_blur_model, box_blur_reference, write_model};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use edge_runtime::frames::{FrameFormat, denoise_stream, denoise_stream_until};
@@ -148,6 +148,65 @@ fn a_stopped_stream_writes_the_frames_read_before_the_stop_and_drops_the_cut_one
     let summary =
         denoise_stream(&denoiser, format, stream.as_slice(), &mut Vec::new(), 2).expect("whole");
     assert_eq!((summary.frames, summary.stopped), (6, false));
+}
+
+/// The box blur with `reflect_padding` in its metadata, as the exporter marks the camera
+/// denoiser.
+fn mirroring(border: &str) -> tract_onnx::pb::ModelProto {
+    let mut model = box_blur_model();
+    model
+        .metadata_props
+        .push(tract_onnx::pb::StringStringEntryProto {
+            key: "reflect_padding".into(),
+            value: border.into(),
+        });
+    model
+}
+
+#[test]
+fn frames_are_mirrored_outwards_by_the_metadata_reflect_padding() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("denoiser.onnx");
+    let (w, h) = (7, 5);
+    let input = frame(4, w * h);
+    // The blur reads one pixel past the edge: any border of 1 or more gives the mirrored sums.
+    for border in ["1", "3"] {
+        write_model(&path, &mirroring(border));
+        let denoiser = Denoiser::load(&path, w, h).expect("loads");
+        assert_eq!(denoiser.reflect_padding().to_string(), border);
+        assert_eq!(denoiser.frame_size(), (w, h));
+        let mut out = vec![0; w * h];
+        denoiser.denoise_gray8(&input, &mut out).expect("denoises");
+        let expected = box_blur_mirrored_reference(&input, w, h);
+        let worst = out.iter().zip(&expected).map(|(a, b)| a.abs_diff(*b)).max();
+        assert!(worst <= Some(1), "border {border}: off by {worst:?}");
+        assert_ne!(
+            expected,
+            box_blur_reference(&input, w, h),
+            "the edges differ"
+        );
+        // Images go the same way.
+        let pixels = input.iter().map(|&p| p as f32 / 255.0).collect();
+        let image = Image::new(w, h, pixels).expect("image");
+        let clean = denoiser.denoise(&image).expect("denoises");
+        assert_eq!(clean.to_gray8(), out, "border {border}");
+    }
+    // A 1-pixel-high frame mirrors onto itself.
+    write_model(&path, &mirroring("2"));
+    let denoiser = Denoiser::load(&path, 4, 1).expect("loads");
+    let mut out = vec![0; 4];
+    denoiser
+        .denoise_gray8(&[90; 4], &mut out)
+        .expect("denoises");
+    assert_eq!(out, [90; 4]);
+    for bad in ["-1", "ten", "100000"] {
+        write_model(&path, &mirroring(bad));
+        let err = Denoiser::load(&path, w, h).expect_err(bad);
+        assert!(
+            matches!(err, Error::NotADecoder { .. }) && err.to_string().contains("reflect_padding"),
+            "{bad}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -727,6 +727,9 @@ pub fn export_denoiser(model: &CameraDenoiser, run_dir: &Path) -> anyhow::Result
             ("pixel_range", "[0,1]".into()),
             ("noise_sigma_range", "[5,50] of 255".into()),
             ("macs_per_pixel", model.macs_per_pixel().to_string()),
+            // Mirror frames outwards by this many pixels before the model and crop after, so no
+            // output pixel sees the convolutions' zero padding (the trainer measures it so).
+            ("reflect_padding", model.context().to_string()),
             ("source_run", run_dir.display().to_string()),
         ],
     )

@@ -481,15 +481,14 @@ fn camera_denoiser_from_photographs_to_the_pi() {
     let stream = work.join("noisy.y8");
     fs::write(&stream, to_u8(&noisy)).expect("write stream");
 
-    // Burn, the reference.
-    let input = Tensor::<1>::from_floats(noisy.as_slice(), &device).reshape([3, 1, h, w]);
-    let burn = to_u8(
-        &model
-            .reconstruct(input, None)
-            .into_data()
-            .try_to_vec::<f32>()
-            .expect("f32"),
-    );
+    // Burn, the reference: each frame as the trainer measures it, mirrored outwards by the
+    // model's context (the exporter's `reflect_padding`, which the edge runtime follows).
+    let burn: Vec<u8> = noisy
+        .chunks(w * h)
+        .flat_map(|frame| {
+            to_u8(&training::denoise_photo(&model, frame, w, h, &device).expect("Burn denoises"))
+        })
+        .collect();
     let psnr = |a: &[u8]| {
         let mse = a
             .iter()

@@ -171,6 +171,30 @@ pub fn add_noise(clean: &[f32], sigma: f32, rng: &mut SplitMix64) -> Vec<f32> {
         .collect()
 }
 
+/// Index `i`, which may lie outside `0..n`, mirrored into `0..n` about the edge pixels (`-1` to
+/// `1`, `n` to `n - 2`: NumPy's and ONNX `Pad`'s `reflect`), folding again for offsets past the
+/// far side. Every index of a 1-pixel side is 0.
+pub fn mirror(i: isize, n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    let period = 2 * (n as isize - 1);
+    let j = i.rem_euclid(period);
+    (if j < n as isize { j } else { period - j }) as usize
+}
+
+/// `pixels` (`width x height`, row-major) with `border` pixels mirrored onto every side: a
+/// `(width + 2 border) x (height + 2 border)` image.
+pub fn reflect_pad(pixels: &[f32], width: usize, height: usize, border: usize) -> Vec<f32> {
+    let (w, h) = (width + 2 * border, height + 2 * border);
+    let mut out = Vec::with_capacity(w * h);
+    for y in 0..h {
+        let row = mirror(y as isize - border as isize, height) * width;
+        out.extend((0..w).map(|x| pixels[row + mirror(x as isize - border as isize, width)]));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +209,26 @@ mod tests {
         let mean = chelsea.pixels.iter().sum::<f32>() / chelsea.pixels.len() as f32;
         assert!((0.2..0.8).contains(&mean), "{mean}");
         assert!(load(&bundled_dir(), &TRAINING).is_ok());
+    }
+
+    #[test]
+    fn mirrored_borders() {
+        assert_eq!(
+            (-3..8).map(|i| mirror(i, 4)).collect::<Vec<_>>(),
+            [3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1]
+        );
+        assert_eq!(mirror(-5, 1), 0);
+        // 3x2 -> 5x4: the rows and columns about the edge pixels, not repeating them.
+        let padded = reflect_pad(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3, 2, 1);
+        #[rustfmt::skip]
+        let expected = [
+            5.0, 4.0, 5.0, 6.0, 5.0,
+            2.0, 1.0, 2.0, 3.0, 2.0,
+            5.0, 4.0, 5.0, 6.0, 5.0,
+            2.0, 1.0, 2.0, 3.0, 2.0,
+        ];
+        assert_eq!(padded, expected);
+        assert_eq!(reflect_pad(&[7.0], 1, 1, 2), vec![7.0; 25]);
     }
 
     #[test]

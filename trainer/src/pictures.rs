@@ -608,8 +608,7 @@ fn camera_crops(model: &Model, data_dir: &Path, device: &Device) -> anyhow::Resu
             .collect();
         for sigma in [15.0, 25.0, 50.0] {
             let noisy = crate::natural::add_noise(&crop, sigma, &mut rng);
-            let input = Tensor::<1>::from_floats(noisy.as_slice(), device).reshape([1, 1, h, w]);
-            rows[1].push(tensor_values(model.reconstruct(input, None))?);
+            rows[1].push(crate::training::denoise_photo(model, &noisy, w, h, device)?);
             rows[0].push(noisy);
             rows[2].push(crop.clone());
         }

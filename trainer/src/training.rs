@@ -271,13 +271,7 @@ pub fn evaluate_camera(
                     .sum::<f64>()
                     / px.len() as f64
             };
-            let input = Tensor::<1>::from_floats(noisy.as_slice(), device).reshape([
-                1,
-                1,
-                image.height,
-                image.width,
-            ]);
-            let denoised = tensor_values(model.reconstruct(input, None))?;
+            let denoised = denoise_photo(model, &noisy, image.width, image.height, device)?;
             let denoised_mse = mse(&denoised);
             rows.push(CameraEvaluation {
                 image: image.name.clone(),
@@ -289,6 +283,34 @@ pub fn evaluate_camera(
         }
     }
     Ok(rows)
+}
+
+/// What `model` makes of one noisy photograph or frame (`width x height`, pixels in `[0, 1]`):
+/// for the camera denoiser, the frame mirrored outwards by [`crate::model::CameraDenoiser::context`] pixels
+/// first and cropped back after, so the pixels near the edges are denoised like the others
+/// instead of seeing the convolutions' zero padding (the edge runtime does the same, told the
+/// border by the exported model's metadata).
+///
+/// # Errors
+/// A tensor that cannot be read back.
+pub fn denoise_photo(
+    model: &Model,
+    noisy: &[f32],
+    width: usize,
+    height: usize,
+    device: &Device,
+) -> anyhow::Result<Vec<f32>> {
+    let border = match model {
+        Model::CameraDenoiser(m) => m.context(),
+        _ => 0,
+    };
+    let (w, h) = (width + 2 * border, height + 2 * border);
+    let padded = natural::reflect_pad(noisy, width, height, border);
+    let input = Tensor::<1>::from_floats(padded.as_slice(), device).reshape([1, 1, h, w]);
+    let output = tensor_values(model.reconstruct(input, None))?;
+    Ok((0..height)
+        .flat_map(|y| output[(y + border) * w + border..][..width].iter().copied())
+        .collect())
 }
 
 /// Where a family's training batches and test data come from.

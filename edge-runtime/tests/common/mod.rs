@@ -202,7 +202,34 @@ pub fn box_blur_model() -> ModelProto {
 
 /// What [`box_blur_model`] makes of an 8-bit frame, rounded to 8 bits, computed in f64.
 pub fn box_blur_reference(frame: &[u8], width: usize, height: usize) -> Vec<u8> {
+    box_blur(frame, width, height, false)
+}
+
+/// [`box_blur_reference`] of the frame mirrored outwards about its edge pixels (as a model with
+/// `reflect_padding` in its metadata is run), cropped back.
+pub fn box_blur_mirrored_reference(frame: &[u8], width: usize, height: usize) -> Vec<u8> {
+    box_blur(frame, width, height, true)
+}
+
+/// The box blur of `frame`, reading zero (or, `mirrored`, the pixel mirrored about the edge)
+/// outside it.
+fn box_blur(frame: &[u8], width: usize, height: usize, mirrored: bool) -> Vec<u8> {
+    let mirror = |i: isize, n: usize| -> isize {
+        let last = n as isize - 1;
+        if i < 0 {
+            -i
+        } else if i > last {
+            2 * last - i
+        } else {
+            i
+        }
+    };
     let at = |x: isize, y: isize| -> f64 {
+        let (x, y) = if mirrored {
+            (mirror(x, width), mirror(y, height))
+        } else {
+            (x, y)
+        };
         if x < 0 || y < 0 || x >= width as isize || y >= height as isize {
             0.0
         } else {

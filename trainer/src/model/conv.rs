@@ -258,6 +258,17 @@ impl CameraDenoiser {
         noisy - x
     }
 
+    /// Pixels each output pixel sees on every side: the radius of its receptive field (10 for
+    /// the default dilations). Within this many pixels of a frame's edge the convolutions' zero
+    /// padding shows in the output; [`crate::training::denoise_photo`] mirrors the frame
+    /// outwards by this much first and crops after, so no output reads padding.
+    pub fn context(&self) -> usize {
+        self.convs
+            .iter()
+            .map(|c| c.dilation[0] * (c.kernel_size[0] / 2))
+            .sum()
+    }
+
     /// Multiply-accumulates per pixel.
     pub fn macs_per_pixel(&self) -> usize {
         self.convs
