@@ -65,18 +65,13 @@ impl Decoder {
         let latent_dim = latent_dim_of(model.input_fact(0).map_err(prepare_failed)?)
             .map_err(|reason| not_a_decoder(format!("input 0 {reason}")))?;
         // The exporter records a conditional decoder's digit classes in the ONNX metadata.
-        let classes = match model.properties.get("onnx.metadata_props.classes") {
+        let classes = match crate::onnx::metadata_count(&model, "classes") {
             None => 0,
-            Some(value) => value
-                .to_plain_array_view::<String>()
-                .ok()
-                .and_then(|v| v.iter().next().and_then(|v| v.parse::<usize>().ok()))
-                .filter(|&c| c > 0 && c < latent_dim)
-                .ok_or_else(|| {
-                    not_a_decoder(format!(
-                        "its metadata `classes` is not a count below the input size {latent_dim}"
-                    ))
-                })?,
+            Some(count) => count.filter(|&c| c > 0 && c < latent_dim).ok_or_else(|| {
+                not_a_decoder(format!(
+                    "its metadata `classes` is not a count below the input size {latent_dim}"
+                ))
+            })?,
         };
 
         let model = model

@@ -67,19 +67,14 @@ impl Denoiser {
                 "it has {inputs} inputs and {outputs} outputs, a denoiser has 1 and 1"
             )));
         }
-        let border = match model.properties.get("onnx.metadata_props.reflect_padding") {
+        let border = match crate::onnx::metadata_count(&model, "reflect_padding") {
             None => 0,
-            Some(value) => value
-                .to_plain_array_view::<String>()
-                .ok()
-                .and_then(|v| v.iter().next().and_then(|v| v.parse::<usize>().ok()))
-                .filter(|&b| b <= MAX_REFLECT_PADDING)
-                .ok_or_else(|| {
-                    not_a_denoiser(format!(
-                        "its metadata `reflect_padding` is not a pixel count up to \
+            Some(count) => count.filter(|&b| b <= MAX_REFLECT_PADDING).ok_or_else(|| {
+                not_a_denoiser(format!(
+                    "its metadata `reflect_padding` is not a pixel count up to \
                          {MAX_REFLECT_PADDING}"
-                    ))
-                })?,
+                ))
+            })?,
         };
         let (padded_width, padded_height) = (width + 2 * border, height + 2 * border);
         let model = model

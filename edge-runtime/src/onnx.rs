@@ -27,6 +27,20 @@ pub(crate) fn read(path: &Path) -> Result<InferenceModel, Error> {
         })
 }
 
+/// The model's ONNX metadata entry `key` read as a count: `None` without the entry, `Some(None)`
+/// when it is not a non-negative integer.
+pub(crate) fn metadata_count(model: &InferenceModel, key: &str) -> Option<Option<usize>> {
+    let value = model
+        .properties
+        .get(&format!("onnx.metadata_props.{key}"))?;
+    Some(
+        value
+            .to_plain_array_view::<String>()
+            .ok()
+            .and_then(|v| v.iter().next().and_then(|v| v.parse().ok())),
+    )
+}
+
 /// Locks `state`. After a panic inside tract in another thread's run the state may be half-way
 /// through a run: it is replaced by `fresh()` (when that succeeds) and the poison cleared.
 pub(crate) fn lock_state<'a, S>(
