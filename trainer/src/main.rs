@@ -211,6 +211,12 @@ struct TrainArgs {
     /// Camera denoiser: side of the square training patches, in pixels [default: 48].
     #[arg(long)]
     patch: Option<usize>,
+    /// Camera denoiser: score every pixel of a training patch. By default the loss leaves out
+    /// the outer pixels (as many as the network's context, 10 for the default dilations): their
+    /// outputs read the convolutions' zero padding, which the model never meets in use, where
+    /// frames are mirrored outwards first.
+    #[arg(long)]
+    whole_patch_loss: bool,
     /// Seed for initialisation, shuffling and sampling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -466,8 +472,10 @@ fn main() -> anyhow::Result<()> {
                 c.noise_mean = args.noise_mean.unwrap_or(c.noise_mean);
                 c.noise_std = args.noise_std.unwrap_or(c.noise_std);
             }
-            let denoiser_flags =
-                args.dilations.is_some() || args.patches.is_some() || args.patch.is_some();
+            let denoiser_flags = args.dilations.is_some()
+                || args.patches.is_some()
+                || args.patch.is_some()
+                || args.whole_patch_loss;
             let reconstruction = args.reconstruction.map(|l| match l {
                 Loss::Bce => Reconstruction::Bce,
                 Loss::Sse => Reconstruction::Sse,
@@ -478,6 +486,9 @@ fn main() -> anyhow::Result<()> {
                     c.dilations = args.dilations.unwrap_or(c.dilations.clone());
                     c.patches_per_epoch = args.patches.unwrap_or(c.patches_per_epoch);
                     c.patch = args.patch.unwrap_or(c.patch);
+                    if args.whole_patch_loss {
+                        c.interior_loss = Some(false);
+                    }
                 }
                 ModelConfig::ConvVae(c) => {
                     c.channels = args.channels.or(c.channels);
@@ -511,7 +522,7 @@ fn main() -> anyhow::Result<()> {
                 &["conv-vae", "fc-vae"],
             )?;
             given(
-                "--dilations, --patches and --patch",
+                "--dilations, --patches, --patch and --whole-patch-loss",
                 denoiser_flags,
                 &["camera-denoiser"],
             )?;

@@ -393,9 +393,19 @@ impl Source {
                     let sigma = config.sigma_min + (config.sigma_max - config.sigma_min) * u;
                     noisy.extend(add_noise(patch, sigma, noise));
                 }
-                let shape = [chunk.len(), 1, side, side];
-                let tensor = |v: &[f32]| Tensor::<1>::from_floats(v, device).reshape(shape);
-                Ok((tensor(&noisy), tensor(&clean), None))
+                let tensor = |v: &[f32], side: usize| {
+                    Tensor::<1>::from_floats(v, device).reshape([chunk.len(), 1, side, side])
+                };
+                // With the interior loss the target is each clean patch's centre.
+                let margin = config.loss_margin();
+                let inner = side - 2 * margin;
+                let target: Vec<f32> = clean
+                    .chunks_exact(side * side)
+                    .flat_map(|patch| patch.chunks_exact(side).skip(margin).take(inner))
+                    .flat_map(|row| &row[margin..margin + inner])
+                    .copied()
+                    .collect();
+                Ok((tensor(&noisy, side), tensor(&target, inner), None))
             }
         }
     }

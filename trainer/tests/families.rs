@@ -118,7 +118,8 @@ fn camera_denoiser_learns_from_photographs() {
     let model = CameraDenoiserConfig::new()
         .with_patch(32)
         .with_patches_per_epoch(3072)
-        .with_transposes(Some(true));
+        .with_transposes(Some(true))
+        .with_interior_loss(Some(true));
     let config = TrainingConfig::new(ModelConfig::CameraDenoiser(model))
         .with_epochs(1)
         .with_batch_size(32)

@@ -186,6 +186,14 @@ pub struct CameraDenoiserConfig {
     /// square. `None` (runs written before the option existed) keeps to the flips, as those
     /// runs trained; `trainer train` writes `Some(true)`.
     pub transposes: Option<bool>,
+    /// Score only the interior of each training patch: the loss leaves out the
+    /// [`CameraDenoiserConfig::context`] pixels along every edge, whose outputs read the
+    /// convolutions' zero padding. Frames are mirrored outwards by that much before the model
+    /// ([`crate::training::denoise_photo`], the edge runtime), so no output it is used for reads
+    /// padding, and training then spends nothing on learning the padding. `None` (runs written
+    /// before the option existed) is off; `trainer train` writes `Some(true)` unless told
+    /// `--whole-patch-loss`.
+    pub interior_loss: Option<bool>,
 }
 
 /// Denoiser for camera frames: a fully convolutional stack of dilated 3x3 convolutions (ReLU
@@ -197,6 +205,22 @@ pub struct CameraDenoiser {
 }
 
 impl CameraDenoiserConfig {
+    /// Pixels each output pixel sees on every side: [`CameraDenoiser::context`] of the model
+    /// this builds.
+    pub fn context(&self) -> usize {
+        self.dilations.iter().sum()
+    }
+
+    /// Pixels along each edge of a training patch that the loss leaves out (zero unless
+    /// [`CameraDenoiserConfig::interior_loss`]).
+    pub fn loss_margin(&self) -> usize {
+        if self.interior_loss == Some(true) {
+            self.context()
+        } else {
+            0
+        }
+    }
+
     /// Returns the initialized model.
     ///
     /// Call [`CameraDenoiserConfig::validate`] first (training and loading a run do): the
@@ -237,6 +261,13 @@ impl CameraDenoiserConfig {
         }
         if self.patch == 0 || self.patches_per_epoch == 0 {
             return Err("patch size and patches per epoch must be at least 1".into());
+        }
+        if self.patch <= 2 * self.loss_margin() {
+            return Err(format!(
+                "a {}-pixel patch has no interior to score: the loss leaves out {} pixels along each edge",
+                self.patch,
+                self.loss_margin()
+            ));
         }
         Ok(())
     }

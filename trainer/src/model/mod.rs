@@ -196,9 +196,11 @@ impl ModelConfig {
             "super-res" => Self::SuperRes(SuperResConfig::new()),
             "fc-vae" => Self::FcVae(FcVaeConfig::new()),
             "conv-vae" => Self::ConvVae(ConvVaeConfig::new()),
-            "camera-denoiser" => {
-                Self::CameraDenoiser(CameraDenoiserConfig::new().with_transposes(Some(true)))
-            }
+            "camera-denoiser" => Self::CameraDenoiser(
+                CameraDenoiserConfig::new()
+                    .with_transposes(Some(true))
+                    .with_interior_loss(Some(true)),
+            ),
             _ => return None,
         })
     }
@@ -569,7 +571,21 @@ pub fn bce_with_logits(logits: Tensor<4>, targets: Tensor<4>) -> Tensor<4> {
     relu(logits.clone()) - logits.clone() * targets + logits.abs().neg().exp().log1p()
 }
 
-/// The loss of `output` against the clean `targets`.
+/// The centre of `images` at the height and width of `like` (`images` itself when they are the
+/// same size): the camera denoiser's output against a target that leaves out the patch's edges
+/// ([`CameraDenoiserConfig::interior_loss`]).
+fn interior(images: Tensor<4>, like: &Tensor<4>) -> Tensor<4> {
+    let [batch, channels, h, w] = images.dims();
+    let [.., th, tw] = like.dims();
+    if (h, w) == (th, tw) {
+        return images;
+    }
+    let (top, left) = (h.saturating_sub(th) / 2, w.saturating_sub(tw) / 2);
+    images.slice([0..batch, 0..channels, top..top + th, left..left + tw])
+}
+
+/// The loss of `output` against the clean `targets` (for the camera denoiser, an output larger
+/// than the targets is scored on its centre).
 pub fn loss(kind: LossKind, output: &Output, targets: Tensor<4>) -> Losses {
     let [batch, ..] = targets.dims();
     let per_image = 1.0 / batch as f64;
@@ -583,7 +599,9 @@ pub fn loss(kind: LossKind, output: &Output, targets: Tensor<4>) -> Losses {
             .square()
             .sum()
             .mul_scalar(per_image),
-        LossKind::Mse => (output.logits.clone() - targets).square().mean(),
+        LossKind::Mse => (interior(output.logits.clone(), &targets) - targets)
+            .square()
+            .mean(),
     };
     let kl = match &output.posterior {
         Some((mean, log_var)) => {
@@ -597,5 +615,47 @@ pub fn loss(kind: LossKind, output: &Output, targets: Tensor<4>) -> Losses {
         total: reconstruction.clone() + kl.clone(),
         reconstruction,
         kl,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_output_larger_than_its_target_is_scored_on_its_centre() {
+        let device = Device::flex();
+        // A 6x6 output that is 1 on its 2x2 centre and 100 elsewhere: against a 2x2 target of
+        // zeros only the centre counts.
+        let mut pixels = [100.0f32; 36];
+        for i in [14, 15, 20, 21] {
+            pixels[i] = 1.0;
+        }
+        let output = Output {
+            logits: Tensor::<1>::from_floats(pixels, &device).reshape([1, 1, 6, 6]),
+            posterior: None,
+        };
+        let target = Tensor::<4>::zeros([1, 1, 2, 2], &device);
+        let mse = loss(LossKind::Mse, &output, target)
+            .total
+            .into_scalar::<f32>();
+        assert_eq!(mse, 1.0);
+        let whole = Tensor::<4>::zeros([1, 1, 6, 6], &device);
+        let mse = loss(LossKind::Mse, &output, whole)
+            .total
+            .into_scalar::<f32>();
+        assert!(mse > 1000.0, "{mse}");
+    }
+
+    #[test]
+    fn the_interior_loss_needs_a_patch_wider_than_the_context() {
+        let config = CameraDenoiserConfig::new().with_interior_loss(Some(true));
+        assert_eq!((config.context(), config.loss_margin()), (10, 10));
+        let model = config.init(&Device::flex());
+        assert_eq!(model.context(), config.context());
+        assert!(config.clone().with_patch(21).validate().is_ok());
+        let err = config.with_patch(20).validate().unwrap_err();
+        assert!(err.contains("no interior"), "{err}");
+        assert_eq!(CameraDenoiserConfig::new().loss_margin(), 0);
     }
 }
