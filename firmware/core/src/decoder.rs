@@ -770,12 +770,14 @@ fn phase_block<const N: usize>(
         } else {
             (k..rows_out).take_while(|&k| tap_rows(k) == rows).count()
         };
-        // The bias plus what the rows outside the input contribute.
+        // The bias plus what the rows outside the input contribute (none in the interior).
         let mut init = bias;
-        for (dy, sums) in padding_rows.iter().enumerate().take(sy) {
-            if !rows.contains(&dy) {
-                for (v, &p) in init.iter_mut().zip(sums) {
-                    *v = v.wrapping_add(p);
+        if rows != (0..sy) {
+            for (dy, sums) in padding_rows.iter().enumerate().take(sy) {
+                if !rows.contains(&dy) {
+                    for (v, &p) in init.iter_mut().zip(sums) {
+                        *v = v.wrapping_add(p);
+                    }
                 }
             }
         }

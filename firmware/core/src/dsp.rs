@@ -36,9 +36,9 @@ macro_rules! taps_4ch {
             "ldrd {t}, {u}, [{pw}], #8\n smlad {a2}, {e}, {t}, {a2}\n smlad {a2}, {o}, {u}, {a2}\n",
             "ldrd {t}, {u}, [{pw}], #8\n smlad {a3}, {e}, {t}, {a3}\n smlad {a3}, {o}, {u}, {a3}\n")
     };
-    // As `(ldrd)`, with the row counter `prm[2]` first reset from `prm[3]`.
+    // As `(ldrd)`, with the row counter `prm[2]` first reset from `prm[8]`.
     (ldrd, reset) => {
-        concat!("ldr {n}, [{prm}, #12]\n str {n}, [{prm}, #8]\n", taps_4ch!(ldrd))
+        concat!("ldr {n}, [{prm}, #32]\n str {n}, [{prm}, #8]\n", taps_4ch!(ldrd))
     };
     (ldr) => {
         taps_4ch!(@rows
@@ -48,11 +48,11 @@ macro_rules! taps_4ch {
             "ldr {t}, [{pw}], #4\n smlad {a3}, {e}, {t}, {a3}\n ldr {u}, [{pw}], #4\n smlad {a3}, {o}, {u}, {a3}\n")
     };
     // Rows of exactly four quads (8 input channels x 2 taps: the MNIST decoders' upsampled
-    // convs), unrolled: `{n}` counts the rows (from `prm[3]`) instead of the quads. 15
+    // convs), unrolled: `{n}` counts the rows (from `prm[8]`) instead of the quads. 15
     // instructions per 16 multiply-accumulates, 4 more per row.
     (ldrd, q4) => {
         concat!(
-            "ldr {n}, [{prm}, #12]\n",
+            "ldr {n}, [{prm}, #32]\n",
             "2:\n",
             taps_4ch!(@quad ldrd), taps_4ch!(@quad ldrd), taps_4ch!(@quad ldrd), taps_4ch!(@quad ldrd),
             "ldr {t}, [{prm}, #4]\n add {px}, {px}, {t}\n subs {n}, {n}, #1\n bne 2b\n",
@@ -180,12 +180,12 @@ macro_rules! run_4ch_store_asm {
     ($taps:tt; $px:ident, $prm:ident $(, $low:tt)?) => {
         asm!(
             "1:",
-            "ldr {a0}, [{prm}, #36]\n ldr {a1}, [{prm}, #40]",
-            "ldr {a2}, [{prm}, #44]\n ldr {a3}, [{prm}, #48]",
-            "ldr {pw}, [{prm}, #16]",
+            "ldr {a0}, [{prm}, #16]\n ldr {a1}, [{prm}, #20]",
+            "ldr {a2}, [{prm}, #24]\n ldr {a3}, [{prm}, #28]",
+            "ldr {pw}, [{prm}, #12]",
             taps_4ch! $taps,
             // px: to the next pixel's first quad; pw: to this pixel's outputs.
-            "ldr {t}, [{prm}, #28]\n add {px}, {px}, {t}\n ldr {pw}, [{prm}, #20]",
+            "ldr {t}, [{prm}, #44]\n add {px}, {px}, {t}\n ldr {pw}, [{prm}, #36]",
             requantize!("{prm}", "{a0}", 64, 72 $(, $low)?),
             "strb {u}, [{pw}]",
             requantize!("{prm}", "{a1}", 80, 88 $(, $low)?),
@@ -194,8 +194,8 @@ macro_rules! run_4ch_store_asm {
             "strb {u}, [{pw}, #2]",
             requantize!("{prm}", "{a3}", 112, 120 $(, $low)?),
             "strb {u}, [{pw}, #3]",
-            "ldr {t}, [{prm}, #24]\n add {pw}, {pw}, {t}\n str {pw}, [{prm}, #20]",
-            "ldr {n}, [{prm}, #32]\n subs {n}, {n}, #1\n str {n}, [{prm}, #32]\n bne 1b",
+            "ldr {t}, [{prm}, #40]\n add {pw}, {pw}, {t}\n str {pw}, [{prm}, #36]",
+            "ldr {n}, [{prm}, #48]\n subs {n}, {n}, #1\n str {n}, [{prm}, #48]\n bne 1b",
             px = inout(reg) $px => _,
             pw = out(reg) _,
             prm = in(reg) $prm,
@@ -254,22 +254,19 @@ macro_rules! quad_r2 {
     };
 }
 
-/// `requantize!` for the two-row kernel's fixed registers: accumulator `$acc`, constants at
-/// r3 + `$at`, result in r1.
+/// `requantize!` for the two-row kernel's fixed registers: accumulator `$acc`, the channel's
+/// four constant words loaded with one `ldm` from r2 (which moves on to the next channel's),
+/// result in r1.
 macro_rules! requantize_r2 {
-    ($acc:literal, $at:literal, $at8:literal) => {
+    ($acc:literal) => {
         concat!(
-            requantize_r2!($acc, $at, $at8, no_low),
+            requantize_r2!($acc, no_low),
             "sxtb r9, r9, ror #8\n cmp r1, r9\n it lt\n movlt r1, r9\n",
         )
     };
-    ($acc:literal, $at:literal, $at8:literal, no_low) => {
+    ($acc:literal, no_low) => {
         concat!(
-            "ldrd r0, r1, [r3, #",
-            $at,
-            "]\n ldrd r8, r9, [r3, #",
-            $at8,
-            "]\n",
+            "ldm r2!, {{r0, r1, r8, r9}}\n",
             "smlal r0, r1, ",
             $acc,
             ", r8\n asr r1, r1, r9\n ssat r1, #8, r1\n",
@@ -286,23 +283,26 @@ macro_rules! run_4ch_store_r2_asm {
         asm_fixed!($px, $prm;
             "ldr r0, [r3, #4]\n push {{r0, r3}}",
             "1:",
-            "ldr r10, [r3, #36]\n ldr r11, [r3, #40]\n ldr r12, [r3, #44]\n ldr lr, [r3, #48]",
-            "ldr r5, [r3, #16]",
+            // Words 3..=7: the weights (r5) and the four accumulators' start, in one load.
+            "ldm r3, {{r0, r1, r2, r5, r10, r11, r12, lr}}",
             quad_r2!(), quad_r2!(), quad_r2!(), quad_r2!(),
             "ldr r0, [sp]\n add r4, r4, r0",
             quad_r2!(), quad_r2!(), quad_r2!(), quad_r2!(),
-            // r3: the parameters again; r4: to the next pixel's first quad; r5: to its outputs.
-            "ldr r3, [sp, #4]\n ldr r0, [r3, #28]\n add r4, r4, r0\n ldr r5, [r3, #20]",
-            requantize_r2!("r10", 64, 72 $(, $low)?),
+            // r3: the parameters again; r4: to the next pixel's first quad; r5: to its outputs;
+            // r2: to the requantization constants.
+            "ldr r3, [sp, #4]\n ldr r0, [r3, #44]\n add r4, r4, r0\n ldr r5, [r3, #36]",
+            "add r2, r3, #64",
+            requantize_r2!("r10" $(, $low)?),
             "strb r1, [r5]",
-            requantize_r2!("r11", 80, 88 $(, $low)?),
+            requantize_r2!("r11" $(, $low)?),
             "strb r1, [r5, #1]",
-            requantize_r2!("r12", 96, 104 $(, $low)?),
+            requantize_r2!("r12" $(, $low)?),
             "strb r1, [r5, #2]",
-            requantize_r2!("lr", 112, 120 $(, $low)?),
+            requantize_r2!("lr" $(, $low)?),
             "strb r1, [r5, #3]",
-            "ldr r0, [r3, #24]\n add r5, r5, r0\n str r5, [r3, #20]",
-            "ldr r0, [r3, #32]\n subs r0, r0, #1\n str r0, [r3, #32]\n bne 1b",
+            // The next pixel's outputs, unless this was the line's last (word 13: its end).
+            "ldr r0, [r3, #40]\n add r5, r5, r0\n str r5, [r3, #36]",
+            "ldr r0, [r3, #52]\n cmp r5, r0\n bne 1b",
             "add sp, sp, #8",
         )
     };
@@ -457,30 +457,36 @@ pub(crate) fn run_4ch_store(
     }
     // What the assembly reads (and counts down) at `prm`, as 32-bit words (pointers are 32-bit:
     // Armv7E-M only): 0 quads per row, 1 bytes from a row's end to the next row's start, 2 rows
-    // left (the general taps count down), 3 rows, 4 the weights, 5 the next pixel's outputs, 6
-    // bytes between pixels' outputs, 7 bytes from where the taps leave the input pointer to the
-    // next pixel's first quad (a wrapping difference), 8 pixels left in the line, 9..=12 `init`,
-    // 16..32 `requant` (byte 64).
+    // left (the general taps count down), 3 the weights, 4..=7 `init` (3..=7 in one `ldm`), 8
+    // rows, 9 the next pixel's outputs, 10 bytes between pixels' outputs, 11 bytes from where
+    // the taps leave the input pointer to the next pixel's first quad (a wrapping difference),
+    // 12 pixels left in the line, 13 the end of the line's outputs (where the two-row kernel
+    // stops), 16..32 `requant` (byte 64).
     let mut params = [0u32; 32];
     params[0] = quads as u32;
     params[1] = ((stride - quads) * 4) as u32;
-    params[3] = rows as u32;
-    params[4] = w.as_ptr() as usize as u32;
-    params[6] = out_step as u32;
+    params[8] = rows as u32;
+    params[3] = w.as_ptr() as usize as u32;
+    params[10] = out_step as u32;
     // The taps move the input pointer by `rows * stride` quads, but for the unrolled two rows
     // (no step after the last row; no overflow: `reads_fit`).
-    let two_rows = quads == 4 && rows == 2;
+    // (The two-row kernel stops at the line's end pointer, so it needs pixels at distinct
+    // outputs.)
+    let two_rows = quads == 4 && rows == 2 && out_step > 0;
     let moved = rows * stride * 4 - if two_rows { (stride - quads) * 4 } else { 0 };
-    params[7] = ((x_step * 4) as u32).wrapping_sub(moved as u32);
-    for (p, &a) in params[9..13].iter_mut().zip(&init) {
+    params[11] = ((x_step * 4) as u32).wrapping_sub(moved as u32);
+    for (p, &a) in params[4..8].iter_mut().zip(&init) {
         *p = a as u32;
     }
     params[16..].copy_from_slice(requant.as_flattened());
     let clamp_low = !no_low(requant);
     for l in 0..grid.lines {
         let (x_at, out_at) = grid.step(l, 0);
-        params[5] = out.as_mut_ptr().wrapping_add(out_at) as usize as u32;
-        params[8] = grid.count as u32;
+        params[9] = out.as_mut_ptr().wrapping_add(out_at) as usize as u32;
+        params[12] = grid.count as u32;
+        // `out_end` checked `out_at + (count - 1) * out_step + 4 <= out.len()`, so the output
+        // pointer meets this end after exactly `count` steps of `out_step > 0`.
+        params[13] = params[9].wrapping_add((grid.count as u32).wrapping_mul(out_step as u32));
         let px = x.as_ptr().wrapping_add(x_at);
         let prm = params.as_mut_ptr();
         // SAFETY: the checks above: every quad a pixel of the line reads lies in `x` (row `r`:
@@ -488,7 +494,7 @@ pub(crate) fn run_4ch_store(
         // blocks exist and are 4-byte aligned for `ldrd` and `ldm` (32-byte blocks), the four
         // bytes each pixel writes lie in `out` (`out_end`), and the line has at least one pixel
         // (`line_loop_fits`: the loop tests its count after a pixel). `params` is 128 readable,
-        // aligned bytes; the assembly writes its words 2, 5 and 8 (a local) and those bytes of
+        // aligned bytes; the assembly writes its words 2, 9 and 12 (a local) and those bytes of
         // `out`, which nothing else borrows while it runs, and (the two-row kernel) 8 bytes
         // below the stack pointer, which it restores. Flags are clobbered.
         unsafe {
@@ -696,7 +702,7 @@ macro_rules! run_c16_asm {
             "ldr r3, [sp, #4]\n ldr r0, [r3, #16]\n add r4, r4, r0",
             "ldr r5, [r3, #8]\n ldr r2, [r3, #28]\n ldrd r8, r9, [r3, #48]",
             $stores,
-            "ldr r5, [r3, #8]\n ldr r0, [r3, #12]\n add r5, r5, r0\n str r5, [r3, #8]",
+            "ldr r0, [r3, #12]\n add r5, r5, r0\n str r5, [r3, #8]",
             "ldr r0, [r3, #20]\n subs r0, r0, #1\n str r0, [r3, #20]\n bne 1b",
             "add sp, sp, #8",
         )
@@ -705,33 +711,35 @@ macro_rules! run_c16_asm {
 
 /// Requantizes accumulator `$acc` of [`run_pixels_store_c16`] (rounding constant at r3 + 40,
 /// multiplier in r8, shift in r9), looks it up in the table (r2: its middle) and stores it at
-/// r5, which then steps to the next pixel unless this is the group's `last`.
+/// r5 + `$at` (the group's pixels are [`C16_PIXEL_STEP`] bytes apart).
 macro_rules! store_c16 {
-    ($acc:literal) => {
-        concat!(
-            store_c16!($acc, last),
-            "ldr r0, [r3, #32]\n add r5, r5, r0\n"
-        )
-    };
-    ($acc:literal, last) => {
+    ($acc:literal, $at:literal) => {
         concat!(
             "ldrd r0, r1, [r3, #40]\n smlal r0, r1, ",
             $acc,
             ", r8\n",
-            "asr r1, r1, r9\n ssat r1, #8, r1\n ldrb r1, [r2, r1]\n strb r1, [r5]\n",
+            "asr r1, r1, r9\n ssat r1, #8, r1\n ldrb r1, [r2, r1]\n strb r1, [r5, #",
+            $at,
+            "]\n",
         )
     };
 }
 
+/// The step between the outputs of a group of [`run_pixels_store_c16`], fixed so that its
+/// stores take immediate offsets: a 2x upsampling phase of a single-channel layer, as the
+/// MNIST decoders' last layer has.
+const C16_PIXEL_STEP: usize = 2;
+
 /// [`run_pixels_store`] for groups of `P` (4 or 2) pixels of a 16-channel input with 2 x 2 taps
-/// (the MNIST decoders' last layer, interior rows), once its checks passed: each input quad is
+/// (the MNIST decoders' last layer, interior rows; a group's pixels [`C16_PIXEL_STEP`] bytes
+/// apart), once its checks passed: each input quad is
 /// split once for the two pixels that read it, the rows are unrolled, the group loop is in the
 /// assembly, and the registers are fixed (the parameters' address and the bytes between rows
 /// wait on the stack while the taps use every free register). `false`, having done nothing,
 /// when a count or step does not fit the assembly's 32-bit words.
 fn run_pixels_store_c16<const P: usize>(
     x: &[[i8; 4]],
-    (grid, pixel_step): (&Grid, usize),
+    grid: &Grid,
     stride: usize,
     w: &[[u8; 8]],
     init: i32,
@@ -747,8 +755,7 @@ fn run_pixels_store_c16<const P: usize>(
     // Armv7E-M only): 0 bytes between input rows, 1 the weights, 2 the next group's first
     // output, 3 bytes between groups' outputs, 4 bytes from where the taps leave the input
     // pointer (one row down) to the next group's first quad (a wrapping difference), 5 groups
-    // left in the line, 6 `init`, 7 the table's middle, 8 the step between a group's outputs,
-    // 10..14 `requant`.
+    // left in the line, 6 `init`, 7 the table's middle, 10..14 `requant`.
     let mut params = [0u32; 14];
     params[0] = (stride * 4) as u32;
     params[1] = w.as_ptr() as usize as u32;
@@ -756,7 +763,6 @@ fn run_pixels_store_c16<const P: usize>(
     params[4] = ((x_step * 4) as u32).wrapping_sub((stride * 4) as u32);
     params[6] = init as u32;
     params[7] = table.as_ptr().wrapping_add(128) as usize as u32;
-    params[8] = pixel_step as u32;
     params[10..].copy_from_slice(requant);
     for l in 0..grid.lines {
         let (x_at, out_at) = grid.step(l, 0);
@@ -767,7 +773,7 @@ fn run_pixels_store_c16<const P: usize>(
         // SAFETY: `run_pixels_store` checked that every quad read lies in `x` (group `g`, row
         // `r`: the `4 P + 4` quads from `x_at + g x_step + r stride`, as its `P` pixels of 8
         // quads, 4 apart, read) and that the 16 weight blocks exist and are 4-byte aligned for
-        // `ldrd`; the `P` bytes each group writes, `out_at + g out_step + p pixel_step`, lie in
+        // `ldrd`; the `P` bytes each group writes, `out_at + g out_step + 2 p`, lie in
         // `out`; the table read is `table[y + 128]` with `y` saturated to -128..=127; the line
         // has at least one group (`line_loop_fits`: the loop tests its count after a group).
         // `params` is 56 readable, aligned bytes; the assembly writes its words 2 and 5 (a
@@ -779,17 +785,17 @@ fn run_pixels_store_c16<const P: usize>(
                     "mov r11, r10\n mov r12, r10\n mov lr, r10",
                     row_c16!(),
                     concat!(
-                        store_c16!("r10"),
-                        store_c16!("r11"),
-                        store_c16!("r12"),
-                        store_c16!("lr", last),
+                        store_c16!("r10", 0),
+                        store_c16!("r11", 2),
+                        store_c16!("r12", 4),
+                        store_c16!("lr", 6),
                     )
                 );
             } else {
                 run_c16_asm!(px, prm;
                     "mov r11, r10",
                     row_c16!(pair),
-                    concat!(store_c16!("r10"), store_c16!("r11", last))
+                    concat!(store_c16!("r10", 0), store_c16!("r11", 2))
                 );
             }
         }
@@ -831,9 +837,9 @@ pub(crate) fn run_pixels_store<const QS: usize, const P: usize>(
     if !fits {
         return false;
     }
-    if QS == 4 && quads == 8 && rows == 2 {
+    if QS == 4 && quads == 8 && rows == 2 && pixel_step == C16_PIXEL_STEP {
         let finish = (requant, table);
-        return run_pixels_store_c16::<P>(x, (grid, pixel_step), stride, w, init, finish, out);
+        return run_pixels_store_c16::<P>(x, grid, stride, w, init, finish, out);
     }
     // The row loop's constants, then the requantization constants, this group's first output,
     // the table's middle (index 0 for a logit of 0) and the step between outputs (32-bit
