@@ -180,7 +180,7 @@ impl Requant {
     /// rounding constant (low word, high word), the multiplier, and `n - 32 | low << 8`; `None`
     /// unless every channel takes the fast path ([`Requant::FOLDED`]).
     #[cfg(arm_dsp)]
-    fn packed<const N: usize>(block: &[Requant; N]) -> Option<[[u32; 4]; N]> {
+    fn packed<const N: usize>(block: &[Requant; N]) -> Option<Packed<N>> {
         let mut packed = [[0u32; 4]; N];
         for (p, r) in packed.iter_mut().zip(block) {
             if !Self::FOLDED.contains(&r.n) {
@@ -211,6 +211,44 @@ impl Requant {
         };
         // `clamp(-128, 127)` is one `ssat`; `low` is at least -128.
         y.clamp(-128, 127).max(self.low) as i8
+    }
+}
+
+/// [`Requant::packed`]'s constants of `N` channels.
+type Packed<const N: usize> = [[u32; 4]; N];
+
+/// What a block of `N` output channels needs besides its weights, the same in every phase of a
+/// conv layer, so prepared once per block: the biases and the requantization, per channel and
+/// (Armv7E-M) packed for the assembly kernels.
+struct BlockConstants<const N: usize> {
+    bias: [i32; N],
+    requant: [Requant; N],
+    /// [`Requant::packed`]: `None` where some channel takes the slow path.
+    #[cfg(arm_dsp)]
+    packed: Option<Packed<N>>,
+}
+
+impl<const N: usize> BlockConstants<N> {
+    fn new(layer: &Layer, o: usize) -> Self {
+        let requant = core::array::from_fn(|j| Requant::new(layer, o + j));
+        BlockConstants {
+            bias: core::array::from_fn(|j| layer.params(o + j).0),
+            #[cfg(arm_dsp)]
+            packed: Requant::packed(&requant),
+            requant,
+        }
+    }
+
+    /// The packed constants as `M` channels (`M = N`; the kernels name their block size), or
+    /// `None` where the assembly kernels cannot take them (or do not exist).
+    fn packed<const M: usize>(&self) -> Option<&Packed<M>> {
+        #[cfg(arm_dsp)]
+        return self
+            .packed
+            .as_ref()
+            .and_then(|p| <&Packed<M>>::try_from(&p[..]).ok());
+        #[cfg(not(arm_dsp))]
+        None
     }
 }
 
@@ -565,7 +603,8 @@ fn channel_block_run(
     grid: &Grid,
     (stride, rows, quads_per_row): (usize, usize, usize),
     w: &[[[u8; 8]; CHANNEL_BLOCK]],
-    (init, requant): ([i32; CHANNEL_BLOCK], &[Requant; CHANNEL_BLOCK]),
+    init: [i32; CHANNEL_BLOCK],
+    (requant, packed): (&[Requant; CHANNEL_BLOCK], Option<&Packed<CHANNEL_BLOCK>>),
     out: &mut [i8],
 ) {
     let store = |out: &mut [i8], at: usize, acc: [i32; CHANNEL_BLOCK]| {
@@ -579,12 +618,14 @@ fn channel_block_run(
     {
         let taps = (stride, rows, quads_per_row);
         // Requantization and store in the assembly loop when every channel allows it.
-        let fused = Requant::packed(requant)
-            .is_some_and(|packed| crate::dsp::run_4ch_store(x, grid, taps, w, init, &packed, out));
+        let fused = packed
+            .is_some_and(|packed| crate::dsp::run_4ch_store(x, grid, taps, w, init, packed, out));
         if !fused {
             crate::dsp::run_4ch(x, grid, taps, w, init, |at, acc| store(out, at, acc));
         }
     }
+    #[cfg(not(arm_dsp))]
+    let _ = packed;
     #[cfg(not(arm_dsp))]
     for l in 0..grid.lines {
         for p in 0..grid.count {
@@ -613,7 +654,7 @@ fn pixel_block_run<const QS: usize>(
     (grid, pixel_step): (&Grid, usize),
     (stride, rows, quads_per_row): (usize, usize, usize),
     w: &[[u8; 8]],
-    (init, requant): (i32, &Requant),
+    (init, requant, packed): (i32, &Requant, Option<&Packed<1>>),
     sink: &mut Sink,
 ) {
     #[cfg(arm_dsp)]
@@ -622,19 +663,21 @@ fn pixel_block_run<const QS: usize>(
     #[cfg(arm_dsp)]
     if let Sink::Pixels(out, table) = sink
         && let Ok(table) = <&[u8; 256]>::try_from(&table[..])
-        && let Some([packed]) = Requant::packed(&[*requant])
+        && let Some([packed]) = packed
         && crate::dsp::run_pixels_store::<QS, PIXEL_BLOCK>(
             x,
             (grid, pixel_step),
             taps,
             w,
             init,
-            (&packed, table),
+            (packed, table),
             out,
         )
     {
         return;
     }
+    #[cfg(not(arm_dsp))]
+    let _ = packed;
     #[cfg_attr(arm_dsp, allow(unused_mut))] // moved into the DSP kernel there
     let mut finish = |at: usize, acc: [i32; PIXEL_BLOCK]| {
         for (p, &a) in acc.iter().enumerate() {
@@ -673,13 +716,13 @@ fn pixel_pair_run<const QS: usize>(
     (grid, pixel_step): (&Grid, usize),
     taps: (usize, usize, usize),
     w: &[[u8; 8]],
-    (init, requant): (i32, &Requant),
+    (init, requant, packed): (i32, &Requant, Option<&Packed<1>>),
     sink: &mut Sink,
 ) -> bool {
     #[cfg(arm_dsp)]
     if let Sink::Pixels(out, table) = sink
         && let Ok(table) = <&[u8; 256]>::try_from(&table[..])
-        && let Some([packed]) = Requant::packed(&[*requant])
+        && let Some([packed]) = packed
     {
         return crate::dsp::run_pixels_store::<QS, 2>(
             x,
@@ -687,11 +730,11 @@ fn pixel_pair_run<const QS: usize>(
             taps,
             w,
             init,
-            (&packed, table),
+            (packed, table),
             out,
         );
     }
-    let _ = (x, grid, pixel_step, taps, w, init, requant, sink);
+    let _ = (x, grid, pixel_step, taps, w, init, requant, packed, sink);
     false
 }
 
@@ -705,7 +748,7 @@ fn phase_block<const N: usize>(
     input: &Input,
     (folded, layout): (&[u8], &FoldLayout),
     (ay, ax): (&AxisPhase, &AxisPhase),
-    o: usize,
+    (o, constants): (usize, &BlockConstants<N>),
     (sink, out_padding): (&mut Sink, usize),
 ) {
     let (h_out, w_out, c_out) = (
@@ -721,8 +764,7 @@ fn phase_block<const N: usize>(
     for (dy, row) in weight_rows.iter_mut().enumerate().take(sy) {
         *row = WeightRow::new(folded, layout, dy);
     }
-    let bias: [i32; N] = core::array::from_fn(|j| layer.params(o + j).0);
-    let requant: [Requant; N] = core::array::from_fn(|j| Requant::new(layer, o + j));
+    let (bias, requant) = (constants.bias, &constants.requant);
     let (rows_out, columns) = (
         h_out.saturating_sub(ay.phase).div_ceil(up),
         w_out.saturating_sub(ax.phase).div_ceil(up),
@@ -737,19 +779,21 @@ fn phase_block<const N: usize>(
     if first + last + sx > stored_w {
         return; // taps right of the padding: ruled out the same way
     }
-    // What each tap row adds when it lies above or below the input (it reads the zero point).
-    let mut padding_rows = [[0i32; N]; MAX_SPAN];
+    // What each tap row adds when it lies above or below the input (it reads the zero point);
+    // `None` when every output row's taps lie inside the input.
     let (top, bottom) = (
         ay.start(0),
         ay.start(rows_out.saturating_sub(1)) + sy as isize,
     );
-    if top < 0 || bottom > input.h as isize {
+    let padding_rows = (top < 0 || bottom > input.h as isize).then(|| {
+        let mut padding_rows = [[0i32; N]; MAX_SPAN];
         for (row, sums) in weight_rows.iter().zip(&mut padding_rows).take(sy) {
             for (v, sum) in sums.iter_mut().zip(row.sums()) {
                 *v = input.zero_point.wrapping_mul(sum);
             }
         }
-    }
+        padding_rows
+    });
     let out_w = w_out + 2 * out_padding;
     // The tap rows of output row `k` of the phase that lie inside the input.
     let tap_rows = |k: usize| {
@@ -772,7 +816,9 @@ fn phase_block<const N: usize>(
         };
         // The bias plus what the rows outside the input contribute (none in the interior).
         let mut init = bias;
-        if rows != (0..sy) {
+        if rows != (0..sy)
+            && let Some(padding_rows) = &padding_rows
+        {
             for (dy, sums) in padding_rows.iter().enumerate().take(sy) {
                 if !rows.contains(&dy) {
                     for (v, &p) in init.iter_mut().zip(sums) {
@@ -799,7 +845,7 @@ fn phase_block<const N: usize>(
             && c.is_multiple_of(4)
             && let Sink::Activations(out) = sink
             && let Ok(init) = <[i32; CHANNEL_BLOCK]>::try_from(&init[..])
-            && let Ok(requant) = <&[Requant; CHANNEL_BLOCK]>::try_from(&requant[..])
+            && let Ok(block) = <&[Requant; CHANNEL_BLOCK]>::try_from(&requant[..])
         {
             // Whole quads per tap: input positions in quads.
             let grid = Grid {
@@ -814,7 +860,8 @@ fn phase_block<const N: usize>(
                 &grid,
                 taps,
                 w,
-                (init, requant),
+                init,
+                (block, constants.packed()),
                 out,
             );
             done = columns;
@@ -828,7 +875,10 @@ fn phase_block<const N: usize>(
                 out: (out_at, PIXEL_BLOCK * out_step, out_line),
             };
             let (x, w) = (input.values.as_chunks::<4>().0, w.as_chunks::<8>().0);
-            let (grid, finish) = ((&grid, out_step), (init[0], &requant[0]));
+            let (grid, finish) = (
+                (&grid, out_step),
+                (init[0], &requant[0], constants.packed()),
+            );
             match c {
                 4 => pixel_block_run::<1>(x, grid, taps, w, finish, sink),
                 8 => pixel_block_run::<2>(x, grid, taps, w, finish, sink),
@@ -836,15 +886,19 @@ fn phase_block<const N: usize>(
             }
             done = groups * PIXEL_BLOCK;
             // A row's last two pixels, when the width leaves them (the MNIST decoders' 14
-            // columns per phase), as one pair per row.
+            // columns per phase), as one pair per row: the rows' pairs as the steps of one
+            // line, so that a single kernel call walks down them.
             if columns - done >= 2 {
                 let pairs = Grid {
-                    count: 1,
-                    lines,
-                    x: (x_at / 4 + done * c / 4, 2 * c / 4, stride / 4),
-                    out: (out_at + done * out_step, 2 * out_step, out_line),
+                    count: lines,
+                    lines: 1,
+                    x: (x_at / 4 + done * c / 4, stride / 4, 0),
+                    out: (out_at + done * out_step, out_line, 0),
                 };
-                let (grid, finish) = ((&pairs, out_step), (init[0], &requant[0]));
+                let (grid, finish) = (
+                    (&pairs, out_step),
+                    (init[0], &requant[0], constants.packed()),
+                );
                 let paired = match c {
                     4 => pixel_pair_run::<1>(x, grid, taps, w, finish, sink),
                     8 => pixel_pair_run::<2>(x, grid, taps, w, finish, sink),
@@ -868,7 +922,7 @@ fn phase_block<const N: usize>(
                     }
                 }
                 let at = out_at + line * out_line + i * out_step;
-                for (j, (&a, r)) in acc.iter().zip(&requant).enumerate() {
+                for (j, (&a, r)) in acc.iter().zip(requant).enumerate() {
                     sink.put(at + j, r.apply(a));
                 }
             }
@@ -897,26 +951,84 @@ fn conv(
         padding: layer.input_padding(),
         zero_point: layer.input_zero_point as i32,
     };
-    let mut folded = layer.folded();
+    let (folded, c_out) = (layer.folded(), layer.output.c as usize);
+    // The weights are stored phase by phase, each phase's blocks one after the other (see
+    // `crate::fold`); the blocks go outermost here so that their constants are prepared once.
+    for (o, n) in blocks(c_out) {
+        if n == CHANNEL_BLOCK {
+            let constants = BlockConstants::<CHANNEL_BLOCK>::new(layer, o);
+            let block = (o, &constants);
+            conv_phases(
+                layer,
+                &input,
+                (kernel, padding, upsample),
+                folded,
+                block,
+                sink,
+                out_padding,
+            );
+        } else {
+            let constants = BlockConstants::<1>::new(layer, o);
+            let block = (o, &constants);
+            conv_phases(
+                layer,
+                &input,
+                (kernel, padding, upsample),
+                folded,
+                block,
+                sink,
+                out_padding,
+            );
+        }
+    }
+}
+
+/// The phases of [`conv`] for the block of `N` channels from `o`: each phase's weights found
+/// in `folded` after the phases before it and the blocks before `o` in this one.
+#[allow(clippy::too_many_arguments)]
+fn conv_phases<const N: usize>(
+    layer: &Layer,
+    input: &Input,
+    (kernel, padding, upsample): (u8, u8, u8),
+    folded: &[u8],
+    (o, constants): (usize, &BlockConstants<N>),
+    sink: &mut Sink,
+    out_padding: usize,
+) {
+    let (c_in, c_out) = (input.c, layer.output.c as usize);
+    // Channels in whole blocks; those after them go one by one.
+    let full = c_out / CHANNEL_BLOCK * CHANNEL_BLOCK;
+    let mut phase_at = 0;
     for py in 0..upsample as usize {
         let ay = AxisPhase::new(py, kernel, padding, upsample);
         for px in 0..upsample as usize {
             let ax = AxisPhase::new(px, kernel, padding, upsample);
-            for (o, n) in blocks(layer.output.c as usize) {
-                let layout = FoldLayout::new(n, (ay.span, ax.span), c_in);
-                // Never `None`: parse checked the section's length against the same layouts.
-                let Some((block, rest)) = folded.split_at_checked(2 * layout.len()) else {
-                    return;
-                };
-                folded = rest;
-                let (block, phase) = ((block, &layout), (&ay, &ax));
-                let out = (&mut *sink, out_padding);
-                if n == CHANNEL_BLOCK {
-                    phase_block::<CHANNEL_BLOCK>(layer, &input, block, phase, o, out);
+            let spans = (ay.span, ax.span);
+            let (block_len, one_len) = (
+                2 * FoldLayout::new(CHANNEL_BLOCK, spans, c_in).len(),
+                2 * FoldLayout::new(1, spans, c_in).len(),
+            );
+            let at = phase_at
+                + if o < full {
+                    o / CHANNEL_BLOCK * block_len
                 } else {
-                    phase_block::<1>(layer, &input, block, phase, o, out);
-                }
-            }
+                    full / CHANNEL_BLOCK * block_len + (o - full) * one_len
+                };
+            phase_at += full / CHANNEL_BLOCK * block_len + (c_out - full) * one_len;
+            let layout = FoldLayout::new(N, spans, c_in);
+            // Never `None`: parse checked the section's length against the same layouts.
+            let Some(weights) = folded.get(at..at + 2 * layout.len()) else {
+                return;
+            };
+            let out = (&mut *sink, out_padding);
+            phase_block::<N>(
+                layer,
+                input,
+                (weights, &layout),
+                (&ay, &ax),
+                (o, constants),
+                out,
+            );
         }
     }
 }

@@ -461,34 +461,46 @@ pub(crate) fn run_4ch_store(
     // rows, 9 the next pixel's outputs, 10 bytes between pixels' outputs, 11 bytes from where
     // the taps leave the input pointer to the next pixel's first quad (a wrapping difference),
     // 12 pixels left in the line, 13 the end of the line's outputs (where the two-row kernel
-    // stops), 16..32 `requant` (byte 64).
-    let mut params = [0u32; 32];
-    params[0] = quads as u32;
-    params[1] = ((stride - quads) * 4) as u32;
-    params[8] = rows as u32;
-    params[3] = w.as_ptr() as usize as u32;
-    params[10] = out_step as u32;
+    // stops), 14 and 15 unused, then `requant` (byte 64: `Params4ch`).
+    //
     // The taps move the input pointer by `rows * stride` quads, but for the unrolled two rows
-    // (no step after the last row; no overflow: `reads_fit`).
-    // (The two-row kernel stops at the line's end pointer, so it needs pixels at distinct
-    // outputs.)
+    // (no step after the last row; no overflow: `reads_fit`). The two-row kernel stops at the
+    // line's end pointer, so it needs pixels at distinct outputs.
     let two_rows = quads == 4 && rows == 2 && out_step > 0;
     let moved = rows * stride * 4 - if two_rows { (stride - quads) * 4 } else { 0 };
-    params[11] = ((x_step * 4) as u32).wrapping_sub(moved as u32);
-    for (p, &a) in params[4..8].iter_mut().zip(&init) {
-        *p = a as u32;
-    }
-    params[16..].copy_from_slice(requant.as_flattened());
+    let [i0, i1, i2, i3] = init.map(|a| a as u32);
+    let mut params = Params4ch {
+        words: [
+            quads as u32,
+            ((stride - quads) * 4) as u32,
+            0,
+            w.as_ptr() as usize as u32,
+            i0,
+            i1,
+            i2,
+            i3,
+            rows as u32,
+            0,
+            out_step as u32,
+            ((x_step * 4) as u32).wrapping_sub(moved as u32),
+            0,
+            0,
+            0,
+            0,
+        ],
+        requant: *requant,
+    };
     let clamp_low = !no_low(requant);
     for l in 0..grid.lines {
         let (x_at, out_at) = grid.step(l, 0);
-        params[9] = out.as_mut_ptr().wrapping_add(out_at) as usize as u32;
-        params[12] = grid.count as u32;
+        let words = &mut params.words;
+        words[9] = out.as_mut_ptr().wrapping_add(out_at) as usize as u32;
+        words[12] = grid.count as u32;
         // `out_end` checked `out_at + (count - 1) * out_step + 4 <= out.len()`, so the output
         // pointer meets this end after exactly `count` steps of `out_step > 0`.
-        params[13] = params[9].wrapping_add((grid.count as u32).wrapping_mul(out_step as u32));
+        words[13] = words[9].wrapping_add((grid.count as u32).wrapping_mul(out_step as u32));
         let px = x.as_ptr().wrapping_add(x_at);
-        let prm = params.as_mut_ptr();
+        let prm = (&raw mut params).cast::<u32>();
         // SAFETY: the checks above: every quad a pixel of the line reads lies in `x` (row `r`:
         // `quads` quads from `x_at + p x_step + r stride`), the first `rows * quads` weight
         // blocks exist and are 4-byte aligned for `ldrd` and `ldm` (32-byte blocks), the four
@@ -509,6 +521,14 @@ pub(crate) fn run_4ch_store(
         }
     }
     true
+}
+
+/// The parameter block of [`run_4ch_store`]'s assembly: 16 words, then the requantization
+/// constants at byte 64 (one block, so the assembly reads both from one address).
+#[repr(C)]
+struct Params4ch {
+    words: [u32; 16],
+    requant: [[u32; 4]; 4],
 }
 
 /// [`run_4ch`] once its bounds are checked; `ALIGNED`: `w` is 4-byte aligned (`ldrd` allowed).
