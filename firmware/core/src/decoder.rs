@@ -955,30 +955,13 @@ fn conv(
     // The weights are stored phase by phase, each phase's blocks one after the other (see
     // `crate::fold`); the blocks go outermost here so that their constants are prepared once.
     for (o, n) in blocks(c_out) {
+        let conv = (kernel, padding, upsample);
         if n == CHANNEL_BLOCK {
-            let constants = BlockConstants::<CHANNEL_BLOCK>::new(layer, o);
-            let block = (o, &constants);
-            conv_phases(
-                layer,
-                &input,
-                (kernel, padding, upsample),
-                folded,
-                block,
-                sink,
-                out_padding,
-            );
+            let block = (o, &BlockConstants::<CHANNEL_BLOCK>::new(layer, o));
+            conv_phases(layer, &input, conv, folded, block, sink, out_padding);
         } else {
-            let constants = BlockConstants::<1>::new(layer, o);
-            let block = (o, &constants);
-            conv_phases(
-                layer,
-                &input,
-                (kernel, padding, upsample),
-                folded,
-                block,
-                sink,
-                out_padding,
-            );
+            let block = (o, &BlockConstants::<1>::new(layer, o));
+            conv_phases(layer, &input, conv, folded, block, sink, out_padding);
         }
     }
 }
