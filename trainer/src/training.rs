@@ -13,7 +13,10 @@ use burn::{
 
 use crate::{
     data::{Mnist, SIDE, Split},
-    model::{CameraDenoiserConfig, Corruption, Model, ModelConfig, bce_with_logits, loss, one_hot},
+    model::{
+        CameraDenoiserConfig, Corruption, Model, ModelConfig, UpConv, bce_with_logits, loss,
+        one_hot,
+    },
     natural::{self, GrayImage, add_noise},
     quality::{psnr, ssim},
     rng::SplitMix64,
@@ -475,7 +478,7 @@ pub fn throughput(
         let chunk: Vec<usize> = (0..size).map(|i| (step * size + i) % examples).collect();
         let (input, target, condition) =
             source.training_batch(config, &chunk, &mut noise, &device)?;
-        let output = model.forward(input, condition, true);
+        let output = model.forward_with(input, condition, true, UpConv::Folded);
         let loss = loss(config.model.loss_kind(), &output, target);
         let total = scalar(loss.total.clone());
         if !total.is_finite() {
@@ -511,7 +514,8 @@ fn gradients(
     };
     if devices.len() == 1 {
         let (input, target, condition) = source.training_batch(config, chunk, noise, main)?;
-        let loss = loss(kind, &model.forward(input, condition, true), target);
+        let output = model.forward_with(input, condition, true, UpConv::Folded);
+        let loss = loss(kind, &output, target);
         let values = [&loss.total, &loss.reconstruction, &loss.kl].map(|t| scalar(t.clone()));
         return Ok((
             values,
@@ -531,7 +535,8 @@ fn gradients(
         }
         let replica = model.clone().fork(device);
         let (input, target, condition) = source.training_batch(config, shard, noise, device)?;
-        let loss = loss(kind, &replica.forward(input, condition, true), target);
+        let output = replica.forward_with(input, condition, true, UpConv::Folded);
+        let loss = loss(kind, &output, target);
         let weight = shard.len() as f64 / chunk.len() as f64;
         let grads =
             GradientsParams::from_grads(loss.total.clone().mul_scalar(weight).backward(), &replica);

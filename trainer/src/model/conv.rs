@@ -12,7 +12,7 @@ use burn::{
         pool::{MaxPool2d, MaxPool2dConfig},
     },
     prelude::*,
-    tensor::activation::relu,
+    tensor::{activation::relu, module::conv2d, ops::ConvOptions},
 };
 
 /// Side of the convolutional AE's code map (28 -> 14 -> 7 -> 4).
@@ -58,6 +58,92 @@ pub(crate) fn up2() -> Interpolate2d {
         .init()
 }
 
+/// How a decoder computes a nearest 2x upsampling and the 3x3 convolution after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpConv {
+    /// Upsample, then convolve: the graph the exporter traces to ONNX (and folds there itself).
+    Plain,
+    /// Both at once on the low-resolution input ([`up2_conv3`]): 4/9 of the multiply-adds, the
+    /// same function. What the training steps run.
+    Folded,
+}
+
+impl UpConv {
+    /// `conv(up(x))`, computed as this says.
+    pub(crate) fn run(self, conv: &Conv2d, up: &Interpolate2d, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            UpConv::Plain => conv.forward(up.forward(x)),
+            UpConv::Folded => up2_conv3(conv, up, x),
+        }
+    }
+}
+
+/// `conv(up2(x))` computed on the low-resolution input, for a 3x3, stride-1 `conv` with 0 or 1
+/// padding on every side: output pixel `(2i + py, 2j + px)` (phase `(py, px)`) reads only input
+/// rows `i + a` and columns `j + b` for two values each of `a` and `b`, so its nine taps fold into
+/// a 2x2 kernel (the taps that land on the same input pixel, summed). The four phases' kernels
+/// are stacked on the output channels of one convolution of `x` and the phases interleaved back:
+/// 4/9 of the multiply-adds and no upsampled copy, the same sums up to float rounding (the
+/// exporter writes decoders this way, `exporter/src/onnx.rs`). Autodiff differentiates through
+/// the folding, so the trained weights are the 3x3 ones. Other convolutions or upsamplings:
+/// `conv(up(x))`.
+pub(crate) fn up2_conv3(conv: &Conv2d, up: &Interpolate2d, x: Tensor<4>) -> Tensor<4> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Explicit(t, l, b, r) if t == l && t == b && t == r && t <= 1 => t,
+        _ => return conv.forward(up.forward(x)),
+    };
+    let nearest_2x = up.scale_factor == Some([2.0, 2.0])
+        && up.output_size.is_none()
+        && matches!(up.mode, InterpolateMode::Nearest);
+    if !nearest_2x
+        || conv.kernel_size != [3, 3]
+        || conv.stride != [1, 1]
+        || conv.dilation != [1, 1]
+        || conv.groups != 1
+    {
+        return conv.forward(up.forward(x));
+    }
+    let [n, _, h, w] = x.dims();
+    let weight = conv.weight.val();
+    let c_out = weight.dims()[0];
+    // Along one axis, phase 0 of a padding-1 conv reads (i - 1, i): taps [t0, t1 + t2]; phase 1
+    // reads (i, i + 1): [t0 + t1, t2]. Without padding both read (i, i + 1), the other way round.
+    let fold = |k: Tensor<4>, dim: usize, phase: usize| {
+        let tap = |t: usize| k.clone().narrow(dim, t, 1);
+        if (phase == 0) == (padding == 0) {
+            Tensor::cat(vec![tap(0) + tap(1), tap(2)], dim)
+        } else {
+            Tensor::cat(vec![tap(0), tap(1) + tap(2)], dim)
+        }
+    };
+    let kernels = (0..4)
+        .map(|phase| fold(fold(weight.clone(), 2, phase / 2), 3, phase % 2))
+        .collect();
+    let bias = conv.bias.as_ref().map(|b| b.val().repeat_dim(0, 4));
+    let options = ConvOptions::new([1, 1], [padding, padding], [1, 1], 1);
+    // [n, 4 c_out, h', w']: channel block `2 py + px` is phase (py, px).
+    let phases = conv2d(x, Tensor::cat(kernels, 0), bias, options);
+    let (phases, h, w) = if padding == 1 {
+        // Padded on both sides, the convolution gives h + 1 rows: phase py's are py..py + h.
+        let block = |phase: usize| {
+            let (py, px) = (phase / 2, phase % 2);
+            phases.clone().slice([
+                0..n,
+                phase * c_out..(phase + 1) * c_out,
+                py..py + h,
+                px..px + w,
+            ])
+        };
+        (Tensor::cat((0..4).map(block).collect(), 1), h, w)
+    } else {
+        (phases, h - 1, w - 1)
+    };
+    phases
+        .reshape([n, 2, 2, c_out, h, w])
+        .permute([0, 3, 4, 1, 5, 2])
+        .reshape([n, c_out, 2 * h, 2 * w])
+}
+
 /// 2x2 max pooling; ceil mode turns 7x7 into 4x4, like Keras' `padding="same"`.
 pub(crate) fn pool2() -> MaxPool2d {
     MaxPool2dConfig::new([2, 2]).with_ceil_mode(true).init()
@@ -95,10 +181,15 @@ impl ConvAe {
     /// # Shapes
     /// - code: `[batch, code_channels, 4, 4]`; output: `[batch, 1, 28, 28]`
     pub fn decode_logits(&self, code: Tensor<4>) -> Tensor<4> {
+        self.decode_logits_with(code, UpConv::Plain)
+    }
+
+    /// [`ConvAe::decode_logits`], its upsampling convolutions computed as `up` says.
+    pub fn decode_logits_with(&self, code: Tensor<4>, up: UpConv) -> Tensor<4> {
         let x = relu(self.dec1.forward(code)); // [b, 8, 4, 4]
-        let x = relu(self.dec2.forward(self.up.forward(x))); // [b, 8, 8, 8]
-        let x = relu(self.dec3.forward(self.up.forward(x))); // [b, 16, 14, 14]
-        self.dec4.forward(self.up.forward(x)) // [b, 1, 28, 28]
+        let x = relu(up.run(&self.dec2, &self.up, x)); // [b, 8, 8, 8]
+        let x = relu(up.run(&self.dec3, &self.up, x)); // [b, 16, 14, 14]
+        up.run(&self.dec4, &self.up, x) // [b, 1, 28, 28]
     }
 
     /// Channels of the code map.
@@ -151,10 +242,15 @@ impl SuperRes {
     /// # Shapes
     /// - low: `[batch, 1, h, w]` (h, w even); output: `[batch, 1, 2h, 2w]`
     pub fn forward_logits(&self, low: Tensor<4>) -> Tensor<4> {
+        self.forward_logits_with(low, UpConv::Plain)
+    }
+
+    /// [`SuperRes::forward_logits`], its upsampling convolutions computed as `up` says.
+    pub fn forward_logits_with(&self, low: Tensor<4>, up: UpConv) -> Tensor<4> {
         let x = self.pool.forward(relu(self.enc1.forward(low))); // [b, c, h/2, w/2]
         let x = relu(self.enc2.forward(x)); // [b, c/2, h/2, w/2]
-        let x = relu(self.dec1.forward(self.up.forward(x))); // [b, c, h, w]
-        let x = relu(self.dec2.forward(self.up.forward(x))); // [b, c/2, 2h, 2w]
+        let x = relu(up.run(&self.dec1, &self.up, x)); // [b, c, h, w]
+        let x = relu(up.run(&self.dec2, &self.up, x)); // [b, c/2, 2h, 2w]
         self.out.forward(x)
     }
 }
@@ -306,5 +402,64 @@ impl CameraDenoiser {
             .iter()
             .map(|c| c.weight.dims().iter().product::<usize>())
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Distribution, Tolerance};
+
+    use super::*;
+
+    /// `up2_conv3` against `conv(up(x))`: outputs, and the gradients of a weighted sum of them
+    /// with respect to the weights, the bias and the input.
+    fn check_folded_up_conv(channels: [usize; 2], padding: usize, side: usize) {
+        let device = Device::flex().autodiff();
+        let conv = conv3(channels, padding, &device);
+        let up = up2();
+        let shape = [3, channels[0], side, side];
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let out = 2 * side + 2 * padding - 2;
+        let weights =
+            Tensor::<4>::random([3, channels[1], out, out], Distribution::Default, &device);
+        let run = |folded: bool| {
+            let x = x.clone().detach().require_grad();
+            let y = if folded {
+                up2_conv3(&conv, &up, x.clone())
+            } else {
+                conv.forward(up.forward(x.clone()))
+            };
+            assert_eq!(y.dims(), weights.dims());
+            let grads = (y.clone() * weights.clone()).sum().backward();
+            let weight_grad = conv.weight.val().grad(&grads).expect("a weight gradient");
+            let bias = conv.bias.as_ref().expect("a bias");
+            let bias_grad = bias.val().grad(&grads).expect("a bias gradient");
+            let input_grad = x.grad(&grads).expect("an input gradient");
+            let grads = [
+                weight_grad.into_data(),
+                bias_grad.into_data(),
+                input_grad.into_data(),
+            ];
+            (y.into_data(), grads)
+        };
+        let (plain, plain_grads) = run(false);
+        let (folded, folded_grads) = run(true);
+        // Float rounding only: the folded sums add the same products in another order.
+        let tolerance = Tolerance::<f32>::rel_abs(1e-5, 1e-4);
+        plain.assert_approx_eq::<f32>(&folded, tolerance);
+        for (plain, folded) in plain_grads.iter().zip(&folded_grads) {
+            plain.assert_approx_eq::<f32>(folded, tolerance);
+        }
+    }
+
+    #[test]
+    fn folded_up_convolution_with_padding_matches_upsample_then_convolve() {
+        check_folded_up_conv([8, 8], 1, 4);
+        check_folded_up_conv([16, 1], 1, 14);
+    }
+
+    #[test]
+    fn folded_up_convolution_without_padding_matches_upsample_then_convolve() {
+        check_folded_up_conv([8, 16], 0, 8);
     }
 }

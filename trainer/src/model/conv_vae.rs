@@ -18,7 +18,7 @@ use burn::{
     tensor::activation::{relu, sigmoid},
 };
 
-use super::Reconstruction;
+use super::{Reconstruction, UpConv};
 use crate::data::SIDE;
 
 /// Side of the feature map at the bottleneck (the lesson's 4x4x8 code).
@@ -244,7 +244,17 @@ impl ConvDecoder {
     pub fn forward_logits(
         &self,
         latent: Tensor<2>,
+        trace: Option<&mut Vec<Tensor<2>>>,
+    ) -> Tensor<4> {
+        self.forward_logits_with(latent, trace, UpConv::Plain)
+    }
+
+    /// [`ConvDecoder::forward_logits`], its upsampling convolutions computed as `up` says.
+    pub fn forward_logits_with(
+        &self,
+        latent: Tensor<2>,
         mut trace: Option<&mut Vec<Tensor<2>>>,
+        up: UpConv,
     ) -> Tensor<4> {
         let [batch, _] = latent.dims();
         let mut x = latent;
@@ -265,11 +275,11 @@ impl ConvDecoder {
         record(&x);
         let x = relu(self.conv1.forward(x)); // [b, c, 4, 4]
         record(&x);
-        let x = relu(self.conv2.forward(self.up.forward(x))); // [b, c, 8, 8]
+        let x = relu(up.run(&self.conv2, &self.up, x)); // [b, c, 8, 8]
         record(&x);
-        let x = relu(self.conv3.forward(self.up.forward(x))); // [b, 16, 14, 14]
+        let x = relu(up.run(&self.conv3, &self.up, x)); // [b, 16, 14, 14]
         record(&x);
-        let x = self.conv4.forward(self.up.forward(x)); // [b, 1, 28, 28]
+        let x = up.run(&self.conv4, &self.up, x); // [b, 1, 28, 28]
         record(&x);
         x
     }

@@ -20,7 +20,8 @@ mod conv_vae;
 mod dense;
 
 pub use conv::{
-    CODE_SIDE, CameraDenoiser, CameraDenoiserConfig, ConvAe, ConvAeConfig, SuperRes, SuperResConfig,
+    CODE_SIDE, CameraDenoiser, CameraDenoiserConfig, ConvAe, ConvAeConfig, SuperRes,
+    SuperResConfig, UpConv,
 };
 pub use conv_vae::*;
 pub use dense::{DenseAe, DenseAeConfig, FcDecoder, FcVae, FcVaeConfig};
@@ -437,10 +438,25 @@ impl Model {
     /// - input: `[batch, 1, 28, 28]` (`super-res`: `[batch, 1, 14, 14]`)
     /// - condition: `[batch, classes]`
     pub fn forward(&self, input: Tensor<4>, condition: Option<Tensor<2>>, sample: bool) -> Output {
+        self.forward_with(input, condition, sample, UpConv::Plain)
+    }
+
+    /// [`Model::forward`], the decoders' upsampling convolutions computed as `up` says: the
+    /// training steps fold them ([`UpConv::Folded`], the same function for fewer multiply-adds);
+    /// what the exporter traces keeps them plain.
+    pub fn forward_with(
+        &self,
+        input: Tensor<4>,
+        condition: Option<Tensor<2>>,
+        sample: bool,
+        up: UpConv,
+    ) -> Output {
         let (logits, posterior) = match self {
             Self::DenseAe(m) => (square(m.decode_logits(m.encode(flat(input)))), None),
-            Self::ConvAe(m) | Self::DenoisingAe(m) => (m.decode_logits(m.encode(input)), None),
-            Self::SuperRes(m) => (m.forward_logits(input), None),
+            Self::ConvAe(m) | Self::DenoisingAe(m) => {
+                (m.decode_logits_with(m.encode(input), up), None)
+            }
+            Self::SuperRes(m) => (m.forward_logits_with(input, up), None),
             Self::CameraDenoiser(m) => (m.forward(input), None),
             Self::FcVae(m) => {
                 let (mean, log_var) = m.encode(flat(input));
@@ -455,7 +471,10 @@ impl Model {
                     condition.unwrap_or_else(|| Tensor::zeros([z.dims()[0], classes], &z.device()))
                 });
                 let z = with_condition(z, condition);
-                (m.decoder.forward_logits(z, None), Some((mean, log_var)))
+                (
+                    m.decoder.forward_logits_with(z, None, up),
+                    Some((mean, log_var)),
+                )
             }
         };
         Output { logits, posterior }
