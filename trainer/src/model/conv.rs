@@ -2,7 +2,8 @@
 //! super-resolution autoencoder.
 //!
 //! Decoders upsample with nearest interpolation + convolution (no transposed convolutions): it
-//! exports to ONNX and keeps the models fully convolutional.
+//! exports to ONNX and keeps the models fully convolutional. The training steps compute each such
+//! pair folded into one convolution of the low-resolution input ([`UpConv::Folded`]).
 
 use burn::{
     nn::{
