@@ -70,40 +70,45 @@ pub enum UpConv {
 }
 
 impl UpConv {
-    /// `conv(up(x))`, computed as this says.
+    /// `conv(up(x))`, computed as this says where [`foldable`] allows it, else plainly.
     pub(crate) fn run(self, conv: &Conv2d, up: &Interpolate2d, x: Tensor<4>) -> Tensor<4> {
-        match self {
-            UpConv::Plain => conv.forward(up.forward(x)),
-            UpConv::Folded => up2_conv3(conv, up, x),
+        match (self, foldable(conv, up)) {
+            (UpConv::Folded, Some(padding)) => up2_conv3(conv, padding, x),
+            _ => conv.forward(up.forward(x)),
         }
     }
 }
 
-/// `conv(up2(x))` computed on the low-resolution input, for a 3x3, stride-1 `conv` with 0 or 1
-/// padding on every side: output pixel `(2i + py, 2j + px)` (phase `(py, px)`) reads only input
+/// The padding of `conv` when [`up2_conv3`] can compute `conv(up(x))`: `up` a nearest 2x
+/// upsampling, `conv` a 3x3, stride-1, ungrouped, undilated convolution padded 0 or 1 on every
+/// side.
+fn foldable(conv: &Conv2d, up: &Interpolate2d) -> Option<usize> {
+    let nearest_2x = up.scale_factor == Some([2.0, 2.0])
+        && up.output_size.is_none()
+        && matches!(up.mode, InterpolateMode::Nearest);
+    let plain_3x3 = conv.kernel_size == [3, 3]
+        && conv.stride == [1, 1]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1;
+    match conv.padding {
+        PaddingConfig2d::Explicit(t, l, b, r)
+            if nearest_2x && plain_3x3 && t == l && t == b && t == r && t <= 1 =>
+        {
+            Some(t)
+        }
+        _ => None,
+    }
+}
+
+/// `conv(up2(x))` computed on the low-resolution input, for a [`foldable`] `conv` with `padding`
+/// (0 or 1) on every side: output pixel `(2i + py, 2j + px)` (phase `(py, px)`) reads only input
 /// rows `i + a` and columns `j + b` for two values each of `a` and `b`, so its nine taps fold into
 /// a 2x2 kernel (the taps that land on the same input pixel, summed). The four phases' kernels
 /// are stacked on the output channels of one convolution of `x` and the phases interleaved back:
 /// 4/9 of the multiply-adds and no upsampled copy, the same sums up to float rounding (the
 /// exporter writes decoders this way, `exporter/src/onnx.rs`). Autodiff differentiates through
-/// the folding, so the trained weights are the 3x3 ones. Other convolutions or upsamplings:
-/// `conv(up(x))`.
-pub(crate) fn up2_conv3(conv: &Conv2d, up: &Interpolate2d, x: Tensor<4>) -> Tensor<4> {
-    let padding = match conv.padding {
-        PaddingConfig2d::Explicit(t, l, b, r) if t == l && t == b && t == r && t <= 1 => t,
-        _ => return conv.forward(up.forward(x)),
-    };
-    let nearest_2x = up.scale_factor == Some([2.0, 2.0])
-        && up.output_size.is_none()
-        && matches!(up.mode, InterpolateMode::Nearest);
-    if !nearest_2x
-        || conv.kernel_size != [3, 3]
-        || conv.stride != [1, 1]
-        || conv.dilation != [1, 1]
-        || conv.groups != 1
-    {
-        return conv.forward(up.forward(x));
-    }
+/// the folding, so the trained weights are the 3x3 ones.
+fn up2_conv3(conv: &Conv2d, padding: usize, x: Tensor<4>) -> Tensor<4> {
     let [n, _, h, w] = x.dims();
     let weight = conv.weight.val();
     let c_out = weight.dims()[0];
@@ -423,13 +428,11 @@ mod tests {
         let out = 2 * side + 2 * padding - 2;
         let weights =
             Tensor::<4>::random([3, channels[1], out, out], Distribution::Default, &device);
-        let run = |folded: bool| {
+        // The folded path must really run (not the plain fallback).
+        assert_eq!(foldable(&conv, &up), Some(padding));
+        let run = |up_conv: UpConv| {
             let x = x.clone().detach().require_grad();
-            let y = if folded {
-                up2_conv3(&conv, &up, x.clone())
-            } else {
-                conv.forward(up.forward(x.clone()))
-            };
+            let y = up_conv.run(&conv, &up, x.clone());
             assert_eq!(y.dims(), weights.dims());
             let grads = (y.clone() * weights.clone()).sum().backward();
             let weight_grad = conv.weight.val().grad(&grads).expect("a weight gradient");
@@ -443,8 +446,8 @@ mod tests {
             ];
             (y.into_data(), grads)
         };
-        let (plain, plain_grads) = run(false);
-        let (folded, folded_grads) = run(true);
+        let (plain, plain_grads) = run(UpConv::Plain);
+        let (folded, folded_grads) = run(UpConv::Folded);
         // Float rounding only: the folded sums add the same products in another order.
         let tolerance = Tolerance::<f32>::rel_abs(1e-5, 1e-4);
         plain.assert_approx_eq::<f32>(&folded, tolerance);
