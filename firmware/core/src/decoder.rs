@@ -46,7 +46,7 @@
 //! 16x14x14 out stored as 16x14x16 for the last conv's padding (3584 bytes): 4096 bytes, the whole
 //! arena; its last conv reads those 3584 bytes and writes the 784 pixels directly.
 
-use crate::fold::{AxisPhase, CHANNEL_BLOCK, FoldLayout, MAX_SPAN, blocks};
+use crate::fold::{AxisPhase, CHANNEL_BLOCK, FoldLayout, MAX_SPAN, blocks, blocks_len};
 use crate::q8::{Layer, LayerKind, Model, Shape};
 
 /// Side of the square image the MNIST decoders produce.
@@ -983,25 +983,14 @@ fn conv_phases<const N: usize>(
     out_padding: usize,
 ) {
     let (c_in, c_out) = (input.c, layer.output.c as usize);
-    // Channels in whole blocks; those after them go one by one.
-    let full = c_out / CHANNEL_BLOCK * CHANNEL_BLOCK;
     let mut phase_at = 0;
     for py in 0..upsample as usize {
         let ay = AxisPhase::new(py, kernel, padding, upsample);
         for px in 0..upsample as usize {
             let ax = AxisPhase::new(px, kernel, padding, upsample);
             let spans = (ay.span, ax.span);
-            let (block_len, one_len) = (
-                2 * FoldLayout::new(CHANNEL_BLOCK, spans, c_in).len(),
-                2 * FoldLayout::new(1, spans, c_in).len(),
-            );
-            let at = phase_at
-                + if o < full {
-                    o / CHANNEL_BLOCK * block_len
-                } else {
-                    full / CHANNEL_BLOCK * block_len + (o - full) * one_len
-                };
-            phase_at += full / CHANNEL_BLOCK * block_len + (c_out - full) * one_len;
+            let at = phase_at + 2 * blocks_len(o, c_out, spans, c_in);
+            phase_at += 2 * blocks_len(c_out, c_out, spans, c_in);
             let layout = FoldLayout::new(N, spans, c_in);
             // Never `None`: parse checked the section's length against the same layouts.
             let Some(weights) = folded.get(at..at + 2 * layout.len()) else {

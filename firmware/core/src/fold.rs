@@ -144,6 +144,20 @@ pub(crate) fn input_padding(
     pad
 }
 
+/// Folded i16 weights, in the writer's order, of the blocks of one phase (`spans`) that come
+/// before the block starting at channel `o` (`o` a first channel of [`blocks`], or `c_out`: the
+/// whole phase). In closed form, as the decoder calls it per phase and block: whole blocks
+/// first, then single channels, as [`blocks`] yields them.
+pub(crate) fn blocks_len(o: usize, c_out: usize, spans: (usize, usize), c_in: usize) -> usize {
+    let full = c_out / CHANNEL_BLOCK * CHANNEL_BLOCK;
+    let block = FoldLayout::new(CHANNEL_BLOCK, spans, c_in).len();
+    if o < full {
+        o / CHANNEL_BLOCK * block
+    } else {
+        full / CHANNEL_BLOCK * block + (o - full) * FoldLayout::new(1, spans, c_in).len()
+    }
+}
+
 /// Number of folded i16 weights of a conv layer.
 pub(crate) fn folded_len(
     (kernel, padding, upsample): (u8, u8, u8),
@@ -155,9 +169,7 @@ pub(crate) fn folded_len(
         let ay = AxisPhase::new(py, kernel, padding, upsample);
         for px in 0..upsample as usize {
             let ax = AxisPhase::new(px, kernel, padding, upsample);
-            for (_, n) in blocks(c_out) {
-                len += FoldLayout::new(n, (ay.span, ax.span), c_in).len();
-            }
+            len += blocks_len(c_out, c_out, (ay.span, ax.span), c_in);
         }
     }
     len
@@ -193,6 +205,32 @@ pub(crate) fn append_folded(
                     }
                 }
                 out.extend(fold.iter().flat_map(|w| w.to_le_bytes()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The closed form against the writer's walk: the layouts of the blocks before `o`, summed.
+    #[test]
+    fn blocks_len_is_the_writers_offset() {
+        for c_out in 0..=13 {
+            let starts = blocks(c_out).map(|(first, _)| first).chain([c_out]);
+            for o in starts {
+                for (spans, c_in) in [((2, 2), 8), ((3, 3), 3), ((1, 2), 5)] {
+                    let walked: usize = blocks(c_out)
+                        .take_while(|&(first, _)| first < o)
+                        .map(|(_, n)| FoldLayout::new(n, spans, c_in).len())
+                        .sum();
+                    assert_eq!(
+                        blocks_len(o, c_out, spans, c_in),
+                        walked,
+                        "o {o}, c_out {c_out}, spans {spans:?}, c_in {c_in}"
+                    );
+                }
             }
         }
     }
