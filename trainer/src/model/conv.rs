@@ -421,6 +421,7 @@ mod tests {
     /// with respect to the weights, the bias and the input.
     fn check_folded_up_conv(channels: [usize; 2], padding: usize, side: usize) {
         let device = Device::flex().autodiff();
+        device.seed(13); // the same draws on every run
         let conv = conv3(channels, padding, &device);
         let up = up2();
         let shape = [3, channels[0], side, side];
@@ -448,8 +449,9 @@ mod tests {
         };
         let (plain, plain_grads) = run(UpConv::Plain);
         let (folded, folded_grads) = run(UpConv::Folded);
-        // Float rounding only: the folded sums add the same products in another order.
-        let tolerance = Tolerance::<f32>::rel_abs(1e-5, 1e-4);
+        // Float rounding only: the folded sums add the same products in another order (a run
+        // of CI saw 2e-5 relative on a weight gradient); a wrong fold is off by ~100%.
+        let tolerance = Tolerance::<f32>::rel_abs(1e-4, 1e-3);
         plain.assert_approx_eq::<f32>(&folded, tolerance);
         for (plain, folded) in plain_grads.iter().zip(&folded_grads) {
             plain.assert_approx_eq::<f32>(folded, tolerance);
