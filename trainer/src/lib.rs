@@ -6,6 +6,7 @@
 //! - [`natural`]: the photographs the camera-frame denoiser learns from;
 //! - [`quality`]: PSNR and SSIM;
 //! - [`training`]: the training loop;
+//! - [`optim`]: Adam, fused into one pass per parameter on the CPU;
 //! - [`run`]: the run directory (config, weights, metrics) and how to load it back.
 //!
 //! Training runs on Burn's `flex` CPU backend by default; the `cuda` and `wgpu` features add GPU
@@ -15,6 +16,7 @@
 pub mod data;
 pub mod model;
 pub mod natural;
+pub mod optim;
 pub mod pca;
 pub mod pictures;
 pub mod quality;

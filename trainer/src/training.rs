@@ -7,7 +7,7 @@ use std::{path::Path, time::Instant};
 
 use anyhow::{Context, bail};
 use burn::{
-    optim::{AdamConfig, GradientsAccumulator, GradientsParams},
+    optim::{GradientsAccumulator, GradientsParams},
     prelude::*,
 };
 
@@ -18,6 +18,7 @@ use crate::{
         one_hot,
     },
     natural::{self, GrayImage, add_noise},
+    optim::adam,
     quality::{psnr, ssim},
     rng::SplitMix64,
     run::{
@@ -466,7 +467,7 @@ pub fn throughput(
     let device = device.clone().autodiff();
     device.seed(config.seed);
     let mut model = config.model.init(&device);
-    let mut optim = AdamConfig::new().init();
+    let mut optim = adam();
     let mut noise = SplitMix64(config.seed);
     let size = config.batch_size.max(1);
     let examples = source.examples_per_epoch().max(1);
@@ -719,7 +720,7 @@ fn run_epochs(
             other.seed(config.seed.wrapping_add(done as u64) ^ stream);
         }
     }
-    let mut optim = AdamConfig::new().init();
+    let mut optim = adam();
     if done > 0 {
         // Adam's moments as they were after the last completed epoch, when the run has them.
         if let Some(record) = load_optimizer(out, done)? {
