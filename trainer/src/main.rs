@@ -308,7 +308,18 @@ fn keep_freed_buffers() {}
 
 fn main() -> anyhow::Result<()> {
     keep_freed_buffers();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // The whole command runs on a worker of flex's thread pool, not beside it (see
+    // BENCHMARKS.md): the parallel sections then take the pool's other workers, and no idle
+    // worker spins on a core the training thread needs.
+    rayon::ThreadPoolBuilder::new()
+        .build()
+        .context("starting the thread pool")?
+        .install(|| run(cli))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Resume(args) => {
             let config = trainer::run::load_config(&args.run).context("reading the run")?;
             let total = args.epochs.unwrap_or(config.epochs);
