@@ -154,10 +154,6 @@ mod tests {
         IN * OUT >= 2 * CHUNK && OUT < CHUNK,
         "both paths are covered"
     );
-    const _: () = assert!(
-        IN * OUT >= 2 * CHUNK && OUT < CHUNK,
-        "both paths are covered"
-    );
 
     /// The gradients of a squared error on the batch `x`.
     fn grads(layer: &Linear, x: Tensor<2>, target: f32) -> GradientsParams {
