@@ -2,7 +2,8 @@
 # The main job: train the convolutional VAE on the bundled MNIST, export it (ONNX + int8 q8), and
 # generate digits from latent vectors with the edge runtime; then train the camera-frame denoiser
 # on the bundled photographs, export it, and denoise noisy copies of the held-out photographs with
-# the edge runtime. Outputs go to runs/ and out/.
+# the edge runtime. Outputs go to runs/ and out/; a second demo replaces the first one's
+# runs/conv-vae and runs/camera-denoiser (`trainer train` will not write over a run).
 #   EPOCHS=5 CAMERA_EPOCHS=3 scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ EPOCHS=${EPOCHS:-5}
 CAMERA_EPOCHS=${CAMERA_EPOCHS:-3}
 
 cargo build --release -p trainer -p exporter -p edge-runtime
+rm -rf runs/conv-vae runs/camera-denoiser
 target/release/trainer train conv-vae --epochs "$EPOCHS" --out runs/conv-vae
 target/release/trainer pictures runs/conv-vae
 

@@ -171,9 +171,10 @@ pub fn parse_idx<'a>(
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| fail("IDX header truncated".into()))?;
     let header = 4 * (rank + 1);
-    let expected = dims.iter().product::<usize>();
     let body = &bytes[header..];
-    if body.len() != expected {
+    let expected = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if expected != Some(body.len()) {
+        let expected = expected.map_or("more".into(), |n| n.to_string());
         return Err(fail(format!(
             "IDX header announces {expected} bytes of data ({dims:?}), file has {}",
             body.len()
@@ -286,6 +287,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("truncated"), "{err}");
+        // Dimensions whose product overflows (a 32-bit `usize` here, or 64-bit) and an empty body.
+        let huge = idx(IMAGES_MAGIC, &[u32::MAX, u32::MAX, u32::MAX], &[]);
+        let err = parse_idx(p, &huge, IMAGES_MAGIC).unwrap_err().to_string();
+        assert!(err.contains("announces more bytes"), "{err}");
     }
 
     #[test]

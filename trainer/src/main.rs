@@ -27,7 +27,8 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model family: dense-ae, conv-ae, denoising-ae, super-res, fc-vae, conv-vae.
+    /// Train a model family: dense-ae, conv-ae, denoising-ae, super-res, fc-vae, conv-vae,
+    /// camera-denoiser.
     Train(TrainArgs),
     /// Continue an interrupted run (even one killed with kill -9) after its last completed
     /// epoch.
@@ -324,9 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = trainer::run::load_config(&args.run).context("reading the run")?;
             let total = args.epochs.unwrap_or(config.epochs);
             eprintln!("resuming {}", args.run.display());
-            let data = args
-                .data
-                .unwrap_or_else(|| training::bundled_data_dir(&config.model));
+            let data = training::data_dir(&config, args.data);
             training::resume(
                 &args.run,
                 &data,
@@ -365,9 +364,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let device = Device::flex();
             let (config, model) =
                 trainer::run::load_run(&args.run, &device).context("loading the run")?;
-            let dir = args
-                .data
-                .unwrap_or_else(|| training::bundled_data_dir(&config.model));
+            let dir = training::data_dir(&config, args.data);
             if let ModelConfig::CameraDenoiser(_) = config.model {
                 let images = trainer::natural::load(&dir, &trainer::natural::HELD_OUT)?;
                 let rows =
@@ -460,9 +457,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pictures(args) => {
             let out = args.out.unwrap_or_else(|| args.run.join("pictures"));
             let config = trainer::run::load_config(&args.run).context("reading the run")?;
-            let data = args
-                .data
-                .unwrap_or_else(|| training::bundled_data_dir(&config.model));
+            let data = training::data_dir(&config, args.data);
             let written = pictures::write_pictures(&args.run, &data, &out, &Device::flex())
                 .context("drawing the run")?;
             for path in written {
@@ -548,11 +543,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_final_learning_rate(args.final_lr)
                 .with_seed(args.seed)
                 .with_train_subset(args.train_subset)
-                .with_test_subset(args.test_subset);
+                .with_test_subset(args.test_subset)
+                .with_data(args.data.map(std::path::absolute).transpose()?);
+            if out.join(trainer::run::CONFIG_FILE).exists() {
+                anyhow::bail!(
+                    "{} already holds a run: `trainer resume {0}` continues it; to start over, \
+                     delete it or give another --out",
+                    out.display()
+                );
+            }
             eprintln!("training {} into {}", args.family, out.display());
-            let data = args
-                .data
-                .unwrap_or_else(|| training::bundled_data_dir(&config.model));
+            let data = training::data_dir(&config, None);
             let vae = config.model.is_variational();
             training::train(&config, &data, &out, &devices, reporter(config.epochs, vae))
                 .context("training failed")?;

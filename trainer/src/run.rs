@@ -15,6 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use anyhow::Context as _;
 use burn::{module::Module, prelude::*, store::ModuleRecord};
 
 use crate::model::{Model, ModelConfig};
@@ -117,6 +118,10 @@ pub struct TrainingConfig {
     /// MNIST families: evaluate on the first N test images only (all when absent).
     #[config(default = "None")]
     pub test_subset: Option<usize>,
+    /// The dataset directory the run was trained on (`train --data`, made absolute), which
+    /// `resume`, `eval` and `pictures` then use by default; absent: the family's bundled data.
+    #[config(default = "None")]
+    pub data: Option<PathBuf>,
 }
 
 impl TrainingConfig {
@@ -201,14 +206,51 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// Saves the model's weights into `dir` atomically.
-pub fn save_weights(model: &Model, dir: &Path) -> anyhow::Result<()> {
+/// Name of the weights after `epoch` while they wait for the epoch's metrics row.
+pub fn staged_weights_file(epoch: usize) -> String {
+    format!("model-{epoch}.bpk")
+}
+
+/// Saves the weights after `epoch` into `dir` atomically, beside the run's current ones
+/// ([`staged_weights_file`]): [`commit_weights`] makes them the run's once `metrics.csv` records
+/// the epoch as done, so the weights and the metrics never disagree about the epochs done.
+pub fn stage_weights(model: &Model, epoch: usize, dir: &Path) -> anyhow::Result<()> {
     let bytes = model
         .clone()
         .into_record()
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("cannot serialise weights: {e}"))?;
-    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
+    write_atomic(&dir.join(staged_weights_file(epoch)), &bytes)?;
+    Ok(())
+}
+
+/// Renames the weights staged after `epoch` to the run's weights ([`WEIGHTS_FILE`]).
+pub fn commit_weights(dir: &Path, epoch: usize) -> anyhow::Result<()> {
+    let staged = dir.join(staged_weights_file(epoch));
+    fs::rename(&staged, dir.join(WEIGHTS_FILE))
+        .with_context(|| format!("renaming {}", staged.display()))
+}
+
+/// Settles the weights of a run stopped between saving an epoch's weights and renaming them:
+/// the staged weights of the last epoch `metrics.csv` records (`done`) become the run's, any
+/// other staged weights (an epoch not recorded as done) are deleted.
+pub fn settle_staged_weights(dir: &Path, done: usize) -> anyhow::Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let epoch = name
+            .strip_prefix("model-")
+            .and_then(|rest| rest.strip_suffix(".bpk"))
+            .and_then(|n| n.parse::<usize>().ok());
+        match epoch {
+            Some(epoch) if epoch == done => commit_weights(dir, epoch)?,
+            Some(_) => fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?,
+            None => {}
+        }
+    }
     Ok(())
 }
 
@@ -245,15 +287,40 @@ pub fn load_config(dir: &Path) -> Result<TrainingConfig, RunError> {
             family: family.into(),
         });
     }
-    let config: TrainingConfig = serde_json::from_value(raw).map_err(|e| RunError::Config {
+    let config: TrainingConfig =
+        serde_json::from_value(raw.clone()).map_err(|e| RunError::Config {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    // A field this build does not know (a newer trainer's setting) would otherwise be dropped
+    // without a word, and the run resumed or evaluated without it.
+    let known = serde_json::to_value(&config).map_err(|e| RunError::Config {
         path: path.clone(),
         reason: e.to_string(),
     })?;
+    if let Some(field) = unknown_field(&raw, &known) {
+        return Err(RunError::Config {
+            path,
+            reason: format!("unknown field `{field}` (written by a newer trainer?)"),
+        });
+    }
     config
         .model
         .validate()
         .map_err(|reason| RunError::Config { path, reason })?;
     Ok(config)
+}
+
+/// The first key of `raw` (as a dotted path) that `known`, the same config as this build
+/// writes it, does not have.
+fn unknown_field(raw: &serde_json::Value, known: &serde_json::Value) -> Option<String> {
+    let (serde_json::Value::Object(raw), serde_json::Value::Object(known)) = (raw, known) else {
+        return None;
+    };
+    raw.iter().find_map(|(key, value)| match known.get(key) {
+        None => Some(key.clone()),
+        Some(known) => unknown_field(value, known).map(|inner| format!("{key}.{inner}")),
+    })
 }
 
 /// Rebuilds the trained model of the run in `dir` on `device`.

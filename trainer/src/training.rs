@@ -22,8 +22,9 @@ use crate::{
     quality::{psnr, ssim},
     rng::SplitMix64,
     run::{
-        METRICS_FILE, TrainingConfig, WEIGHTS_FILE, load_config, load_optimizer, load_run,
-        prune_optimizer_checkpoints, save_config, save_optimizer, save_weights, write_atomic,
+        METRICS_FILE, TrainingConfig, WEIGHTS_FILE, commit_weights, load_config, load_optimizer,
+        load_run, prune_optimizer_checkpoints, save_config, save_optimizer, settle_staged_weights,
+        stage_weights, write_atomic,
     },
 };
 
@@ -235,6 +236,14 @@ pub fn bundled_data_dir(model: &ModelConfig) -> std::path::PathBuf {
         ModelConfig::CameraDenoiser(_) => natural::bundled_dir(),
         _ => crate::data::bundled_dir(),
     }
+}
+
+/// The dataset directory for a command on a run: `given` (`--data`), else the one the run was
+/// trained on, else the family's bundled data.
+pub fn data_dir(config: &TrainingConfig, given: Option<std::path::PathBuf>) -> std::path::PathBuf {
+    given
+        .or_else(|| config.data.clone())
+        .unwrap_or_else(|| bundled_data_dir(&config.model))
 }
 
 /// Noise level of the per-epoch test of the camera denoiser, in 8-bit units.
@@ -577,8 +586,8 @@ pub enum Progress<'a> {
 }
 
 /// Trains a model as `config` says on the MNIST in `data_dir`, writing the run into `out`
-/// (`config.json` first, then weights and a metrics row after every epoch, each file replaced
-/// atomically). `report` sees every batch's progress and every epoch's metrics as soon as they
+/// (`config.json` once the data has loaded, then weights and a metrics row after every epoch,
+/// each file replaced atomically). `report` sees every batch's progress and every epoch's metrics as soon as they
 /// are known.
 ///
 /// With several `devices` (GPUs) each batch is split among them, data parallel: see
@@ -595,8 +604,6 @@ pub fn train(
     if config.batch_size == 0 || config.epochs == 0 {
         bail!("batch size and epochs must be at least 1");
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    save_config(config, out)?;
     run_epochs(config, data_dir, out, devices, None, report)
 }
 
@@ -619,8 +626,13 @@ pub fn resume(
     epochs: Option<usize>,
     report: impl FnMut(Progress),
 ) -> anyhow::Result<Model> {
-    // Killed before its first completed epoch (no weights yet, or weights written but not the
-    // metrics row that marks epoch 1 done): nothing to keep, start the configured run afresh.
+    // The epochs `metrics.csv` records as done (checked row by row below).
+    let recorded = std::fs::read_to_string(out.join(METRICS_FILE)).map_or(0, |csv| {
+        csv.lines().skip(1).filter(|l| !l.trim().is_empty()).count()
+    });
+    settle_staged_weights(out, recorded)?;
+    // Killed before its first completed epoch (no weights yet, or no metrics row that marks
+    // epoch 1 done): nothing to keep, start the configured run afresh.
     if !out.join(WEIGHTS_FILE).exists() || !out.join(METRICS_FILE).exists() {
         let mut config = load_config(out).context("reading the run to resume")?;
         if let Some(epochs) = epochs {
@@ -688,6 +700,11 @@ fn run_epochs(
     }
     config.model.validate().map_err(anyhow::Error::msg)?;
     let source = Source::load(config, data_dir)?;
+    if start.is_none() {
+        // Only once the data has loaded, so a run that cannot start leaves nothing behind.
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        save_config(config, out)?;
+    }
 
     let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
     let Some(device) = devices.first().cloned() else {
@@ -768,6 +785,16 @@ fn run_epochs(
         }
         let train_seconds = start.elapsed().as_secs_f64();
         let test = source.evaluate(&model.valid(), config, &device)?;
+        // The last step can leave weights that are no longer finite: keep the last good
+        // checkpoint rather than replace it with them.
+        if !test.loss.is_finite() {
+            bail!(
+                "test loss became {} after epoch {epoch}: the weights are no longer finite, \
+                 so epoch {epoch} is not saved; lower the learning rate (now {})",
+                test.loss,
+                config.learning_rate_at(epoch * batches - 1, config.epochs * batches)
+            );
+        }
         let n = examples as f64;
         let m = EpochMetrics {
             epoch,
@@ -781,14 +808,15 @@ fn run_epochs(
             images_per_second: n / train_seconds,
             seconds: start.elapsed().as_secs_f64(),
         };
-        // Optimizer, weights, then the metrics row that marks the epoch done. A run killed
-        // between the weights and the row resumes at this epoch again, from these weights and
-        // the previous epoch's optimizer state (still there): the epoch is trained twice, nothing
-        // is lost or corrupt.
+        // Optimizer and weights beside the previous epoch's, then the metrics row that marks
+        // the epoch done, then the weights renamed into place. A run killed before the row
+        // resumes from the previous epoch's weights and optimizer state (both still there); one
+        // killed after it, from this epoch's (`resume` finishes the renaming).
         save_optimizer(&optim, epoch, out)?;
-        save_weights(&model.valid(), out)?;
+        stage_weights(&model.valid(), epoch, out)?;
         metrics_csv.push_str(&m.csv_row());
         write_atomic(&out.join(METRICS_FILE), metrics_csv.as_bytes())?;
+        commit_weights(out, epoch)?;
         prune_optimizer_checkpoints(out, epoch);
         report(Progress::Epoch(&m));
     }

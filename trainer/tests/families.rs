@@ -185,6 +185,29 @@ fn nan_loss_stops_training_naming_epoch_and_batch() {
 }
 
 #[test]
+fn weights_that_stop_being_finite_are_not_saved() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // One batch: its loss is computed from the initial weights (finite), then the absurd step
+    // leaves weights whose test loss is not.
+    let config = short_run("dense-ae")
+        .with_train_subset(Some(32))
+        .with_batch_size(32)
+        .with_learning_rate(1e30);
+    let err = training::train(
+        &config,
+        &bundled_dir(),
+        dir.path(),
+        &[Device::flex()],
+        |_| {},
+    )
+    .expect_err("training must stop");
+    let message = format!("{err:#}");
+    assert!(message.contains("after epoch 1"), "{message}");
+    assert!(!dir.path().join("model.bpk").exists(), "{message}");
+    assert!(!dir.path().join("metrics.csv").exists(), "{message}");
+}
+
+#[test]
 fn bad_run_directories_are_clear_errors() {
     let device = Device::flex();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -211,6 +234,15 @@ fn bad_run_directories_are_clear_errors() {
     .expect("write");
     let err = load_run(&run, &device).expect_err("old format");
     assert!(err.to_string().contains("run format 1"), "{err}");
+
+    // A setting this build does not know, as a newer trainer might write it.
+    std::fs::write(
+        run.join("config.json"),
+        json.replace("\"family\":", "\"dropout\": 0.5, \"family\":"),
+    )
+    .expect("write");
+    let err = load_run(&run, &device).expect_err("unknown field");
+    assert!(err.to_string().contains("`model.dropout`"), "{err}");
 
     // A family this build does not know.
     std::fs::write(run.join("config.json"), json.replace("dense-ae", "gan")).expect("write");

@@ -227,3 +227,107 @@ fn a_run_killed_between_its_first_weights_and_metrics_starts_afresh() {
     );
     assert_eq!(epochs_done(&run), [1]);
 }
+
+#[test]
+fn a_run_keeps_its_dataset_and_is_not_trained_over() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (data, run) = (dir.path().join("mnist-copy"), dir.path().join("run"));
+    std::fs::create_dir_all(&data).expect("mkdir");
+    for entry in std::fs::read_dir(trainer::data::bundled_dir()).expect("bundled MNIST") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, data.join(path.file_name().expect("name"))).expect("copy");
+    }
+    let train = |data: &std::path::Path| {
+        trainer()
+            .args(["train", "dense-ae", "--epochs", "1", "--batch-size", "64"])
+            .args(["--train-subset", "256", "--test-subset", "64", "--data"])
+            .arg(data)
+            .arg("--out")
+            .arg(&run)
+            .output()
+            .expect("train")
+    };
+    let out = train(&data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        load_config(&run).expect("config").data.as_deref(),
+        Some(&*data)
+    );
+
+    // Another `train` into the same directory is refused, and the run is left as it was.
+    let again = train(&trainer::data::bundled_dir());
+    assert!(!again.status.success());
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert!(message.contains("already holds a run"), "{message}");
+    assert_eq!(
+        load_config(&run).expect("config").data.as_deref(),
+        Some(&*data)
+    );
+
+    // `resume` trains on the run's own dataset, not the bundled one: without it, it stops.
+    std::fs::remove_dir_all(&data).expect("rm data");
+    let resumed = trainer()
+        .args(["resume", "--epochs", "2"])
+        .arg(&run)
+        .output()
+        .expect("resume");
+    assert!(!resumed.status.success());
+    let message = String::from_utf8_lossy(&resumed.stderr);
+    assert!(message.contains("mnist-copy"), "{message}");
+    assert_eq!(epochs_done(&run), [1]);
+}
+
+#[test]
+fn a_run_killed_around_an_epochs_metrics_row_resumes_from_the_epoch_the_row_says() {
+    use trainer::{data::bundled_dir, model::ModelConfig, run::TrainingConfig, training};
+    let config = TrainingConfig::new(ModelConfig::default_for("dense-ae").expect("family"))
+        .with_epochs(2)
+        .with_batch_size(64)
+        .with_train_subset(Some(256))
+        .with_test_subset(Some(64));
+    let device = Device::flex();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = |name: &str, epochs: usize| {
+        let path = dir.path().join(name);
+        training::train(
+            &config.clone().with_epochs(epochs),
+            &bundled_dir(),
+            &path,
+            std::slice::from_ref(&device),
+            |_| {},
+        )
+        .expect("trains");
+        path
+    };
+    let (straight, after_row, before_row) = (run("straight", 2), run("a", 1), run("b", 1));
+    let copy = |from: &str, to: &std::path::Path, name: &str| {
+        std::fs::copy(straight.join(from), to.join(name)).expect("copy");
+    };
+    // Killed after epoch 2's metrics row, before its weights were renamed into place.
+    copy("metrics.csv", &after_row, "metrics.csv");
+    copy("optimizer-2.bpk", &after_row, "optimizer-2.bpk");
+    copy("model.bpk", &after_row, "model-2.bpk");
+    // Killed after epoch 2's weights were written, before its metrics row.
+    copy("optimizer-2.bpk", &before_row, "optimizer-2.bpk");
+    std::fs::write(before_row.join("model-2.bpk"), b"cut short").expect("write");
+    for stopped in [&after_row, &before_row] {
+        training::resume(
+            stopped,
+            &bundled_dir(),
+            std::slice::from_ref(&device),
+            Some(2),
+            |_| {},
+        )
+        .expect("resumes");
+        assert!(!stopped.join("model-2.bpk").exists());
+        assert_eq!(epochs_done(stopped), [1, 2]);
+    }
+    // The first continues from epoch 2's weights, not epoch 1's.
+    let weights = |run: &std::path::Path| std::fs::read(run.join("model.bpk")).expect("weights");
+    assert!(weights(&after_row) == weights(&straight));
+    load_run(&before_row, &device).expect("the second's weights load");
+}
