@@ -28,7 +28,7 @@ use serde::Serialize;
 use trainer::{
     data::{Mnist, Split},
     model::{ConvVae, Model, ModelConfig, one_hot, with_condition},
-    run::{load_run, write_atomic},
+    run::load_run,
 };
 
 /// Largest difference allowed between Burn and a float ONNX runtime on the same latent, in
@@ -317,19 +317,53 @@ pub fn export_run_with_progress(
         what: "writing the files",
     });
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    for (file, bytes) in report.files.iter().zip(&contents) {
-        write_atomic(&out_dir.join(&file.file), bytes)?;
-    }
-    write_atomic(
-        &out_dir.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
+    let json = serde_json::to_string_pretty(&report)?;
+    let files: Vec<(PathBuf, &[u8])> = report
+        .files
+        .iter()
+        .zip(&contents)
+        .map(|(file, bytes)| (out_dir.join(&file.file), bytes.as_slice()))
+        .chain([(out_dir.join("report.json"), json.as_bytes())])
+        .collect();
+    write_all_atomic(&files)?;
     progress(Progress {
         step: steps,
         steps,
         what: "done",
     });
     Ok(report)
+}
+
+/// Writes every file or, as far as the file system allows, none: each into a temporary file
+/// beside it first and, once all are written, each renamed into place. A failure while writing
+/// (a full disk) leaves the files of an earlier export as they were.
+fn write_all_atomic(files: &[(PathBuf, &[u8])]) -> anyhow::Result<()> {
+    let temporary = |path: &Path| {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    };
+    let write = |path: &Path, bytes: &[u8]| -> std::io::Result<()> {
+        let mut file = std::fs::File::create(path)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()
+    };
+    for (i, (path, bytes)) in files.iter().enumerate() {
+        // A directory in a file's place would stop its rename half-way through the set.
+        let blocked = path
+            .is_dir()
+            .then(|| std::io::Error::other("a directory is in the way"));
+        if let Some(error) = blocked.map_or_else(|| write(&temporary(path), bytes).err(), Some) {
+            for (written, _) in &files[..=i] {
+                std::fs::remove_file(temporary(written)).ok();
+            }
+            return Err(error).with_context(|| format!("writing {}", path.display()));
+        }
+    }
+    for (path, _) in files {
+        std::fs::rename(temporary(path), path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// One line for the summary table: each runtime's largest difference from Burn.

@@ -78,6 +78,16 @@ fn every_mnist_family_exports_checked_onnx_files() {
             assert!(report.files[0].parity.iter().all(|p| p.inputs == 10));
         }
     }
+    // A file that cannot be written: an error naming it, and none of the set written.
+    let blocked = dir.path().join("blocked");
+    std::fs::create_dir_all(blocked.join("decoder.onnx")).expect("mkdir");
+    let err = export_run(&dir.path().join("dense-ae"), &blocked, &options()).expect_err("blocked");
+    assert!(format!("{err:#}").contains("decoder.onnx"), "{err:#}");
+    let left: Vec<_> = std::fs::read_dir(&blocked)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["decoder.onnx"], "only the directory in the way");
 }
 
 #[test]
