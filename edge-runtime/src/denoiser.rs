@@ -140,7 +140,7 @@ impl Denoiser {
     ///
     /// # Errors
     /// [`Error::PixelCount`] for a frame or output buffer of the wrong size, [`Error::Inference`]
-    /// if tract fails.
+    /// if tract fails or the model's output is not finite.
     pub fn denoise_gray8(&self, frame: &[u8], out: &mut [u8]) -> Result<(), Error> {
         self.run(
             frame.len(),
@@ -157,7 +157,8 @@ impl Denoiser {
     /// Denoises a grayscale image of the frame size.
     ///
     /// # Errors
-    /// [`Error::PixelCount`] for an image of another size, [`Error::Inference`] if tract fails.
+    /// [`Error::PixelCount`] for an image of another size, [`Error::Inference`] if tract fails
+    /// or the model's output is not finite.
     pub fn denoise(&self, image: &Image) -> Result<Image, Error> {
         if (image.width(), image.height()) != (self.width, self.height) {
             return Err(self.size_error(image.width() * image.height()));
@@ -250,13 +251,22 @@ impl Denoiser {
         let values = view.as_slice().ok_or_else(|| {
             inference_failed(anyhow::anyhow!("the output tensor is not contiguous"))
         })?;
-        take(
-            &mut values
+        let cropped = || {
+            values
                 .chunks_exact(padded_width)
                 .skip(b)
                 .take(h)
-                .flat_map(|row| row[b..b + w].iter().copied()),
-        );
+                .flat_map(|row| row[b..b + w].iter().copied())
+        };
+        // A NaN would come out as a black pixel without a word.
+        if let Some(at) = cropped().position(|v| !v.is_finite()) {
+            return Err(inference_failed(anyhow::anyhow!(
+                "the model's output at pixel ({}, {}) is not a finite number",
+                at % w,
+                at / w
+            )));
+        }
+        take(&mut cropped());
         Ok(())
     }
 }

@@ -160,6 +160,16 @@ pub enum Error {
         got: usize,
     },
 
+    /// Denoising a frame of a stream failed. Every frame before it was written.
+    #[error("denoising frame {index} failed ({index} frames written before it)")]
+    Frame {
+        /// Index of the frame, from 0.
+        index: usize,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// Reading or writing a frame stream failed.
     #[error("frame stream {what}")]
     Stream {

@@ -81,7 +81,8 @@ pub const MAX_THREADS: usize = 256;
 ///
 /// # Errors
 /// [`Error::ShortFrame`] when the stream ends inside a frame (every complete frame before it
-/// has been written), [`Error::Stream`] for a read or write failure, or the denoiser's error.
+/// has been written), [`Error::Frame`] when denoising a frame fails (likewise), or
+/// [`Error::Stream`] for a read or write failure.
 pub fn denoise_stream(
     denoiser: &Denoiser,
     format: FrameFormat,
@@ -261,8 +262,14 @@ fn write_in_order(
     let mut pending = BTreeMap::new();
     let mut next = 0;
     for (index, result) in done.iter() {
-        pending.insert(index, result?);
-        while let Some(frame) = pending.remove(&next) {
+        // A failed frame waits its turn like the others: the frames before it still in flight
+        // are written first.
+        pending.insert(index, result);
+        while let Some(result) = pending.remove(&next) {
+            let frame = result.map_err(|e| Error::Frame {
+                index: next,
+                source: Box::new(e),
+            })?;
             writer
                 .write_all(&frame)
                 .and_then(|()| writer.flush())

@@ -211,10 +211,22 @@ fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
     let mut decoder = png::Decoder::new(io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(|e| format!("not a PNG: {e}"))?;
+    // The header's size, checked before the pixel buffer is allocated: a few bytes of PNG can
+    // announce gigabytes.
+    let (width, height) = (reader.info().width, reader.info().height);
+    let max = crate::MAX_FRAME_SIDE;
+    if width as usize > max || height as usize > max {
+        return Err(format!(
+            "a {width}x{height} image: each side must be at most {max} pixels"
+        ));
+    }
     let size = reader
         .output_buffer_size()
         .ok_or_else(|| "image too large".to_string())?;
-    let mut buf = vec![0; size];
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(size)
+        .map_err(|_| format!("a {width}x{height} image does not fit in memory"))?;
+    buf.resize(size, 0);
     let info = reader
         .next_frame(&mut buf)
         .map_err(|e| format!("corrupt PNG: {e}"))?;

@@ -293,6 +293,15 @@ fn upscale(args: &UpscaleArgs) -> Result<()> {
         let image = if any_size {
             let image = Image::load(file)?;
             let size = (image.width(), image.height());
+            // The model pools its input 2x2 first: an odd side would not come back doubled.
+            if size.0 % 2 == 1 || size.1 % 2 == 1 {
+                bail!(
+                    "{} is {}x{}: the upscaler takes even widths and heights",
+                    file.display(),
+                    size.0,
+                    size.1
+                );
+            }
             if !models.iter().any(|(s, _)| *s == size) {
                 let model = OnnxModel::load(&args.model, Some(&[1, 1, size.1, size.0]))
                     .with_context(|| format!("preparing the upscaler for {}x{}", size.0, size.1))?;
@@ -322,6 +331,14 @@ fn upscale(args: &UpscaleArgs) -> Result<()> {
             );
         };
         let (h, w) = (*h, *w);
+        if (w, h) != (2 * size.0, 2 * size.1) {
+            bail!(
+                "{} turns {}x{} into {w}x{h}, not twice the size",
+                args.model.display(),
+                size.0,
+                size.1
+            );
+        }
         let mut outputs = model
             .run(image.pixels())
             .with_context(|| format!("upscaling {}", file.display()))?;
@@ -794,6 +811,28 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("denoised"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let targets = targets(&files, &out)?;
+    // With --add-noise each image also writes its noisy copy: that name must not be another
+    // image's output or an input either.
+    let noisy: Vec<PathBuf> = match args.add_noise {
+        Some(_) => targets
+            .iter()
+            .map(|t| noisy_path(t))
+            .collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    for path in &noisy {
+        let input = std::fs::canonicalize(path).is_ok_and(|p| {
+            files
+                .iter()
+                .any(|f| std::fs::canonicalize(f).is_ok_and(|f| f == p))
+        });
+        if targets.contains(path) || input {
+            bail!(
+                "the noisy copy {} would overwrite another image: rename it or choose another --out folder",
+                path.display()
+            );
+        }
+    }
     // One plan per frame size, optimised on first use.
     let mut plans: std::collections::HashMap<(usize, usize), Denoiser> = Default::default();
     for (index, (file, target)) in files.iter().zip(targets).enumerate() {
@@ -820,13 +859,8 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
             .denoise(&image)
             .with_context(|| format!("denoising {}", file.display()))?;
         clean.save(&target)?;
-        if args.add_noise.is_some() {
-            let noisy_path = target.with_file_name(format!(
-                "{}_noisy.{}",
-                target.file_stem().unwrap_or_default().to_string_lossy(),
-                ImageFormat::from_path(&target)?.extension()
-            ));
-            image.save(&noisy_path)?;
+        if let Some(noisy_path) = noisy.get(index) {
+            image.save(noisy_path)?;
             println!(
                 "{} -> {} ({:.2} dB) and {} ({:.2} dB), PSNR against the original",
                 file.display(),
@@ -840,6 +874,16 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where `denoise --add-noise` writes the noisy copy of the image denoised into `target`:
+/// `<name>_noisy.<ext>` beside it.
+fn noisy_path(target: &Path) -> Result<PathBuf> {
+    Ok(target.with_file_name(format!(
+        "{}_noisy.{}",
+        target.file_stem().unwrap_or_default().to_string_lossy(),
+        ImageFormat::from_path(target)?.extension()
+    )))
 }
 
 /// `image` plus Gaussian noise of standard deviation `sigma` (8-bit units), seeded, rounded and

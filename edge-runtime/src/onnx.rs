@@ -19,12 +19,40 @@ pub(crate) fn read(path: &Path) -> Result<InferenceModel, Error> {
         path: path.into(),
         source,
     })?;
-    tract_onnx::onnx()
-        .model_for_path(path)
-        .map_err(|e| Error::ParseModel {
-            path: path.into(),
-            source: e.into(),
-        })
+    let parse_error = |e: TractError| Error::ParseModel {
+        path: path.into(),
+        source: e.into(),
+    };
+    // tract's `model_for_path`, in its steps, with one check between them: tract panics on a
+    // graph output that nothing defines (a corrupt or hand-edited file).
+    let onnx = tract_onnx::onnx();
+    let proto = onnx.proto_model_for_path(path).map_err(parse_error)?;
+    if let Some(graph) = &proto.graph {
+        let defined = |name: &str| {
+            graph.input.iter().any(|i| i.name == name)
+                || graph.initializer.iter().any(|t| t.name == name)
+                || graph
+                    .node
+                    .iter()
+                    .any(|n| n.output.iter().any(|o| o == name))
+        };
+        if let Some(output) = graph.output.iter().find(|o| !defined(&o.name)) {
+            return Err(parse_error(anyhow::anyhow!(
+                "graph output `{}` is not produced by any node, input or initializer",
+                output.name
+            )));
+        }
+    }
+    let parsed = onnx
+        .parse(&proto, path.parent().and_then(Path::to_str))
+        .map_err(parse_error)?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(parse_error(anyhow::anyhow!(
+            "could not resolve inputs {:?}",
+            parsed.unresolved_inputs
+        )));
+    }
+    Ok(parsed.model)
 }
 
 /// The model's ONNX metadata entry `key` read as a count: `None` without the entry, `Some(None)`

@@ -774,6 +774,26 @@ fn encode_upscale_and_anomaly_run_their_models() {
     assert_eq!((px[0], px[3], px[20], px[239]), (0, 1, 0, 5 * 10 + 9));
     let square = edge_runtime::Image::load(path("up_any/x.pgm")).expect("upscaled");
     assert_eq!((square.width(), square.height()), (28, 28));
+
+    // An odd side would not come back doubled: a clear error naming the image.
+    edge_runtime::Image::new(7, 6, vec![0.5; 42])
+        .expect("image")
+        .save(path("odd.pgm"))
+        .expect("write");
+    let out = edge(
+        dir.path(),
+        &[
+            "upscale",
+            "--model",
+            "upscaler_any.onnx",
+            "odd.pgm",
+            "--out",
+            "up_odd",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("odd.pgm is 7x6"), "{}", stderr(&out));
+    assert!(!path("up_odd/odd.pgm").exists());
 }
 
 /// A conditional decoder (trained: `tests/fixtures/conditional`) draws the digit `--digit` asks
@@ -939,4 +959,40 @@ fn the_bundled_camera_denoiser_beats_fastnlmeans_at_sigma_25() {
     assert_eq!(denoised.len(), 3, "{stdout}");
     let mean = denoised.iter().sum::<f64>() / 3.0;
     assert!(mean > 28.39, "mean {mean:.2} dB: {stdout}");
+}
+
+/// `--add-noise` writes `<name>_noisy.<ext>` beside each output: an input of that name is
+/// refused up front instead of one output silently replacing the other.
+#[test]
+fn a_noisy_copy_may_not_overwrite_another_output() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = root.join("models/camera_denoiser.onnx");
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("in")).expect("mkdir");
+    for name in ["a.png", "a_noisy.png"] {
+        std::fs::copy(
+            root.join("data/natural/coins.png"),
+            dir.path().join("in").join(name),
+        )
+        .expect("copy");
+    }
+    let model = model.to_str().expect("utf-8 path");
+    let args = [
+        "denoise",
+        "--model",
+        model,
+        "in",
+        "--add-noise",
+        "25",
+        "--out",
+        "out",
+    ];
+    let output = edge(dir.path(), &args);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("a_noisy.png would overwrite another image"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!dir.path().join("out/a.png").exists());
 }

@@ -108,6 +108,16 @@ fn truncated_model_is_rejected() {
     }
 }
 
+#[test]
+fn a_graph_output_nothing_produces_is_rejected() {
+    // One corrupt byte in the output's name: tract itself would panic on it.
+    let model = edited(|g| g.output[0].name.push('x'));
+    let err = load(&model).expect_err("dangling output");
+    assert!(matches!(err, Error::ParseModel { .. }), "{err}");
+    let message = format!("{:#}", anyhow::Error::new(err));
+    assert!(message.contains("is not produced by any node"), "{message}");
+}
+
 /// Loading `model` fails with [`Error::NotADecoder`] whose message contains `needle`.
 fn assert_not_a_decoder(model: &ModelProto, needle: &str) {
     let err = load(model).expect_err("not a decoder");

@@ -241,6 +241,41 @@ fn images_are_denoised_and_bad_files_are_errors() {
     let junk = dir.path().join("junk.png");
     std::fs::write(&junk, b"not a png").expect("write");
     assert!(matches!(Image::load(&junk), Err(Error::ReadImage { .. })));
+    // A 50-byte PNG announcing 100000 x 100000 pixels (10 GB).
+    let huge = dir.path().join("huge.png");
+    std::fs::write(&huge, png_announcing(100_000, 100_000)).expect("write");
+    let err = Image::load(&huge).expect_err("too large");
+    assert!(matches!(err, Error::ReadImage { .. }), "{err}");
+    assert!(err.to_string().contains("at most 16384 pixels"), "{err}");
+}
+
+/// The start of an 8-bit grayscale PNG of `width` x `height`: its header and the first bytes
+/// of its pixel data, all a decoder reads before it allocates the pixels.
+fn png_announcing(width: u32, height: u32) -> Vec<u8> {
+    let crc32 = |bytes: &[u8]| {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+            }
+        }
+        !crc
+    };
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = png.len();
+        png.extend_from_slice(kind);
+        png.extend_from_slice(data);
+        let crc = crc32(&png[start..]);
+        png.extend_from_slice(&crc.to_be_bytes());
+    };
+    let mut header = [width.to_be_bytes(), height.to_be_bytes()].concat();
+    header.extend_from_slice(&[8, 0, 0, 0, 0]);
+    chunk(b"IHDR", &header);
+    chunk(b"IDAT", &[0x78, 0x9c, 0, 0, 0]);
+    png
 }
 
 #[test]
@@ -296,4 +331,35 @@ fn a_failing_writer_stops_the_stream_with_its_error() {
         matches!(&err, Error::Stream { what, .. } if what == "writing frame 2"),
         "{err}"
     );
+}
+
+#[test]
+fn a_frame_the_model_turns_into_nan_stops_the_stream_after_the_frames_before_it() {
+    let (w, h) = (8, 6);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("denoiser.onnx");
+    write_model(&path, &common::sqrt_model());
+    let denoiser = Denoiser::load(&path, w, h).expect("loads");
+    // Frames of bright pixels (a finite square root), but frame 5 has one dark pixel (NaN).
+    let mut stream = vec![200u8; 12 * w * h];
+    stream[5 * w * h + 3] = 10;
+    for threads in [1, 4] {
+        let mut out = Vec::new();
+        let err = denoise_stream(
+            &denoiser,
+            FrameFormat::Gray8,
+            stream.as_slice(),
+            &mut out,
+            threads,
+        )
+        .expect_err("frame 5 fails");
+        assert!(matches!(err, Error::Frame { index: 5, .. }), "{err}");
+        let message = format!("{:#}", anyhow::Error::new(err));
+        assert!(
+            message.contains("pixel (3, 0) is not a finite number"),
+            "{message}"
+        );
+        // sqrt(200/255 - 0.5) = 0.533 -> 136, for every frame before the failed one.
+        assert_eq!(out, vec![136u8; 5 * w * h], "{threads} threads");
+    }
 }

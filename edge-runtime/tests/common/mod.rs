@@ -200,6 +200,27 @@ pub fn box_blur_model() -> ModelProto {
     opset13(graph)
 }
 
+/// A "denoiser" whose output is `sqrt(x - 0.5)`: not a number wherever a pixel is below 128.
+pub fn sqrt_model() -> ModelProto {
+    let symbol = |name: &str| Dimension {
+        value: Some(dimension::Value::DimParam(name.into())),
+        ..Default::default()
+    };
+    let dims = [symbol("batch"), fixed(1), symbol("height"), symbol("width")];
+    let graph = GraphProto {
+        name: "sqrt".into(),
+        node: vec![
+            node("Sub", &["noisy", "half"], "shifted"),
+            node("Sqrt", &["shifted"], "denoised"),
+        ],
+        initializer: vec![f32_tensor("half", &[], vec![0.5])],
+        input: vec![f32_value("noisy", &dims)],
+        output: vec![f32_value("denoised", &dims)],
+        ..Default::default()
+    };
+    opset13(graph)
+}
+
 /// What [`box_blur_model`] makes of an 8-bit frame, rounded to 8 bits, computed in f64.
 pub fn box_blur_reference(frame: &[u8], width: usize, height: usize) -> Vec<u8> {
     box_blur(frame, width, height, false)
