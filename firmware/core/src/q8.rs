@@ -26,6 +26,9 @@ pub const TABLE_LEN: usize = 256;
 
 const KIND_DENSE: u8 = 1;
 const KIND_CONV: u8 = 2;
+/// The most elements a layer's input, output or weights may have (16 Mi: far beyond any
+/// microcontroller's memory), so that no size computed from them overflows a 32-bit `usize`.
+const MAX_LAYER_ELEMENTS: u64 = 1 << 24;
 const FLAG_RELU: u8 = 1;
 
 /// Why a blob was rejected.
@@ -210,7 +213,7 @@ impl<'a> Layer<'a> {
                 };
                 let (ys, xs): (usize, usize) =
                     (phases(self.output.h).sum(), phases(self.output.w).sum());
-                ys * xs * self.input.c as usize * self.output.c as usize
+                (ys * xs).saturating_mul(self.input.c as usize * self.output.c as usize)
             }
         }
     }
@@ -237,10 +240,11 @@ impl<'a> Layer<'a> {
     /// measure of a layer's work.
     pub fn macs(&self) -> usize {
         match self.kind {
-            LayerKind::Dense => self.input.len() * self.output.len(),
-            LayerKind::Conv { kernel, .. } => {
-                self.output.len() * self.input.c as usize * kernel as usize * kernel as usize
-            }
+            LayerKind::Dense => self.input.len().saturating_mul(self.output.len()),
+            LayerKind::Conv { kernel, .. } => self
+                .output
+                .len()
+                .saturating_mul(self.input.c as usize * kernel as usize * kernel as usize),
         }
     }
 }
@@ -426,7 +430,7 @@ impl<'a> Model<'a> {
             // once; the last layer holds only its input (it writes pixels into the caller's buffer).
             let input = layer.input.stored_len(layer.input_padding());
             if let Some(p) = previous {
-                let live = p.input.stored_len(p.input_padding()) + input;
+                let live = p.input.stored_len(p.input_padding()).saturating_add(input);
                 model.working_bytes = model.working_bytes.max(live);
             }
             if i + 1 == layer_count {
@@ -456,11 +460,26 @@ impl<'a> Model<'a> {
         if input.is_empty() || output.is_empty() {
             return Err(bad("empty shape"));
         }
+        // Sizes stay far from `usize` overflow on 32-bit targets, where every count below is
+        // computed.
+        let elements = |s: Shape| s.c as u64 * s.h as u64 * s.w as u64;
+        let weight_count = output.c as u64 * input.c as u64 * (r[2] as u64).max(1).pow(2);
+        if elements(input).max(elements(output)).max(weight_count) > MAX_LAYER_ELEMENTS {
+            return Err(bad("layer larger than 2^24 elements"));
+        }
+        if r[7] != 0 {
+            return Err(bad("reserved byte is not 0"));
+        }
         let (k, pad, up) = (r[2], r[3], r[4]);
         let kind = match r[0] {
             KIND_DENSE => {
                 if input.h != 1 || input.w != 1 || output.h != 1 || output.w != 1 {
                     return Err(bad("dense shapes must be [features, 1, 1]"));
+                }
+                if k != 0 || pad != 0 || up != 1 || read_u32(r, 28) != 0 {
+                    return Err(bad(
+                        "dense kernel, padding, upsampling or folded offset not 0, 0, 1, 0",
+                    ));
                 }
                 LayerKind::Dense
             }
@@ -608,7 +627,7 @@ impl<'a> Model<'a> {
         (0..self.layer_count())
             .filter_map(|i| self.layer(i))
             .map(|l| l.macs())
-            .sum()
+            .fold(0, usize::saturating_add)
     }
 
     /// Multiply-accumulate operations per decode with folded weights ([`Layer::folded_macs`]).
@@ -616,7 +635,7 @@ impl<'a> Model<'a> {
         (0..self.layer_count())
             .filter_map(|i| self.layer(i))
             .map(|l| l.folded_macs())
-            .sum()
+            .fold(0, usize::saturating_add)
     }
 
     /// The whole blob, as validated.
@@ -638,13 +657,20 @@ impl<'a> Model<'a> {
             if !v.is_finite() {
                 return Err(Error::NonFiniteLatent);
             }
-            let x = v / self.latent_scale;
-            // `as` saturates; adding 0.5 away from zero rounds half away from zero.
-            let r = if x >= 0.0 { x + 0.5 } else { x - 0.5 } as i32;
-            *q = r.clamp(-127, 127) as i8;
+            *q = round_half_away(v / self.latent_scale).clamp(-127, 127) as i8;
         }
         Ok(())
     }
+}
+
+/// `x` rounded half away from zero, clamped to [-128, 128] first. Exact: the fraction
+/// `x - trunc(x)` of an f32 this small is representable (adding 0.5 instead would round
+/// 0.49999997 up to 1).
+fn round_half_away(x: f32) -> i32 {
+    let x = x.clamp(-128.0, 128.0);
+    let whole = x as i32;
+    let fraction = x - whole as f32;
+    whole + (fraction >= 0.5) as i32 - (fraction <= -0.5) as i32
 }
 
 /// Splits a real positive factor into a Q31 multiplier in `[2^30, 2^31)` and a power-of-two
@@ -1065,10 +1091,48 @@ pub(crate) mod tests {
                 reason: "input shape differs from the previous conv's output"
             }
         );
+        // Crafted layer records (CRC resealed): the reserved byte, a dense layer's conv fields,
+        // and a conv whose sizes would overflow a 32-bit `usize` (16384 x 16384 channels).
+        let record = |layer: usize, at: usize, bytes: &[u8]| {
+            let mut b = blob.clone();
+            let start = HEADER_LEN + LAYER_RECORD_LEN * layer + at;
+            b[start..start + bytes.len()].copy_from_slice(bytes);
+            Model::parse(&resealed(b)).unwrap_err()
+        };
+        let bad = |index, reason| Error::BadLayer { index, reason };
+        assert_eq!(record(1, 7, &[1]), bad(1, "reserved byte is not 0"));
+        let dense = "dense kernel, padding, upsampling or folded offset not 0, 0, 1, 0";
+        for (at, bytes) in [(2, &[3][..]), (3, &[1]), (4, &[2]), (28, &[4, 0, 0, 0])] {
+            assert_eq!(record(0, at, bytes), bad(0, dense), "byte {at}");
+        }
+        let wide = 16384u16.to_le_bytes();
+        let huge = [wide[0], wide[1], 2, 0, 2, 0, wide[0], wide[1], 4, 0, 4, 0];
+        assert_eq!(
+            record(1, 8, &huge),
+            bad(1, "layer larger than 2^24 elements")
+        );
         // Flash padding after the blob is fine.
         let mut padded = blob.clone();
         padded.extend_from_slice(&[0xff; 13]);
         assert!(Model::parse(&padded).is_ok());
+    }
+
+    #[test]
+    fn rounding_is_half_away_from_zero_and_exact() {
+        let below_half = 0.5f32.next_down();
+        for (x, r) in [
+            (below_half, 0),
+            (-below_half, 0),
+            (0.5, 1),
+            (-0.5, -1),
+            (2.5, 3),
+            (-2.5, -3),
+            (126.49999, 126),
+            (1e10, 128),
+            (-1e10, -128),
+        ] {
+            assert_eq!(round_half_away(x), r, "{x}");
+        }
     }
 
     #[test]
