@@ -585,6 +585,51 @@ fn keep_freed_buffers() {}
 /// Set by the first SIGINT or SIGTERM once [`stop_on_interrupt`] has run.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// The temporary file a stream is writing, as a C string (leaked), which a second signal deletes
+/// before it exits: quitting at once keeps nothing, not a file cut inside a frame.
+static TEMPORARY_OUTPUT: std::sync::atomic::AtomicPtr<libc::c_char> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// A stream's input that stops waiting for data once the stream is interrupted: the signal may
+/// be taken by any thread, so the reader cannot count on its blocking `read` returning `EINTR`.
+/// It waits in `poll` for at most a tenth of a second at a time and looks at the flag between.
+#[cfg(unix)]
+struct Interruptible<R> {
+    inner: R,
+    fd: std::os::fd::RawFd,
+    stop: &'static AtomicBool,
+}
+
+#[cfg(unix)]
+impl<R: std::io::Read> std::io::Read for Interruptible<R> {
+    #[allow(unsafe_code)]
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // The input ends here: the frame being read, if any, is dropped as cut short.
+                return Ok(0);
+            }
+            let mut fd = libc::pollfd {
+                fd: self.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid `pollfd`, for the duration of the call.
+            match unsafe { libc::poll(&mut fd, 1, 100) } {
+                0 => continue,
+                n if n < 0 => {
+                    let error = std::io::Error::last_os_error();
+                    if error.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(error);
+                    }
+                }
+                // Data, the end of the input or an error: `read` says which.
+                _ => return self.inner.read(buf),
+            }
+        }
+    }
+}
+
 /// Makes the first Ctrl-C (SIGINT, or a SIGTERM) end a frame stream cleanly instead of killing
 /// the process: the stream takes no further frame, writes every frame it read, and keeps a file
 /// `--out` (a camera pipeline is normally stopped this way). A second signal exits at once.
@@ -595,16 +640,23 @@ fn stop_on_interrupt() -> &'static AtomicBool {
     extern "C" fn on_signal(_: libc::c_int) {
         const NOTE: &[u8] = b"interrupted: finishing the frames read so far (again to quit now)\n";
         if INTERRUPTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            // SAFETY: `_exit` is async-signal-safe.
-            unsafe { libc::_exit(130) };
+            let temporary = TEMPORARY_OUTPUT.load(std::sync::atomic::Ordering::Relaxed);
+            // SAFETY: `unlink` and `_exit` are async-signal-safe; a non-null TEMPORARY_OUTPUT
+            // is a leaked, never freed C string.
+            unsafe {
+                if !temporary.is_null() {
+                    libc::unlink(temporary);
+                }
+                libc::_exit(130)
+            };
         }
         // SAFETY: `write` is async-signal-safe; NOTE outlives the call. A failed write is moot.
         unsafe { libc::write(2, NOTE.as_ptr().cast(), NOTE.len()) };
     }
     // SAFETY: the handler only touches an atomic and calls `write` and `_exit`, all
     // async-signal-safe.
-    // Without SA_RESTART a blocking read in the thread that takes the signal returns EINTR, and
-    // the stream's reader then sees the flag.
+    // Whichever thread takes the signal, the stream's reader sees the flag within a tenth of a
+    // second, even on an input that sends nothing more ([`Interruptible`]).
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
@@ -620,6 +672,18 @@ fn stop_on_interrupt() -> &'static AtomicBool {
 fn stop_on_interrupt() -> &'static AtomicBool {
     &INTERRUPTED
 }
+
+/// Has a second signal delete `path` (the stream's temporary output) before the process exits.
+#[cfg(unix)]
+fn delete_on_second_interrupt(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
+        TEMPORARY_OUTPUT.store(path.into_raw(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(not(unix))]
+fn delete_on_second_interrupt(_: &Path) {}
 
 fn main() -> Result<()> {
     keep_freed_buffers();
@@ -665,7 +729,8 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
             bail!("the folder of {} does not exist", out.display());
         }
     }
-    let reader = stream_reader(args, (width, height))?;
+    let stop = stop_on_interrupt();
+    let reader = stream_reader(args, (width, height), stop)?;
     let writer: Box<dyn std::io::Write> = match &temporary {
         None if special => Box::new(std::io::BufWriter::new(
             std::fs::OpenOptions::new()
@@ -678,7 +743,9 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
             std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?,
         )),
     };
-    let stop = stop_on_interrupt();
+    if let Some(tmp) = &temporary {
+        delete_on_second_interrupt(tmp);
+    }
     let start = std::time::Instant::now();
     let result = frames::denoise_stream_until(
         &denoiser,
@@ -725,6 +792,7 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
 fn stream_reader(
     args: &DenoiseArgs,
     #[cfg_attr(not(v4l2_camera), expect(unused_variables))] size: (usize, usize),
+    stop: &'static AtomicBool,
 ) -> Result<Box<dyn std::io::Read + Send>> {
     #[cfg(v4l2_camera)]
     if let Some(device) = &args.device {
@@ -738,14 +806,51 @@ fn stream_reader(
         );
         return Ok(Box::new(camera));
     }
-    Ok(if args.input.as_os_str() == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(
-            std::fs::File::open(&args.input)
-                .with_context(|| format!("opening {}", args.input.display()))?,
-        )
+    if args.input.as_os_str() == "-" {
+        return Ok(interruptible(unbuffered_stdin()?, stop));
+    }
+    let file = std::fs::File::open(&args.input)
+        .with_context(|| format!("opening {}", args.input.display()))?;
+    Ok(interruptible(file, stop))
+}
+
+/// Standard input without `Stdin`'s buffer, which would hold bytes `poll` on the descriptor
+/// cannot see ([`Interruptible`]); frames are read whole, so the buffer saves nothing.
+#[cfg(unix)]
+fn unbuffered_stdin() -> Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("reading standard input")?;
+    Ok(std::fs::File::from(fd))
+}
+
+#[cfg(not(unix))]
+fn unbuffered_stdin() -> Result<std::io::Stdin> {
+    Ok(std::io::stdin())
+}
+
+/// `input`, made to stop waiting once `stop` is set ([`Interruptible`]).
+#[cfg(unix)]
+fn interruptible<R>(input: R, stop: &'static AtomicBool) -> Box<dyn std::io::Read + Send>
+where
+    R: std::io::Read + std::os::fd::AsRawFd + Send + 'static,
+{
+    let fd = input.as_raw_fd();
+    Box::new(Interruptible {
+        inner: input,
+        fd,
+        stop,
     })
+}
+
+#[cfg(not(unix))]
+fn interruptible<R>(input: R, _: &'static AtomicBool) -> Box<dyn std::io::Read + Send>
+where
+    R: std::io::Read + Send + 'static,
+{
+    Box::new(input)
 }
 
 /// The image files named on the command line, folders expanded (sorted, .png and .pgm only).
