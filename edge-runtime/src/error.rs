@@ -170,10 +170,10 @@ pub enum Error {
         source: Box<Error>,
     },
 
-    /// Reading or writing a frame stream failed.
+    /// Reading or writing a frame stream failed, or its frame buffers do not fit in memory.
     #[error("frame stream {what}")]
     Stream {
-        /// `reading frame N` or `writing frame N`.
+        /// `reading frame N`, `writing frame N` or `buffers: N frames of M bytes`.
         what: String,
         /// The I/O error.
         #[source]

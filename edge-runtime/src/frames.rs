@@ -120,8 +120,17 @@ pub fn denoise_stream_until(
     // Free buffers go around: reader -> workers -> writer -> reader.
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(in_flight);
     for _ in 0..in_flight {
+        // A frame size the machine has no memory for is an error, not an abort.
+        let mut buffer = Vec::new();
+        buffer
+            .try_reserve_exact(frame_bytes)
+            .map_err(|e| Error::Stream {
+                what: format!("buffers: {in_flight} frames of {frame_bytes} bytes"),
+                source: io::Error::new(io::ErrorKind::OutOfMemory, e),
+            })?;
+        buffer.resize(frame_bytes, 0);
         free_tx
-            .send(vec![0; frame_bytes])
+            .send(buffer)
             .map_err(|_| stream_closed("preparing buffers"))?;
     }
     let (job_tx, job_rx) = sync_channel::<(usize, Vec<u8>)>(in_flight);

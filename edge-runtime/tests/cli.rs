@@ -1008,3 +1008,30 @@ fn a_noisy_copy_may_not_overwrite_another_output() {
     );
     assert!(!dir.path().join("out/a.png").exists());
 }
+
+/// Frame buffers larger than the memory the process may have are an error before any frame is
+/// read, not an abort (here a 2.8 GiB address-space limit against nine 402 MB frames of
+/// 16384x16384 YUV 4:2:0). Native x86_64 only: under qemu-user the limit would bind the
+/// emulator itself.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn frame_buffers_that_do_not_fit_in_memory_are_an_error() {
+    let dir = workspace();
+    common::write_model(&dir.path().join("blur.onnx"), &common::box_blur_model());
+    let script = format!(
+        "ulimit -v 3000000; exec {} denoise --model blur.onnx --size 16384x16384 --threads 4 \
+         < /dev/null > /dev/null",
+        env!("CARGO_BIN_EXE_edge")
+    );
+    let out = Command::new("sh")
+        .current_dir(dir.path())
+        .args(["-c", &script])
+        .output()
+        .expect("run sh");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("buffers: 9 frames of 402653184 bytes"),
+        "{}",
+        stderr(&out)
+    );
+}

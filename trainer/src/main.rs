@@ -532,6 +532,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 denoiser_flags,
                 &["camera-denoiser"],
             )?;
+            let mnist: Vec<&str> = ModelConfig::FAMILIES
+                .iter()
+                .copied()
+                .filter(|&f| f != "camera-denoiser")
+                .collect();
+            given(
+                "--train-subset and --test-subset",
+                args.train_subset.is_some() || args.test_subset.is_some(),
+                &mnist,
+            )?;
             model.validate().map_err(anyhow::Error::msg)?;
             let out = args
                 .out

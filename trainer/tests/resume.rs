@@ -331,3 +331,21 @@ fn a_run_killed_around_an_epochs_metrics_row_resumes_from_the_epoch_the_row_says
     assert!(weights(&after_row) == weights(&straight));
     load_run(&before_row, &device).expect("the second's weights load");
 }
+
+#[test]
+fn a_flag_the_family_does_not_use_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let out = trainer()
+        .args(["train", "camera-denoiser", "--train-subset", "64", "--out"])
+        .arg(&run)
+        .output()
+        .expect("train");
+    assert!(!out.status.success());
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("--train-subset and --test-subset is for dense-ae"),
+        "{message}"
+    );
+    assert!(!run.exists());
+}
