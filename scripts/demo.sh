@@ -15,8 +15,7 @@ rm -rf runs/conv-vae runs/camera-denoiser
 target/release/trainer train conv-vae --epochs "$EPOCHS" --out runs/conv-vae
 target/release/trainer pictures runs/conv-vae
 
-if [ -z "${ORT_DYLIB_PATH:-}" ] && python3 -c 'import onnxruntime' 2>/dev/null; then
-  ORT_DYLIB_PATH=$(python3 -c 'import onnxruntime, glob, os; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])')
+if [ -z "${ORT_DYLIB_PATH:-}" ] && ORT_DYLIB_PATH=$(scripts/ort-dylib.sh 2>/dev/null); then
   export ORT_DYLIB_PATH
 fi
 export_run() {

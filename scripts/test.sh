@@ -27,7 +27,7 @@ fi
 
 stage "install dependencies"
 scripts/deps.sh
-ORT_DYLIB_PATH=$(python3 -c 'import onnxruntime, glob, os; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])')
+ORT_DYLIB_PATH=$(scripts/ort-dylib.sh)
 export ORT_DYLIB_PATH
 
 stage "lint (fmt, clippy)"
