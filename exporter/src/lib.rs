@@ -511,14 +511,19 @@ fn decoder_check_latents(
         options.check > 0,
         "the decoders' check needs latents: --check 0"
     );
-    let half = options.check.div_ceil(2);
-    Ok(Tensor::cat(
-        vec![
-            encode(model, &options.data_dir, Split::Test, half, device)?,
-            prior_samples(model, half, 7, device),
-        ],
-        0,
-    ))
+    // The encodings take the odd one: `--check 3` is 2 encodings and 1 sample.
+    let (encodings, samples) = (options.check.div_ceil(2), options.check / 2);
+    let mut latents = vec![encode(
+        model,
+        &options.data_dir,
+        Split::Test,
+        encodings,
+        device,
+    )?];
+    if samples > 0 {
+        latents.push(prior_samples(model, samples, 7, device));
+    }
+    Ok(Tensor::cat(latents, 0))
 }
 
 /// The conv VAE's float decoder, checked on `check` latents.

@@ -450,8 +450,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &device,
             )?;
             let out = args.out.unwrap_or_else(|| args.run.join("samples.png"));
-            trainer::run::write_atomic(&out, &canvas.png()?)
-                .with_context(|| format!("writing {}", out.display()))?;
+            trainer::run::write_atomic(&out, &canvas.png()?)?;
             println!("wrote {} ({} samples)", out.display(), args.count);
         }
         Command::Pictures(args) => {

@@ -526,8 +526,7 @@ pub fn write_pictures(
     let mut written = Vec::new();
     let mut save = |name: &str, canvas: &Canvas| -> anyhow::Result<()> {
         let path = out_dir.join(name);
-        write_atomic(&path, &canvas.png()?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_atomic(&path, &canvas.png()?)?;
         written.push(path);
         Ok(())
     };

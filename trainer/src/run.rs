@@ -183,7 +183,7 @@ pub enum RunError {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
-/// renamed over `path`.
+/// renamed over `path`. An error names `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
@@ -198,12 +198,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        // The rename itself on disk too (a crash right after it could otherwise undo it); a
+        // file system that cannot sync a directory has still renamed the file.
+        let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+        Ok(())
     })();
-    if result.is_err() {
+    result.map_err(|e: std::io::Error| {
         fs::remove_file(&tmp).ok();
-    }
-    result
+        std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
+    })
 }
 
 /// Name of the weights after `epoch` while they wait for the epoch's metrics row.
@@ -233,13 +237,18 @@ pub fn commit_weights(dir: &Path, epoch: usize) -> anyhow::Result<()> {
 
 /// Settles the weights of a run stopped between saving an epoch's weights and renaming them:
 /// the staged weights of the last epoch `metrics.csv` records (`done`) become the run's, any
-/// other staged weights (an epoch not recorded as done) are deleted.
+/// other staged weights (an epoch not recorded as done) are deleted, and so are the temporary
+/// files of writes it was killed in ([`write_atomic`]'s `.<name>.tmp-<pid>`).
 pub fn settle_staged_weights(dir: &Path, done: usize) -> anyhow::Result<()> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(());
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            fs::remove_file(entry.path()).ok();
+            continue;
+        }
         let epoch = name
             .strip_prefix("model-")
             .and_then(|rest| rest.strip_suffix(".bpk"))
