@@ -61,7 +61,8 @@ Examples:
   # A conditional decoder (trainer train conv-vae --conditional): 16 sevens in random styles:
   edge generate --model out/cvae/decoder.onnx --digit 7 --random 16 --sheet sevens.png";
 
-/// Runs the exported MNIST autoencoders with tract.
+/// Runs the exported autoencoders with tract: MNIST digits, and the camera-frame denoiser on
+/// photographs and frame streams.
 #[derive(Debug, Parser)]
 #[command(version, after_help = EXAMPLES)]
 struct Cli {
