@@ -720,7 +720,24 @@ fn encode_upscale_and_anomaly_run_their_models() {
     let blank = common::expected_pixels(&common::encoder_reference(&[0.0; PIXELS]));
     let want_b = blank.iter().map(|p| p * p).sum::<f32>() / PIXELS as f32;
     assert!((score("b.png") - want_b).abs() < 1e-4, "{report}");
-    assert!(report.contains("of 2 above 0.1"), "{report}");
+    // Each row is marked exactly when its score is above the threshold, and the count agrees.
+    let rows: Vec<&str> = report.lines().filter(|l| l.contains(".p")).collect();
+    assert_eq!(rows.len(), 2, "{report}");
+    let mut flagged = 0;
+    for row in rows {
+        let score: f32 = row
+            .split_whitespace()
+            .next()
+            .expect("score")
+            .parse()
+            .expect("number");
+        assert_eq!(row.ends_with("  ANOMALY"), score > 0.1, "{row}");
+        flagged += usize::from(score > 0.1);
+    }
+    assert!(
+        report.contains(&format!("\n{flagged} of 2 above 0.1")),
+        "{report}"
+    );
 
     // upscale: 14x14 in, 28x28 out, nearest neighbour.
     std::fs::create_dir(path("low")).expect("mkdir");

@@ -43,8 +43,9 @@ fn short_run_of(model: ModelConfig, dir: &Path) -> PathBuf {
 #[test]
 fn every_mnist_family_exports_checked_onnx_files() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let expected: [(&str, &[&str]); 4] = [
+    let expected: [(&str, &[&str]); 5] = [
         ("dense-ae", &["encoder.onnx", "decoder.onnx"]),
+        ("conv-ae", &["encoder.onnx", "decoder.onnx"]),
         ("fc-vae", &["encoder.onnx", "decoder.onnx"]),
         ("denoising-ae", &["denoiser.onnx"]),
         ("super-res", &["upscaler.onnx"]),

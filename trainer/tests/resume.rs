@@ -331,7 +331,17 @@ fn a_run_killed_around_an_epochs_metrics_row_resumes_from_the_epoch_the_row_says
     // The first continues from epoch 2's weights, not epoch 1's.
     let weights = |run: &std::path::Path| std::fs::read(run.join("model.bpk")).expect("weights");
     assert!(weights(&after_row) == weights(&straight));
-    load_run(&before_row, &device).expect("the second's weights load");
+    // The second trained epoch 2 again from epoch 1's weights and Adam state (not the stale
+    // epoch-2 state beside them): the dense AE is deterministic, so it ends as the straight run.
+    let mut test =
+        trainer::data::Mnist::load(&bundled_dir(), trainer::data::Split::Test).expect("test set");
+    test.truncate(64);
+    let eval = |run: &std::path::Path| {
+        let (config, model) = load_run(run, &device).expect("loads");
+        training::evaluate_images(&model, &config.model, &test, 64, &device).expect("eval")
+    };
+    let (a, b) = (eval(&straight), eval(&before_row));
+    assert_eq!((a.loss, a.output.mse), (b.loss, b.output.mse));
 }
 
 #[test]

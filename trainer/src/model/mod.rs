@@ -641,6 +641,44 @@ pub fn loss(kind: LossKind, output: &Output, targets: Tensor<4>) -> Losses {
 mod tests {
     use super::*;
 
+    /// Each loss on inputs whose value is known in closed form: a formula with a wrong factor
+    /// (KL's 1/2, summing against averaging, the batch) changes one of these numbers.
+    #[test]
+    fn losses_have_their_closed_form_values() {
+        let device = Device::flex();
+        // Two images; logits 0 (sigmoid 1/2) everywhere, against all-zero targets.
+        let output = |posterior| Output {
+            logits: Tensor::<4>::zeros([2, 1, 28, 28], &device),
+            posterior,
+        };
+        let targets = || Tensor::<4>::zeros([2, 1, 28, 28], &device);
+        let scalar = |t: Tensor<1>| t.into_scalar::<f32>();
+        let ln2 = std::f32::consts::LN_2;
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+        // BCE of 1/2 against anything is ln 2 per pixel: the mean, or 784 ln 2 per image.
+        let mean_bce = scalar(loss(LossKind::MeanBce, &output(None), targets()).total);
+        assert!(close(mean_bce, ln2), "{mean_bce}");
+        // A posterior N(mean = (1, 0), var = 1) in image 0 and N(0, 1) in image 1: KL per image
+        // is 0.5 * 1^2 = 0.5 and 0, so 0.25 per image over the batch.
+        let mean = Tensor::<1>::from_floats([1.0, 0.0, 0.0, 0.0], &device).reshape([2, 2]);
+        let posterior = || Some((mean.clone(), Tensor::<2>::zeros([2, 2], &device)));
+        let bce_kl = loss(LossKind::BceKl, &output(posterior()), targets());
+        let (reconstruction, kl) = (scalar(bce_kl.reconstruction), scalar(bce_kl.kl));
+        assert!(close(reconstruction, 784.0 * ln2), "{reconstruction}");
+        assert!(close(kl, 0.25), "{kl}");
+        assert!(close(scalar(bce_kl.total), 784.0 * ln2 + 0.25));
+        // Squared error of 1/2 against 0 is 1/4 per pixel: 196 per image.
+        let sse_kl = loss(LossKind::SseKl, &output(posterior()), targets());
+        assert!(close(scalar(sse_kl.reconstruction), 196.0));
+        assert!(close(scalar(sse_kl.kl), 0.25));
+        // A posterior with log-variance ln 2 (variance 2) and mean 0: KL per dimension is
+        // 0.5 * (2 - 1 - ln 2).
+        let log_var = Tensor::<2>::full([2, 2], ln2, &device);
+        let wide = Some((Tensor::<2>::zeros([2, 2], &device), log_var));
+        let kl = scalar(loss(LossKind::BceKl, &output(wide), targets()).kl);
+        assert!(close(kl, 2.0 * 0.5 * (1.0 - ln2)), "{kl}");
+    }
+
     #[test]
     fn an_output_larger_than_its_target_is_scored_on_its_centre() {
         let device = Device::flex();
