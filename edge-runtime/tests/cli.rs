@@ -1052,3 +1052,67 @@ fn frame_buffers_that_do_not_fit_in_memory_are_an_error() {
         stderr(&out)
     );
 }
+
+/// A second Ctrl-C quits at once and keeps nothing: neither `--out` nor a temporary file cut
+/// inside a frame. Frame 1 (a slow model: ~1 s a frame here) is still being denoised when both
+/// signals arrive. Native x86_64 only: under qemu-user the slow model would take minutes.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn a_second_interrupt_quits_at_once_and_keeps_nothing() {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let dir = workspace();
+    common::write_model(&dir.path().join("slow.onnx"), &common::slow_model(512));
+    let (w, h) = (128, 128);
+    let mut child = edge_command()
+        .current_dir(dir.path())
+        .args(["denoise", "--model", "slow.onnx", "--size", "128x128"])
+        .args(["--format", "gray8", "--threads", "1", "--out", "out.y8"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start edge");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(&vec![100u8; 2 * w * h])
+        .expect("write frames");
+    stdin.flush().expect("flush");
+    let temporary = || {
+        std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().starts_with(".out.y8.tmp-"))
+    };
+    // Frame 0 written: frame 1, already read, is being denoised.
+    let start = std::time::Instant::now();
+    while temporary()
+        .and_then(|e| e.metadata().ok())
+        .map_or(0, |m| m.len())
+        < (w * h) as u64
+    {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "frame 0 never reached the file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = child.id().to_string();
+    let interrupt = || {
+        let sent = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    };
+    interrupt();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("stderr");
+    assert!(line.starts_with("interrupted"), "{line}");
+    interrupt();
+    let status = child.wait().expect("edge exits");
+    drop(stdin);
+    assert_eq!(status.code(), Some(130));
+    assert!(!dir.path().join("out.y8").exists(), "the output was kept");
+    assert!(temporary().is_none(), "a temporary file was left");
+}

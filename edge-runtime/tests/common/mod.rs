@@ -200,6 +200,49 @@ pub fn box_blur_model() -> ModelProto {
     opset13(graph)
 }
 
+/// A "denoiser" that is slow on purpose: three 3x3 convolutions, 1 -> `channels` -> `channels`
+/// -> 1 (about `9 * channels^2` multiply-adds per pixel), so that a test can act while a frame
+/// is being denoised.
+pub fn slow_model(channels: usize) -> ModelProto {
+    let symbol = |name: &str| Dimension {
+        value: Some(dimension::Value::DimParam(name.into())),
+        ..Default::default()
+    };
+    let dims = [symbol("batch"), fixed(1), symbol("height"), symbol("width")];
+    let pads = tract_onnx::pb::AttributeProto {
+        name: "pads".into(),
+        r#type: tract_onnx::pb::attribute_proto::AttributeType::Ints as i32,
+        ints: vec![1, 1, 1, 1],
+        ..Default::default()
+    };
+    let conv = |input: &str, weights: &str, output: &str| {
+        let mut n = node("Conv", &[input, weights], output);
+        n.attribute = vec![pads.clone()];
+        n
+    };
+    let weights = |name: &str, c_out: usize, c_in: usize| {
+        let scale = 1.0 / (9 * c_in) as f32;
+        f32_tensor(name, &[c_out, c_in, 3, 3], vec![scale; c_out * c_in * 9])
+    };
+    let graph = GraphProto {
+        name: "slow".into(),
+        node: vec![
+            conv("noisy", "W1", "a"),
+            conv("a", "W2", "b"),
+            conv("b", "W3", "denoised"),
+        ],
+        initializer: vec![
+            weights("W1", channels, 1),
+            weights("W2", channels, channels),
+            weights("W3", 1, channels),
+        ],
+        input: vec![f32_value("noisy", &dims)],
+        output: vec![f32_value("denoised", &dims)],
+        ..Default::default()
+    };
+    opset13(graph)
+}
+
 /// A "denoiser" whose output is `sqrt(x - 0.5)`: not a number wherever a pixel is below 128.
 pub fn sqrt_model() -> ModelProto {
     let symbol = |name: &str| Dimension {
