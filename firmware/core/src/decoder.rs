@@ -1230,8 +1230,11 @@ mod tests {
                 LayerKind::Dense => (0..l.output.c as usize)
                     .map(|o| {
                         let row = &w[o * x.len()..(o + 1) * x.len()];
-                        let acc =
-                            l.params(o).0 + row.iter().zip(&x).map(|(a, b)| a * b).sum::<i32>();
+                        // Wrapping, as the decoder's int32 accumulators (Q8.md).
+                        let acc = row
+                            .iter()
+                            .zip(&x)
+                            .fold(l.params(o).0, |acc, (a, b)| acc.wrapping_add(a * b));
                         fin(acc, o)
                     })
                     .collect(),
@@ -1265,8 +1268,10 @@ mod tests {
                                 for ci in 0..c {
                                     for ky in 0..k {
                                         for kx in 0..k {
-                                            acc += w[((o * c + ci) * k + ky) * k + kx]
-                                                * padded[(ci * hp + oy + ky) * wp + ox + kx];
+                                            acc = acc.wrapping_add(
+                                                w[((o * c + ci) * k + ky) * k + kx]
+                                                    * padded[(ci * hp + oy + ky) * wp + ox + kx],
+                                            );
                                         }
                                     }
                                 }
@@ -1454,7 +1459,7 @@ mod tests {
     #[test]
     fn extreme_biases_do_not_panic() {
         // A crafted blob (valid CRC) whose biases sit at the ends of i32: accumulators wrap and
-        // requantization saturates, in debug builds too, and the pixels stay table entries.
+        // requantization saturates, in debug builds too, exactly as the reference does.
         let blob = chain(&[
             (LayerKind::Dense, shape(2, 1, 1), shape(48, 1, 1), true),
             (conv(3, 1, 2), shape(3, 4, 4), shape(5, 8, 8), true),
@@ -1480,6 +1485,7 @@ mod tests {
         let mut out = [0u8; 64];
         for latent in [[127i8, 127], [-127, -127], [0, 0]] {
             decode(&model, &latent, &mut Scratch::new(), &mut out).expect("decodes");
+            assert_eq!(out.to_vec(), reference(&model, &latent), "{latent:?}");
         }
     }
 
