@@ -29,9 +29,11 @@ use trainer::{
     training,
 };
 
-/// Lowest PSNR of the int8 decoder against Burn on the comparison latents. Measured: see
-/// BENCHMARKS.md ("e2e"); the bound leaves room for run-to-run training differences.
-const MIN_INT8_PSNR_DB: f64 = 30.0;
+/// Lowest PSNR of the int8 decoder against Burn on the comparison latents. Measured (session
+/// 15): 43.59 dB for the VAE of `train_export_and_run_everywhere`, 58.54 dB for the conditional
+/// one; the bound leaves room for run-to-run training differences (the exporter itself refuses
+/// below 35 dB on its own check latents).
+const MIN_INT8_PSNR_DB: f64 = 38.0;
 /// The trained VAE must do clearly better than decoding every latent to the mean digit (test
 /// loss ~202 nats; a constant 0.5 image scores 784 ln 2 = 543). Measured after these 1,200 steps:
 /// ~175 (BENCHMARKS.md, "e2e").
@@ -253,8 +255,11 @@ fn train_export_and_run_everywhere() {
         "eval loss {} vs training's test loss {last}",
         eval.loss
     );
+    // Measured: 12.68 dB. The mean test digit drawn for every image scores 11.95 dB, black
+    // 9.83 dB (the first 1,000 test images): the bound asks for better than the mean digit.
+    eprintln!("reconstruction PSNR {:.2} dB", eval.output.psnr_db);
     assert!(
-        (10.0..40.0).contains(&eval.output.psnr_db),
+        (12.3..14.5).contains(&eval.output.psnr_db),
         "reconstruction PSNR {} dB",
         eval.output.psnr_db
     );
@@ -536,7 +541,7 @@ fn camera_denoiser_from_photographs_to_the_pi() {
 /// input) through the same chain: trained, exported (float ONNX and q8), asked for digits by the
 /// edge runtime's `with_digit` and by the firmware core with the same inputs, against Burn.
 #[test]
-fn a_conditional_decoder_draws_the_asked_digit_everywhere() {
+fn a_conditional_decoder_takes_its_digit_through_every_stage() {
     use trainer::model::{CLASSES, one_hot, with_condition};
     let work = scratch_dir("conditional");
     let (run_dir, out_dir) = (work.join("run"), work.join("export"));
@@ -638,11 +643,29 @@ fn a_conditional_decoder_draws_the_asked_digit_everywhere() {
     let mut x = [0.0f32; 2 + CLASSES];
     parsed.digit_latent(&styles[1], 7, &mut x).expect("a digit");
     assert_eq!(x.as_slice(), inputs[15].as_slice(), "style 1 as a 7");
-    let (int8, _) = host_outputs(&blob, &inputs);
-    let psnr = psnr_u8_vs_float(&int8, &burn);
+    let (firmware, _) = host_outputs(&blob, &inputs);
+    let psnr = psnr_u8_vs_float(&firmware, &burn);
     assert!(
         psnr >= MIN_INT8_PSNR_DB,
         "int8 conditional decoder {psnr:.2} dB vs Burn"
+    );
+    // The int8 ONNX decoder (QDQ, run by tract) draws what the firmware core draws, up to the
+    // requantization rounding the exporter allows.
+    let qdq: Vec<u8> = inputs
+        .iter()
+        .flat_map(|x| int8.decode(x).expect("int8 ONNX decode").into_pixels())
+        .map(|p| (p * 255.0).round() as u8)
+        .collect();
+    assert_eq!(qdq.len(), firmware.len());
+    let levels = qdq
+        .iter()
+        .zip(&firmware)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(u8::MAX);
+    assert!(
+        levels <= exporter::MAX_INT8_ONNX_LEVELS,
+        "int8 ONNX vs firmware core: {levels} levels apart"
     );
     eprintln!("conditional decoder: tract vs Burn {d:e}; int8 firmware core {psnr:.2} dB");
 }
