@@ -164,20 +164,18 @@ fn camera_denoiser_learns_from_photographs() {
     );
 }
 
+/// The error that stops training `config` into `dir`, with its causes.
+fn training_error(config: &TrainingConfig, dir: &std::path::Path) -> String {
+    let err = training::train(config, &bundled_dir(), dir, &[Device::flex()], |_| {})
+        .expect_err("training must stop");
+    format!("{err:#}")
+}
+
 #[test]
 fn nan_loss_stops_training_naming_epoch_and_batch() {
     let dir = tempfile::tempdir().expect("temp dir");
     // An absurd learning rate blows the VAE's log-variance up within a few steps.
-    let config = short_run("fc-vae").with_learning_rate(1e30);
-    let err = training::train(
-        &config,
-        &bundled_dir(),
-        dir.path(),
-        &[Device::flex()],
-        |_| {},
-    )
-    .expect_err("training must stop");
-    let message = format!("{err:#}");
+    let message = training_error(&short_run("fc-vae").with_learning_rate(1e30), dir.path());
     assert!(
         message.contains("at epoch 1, batch") && message.contains("learning rate"),
         "{message}"
@@ -193,15 +191,7 @@ fn weights_that_stop_being_finite_are_not_saved() {
         .with_train_subset(Some(32))
         .with_batch_size(32)
         .with_learning_rate(1e30);
-    let err = training::train(
-        &config,
-        &bundled_dir(),
-        dir.path(),
-        &[Device::flex()],
-        |_| {},
-    )
-    .expect_err("training must stop");
-    let message = format!("{err:#}");
+    let message = training_error(&config, dir.path());
     assert!(message.contains("after epoch 1"), "{message}");
     assert!(!dir.path().join("model.bpk").exists(), "{message}");
     assert!(!dir.path().join("metrics.csv").exists(), "{message}");
