@@ -654,7 +654,7 @@ fn stop_on_interrupt() -> &'static AtomicBool {
         // SAFETY: `write` is async-signal-safe; NOTE outlives the call. A failed write is moot.
         unsafe { libc::write(2, NOTE.as_ptr().cast(), NOTE.len()) };
     }
-    // SAFETY: the handler only touches an atomic and calls `write` and `_exit`, all
+    // SAFETY: the handler only touches atomics and calls `write`, `unlink` and `_exit`, all
     // async-signal-safe.
     // Whichever thread takes the signal, the stream's reader sees the flag within a tenth of a
     // second, even on an input that sends nothing more ([`Interruptible`]).

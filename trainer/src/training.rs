@@ -587,8 +587,8 @@ pub enum Progress<'a> {
 
 /// Trains a model as `config` says on the MNIST in `data_dir`, writing the run into `out`
 /// (`config.json` once the data has loaded, then weights and a metrics row after every epoch,
-/// each file replaced atomically). `report` sees every batch's progress and every epoch's metrics as soon as they
-/// are known.
+/// each file replaced atomically). `report` sees every batch's progress and every epoch's
+/// metrics as soon as they are known.
 ///
 /// With several `devices` (GPUs) each batch is split among them, data parallel: see
 /// [`gradients`]. The model lives on the first; one device is the plain single-device loop.
