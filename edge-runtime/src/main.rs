@@ -879,10 +879,7 @@ fn image_files(inputs: &[PathBuf], verb: &str) -> Result<Vec<PathBuf>> {
 /// Where each of `files` is written in the folder `out` (under its own file name), refusing to
 /// overwrite an input or to write two inputs to one file.
 fn targets(files: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
-    let inputs: std::collections::HashSet<PathBuf> = files
-        .iter()
-        .filter_map(|f| std::fs::canonicalize(f).ok())
-        .collect();
+    let inputs = canonical(files);
     let mut taken = std::collections::HashSet::new();
     files
         .iter()
@@ -906,6 +903,14 @@ fn targets(files: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// The files that exist, as canonical paths (to tell whether an output would overwrite one).
+fn canonical(files: &[PathBuf]) -> std::collections::HashSet<PathBuf> {
+    files
+        .iter()
+        .filter_map(|f| std::fs::canonicalize(f).ok())
+        .collect()
+}
+
 fn denoise_images(args: &DenoiseArgs) -> Result<()> {
     if args.images.is_empty() {
         bail!("no images to denoise: name image files or folders, or give --size for a raw stream");
@@ -926,12 +931,9 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
             .collect::<Result<_>>()?,
         None => Vec::new(),
     };
+    let inputs = canonical(&files);
     for path in &noisy {
-        let input = std::fs::canonicalize(path).is_ok_and(|p| {
-            files
-                .iter()
-                .any(|f| std::fs::canonicalize(f).is_ok_and(|f| f == p))
-        });
+        let input = std::fs::canonicalize(path).is_ok_and(|p| inputs.contains(&p));
         if targets.contains(path) || input {
             bail!(
                 "the noisy copy {} would overwrite another image: rename it or choose another --out folder",

@@ -28,7 +28,7 @@ use serde::Serialize;
 use trainer::{
     data::{Mnist, Split},
     model::{ConvVae, Model, ModelConfig, one_hot, with_condition},
-    run::load_run,
+    run::{load_run, write_all_atomic},
 };
 
 /// Largest difference allowed between Burn and a float ONNX runtime on the same latent, in
@@ -332,38 +332,6 @@ pub fn export_run_with_progress(
         what: "done",
     });
     Ok(report)
-}
-
-/// Writes every file or, as far as the file system allows, none: each into a temporary file
-/// beside it first and, once all are written, each renamed into place. A failure while writing
-/// (a full disk) leaves the files of an earlier export as they were.
-fn write_all_atomic(files: &[(PathBuf, &[u8])]) -> anyhow::Result<()> {
-    let temporary = |path: &Path| {
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-    };
-    let write = |path: &Path, bytes: &[u8]| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(path)?;
-        std::io::Write::write_all(&mut file, bytes)?;
-        file.sync_all()
-    };
-    for (i, (path, bytes)) in files.iter().enumerate() {
-        // A directory in a file's place would stop its rename half-way through the set.
-        let blocked = path
-            .is_dir()
-            .then(|| std::io::Error::other("a directory is in the way"));
-        if let Some(error) = blocked.map_or_else(|| write(&temporary(path), bytes).err(), Some) {
-            for (written, _) in &files[..=i] {
-                std::fs::remove_file(temporary(written)).ok();
-            }
-            return Err(error).with_context(|| format!("writing {}", path.display()));
-        }
-    }
-    for (path, _) in files {
-        std::fs::rename(temporary(path), path)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
 }
 
 /// One line for the summary table: each runtime's largest difference from Burn.

@@ -185,29 +185,47 @@ pub enum RunError {
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
 /// renamed over `path`. An error names `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
+    write_all_atomic(&[(path.to_path_buf(), bytes)])
+}
+
+/// Writes every file or, as far as the file system allows, none: each into a temporary file
+/// beside it (`.<name>.tmp-<pid>`), synced, and once all are written each renamed into place
+/// and its directory synced. A failure while writing (a full disk, a directory in a file's
+/// place) removes the temporary files and leaves the files already there as they were. An
+/// error names the file.
+pub fn write_all_atomic(files: &[(PathBuf, &[u8])]) -> std::io::Result<()> {
+    let temporary = |path: &Path| {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    };
+    let named = |path: &Path, e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
+    };
+    let write = |path: &Path, bytes: &[u8]| -> std::io::Result<()> {
+        // A directory in a file's place would stop its rename half-way through the set.
+        if path.is_dir() {
+            return Err(std::io::Error::other("a directory is in the way"));
+        }
+        let mut f = fs::File::create(temporary(path))?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
+        f.sync_all()
+    };
+    for (i, (path, bytes)) in files.iter().enumerate() {
+        if let Err(e) = write(path, bytes) {
+            for (written, _) in &files[..=i] {
+                fs::remove_file(temporary(written)).ok();
+            }
+            return Err(named(path, e));
+        }
+    }
+    for (path, _) in files {
+        fs::rename(temporary(path), path).map_err(|e| named(path, e))?;
         // The rename itself on disk too (a crash right after it could otherwise undo it); a
         // file system that cannot sync a directory has still renamed the file.
-        let _ = fs::File::open(dir).and_then(|d| d.sync_all());
-        Ok(())
-    })();
-    result.map_err(|e: std::io::Error| {
-        fs::remove_file(&tmp).ok();
-        std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
-    })
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let _ = fs::File::open(dir.unwrap_or(Path::new("."))).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 /// Name of the weights after `epoch` while they wait for the epoch's metrics row.
