@@ -141,8 +141,9 @@ impl std::str::FromStr for Kind {
 /// What to export and how.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    /// Directory with MNIST (for calibration and check latents).
-    pub data_dir: PathBuf,
+    /// Directory with MNIST (for calibration and check latents); `None` is the dataset the run was
+    /// trained on (its `config.json`), else the bundled MNIST.
+    pub data_dir: Option<PathBuf>,
     /// Training images encoded to calibrate the int8 activations.
     pub calibration: usize,
     /// Latents the conv VAE's decoders are checked on (half test-set encodings, half N(0, I)
@@ -235,6 +236,7 @@ pub fn export_run_with_progress(
 ) -> anyhow::Result<Report> {
     let device = Device::flex();
     let (config, model) = load_run(run_dir, &device)?;
+    let data = trainer::training::data_dir(&config, options.data_dir.clone());
     let family = config.model.family();
     let available = Kind::of_family(&config.model);
     let wanted: Vec<Kind> = match &options.only {
@@ -282,18 +284,19 @@ pub fn export_run_with_progress(
             }
             (Model::ConvVae(vae), Kind::Decoder) => {
                 if decoder_check.is_none() {
-                    decoder_check = Some(decoder_check_latents(vae, options, &device)?);
+                    decoder_check = Some(decoder_check_latents(vae, &data, options, &device)?);
                 }
                 let check = decoder_check.clone().context("no check latents")?;
                 export_conv_vae_decoder(run_dir, vae, check, options)?
             }
             (Model::ConvVae(vae), Kind::Q8 | Kind::Int8Onnx) => {
                 if decoder_check.is_none() {
-                    decoder_check = Some(decoder_check_latents(vae, options, &device)?);
+                    decoder_check = Some(decoder_check_latents(vae, &data, options, &device)?);
                 }
                 let check = decoder_check.clone().context("no check latents")?;
                 if int8.is_none() {
-                    let (quantized, blob, q8) = quantize_conv_vae(vae, check.clone(), options)?;
+                    let (quantized, blob, q8) =
+                        quantize_conv_vae(vae, &data, check.clone(), options)?;
                     report.q8 = Some(q8);
                     int8 = Some((quantized, blob));
                 }
@@ -305,7 +308,7 @@ pub fn export_run_with_progress(
                     _ => export_int8_onnx(run_dir, quantized, blob, check, options)?,
                 }
             }
-            (_, kind) => export_mnist_file(run_dir, &model, &config.model, kind, options)?,
+            (_, kind) => export_mnist_file(run_dir, &model, &config.model, kind, &data, options)?,
         };
         report.files.push(file);
         contents.push(bytes);
@@ -353,10 +356,11 @@ fn export_mnist_file(
     model: &Model,
     config: &ModelConfig,
     kind: Kind,
+    data: &Path,
     options: &ExportOptions,
 ) -> anyhow::Result<(FileReport, Vec<u8>)> {
     let device = Device::flex();
-    let inputs = check_inputs(model, config, &options.data_dir, &device)?;
+    let inputs = check_inputs(model, config, data, &device)?;
     let encoder_names: &[&str] = if config.is_variational() {
         &["mean", "log_var"]
     } else {
@@ -469,9 +473,10 @@ fn export_camera_denoiser(
 }
 
 /// The latents the conv VAE's decoders are checked on: `options.check` in all, half encodings of
-/// test images, half N(0, I) samples.
+/// test images of `data`, half N(0, I) samples.
 fn decoder_check_latents(
     model: &ConvVae,
+    data: &Path,
     options: &ExportOptions,
     device: &Device,
 ) -> anyhow::Result<Tensor<2>> {
@@ -481,13 +486,7 @@ fn decoder_check_latents(
     );
     // The encodings take the odd one: `--check 3` is 2 encodings and 1 sample.
     let (encodings, samples) = (options.check.div_ceil(2), options.check / 2);
-    let mut latents = vec![encode(
-        model,
-        &options.data_dir,
-        Split::Test,
-        encodings,
-        device,
-    )?];
+    let mut latents = vec![encode(model, data, Split::Test, encodings, device)?];
     if samples > 0 {
         latents.push(prior_samples(model, samples, 7, device));
     }
@@ -524,6 +523,7 @@ fn export_conv_vae_decoder(
 /// decoder below [`MIN_INT8_PSNR_DB`].
 fn quantize_conv_vae(
     model: &ConvVae,
+    data: &Path,
     check: Tensor<2>,
     options: &ExportOptions,
 ) -> anyhow::Result<(quantize::QuantizedDecoder, Vec<u8>, quantize::Q8Report)> {
@@ -534,13 +534,7 @@ fn quantize_conv_vae(
     let device = Device::flex();
     let calibration = Tensor::cat(
         vec![
-            encode(
-                model,
-                &options.data_dir,
-                Split::Train,
-                options.calibration,
-                &device,
-            )?,
+            encode(model, data, Split::Train, options.calibration, &device)?,
             prior_samples(model, options.calibration, 11, &device),
         ],
         0,
@@ -887,12 +881,9 @@ fn prior_samples(model: &ConvVae, n: usize, seed: u64, device: &Device) -> Tenso
     with_condition(z, condition(model, &digits, device))
 }
 
-/// Deterministic N(0, I) samples, `[n, latent]`.
+/// Deterministic N(0, I) samples, `[n, latent]` (from the trainer's generator, not Burn's
+/// process-wide one, which a training running beside the export would also draw from).
 fn normal_samples(n: usize, latent: usize, seed: u64, device: &Device) -> Tensor<2> {
-    device.seed(seed);
-    Tensor::random(
-        [n, latent],
-        burn::tensor::Distribution::Normal(0.0, 1.0),
-        device,
-    )
+    let values = trainer::rng::SplitMix64(seed).normals(n * latent);
+    Tensor::from_data(TensorData::new(values, [n, latent]), device)
 }

@@ -33,9 +33,10 @@ struct Cli {
     /// Latents the conv VAE's decoders are checked on (half test encodings, half N(0, I) samples).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     check: u32,
-    /// Directory with the MNIST files.
-    #[arg(long, default_value_os_t = trainer::data::bundled_dir())]
-    data: PathBuf,
+    /// Directory with the MNIST files [default: the one the run was trained on, else the bundled
+    /// MNIST].
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// ONNX Runtime shared library for the reference check.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_dylib: Option<PathBuf>,

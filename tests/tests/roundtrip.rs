@@ -191,7 +191,7 @@ fn the_fixtures_are_what_the_exporter_writes_today() {
     for (run, kind, fixture) in files {
         let out = dir.path().join(fixture);
         let options = ExportOptions {
-            data_dir: data::bundled_dir(),
+            data_dir: None,
             // The exporter's default, which the fixtures were made with (it sets the int8 scales).
             calibration: 1000,
             check: 16,

@@ -94,9 +94,10 @@ struct PcaArgs {
     /// A trained run to compare with (its reconstruction MSE from the latent mean).
     #[arg(long)]
     run: Option<PathBuf>,
-    /// Directory with the MNIST IDX files and SHA256SUMS.
-    #[arg(long, default_value_os_t = data::bundled_dir())]
-    data: PathBuf,
+    /// Directory with the MNIST IDX files and SHA256SUMS [default: the run's dataset with --run,
+    /// else the bundled MNIST].
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -379,10 +380,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Pca(args) => {
             let device = Device::flex();
-            let train = data::Mnist::load(&args.data, data::Split::Train)
+            // A run is compared on the dataset it was trained on.
+            let run = args
+                .run
+                .as_deref()
+                .map(|dir| {
+                    let (config, model) =
+                        trainer::run::load_run(dir, &device).context("loading the run")?;
+                    let latent = config.model.latent().with_context(|| {
+                        format!("a {} has no latent size", config.model.family())
+                    })?;
+                    anyhow::Ok((config, model, latent))
+                })
+                .transpose()?;
+            let dir = match (&run, args.data) {
+                (Some((config, ..)), given) => training::data_dir(config, given),
+                (None, given) => given.unwrap_or_else(data::bundled_dir),
+            };
+            let train = data::Mnist::load(&dir, data::Split::Train)
                 .context("loading the training images")?;
-            let test = data::Mnist::load(&args.data, data::Split::Test)
-                .context("loading the test images")?;
+            let test =
+                data::Mnist::load(&dir, data::Split::Test).context("loading the test images")?;
             let k_max = args.components.iter().copied().max().unwrap_or(2);
             let start = std::time::Instant::now();
             let pca = trainer::pca::Pca::fit_images(&train, k_max, &device)?;
@@ -394,13 +412,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rows: Vec<f32> = (0..test.len())
                 .flat_map(|i| test.image(i).iter().map(|&p| p as f32 / 255.0))
                 .collect();
-            let run = match &args.run {
-                Some(dir) => {
-                    let (config, model) =
-                        trainer::run::load_run(dir, &device).context("loading the run")?;
-                    let latent = config.model.latent().with_context(|| {
-                        format!("a {} has no latent size", config.model.family())
-                    })?;
+            let run = match run {
+                Some((config, model, latent)) => {
                     let e = training::evaluate_images(&model, &config.model, &test, 500, &device)?;
                     if config.model.classes() > 0 {
                         eprintln!(

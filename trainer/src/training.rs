@@ -160,7 +160,7 @@ fn evaluate(
         let clean = data.batch(chunk, device);
         let input = corruption.apply(clean.clone(), &mut rng);
         let condition = model.condition(&data.digits(chunk), device);
-        let output = model.forward(input.clone(), condition, false);
+        let output = model.forward(input.clone(), condition, None);
         let images = model.to_image(output.logits.clone());
         let l = loss(config.loss_kind(), &output, clean.clone());
         let n = chunk.len() as f64;
@@ -228,6 +228,20 @@ pub fn evaluate_images(
         bail!("the camera denoiser is evaluated on photographs (evaluate_camera), not on MNIST");
     }
     evaluate(model, config, data, batch_size, true, device)
+}
+
+/// A freshly initialised `model`, its weights drawn with `seed`.
+///
+/// Burn's CPU backend has one random generator for the whole process, so seeding it and drawing
+/// the weights hold a lock: two trainings started at once in one process (tests) would otherwise
+/// draw from each other's seeds. (Nothing else in the trainer draws from Burn's generator.)
+pub fn init_model(model: &ModelConfig, seed: u64, device: &Device) -> Model {
+    static BURN_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = BURN_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    device.seed(seed);
+    model.init(device)
 }
 
 /// The dataset bundled with the repository that `model`'s family trains on.
@@ -474,8 +488,7 @@ pub fn throughput(
     config.model.validate().map_err(anyhow::Error::msg)?;
     let source = Source::load(config, data_dir)?;
     let device = device.clone().autodiff();
-    device.seed(config.seed);
-    let mut model = config.model.init(&device);
+    let mut model = init_model(&config.model, config.seed, &device);
     let mut optim = adam();
     let mut noise = SplitMix64(config.seed);
     let size = config.batch_size.max(1);
@@ -488,7 +501,7 @@ pub fn throughput(
         let chunk: Vec<usize> = (0..size).map(|i| (step * size + i) % examples).collect();
         let (input, target, condition) =
             source.training_batch(config, &chunk, &mut noise, &device)?;
-        let output = model.forward_with(input, condition, true, UpConv::Folded);
+        let output = model.forward_with(input, condition, Some(&mut noise), UpConv::Folded);
         let loss = loss(config.model.loss_kind(), &output, target);
         let total = scalar(loss.total.clone());
         if !total.is_finite() {
@@ -524,7 +537,7 @@ fn gradients(
     };
     if devices.len() == 1 {
         let (input, target, condition) = source.training_batch(config, chunk, noise, main)?;
-        let output = model.forward_with(input, condition, true, UpConv::Folded);
+        let output = model.forward_with(input, condition, Some(noise), UpConv::Folded);
         let loss = loss(kind, &output, target);
         let values = [&loss.total, &loss.reconstruction, &loss.kl].map(|t| scalar(t.clone()));
         return Ok((
@@ -545,7 +558,7 @@ fn gradients(
         }
         let replica = model.clone().fork(device);
         let (input, target, condition) = source.training_batch(config, shard, noise, device)?;
-        let output = replica.forward_with(input, condition, true, UpConv::Folded);
+        let output = replica.forward_with(input, condition, Some(&mut *noise), UpConv::Folded);
         let loss = loss(kind, &output, target);
         let weight = shard.len() as f64 / chunk.len() as f64;
         let grads =
@@ -714,12 +727,10 @@ fn run_epochs(
     let examples = source.examples_per_epoch();
     let (mut model, done, mut metrics_csv) = match start {
         None => {
-            device.seed(config.seed);
-            let model = config.model.init(&device);
+            let model = init_model(&config.model, config.seed, &device);
             (model, 0, String::from(EpochMetrics::CSV_HEADER))
         }
         Some((model, done, csv)) => {
-            device.seed(config.seed.wrapping_add(done as u64));
             // Replay the shuffles of the epochs done, so the next epochs see the same order.
             let mut order: Vec<usize> = (0..examples).collect();
             for _ in 0..done {
@@ -728,15 +739,6 @@ fn run_epochs(
             (model, done, csv)
         }
     };
-    // Distinct devices (GPUs) each draw their own latent-sampling noise, resumed runs new draws
-    // as on one device. (A CPU device repeated for `--devices` is one generator: it keeps the
-    // first seed, set above.)
-    for (i, other) in devices.iter().enumerate().skip(1) {
-        if *other != device {
-            let stream = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            other.seed(config.seed.wrapping_add(done as u64) ^ stream);
-        }
-    }
     let mut optim = adam();
     if done > 0 {
         // Adam's moments as they were after the last completed epoch, when the run has them.
@@ -744,7 +746,8 @@ fn run_epochs(
             optim = optim.load_record(record);
         }
     }
-    // The input noise has its own stream, so the data order does not depend on the family.
+    // The input noise and the VAEs' latent samples have their own stream, so the data order does
+    // not depend on the family.
     let mut noise_rng = SplitMix64(config.seed ^ 0xC0FF_EE00 ^ ((done as u64) << 32));
 
     for epoch in done + 1..=config.epochs {

@@ -1,9 +1,4 @@
 //! Data-parallel training (`--devices`) against one device.
-//!
-//! In a test binary of its own: Burn's CPU device has one random generator for the process, and
-//! the tests of one binary run on parallel threads, so a test training next to this one would
-//! draw from it between this test's seeding and its model's initialisation, and the runs compared
-//! here would not start from the same weights.
 
 use burn::prelude::*;
 use trainer::{
@@ -51,8 +46,7 @@ fn two_devices_train_like_one() {
     // And training did something (the comparison is not between two untouched models).
     let untrained = {
         let device = Device::flex();
-        device.seed(config.seed);
-        let model = config.model.init(&device);
+        let model = training::init_model(&config.model, config.seed, &device);
         let mut test = Mnist::load(&bundled_dir(), Split::Test).expect("bundled MNIST");
         test.truncate(128);
         training::evaluate_images(&model, &config.model, &test, 64, &device)

@@ -29,7 +29,6 @@ pub use dense::{DenseAe, DenseAeConfig, FcDecoder, FcVae, FcVaeConfig};
 use burn::{
     prelude::*,
     tensor::{
-        Distribution,
         activation::{relu, sigmoid},
         module::{avg_pool2d, interpolate},
         ops::{AvgPoolOptions, InterpolateMode, InterpolateOptions},
@@ -384,12 +383,24 @@ fn square(x: Tensor<2>) -> Tensor<4> {
     x.reshape([batch, 1, SIDE, SIDE])
 }
 
-/// `z = mean + exp(log_var / 2) * eps`, `eps ~ N(0, I)` when sampling, the mean otherwise.
-fn reparameterise(mean: Tensor<2>, log_var: Tensor<2>, sample: bool) -> Tensor<2> {
-    if !sample {
+/// `z = mean + exp(log_var / 2) * eps`, `eps ~ N(0, I)` drawn from `sample`'s generator when
+/// there is one, the mean otherwise.
+///
+/// The noise comes from the caller's generator, not Burn's: the CPU backend's generator is one
+/// for the whole process, so two trainings in one process (tests) would take each other's draws.
+fn reparameterise(
+    mean: Tensor<2>,
+    log_var: Tensor<2>,
+    sample: Option<&mut SplitMix64>,
+) -> Tensor<2> {
+    let Some(rng) = sample else {
         return mean;
-    }
-    let eps = Tensor::random(mean.dims(), Distribution::Normal(0.0, 1.0), &mean.device());
+    };
+    let dims = mean.dims();
+    let eps = Tensor::from_data(
+        TensorData::new(rng.normals(dims[0] * dims[1]), dims),
+        &mean.device(),
+    );
     mean + log_var.mul_scalar(0.5).exp() * eps
 }
 
@@ -430,14 +441,20 @@ impl Model {
     }
 
     /// Runs the model on its `input` (already corrupted as the family's [`Corruption`] says).
-    /// VAEs decode a sample of the posterior when `sample`, its mean otherwise. A conditional
+    /// VAEs decode a sample of the posterior drawn with `sample`'s generator when given, its mean
+    /// otherwise. A conditional
     /// model's decoder also gets `condition` ([`Model::condition`]; without one, an all-zero
     /// vector: no digit); other models ignore it.
     ///
     /// # Shapes
     /// - input: `[batch, 1, 28, 28]` (`super-res`: `[batch, 1, 14, 14]`)
     /// - condition: `[batch, classes]`
-    pub fn forward(&self, input: Tensor<4>, condition: Option<Tensor<2>>, sample: bool) -> Output {
+    pub fn forward(
+        &self,
+        input: Tensor<4>,
+        condition: Option<Tensor<2>>,
+        sample: Option<&mut SplitMix64>,
+    ) -> Output {
         self.forward_with(input, condition, sample, UpConv::Plain)
     }
 
@@ -448,7 +465,7 @@ impl Model {
         &self,
         input: Tensor<4>,
         condition: Option<Tensor<2>>,
-        sample: bool,
+        sample: Option<&mut SplitMix64>,
         up: UpConv,
     ) -> Output {
         let (logits, posterior) = match self {
@@ -483,7 +500,7 @@ impl Model {
     /// The model's output image for its `input`, in `[0, 1]` (VAEs: decoded from the mean; a
     /// conditional one told `condition`, as in [`Model::forward`]).
     pub fn reconstruct(&self, input: Tensor<4>, condition: Option<Tensor<2>>) -> Tensor<4> {
-        self.to_image(self.forward(input, condition, false).logits)
+        self.to_image(self.forward(input, condition, None).logits)
     }
 
     /// The image in `[0, 1]` that [`Output::logits`] stands for: their sigmoid, or for the camera
