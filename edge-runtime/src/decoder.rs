@@ -160,6 +160,11 @@ impl Decoder {
         if let Some((index, &value)) = latent.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(Error::NonFiniteLatent { index, value });
         }
+        crate::onnx::catch_tract_panic(|| self.decode_checked(latent))
+    }
+
+    /// [`Decoder::decode`] once `latent` is checked.
+    fn decode_checked(&self, latent: &[f32]) -> Result<Image, Error> {
         let inference_failed = |e: TractError| Error::Inference { source: e.into() };
         let input = Tensor::from_shape(&[1, self.latent_dim], latent).map_err(inference_failed)?;
         let mut state = crate::onnx::lock_state(&self.state, || self.plan.spawn().ok());

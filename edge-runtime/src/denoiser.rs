@@ -195,6 +195,17 @@ impl Denoiser {
         output_len: usize,
         take: impl FnOnce(&mut dyn Iterator<Item = f32>),
     ) -> Result<(), Error> {
+        crate::onnx::catch_tract_panic(|| self.run_unguarded(input_len, pixel, output_len, take))
+    }
+
+    /// [`Denoiser::run`], a panic inside tract not caught.
+    fn run_unguarded(
+        &self,
+        input_len: usize,
+        pixel: impl Fn(usize) -> f32,
+        output_len: usize,
+        take: impl FnOnce(&mut dyn Iterator<Item = f32>),
+    ) -> Result<(), Error> {
         let pixels = self.width * self.height;
         if input_len != pixels {
             return Err(self.size_error(input_len));

@@ -101,17 +101,19 @@ impl OnnxModel {
             });
         }
         let failed = |e: TractError| Error::Inference { source: e.into() };
-        let tensor = Tensor::from_shape(&self.input_shape, input).map_err(failed)?;
-        let mut state = crate::onnx::lock_state(&self.state, || self.plan.spawn().ok());
-        let outputs = state.run(tvec!(tensor.into_tvalue())).map_err(failed)?;
-        drop(state);
-        outputs
-            .iter()
-            .map(|o| {
-                let view = o.to_plain_array_view::<f32>().map_err(failed)?;
-                Ok(view.iter().copied().collect())
-            })
-            .collect()
+        crate::onnx::catch_tract_panic(|| {
+            let tensor = Tensor::from_shape(&self.input_shape, input).map_err(failed)?;
+            let mut state = crate::onnx::lock_state(&self.state, || self.plan.spawn().ok());
+            let outputs = state.run(tvec!(tensor.into_tvalue())).map_err(failed)?;
+            drop(state);
+            outputs
+                .iter()
+                .map(|o| {
+                    let view = o.to_plain_array_view::<f32>().map_err(failed)?;
+                    Ok(view.iter().copied().collect())
+                })
+                .collect()
+        })
     }
 }
 

@@ -69,6 +69,23 @@ pub(crate) fn metadata_count(model: &InferenceModel, key: &str) -> Option<Option
     )
 }
 
+/// Runs `call`, which goes into tract, with a panic inside it turned into [`Error::Inference`]
+/// carrying the panic's message: tract panics where it cannot allocate a buffer (a frame too
+/// large for the memory, say), and a library returns errors. The state the call had locked is
+/// then poisoned, and [`lock_state`] replaces it on the next call.
+pub(crate) fn catch_tract_panic<T>(call: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(Error::Inference {
+            source: format!("tract panicked: {message}").into(),
+        })
+    })
+}
+
 /// Locks `state`. After a panic inside tract in another thread's run the state may be half-way
 /// through a run: it is replaced by `fresh()` (when that succeeds) and the poison cleared.
 pub(crate) fn lock_state<'a, S>(
@@ -83,4 +100,29 @@ pub(crate) fn lock_state<'a, S>(
         }
         guard
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_tract_is_an_error_and_the_state_it_held_is_replaced() {
+        let state = Mutex::new("in use");
+        let result: Result<(), Error> = catch_tract_panic(|| {
+            let _held = lock_state(&state, || Some("fresh"));
+            panic!("failed to allocate 2058252800 bytes");
+        });
+        let message = match result {
+            Err(Error::Inference { source }) => source.to_string(),
+            other => panic!("expected an inference error, got {other:?}"),
+        };
+        assert_eq!(
+            message,
+            "tract panicked: failed to allocate 2058252800 bytes"
+        );
+        // The state may have been left half-way through a run: the next call gets a fresh one.
+        assert_eq!(*lock_state(&state, || Some("fresh")), "fresh");
+        assert_eq!(catch_tract_panic(|| Ok(3)).ok(), Some(3));
+    }
 }

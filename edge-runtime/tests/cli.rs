@@ -1053,6 +1053,34 @@ fn frame_buffers_that_do_not_fit_in_memory_are_an_error() {
     );
 }
 
+/// A frame whose activations do not fit in the memory the process may have (8000x8000: tract
+/// asks for ~2 GB buffers under a 3.8 GiB address-space limit) is an error naming the frame and
+/// tract's failed allocation, not a crash. Native x86_64 only, as above.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn a_frame_too_large_for_memory_is_an_error() {
+    let dir = workspace();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/camera_denoiser.onnx");
+    let script = format!(
+        "ulimit -v 4000000; head -c 64000000 /dev/zero | exec {} denoise --model {} \
+         --size 8000x8000 --format gray8 > /dev/null",
+        env!("CARGO_BIN_EXE_edge"),
+        model.display()
+    );
+    let out = Command::new("sh")
+        .current_dir(dir.path())
+        .args(["-c", &script])
+        .output()
+        .expect("run sh");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(message.contains("denoising frame 0 failed"), "{message}");
+    assert!(
+        message.contains("tract panicked: failed to allocate"),
+        "{message}"
+    );
+}
+
 /// A second Ctrl-C quits at once and keeps nothing: neither `--out` nor a temporary file cut
 /// inside a frame. Frame 1 (a slow model: ~1 s a frame here) is still being denoised when both
 /// signals arrive. Native x86_64 only: under qemu-user the slow model would take minutes.
