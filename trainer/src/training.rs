@@ -746,12 +746,12 @@ fn run_epochs(
             optim = optim.load_record(record);
         }
     }
-    // The input noise and the VAEs' latent samples have their own stream, so the data order does
-    // not depend on the family.
-    let mut noise_rng = SplitMix64(config.seed ^ 0xC0FF_EE00 ^ ((done as u64) << 32));
-
     for epoch in done + 1..=config.epochs {
         let start = Instant::now();
+        // The input noise and the VAEs' latent samples have a stream of their own, so the data
+        // order does not depend on the family; one per epoch, so a resumed run draws what the
+        // straight run drew.
+        let mut noise_rng = SplitMix64(config.seed ^ 0xC0FF_EE00 ^ ((epoch as u64) << 32));
         let mut order: Vec<usize> = (0..examples).collect();
         rng.shuffle(&mut order);
         let mut sums = [0.0; 3];
