@@ -7,7 +7,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
-use crate::{Error, Image};
+use crate::{Error, Image, onnx::row_major};
 
 /// An optimised tract plan for a decoder `latent [1, D] -> image [1, 1, H, W]`.
 ///
@@ -180,8 +180,7 @@ impl Decoder {
         let view = output
             .to_plain_array_view::<f32>()
             .map_err(inference_failed)?;
-        // `iter` walks in logical (row-major) order whatever the memory layout.
-        Image::new(self.width, self.height, view.iter().copied().collect())
+        Image::new(self.width, self.height, row_major(&view))
     }
 }
 

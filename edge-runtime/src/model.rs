@@ -110,7 +110,7 @@ impl OnnxModel {
                 .iter()
                 .map(|o| {
                     let view = o.to_plain_array_view::<f32>().map_err(failed)?;
-                    Ok(view.iter().copied().collect())
+                    Ok(crate::onnx::row_major(&view))
                 })
                 .collect()
         })

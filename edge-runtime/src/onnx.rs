@@ -69,6 +69,17 @@ pub(crate) fn metadata_count(model: &InferenceModel, key: &str) -> Option<Option
     )
 }
 
+/// The values of `view` in logical (row-major) order: one copy when they lie that way in memory
+/// (tract's outputs do), else element by element (~25 instructions each, 4% of a decode).
+pub(crate) fn row_major<D: tract_ndarray::Dimension>(
+    view: &tract_ndarray::ArrayView<'_, f32, D>,
+) -> Vec<f32> {
+    match view.as_slice() {
+        Some(values) => values.to_vec(),
+        None => view.iter().copied().collect(),
+    }
+}
+
 /// Runs `call`, which goes into tract, with a panic inside it turned into [`Error::Inference`]
 /// carrying the panic's message: tract panics where it cannot allocate a buffer (a frame too
 /// large for the memory, say), and a library returns errors. The state the call had locked is
@@ -105,6 +116,15 @@ pub(crate) fn lock_state<'a, S>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_major_reads_any_layout_in_logical_order() {
+        let a = tract_ndarray::Array2::from_shape_vec((2, 3), vec![1.0f32, 2., 3., 4., 5., 6.])
+            .expect("shape");
+        assert_eq!(row_major(&a.view()), [1.0, 2., 3., 4., 5., 6.]);
+        // A transposed view is not laid out row by row: read element by element.
+        assert_eq!(row_major(&a.t()), [1.0, 4., 2., 5., 3., 6.]);
+    }
 
     #[test]
     fn a_panic_inside_tract_is_an_error_and_the_state_it_held_is_replaced() {
