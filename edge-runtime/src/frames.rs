@@ -160,7 +160,8 @@ pub fn denoise_stream_until(
                     let Ok(Ok((index, mut frame))) = job else {
                         break;
                     };
-                    // A panic inside tract must not leave the writer waiting for this frame.
+                    // The denoiser turns a panic in its inference into an error; any other panic
+                    // here must not leave the writer waiting for this frame either.
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         worker.denoise_gray8(&frame[..luma], &mut denoised)
                     }));

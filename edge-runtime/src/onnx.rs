@@ -80,10 +80,12 @@ pub(crate) fn row_major<D: tract_ndarray::Dimension>(
     }
 }
 
-/// Runs `call`, which goes into tract, with a panic inside it turned into [`Error::Inference`]
-/// carrying the panic's message: tract panics where it cannot allocate a buffer (a frame too
-/// large for the memory, say), and a library returns errors. The state the call had locked is
-/// then poisoned, and [`lock_state`] replaces it on the next call.
+/// Runs `call`, an inference (tract and the copies around it), with a panic inside it turned into
+/// [`Error::Inference`] carrying the panic's message: tract panics where its own buffers cannot
+/// be allocated (a frame too large for the memory, say), and a library returns errors. The state
+/// the call had locked is then poisoned, and [`lock_state`] replaces it on the next call. (An
+/// allocation through `Vec` that fails still aborts the process, as Rust's allocations do; the
+/// panic hook still prints the panic.)
 pub(crate) fn catch_tract_panic<T>(call: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|payload| {
         let message = payload
@@ -92,7 +94,7 @@ pub(crate) fn catch_tract_panic<T>(call: impl FnOnce() -> Result<T, Error>) -> R
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("no message");
         Err(Error::Inference {
-            source: format!("tract panicked: {message}").into(),
+            source: format!("the inference panicked: {message}").into(),
         })
     })
 }
@@ -139,7 +141,7 @@ mod tests {
         };
         assert_eq!(
             message,
-            "tract panicked: failed to allocate 2058252800 bytes"
+            "the inference panicked: failed to allocate 2058252800 bytes"
         );
         // The state may have been left half-way through a run: the next call gets a fresh one.
         assert_eq!(*lock_state(&state, || Some("fresh")), "fresh");

@@ -1076,7 +1076,7 @@ fn a_frame_too_large_for_memory_is_an_error() {
     let message = stderr(&out);
     assert!(message.contains("denoising frame 0 failed"), "{message}");
     assert!(
-        message.contains("tract panicked: failed to allocate"),
+        message.contains("the inference panicked: failed to allocate"),
         "{message}"
     );
 }

@@ -141,8 +141,9 @@ impl std::str::FromStr for Kind {
 /// What to export and how.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    /// Directory with MNIST (for calibration and check latents); `None` is the dataset the run was
-    /// trained on (its `config.json`), else the bundled MNIST.
+    /// Dataset directory: MNIST for the calibration and check images, the photographs for the
+    /// camera denoiser's check frames; `None` is the dataset the run was trained on (its
+    /// `config.json`), else the family's bundled one.
     pub data_dir: Option<PathBuf>,
     /// Training images encoded to calibrate the int8 activations.
     pub calibration: usize,
@@ -280,7 +281,7 @@ pub fn export_run_with_progress(
         let (file, bytes) = match (&model, kind) {
             (Model::CameraDenoiser(denoiser), _) => {
                 report.macs_per_pixel = Some(denoiser.macs_per_pixel());
-                export_camera_denoiser(run_dir, denoiser, options)?
+                export_camera_denoiser(run_dir, denoiser, &data, options)?
             }
             (Model::ConvVae(vae), Kind::Decoder) => {
                 if decoder_check.is_none() {
@@ -439,15 +440,16 @@ fn upscaler_check_images(images: &[Tensor<4>]) -> anyhow::Result<Vec<Tensor<4>>>
     Ok([images.to_vec(), vec![strip, square]].concat())
 }
 
-/// The camera denoiser, checked on held-out photographs of several sizes.
+/// The camera denoiser, checked on the held-out photographs in `data` at several sizes.
 fn export_camera_denoiser(
     run_dir: &Path,
     model: &trainer::model::CameraDenoiser,
+    data: &Path,
     options: &ExportOptions,
 ) -> anyhow::Result<(FileReport, Vec<u8>)> {
     let device = Device::flex();
     let bytes = onnx::export_denoiser(model, run_dir).context("exporting the denoiser to ONNX")?;
-    let frames = denoiser_check_frames(&device)?;
+    let frames = denoiser_check_frames(data, &device)?;
     let parity = onnx::verify_denoiser(&bytes, model, &frames, options.ort_dylib.as_deref())?;
     check_parity("denoiser", &parity)?;
     let sizes: Vec<String> = frames
@@ -814,10 +816,11 @@ fn image_forward(m: &Model, input: Tensor<4>) -> Vec<Tensor<4>> {
     vec![m.reconstruct(input, None)]
 }
 
-/// Noisy crops of the held-out photographs (sigma 25), of several sizes, for the parity checks.
-fn denoiser_check_frames(device: &Device) -> anyhow::Result<Vec<Tensor<4>>> {
+/// Noisy crops of the held-out photographs in `data` (sigma 25), of several sizes, for the parity
+/// checks.
+fn denoiser_check_frames(data: &Path, device: &Device) -> anyhow::Result<Vec<Tensor<4>>> {
     use trainer::natural;
-    let images = natural::load(&natural::bundled_dir(), &natural::HELD_OUT)?;
+    let images = natural::load(data, &natural::HELD_OUT)?;
     let mut rng = trainer::rng::SplitMix64(25);
     let mut frames = Vec::new();
     for (image, (h, w)) in images.iter().zip([(480, 512), (64, 96), (33, 47)]) {

@@ -33,8 +33,8 @@ struct Cli {
     /// Latents the conv VAE's decoders are checked on (half test encodings, half N(0, I) samples).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     check: u32,
-    /// Directory with the MNIST files [default: the one the run was trained on, else the bundled
-    /// MNIST].
+    /// Dataset directory: MNIST (calibration and check images) or, for a camera denoiser, the
+    /// photographs (check frames) [default: the one the run was trained on, else the bundled one].
     #[arg(long)]
     data: Option<PathBuf>,
     /// ONNX Runtime shared library for the reference check.

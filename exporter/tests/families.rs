@@ -97,36 +97,56 @@ fn every_mnist_family_exports_checked_onnx_files() {
 
 #[test]
 fn the_check_images_come_from_the_runs_own_dataset_unless_told_otherwise() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mnist = dir.path().join("my-mnist");
-    std::fs::create_dir(&mnist).expect("mkdir");
-    for entry in std::fs::read_dir(bundled_dir()).expect("bundled MNIST") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), mnist.join(entry.file_name())).expect("copy");
+    use trainer::{model::CameraDenoiserConfig, natural};
+    let camera = ModelConfig::CameraDenoiser(
+        CameraDenoiserConfig::new()
+            .with_channels(4)
+            .with_patch(32)
+            .with_patches_per_epoch(64),
+    );
+    let cases = [
+        (
+            ModelConfig::default_for("dense-ae").expect("family"),
+            bundled_dir(),
+            "decoder.onnx",
+        ),
+        (camera, natural::bundled_dir(), "denoiser.onnx"),
+    ];
+    for (model, bundled, file) in cases {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let copy = dir.path().join("my-data");
+        std::fs::create_dir(&copy).expect("mkdir");
+        for entry in std::fs::read_dir(&bundled).expect("bundled data") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), copy.join(entry.file_name())).expect("copy");
+        }
+        let run = dir.path().join("run");
+        let mut config = TrainingConfig::new(model)
+            .with_epochs(1)
+            .with_batch_size(32)
+            .with_data(Some(copy.clone()));
+        if file == "decoder.onnx" {
+            config = config
+                .with_train_subset(Some(256))
+                .with_test_subset(Some(64));
+        }
+        training::train(&config, &copy, &run, &[Device::flex()], |_| {}).expect("trains");
+
+        // The run's dataset gone: the export reads it (not the bundled data) and says so.
+        std::fs::remove_dir_all(&copy).expect("rm");
+        let out = dir.path().join("out");
+        let err = export_run(&run, &out, &options()).expect_err("the run's dataset is gone");
+        assert!(format!("{err:#}").contains("my-data"), "{file}: {err:#}");
+        assert!(!out.exists(), "nothing written");
+
+        // Named explicitly, another copy of the data does.
+        let given = ExportOptions {
+            data_dir: Some(bundled.clone()),
+            ..options()
+        };
+        export_run(&run, &out, &given).expect("exports with --data");
+        assert!(out.join(file).exists(), "{file}");
     }
-    let run = dir.path().join("dense-ae");
-    let config = TrainingConfig::new(ModelConfig::default_for("dense-ae").expect("family"))
-        .with_epochs(1)
-        .with_batch_size(32)
-        .with_train_subset(Some(256))
-        .with_test_subset(Some(64))
-        .with_data(Some(mnist.clone()));
-    training::train(&config, &mnist, &run, &[Device::flex()], |_| {}).expect("trains");
-
-    // The run's dataset gone: the export reads it (not the bundled MNIST) and says so.
-    std::fs::remove_dir_all(&mnist).expect("rm");
-    let out = dir.path().join("out");
-    let err = export_run(&run, &out, &options()).expect_err("the run's dataset is gone");
-    assert!(format!("{err:#}").contains("my-mnist"), "{err:#}");
-    assert!(!out.exists(), "nothing written");
-
-    // Named explicitly, another copy of the data does.
-    let given = ExportOptions {
-        data_dir: Some(bundled_dir()),
-        ..options()
-    };
-    export_run(&run, &out, &given).expect("exports with --data");
-    assert!(out.join("decoder.onnx").exists());
 }
 
 #[test]

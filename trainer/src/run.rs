@@ -119,7 +119,8 @@ pub struct TrainingConfig {
     #[config(default = "None")]
     pub test_subset: Option<usize>,
     /// The dataset directory the run was trained on (`train --data`, made absolute), which
-    /// `resume`, `eval` and `pictures` then use by default; absent: the family's bundled data.
+    /// `resume`, `eval`, `pictures`, `pca --run` and the exporter then use by default; absent:
+    /// the family's bundled data.
     #[config(default = "None")]
     pub data: Option<PathBuf>,
 }

@@ -7,6 +7,7 @@ use std::{path::Path, time::Instant};
 
 use anyhow::{Context, bail};
 use burn::{
+    module::{ModuleVisitor, Param},
     optim::{GradientsAccumulator, GradientsParams},
     prelude::*,
 };
@@ -234,14 +235,25 @@ pub fn evaluate_images(
 ///
 /// Burn's CPU backend has one random generator for the whole process, so seeding it and drawing
 /// the weights hold a lock: two trainings started at once in one process (tests) would otherwise
-/// draw from each other's seeds. (Nothing else in the trainer draws from Burn's generator.)
+/// draw from each other's seeds. Burn draws a parameter's initial values when it is first read,
+/// so every parameter is read before the lock is let go. (Nothing else in the trainer draws from
+/// Burn's generator.)
 pub fn init_model(model: &ModelConfig, seed: u64, device: &Device) -> Model {
+    /// Reads each parameter once, which draws its initial values.
+    struct DrawNow;
+    impl ModuleVisitor for DrawNow {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
     static BURN_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _held = BURN_RNG
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     device.seed(seed);
-    model.init(device)
+    let model = model.init(device);
+    model.visit(&mut DrawNow);
+    model
 }
 
 /// The dataset bundled with the repository that `model`'s family trains on.
@@ -627,7 +639,8 @@ pub fn train(
 ///
 /// The data order of the remaining epochs is the one the uninterrupted run would have used, and
 /// Adam continues from its saved state (`optimizer-<epoch>.bpk`; a run without one starts Adam
-/// afresh); the input noise and the latent sampling noise are new draws.
+/// afresh), and so are the input noise and the VAEs' latent samples (one stream per epoch, from
+/// the seed): a resumed run ends as the uninterrupted one would have, bit for bit.
 ///
 /// # Errors
 /// A missing or unreadable run, a `metrics.csv` that does not count epochs 1, 2, ... in order,

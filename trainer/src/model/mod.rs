@@ -396,11 +396,17 @@ fn reparameterise(
     let Some(rng) = sample else {
         return mean;
     };
-    let dims = mean.dims();
-    let eps = Tensor::from_data(
-        TensorData::new(rng.normals(dims[0] * dims[1]), dims),
-        &mean.device(),
-    );
+    let [rows, latent] = mean.dims();
+    // Row by row, each from whole Box-Muller pairs: the same numbers however the batch is split
+    // among devices.
+    let values: Vec<f32> = (0..rows)
+        .flat_map(|_| {
+            let mut row = rng.normals(latent.next_multiple_of(2));
+            row.truncate(latent);
+            row
+        })
+        .collect();
+    let eps = Tensor::from_data(TensorData::new(values, [rows, latent]), &mean.device());
     mean + log_var.mul_scalar(0.5).exp() * eps
 }
 
