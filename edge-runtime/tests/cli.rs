@@ -1026,6 +1026,21 @@ fn a_noisy_copy_may_not_overwrite_another_output() {
     assert!(!dir.path().join("out/a.png").exists());
 }
 
+/// `edge ARGS` (a shell command line: arguments and redirections) in `dir` with its address space
+/// limited to `kib` KiB (`ulimit -v`).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn edge_with_memory_limit(dir: &Path, kib: u64, args: &str) -> Output {
+    let script = format!(
+        "ulimit -v {kib}; exec {} {args}",
+        env!("CARGO_BIN_EXE_edge")
+    );
+    Command::new("sh")
+        .current_dir(dir)
+        .args(["-c", &script])
+        .output()
+        .expect("run sh")
+}
+
 /// Frame buffers larger than the memory the process may have are an error before any frame is
 /// read, not an abort (here a 2.8 GiB address-space limit against nine 402 MB frames of
 /// 16384x16384 YUV 4:2:0). Native x86_64 only: under qemu-user the limit would bind the
@@ -1035,16 +1050,11 @@ fn a_noisy_copy_may_not_overwrite_another_output() {
 fn frame_buffers_that_do_not_fit_in_memory_are_an_error() {
     let dir = workspace();
     common::write_model(&dir.path().join("blur.onnx"), &common::box_blur_model());
-    let script = format!(
-        "ulimit -v 3000000; exec {} denoise --model blur.onnx --size 16384x16384 --threads 4 \
-         < /dev/null > /dev/null",
-        env!("CARGO_BIN_EXE_edge")
+    let out = edge_with_memory_limit(
+        dir.path(),
+        3_000_000,
+        "denoise --model blur.onnx --size 16384x16384 --threads 4 < /dev/null > /dev/null",
     );
-    let out = Command::new("sh")
-        .current_dir(dir.path())
-        .args(["-c", &script])
-        .output()
-        .expect("run sh");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("buffers: 9 frames of 402653184 bytes"),
@@ -1061,17 +1071,14 @@ fn frame_buffers_that_do_not_fit_in_memory_are_an_error() {
 fn a_frame_too_large_for_memory_is_an_error() {
     let dir = workspace();
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/camera_denoiser.onnx");
-    let script = format!(
-        "ulimit -v 4000000; head -c 64000000 /dev/zero | exec {} denoise --model {} \
-         --size 8000x8000 --format gray8 > /dev/null",
-        env!("CARGO_BIN_EXE_edge"),
-        model.display()
+    let out = edge_with_memory_limit(
+        dir.path(),
+        4_000_000,
+        &format!(
+            "denoise --model {} --size 8000x8000 --format gray8 < /dev/zero > /dev/null",
+            model.display()
+        ),
     );
-    let out = Command::new("sh")
-        .current_dir(dir.path())
-        .args(["-c", &script])
-        .output()
-        .expect("run sh");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let message = stderr(&out);
     assert!(message.contains("denoising frame 0 failed"), "{message}");
