@@ -160,7 +160,7 @@ impl Decoder {
         if let Some((index, &value)) = latent.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(Error::NonFiniteLatent { index, value });
         }
-        crate::onnx::catch_tract_panic(|| self.decode_checked(latent))
+        crate::onnx::catch_inference_panic(|| self.decode_checked(latent))
     }
 
     /// [`Decoder::decode`] once `latent` is checked.

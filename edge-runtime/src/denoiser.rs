@@ -195,10 +195,12 @@ impl Denoiser {
         output_len: usize,
         take: impl FnOnce(&mut dyn Iterator<Item = f32>),
     ) -> Result<(), Error> {
-        crate::onnx::catch_tract_panic(|| self.run_unguarded(input_len, pixel, output_len, take))
+        crate::onnx::catch_inference_panic(|| {
+            self.run_unguarded(input_len, pixel, output_len, take)
+        })
     }
 
-    /// [`Denoiser::run`], a panic inside tract not caught.
+    /// [`Denoiser::run`], a panic inside it not caught.
     fn run_unguarded(
         &self,
         input_len: usize,

@@ -101,7 +101,7 @@ impl OnnxModel {
             });
         }
         let failed = |e: TractError| Error::Inference { source: e.into() };
-        crate::onnx::catch_tract_panic(|| {
+        crate::onnx::catch_inference_panic(|| {
             let tensor = Tensor::from_shape(&self.input_shape, input).map_err(failed)?;
             let mut state = crate::onnx::lock_state(&self.state, || self.plan.spawn().ok());
             let outputs = state.run(tvec!(tensor.into_tvalue())).map_err(failed)?;

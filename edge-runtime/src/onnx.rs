@@ -86,7 +86,9 @@ pub(crate) fn row_major<D: tract_ndarray::Dimension>(
 /// the call had locked is then poisoned, and [`lock_state`] replaces it on the next call. (An
 /// allocation through `Vec` that fails still aborts the process, as Rust's allocations do; the
 /// panic hook still prints the panic.)
-pub(crate) fn catch_tract_panic<T>(call: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+pub(crate) fn catch_inference_panic<T>(
+    call: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|payload| {
         let message = payload
             .downcast_ref::<String>()
@@ -131,7 +133,7 @@ mod tests {
     #[test]
     fn a_panic_inside_tract_is_an_error_and_the_state_it_held_is_replaced() {
         let state = Mutex::new("in use");
-        let result: Result<(), Error> = catch_tract_panic(|| {
+        let result: Result<(), Error> = catch_inference_panic(|| {
             let _held = lock_state(&state, || Some("fresh"));
             panic!("failed to allocate 2058252800 bytes");
         });
@@ -145,6 +147,6 @@ mod tests {
         );
         // The state may have been left half-way through a run: the next call gets a fresh one.
         assert_eq!(*lock_state(&state, || Some("fresh")), "fresh");
-        assert_eq!(catch_tract_panic(|| Ok(3)).ok(), Some(3));
+        assert_eq!(catch_inference_panic(|| Ok(3)).ok(), Some(3));
     }
 }
