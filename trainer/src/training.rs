@@ -534,8 +534,8 @@ pub fn throughput(
 /// the batch, so the shards' gradients, moved to the first device (`GradientsParams::to_device`)
 /// and added (`GradientsAccumulator`), are the whole batch's; the caller takes one optimizer step
 /// there. The shards run one after the other from this thread (each GPU queues its work; the
-/// loss values are read back last), and the input noise is drawn in example order as on one
-/// device.
+/// loss values are read back last), and the input noise and the VAEs' latent samples are drawn
+/// in example order as on one device.
 fn gradients(
     model: &Model,
     (source, config): (&Source, &TrainingConfig),

@@ -448,9 +448,8 @@ impl Model {
 
     /// Runs the model on its `input` (already corrupted as the family's [`Corruption`] says).
     /// VAEs decode a sample of the posterior drawn with `sample`'s generator when given, its mean
-    /// otherwise. A conditional
-    /// model's decoder also gets `condition` ([`Model::condition`]; without one, an all-zero
-    /// vector: no digit); other models ignore it.
+    /// otherwise. A conditional model's decoder also gets `condition` ([`Model::condition`];
+    /// without one, an all-zero vector: no digit); other models ignore it.
     ///
     /// # Shapes
     /// - input: `[batch, 1, 28, 28]` (`super-res`: `[batch, 1, 14, 14]`)
