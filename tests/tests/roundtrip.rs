@@ -6,7 +6,7 @@
 //! epoch (quality does not matter here) and their exported encoder, decoder (float; int8 as QDQ
 //! ONNX, checked against the q8 blob run by `firmware-core`), denoiser and upscaler (both at
 //! several frame sizes). The last test re-exports
-//! the two runs and checks that the exporter still writes exactly those graphs, so a change to
+//! the three runs and checks that the exporter still writes exactly those graphs, so a change to
 //! the exporter cannot leave the round trip proven on stale files:
 //! `scripts/update-roundtrip-fixtures.sh` refreshes them.
 
