@@ -57,7 +57,8 @@ struct ResumeArgs {
     /// Train up to this many epochs in all (default: the run's configured epochs).
     #[arg(long)]
     epochs: Option<usize>,
-    /// Dataset directory [default: the bundled MNIST, or data/natural for camera-denoiser].
+    /// Dataset directory [default: the one the run was trained on, else the bundled MNIST, or
+    /// data/natural for camera-denoiser].
     #[arg(long)]
     data: Option<PathBuf>,
     #[command(flatten)]
@@ -81,7 +82,8 @@ struct BenchArgs {
 struct EvalArgs {
     /// Run directory written by `trainer train`.
     run: PathBuf,
-    /// Dataset directory [default: the bundled MNIST, or data/natural for camera-denoiser].
+    /// Dataset directory [default: the one the run was trained on, else the bundled MNIST, or
+    /// data/natural for camera-denoiser].
     #[arg(long)]
     data: Option<PathBuf>,
 }
@@ -125,7 +127,8 @@ struct PicturesArgs {
     /// Where to write the PNG files (default: `<run>/pictures`).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Dataset directory [default: the bundled MNIST, or data/natural for camera-denoiser].
+    /// Dataset directory [default: the one the run was trained on, else the bundled MNIST, or
+    /// data/natural for camera-denoiser].
     #[arg(long)]
     data: Option<PathBuf>,
 }
@@ -669,6 +672,12 @@ fn print_evaluation(run: &std::path::Path, model: &ModelConfig, e: &training::Ev
             e.reconstruction
         );
         println!("  KL             {:>8.4}", e.kl);
+        if let Some(sampled) = e.sampled_loss {
+            println!(
+                "  sampled        {sampled:>8.4} (the loss with one latent sample per image, \
+                 not the mean: Keras' validation loss)"
+            );
+        }
         // Both VAE losses, whichever this one was trained on, to compare VAEs.
         println!(
             "  MSE x 784 + KL {:>8.4} (the lesson's FC VAE loss)",

@@ -89,6 +89,9 @@ pub fn tensor_values<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
 /// same noisy test images.
 const EVAL_NOISE_SEED: u64 = 0x5EED_7E57;
 
+/// Seed of the latent samples of [`Evaluation::sampled_loss`].
+const EVAL_SAMPLE_SEED: u64 = 0x5A3B_1E57;
+
 /// Quality of one kind of output against the clean images.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quality {
@@ -105,7 +108,7 @@ pub struct Quality {
 pub struct Evaluation {
     /// Images evaluated.
     pub images: usize,
-    /// Mean loss per image, as training reports it.
+    /// Mean loss per image, as training reports it (VAEs: decoded from the latent mean).
     pub loss: f64,
     /// Mean reconstruction term.
     pub reconstruction: f64,
@@ -115,6 +118,11 @@ pub struct Evaluation {
     /// family's loss (with [`Evaluation::kl`], a VAE's negative ELBO under a Bernoulli
     /// likelihood: VAEs trained on different losses compare on it). NaN for the camera denoiser.
     pub bce: f64,
+    /// VAEs, in `trainer eval`: the mean loss per image with the decoder fed one sample of each
+    /// image's posterior instead of its mean (the same KL). This is what Keras reports as a VAE's
+    /// validation loss when its sampling layer stays on at evaluation, as in the lesson's; it is
+    /// higher than [`Evaluation::loss`] by the reconstruction error the sampling adds.
+    pub sampled_loss: Option<f64>,
     /// The model's output (VAEs: decoded from the latent mean) against the clean images.
     pub output: Quality,
     /// Denoising: the noisy input; super-resolution: the bicubic upscaling of the input.
@@ -126,6 +134,7 @@ pub struct Evaluation {
 struct Sums {
     images: usize,
     losses: [f64; 3],
+    sampled_loss: f64,
     bce: f64,
     squared: [f64; 2],
     ssim: [f64; 2],
@@ -143,24 +152,32 @@ impl Sums {
 }
 
 /// Evaluates `model` on `data`: the losses as training reports them (VAEs decode the latent mean;
-/// the inputs are corrupted with a fixed seed), and the output's and the baseline's quality
-/// (with `with_ssim`, also SSIM; it costs more than the model on small images).
+/// the inputs are corrupted with a fixed seed), and the output's and the baseline's quality.
+/// `thorough` adds what `trainer eval` reports beyond the per-epoch figures: SSIM (it costs more
+/// than the model on small images) and a VAE's [`Evaluation::sampled_loss`].
 fn evaluate(
     model: &Model,
     config: &ModelConfig,
     data: &Mnist,
     batch_size: usize,
-    with_ssim: bool,
+    thorough: bool,
     device: &Device,
 ) -> anyhow::Result<Evaluation> {
     let corruption = config.corruption();
+    let sampled = thorough && config.is_variational();
     let mut rng = SplitMix64(EVAL_NOISE_SEED);
+    let mut samples = SplitMix64(EVAL_SAMPLE_SEED);
     let mut sums = Sums::default();
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
         let clean = data.batch(chunk, device);
         let input = corruption.apply(clean.clone(), &mut rng);
         let condition = model.condition(&data.digits(chunk), device);
+        if sampled {
+            let output = model.forward(input.clone(), condition.clone(), Some(&mut samples));
+            let l = loss(config.loss_kind(), &output, clean.clone());
+            sums.sampled_loss += scalar(l.total) * chunk.len() as f64;
+        }
         let output = model.forward(input.clone(), condition, None);
         let images = model.to_image(output.logits.clone());
         let l = loss(config.loss_kind(), &output, clean.clone());
@@ -181,7 +198,7 @@ fn evaluate(
                 .zip(&clean_px)
                 .map(|(a, b)| ((a - b) as f64).powi(2))
                 .sum::<f64>();
-            if with_ssim {
+            if thorough {
                 let side = SIDE * SIDE;
                 sums.ssim[i] += px
                     .chunks_exact(side)
@@ -199,7 +216,7 @@ fn evaluate(
     }
     let n = sums.images.max(1) as f64;
     let mut quality = [sums.quality(0), sums.quality(1)];
-    if !with_ssim {
+    if !thorough {
         quality.iter_mut().for_each(|q| q.ssim = f64::NAN);
     }
     Ok(Evaluation {
@@ -208,6 +225,7 @@ fn evaluate(
         reconstruction: sums.losses[1] / n,
         kl: sums.losses[2] / n,
         bce: sums.bce / n,
+        sampled_loss: sampled.then_some(sums.sampled_loss / n),
         output: quality[0],
         baseline: (corruption != Corruption::None).then_some(quality[1]),
     })
@@ -474,6 +492,7 @@ impl Source {
                     reconstruction: mse,
                     kl: 0.0,
                     bce: f64::NAN,
+                    sampled_loss: None,
                     output: Quality {
                         mse,
                         psnr_db: psnr(mse),

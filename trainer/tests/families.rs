@@ -75,6 +75,15 @@ fn every_family_learns_reloads_evaluates_and_draws() {
             after.loss,
             m.test_loss
         );
+        // A VAE's loss is also measured with its decoder fed posterior samples, not the means
+        // (whether that is worse depends on how far training has gone: not tested here).
+        match after.sampled_loss {
+            Some(sampled) => assert!(
+                sampled.is_finite() && sampled != after.loss,
+                "{family}: {after:?}"
+            ),
+            None => assert!(!config.model.is_variational(), "{family}: {after:?}"),
+        }
         // 32 steps leave the convolutional models close to a constant image, whose SSIM is
         // ~0 and may fall either side of it; the pixel error must still have dropped.
         assert!(
