@@ -30,6 +30,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+import torch_side_by_side
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 MNIST = os.path.join(HERE, "..", "data", "mnist")
 
@@ -43,14 +45,12 @@ def images(split):
     return torch.from_numpy(pixels.astype(np.float32) / 255.0)
 
 
-class FcVae(nn.Module):
-    def __init__(self, init, latent=2, hidden=512):
+class FcVae(torch_side_by_side.FcVae):
+    """The layers of `torch_side_by_side.py`'s FC VAE (the trainer's fc-vae), initialised as
+    `init` says."""
+
+    def __init__(self, init):
         super().__init__()
-        self.hidden = nn.Linear(784, hidden)
-        self.mean = nn.Linear(hidden, latent)
-        self.log_var = nn.Linear(hidden, latent)
-        self.dec_hidden = nn.Linear(latent, hidden)
-        self.dec_out = nn.Linear(hidden, 784)
         if init == "keras":
             for layer in self.modules():
                 if isinstance(layer, nn.Linear):
