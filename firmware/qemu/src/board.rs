@@ -19,9 +19,9 @@ mod this {
     pub const MACHINE: &str = "microbit";
     /// Processor clock (SysTick's `Core` source): the nRF51's 16 MHz HCLK in QEMU.
     pub const CPU_HZ: u32 = 16_000_000;
-    /// The model, built into flash: 16 KiB of RAM cannot hold the ~13 KB model next to the decoder's
-    /// 4 KiB scratch, the screen buffers and a ~4 KiB stack. `build.rs` copies the file named by
-    /// the `DECODE_MODEL` environment variable at build time (empty when it is unset).
+    /// The model, built into flash: 16 KiB of RAM cannot hold the ~13 KB model next to the
+    /// decoder's 4 KiB scratch, the screen buffers and a ~4 KiB stack. `build.rs` copies the file
+    /// named by the `DECODE_MODEL` environment variable at build time (empty when it is unset).
     pub static MODEL: &[u8] =
         &firmware_core::q8::Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/model.q8"))).0;
 }
