@@ -137,7 +137,9 @@ fn relu_zero_points_above_minus_128_decode_alike_on_host_and_qemu() {
         .map(|i| {
             let l = model.layer(i).expect("layer");
             let c_out = l.output.c as usize;
-            let params: Vec<(i32, i32, i32)> = (0..c_out).map(|o| l.params(o)).collect();
+            let params: Vec<(i32, i32, i32)> = (0..c_out)
+                .map(|o| l.params(o).expect("a channel of the layer"))
+                .collect();
             let weights: Vec<i8> = l.weights().iter().map(|&b| b as i8).collect();
             // The bias holds -zp_in x the channel's weight sum: move it with the zero point.
             let zp_in = if i == 0 { 0 } else { moved(l.input_zero_point) };

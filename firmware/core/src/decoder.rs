@@ -230,7 +230,7 @@ struct BlockConstants<const N: usize> {
 
 impl<const N: usize> BlockConstants<N> {
     fn new(layer: &Layer, o: usize) -> Self {
-        let params: [_; N] = core::array::from_fn(|j| layer.params(o + j));
+        let params: [_; N] = core::array::from_fn(|j| layer.channel(o + j));
         let requant = params.map(|(_, multiplier, shift)| Requant::new(layer, (multiplier, shift)));
         BlockConstants {
             bias: params.map(|(bias, _, _)| bias),
@@ -329,7 +329,7 @@ fn dense(
     let n_in = layer.input.len();
     let w = layer.weights();
     for o in 0..layer.output.c as usize {
-        let bias = layer.params(o).0;
+        let bias = layer.channel(o).0;
         let row = &w[o * n_in..(o + 1) * n_in];
         let mut acc = bias;
         if input_hwc.is_none() {
@@ -346,7 +346,7 @@ fn dense(
         }
         // (Read again rather than kept from the bias: 600 instructions fewer per decode on the
         // M4F, where keeping them live across the loop costs spills.)
-        let (_, multiplier, shift) = layer.params(o);
+        let (_, multiplier, shift) = layer.channel(o);
         sink.put(
             channels_last(o, output_hwc),
             Requant::new(layer, (multiplier, shift)).apply(acc),
@@ -1222,7 +1222,7 @@ mod tests {
             let w: Vec<i32> = l.weights().iter().map(|&b| b as i8 as i32).collect();
             let zp = l.output_zero_point as i32;
             let fin = |acc: i32, o: usize| {
-                let (_, m, s) = l.params(o);
+                let (_, m, s) = l.channel(o);
                 let v = ((acc as i64 * m as i64) as f64 / 2f64.powi(31 - s) + 0.5).floor() as i32;
                 (v + zp).clamp(if l.relu { zp } else { -128 }, 127)
             };
@@ -1234,7 +1234,7 @@ mod tests {
                         let acc = row
                             .iter()
                             .zip(&x)
-                            .fold(l.params(o).0, |acc, (a, b)| acc.wrapping_add(a * b));
+                            .fold(l.channel(o).0, |acc, (a, b)| acc.wrapping_add(a * b));
                         fin(acc, o)
                     })
                     .collect(),
@@ -1264,7 +1264,7 @@ mod tests {
                     for o in 0..co {
                         for oy in 0..ho {
                             for ox in 0..wo {
-                                let mut acc = l.params(o).0;
+                                let mut acc = l.channel(o).0;
                                 for ci in 0..c {
                                     for ky in 0..k {
                                         for kx in 0..k {
@@ -1561,7 +1561,7 @@ mod tests {
         let blob = chain(&[(LayerKind::Dense, shape(2, 1, 1), shape(1, 1, 1), false)]);
         let model = Model::parse(&blob).expect("parses");
         let layer = model.layer(0).expect("layer");
-        let (_, multiplier, shift) = layer.params(0);
+        let (_, multiplier, shift) = layer.channel(0);
         let mut r = Requant::new(&layer, (multiplier, shift));
         (r.multiplier, r.round, r.n, r.zero_point) = (1 << 30, 1 << 30, 31, 0);
         r.low = -128;

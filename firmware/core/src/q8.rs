@@ -11,6 +11,10 @@ pub const MAGIC: [u8; 4] = *b"AEQ8";
 /// parser of this format reads; a version-2 parser refuses a conditional blob instead of
 /// decoding its one-hot digit as two more latent values.
 pub const VERSION: u16 = 3;
+/// The latent scales a blob may carry: outside them every latent would saturate to +-127
+/// or round to 0 (the exporter's floor is the lower end).
+pub const LATENT_SCALES: core::ops::RangeInclusive<f32> = 1e-8..=1e6;
+
 /// The oldest format version this crate reads (an unconditional decoder).
 pub const FIRST_VERSION: u16 = 2;
 /// Size of the fixed header.
@@ -187,9 +191,16 @@ impl<'a> Layer<'a> {
         self.folded
     }
 
-    /// `(bias, multiplier, shift)` of output channel `o` (`o < C_out`, checked at parse time).
+    /// `(bias, multiplier, shift)` of output channel `o`, or `None` past the layer's
+    /// `C_out` channels.
+    pub fn params(&self, o: usize) -> Option<(i32, i32, i32)> {
+        (o < self.output.c as usize).then(|| self.channel(o))
+    }
+
+    /// [`Layer::params`] of a channel the caller knows to exist (`o < C_out`, as in every loop
+    /// of the decoder over a layer's channels): the parser sized the parameters to `C_out`.
     #[inline]
-    pub fn params(&self, o: usize) -> (i32, i32, i32) {
+    pub(crate) fn channel(&self, o: usize) -> (i32, i32, i32) {
         let p = &self.params[o * 12..o * 12 + 12];
         (read_i32(p, 0), read_i32(p, 4), read_i32(p, 8))
     }
@@ -372,7 +383,7 @@ impl<'a> Model<'a> {
             return Err(Error::BadHeader("output shape"));
         }
         let latent_scale = f32::from_bits(read_u32(blob, 16));
-        if !(latent_scale.is_finite() && latent_scale > 0.0) {
+        if !LATENT_SCALES.contains(&latent_scale) {
             return Err(Error::BadHeader("latent scale"));
         }
         if HEADER_LEN + LAYER_RECORD_LEN * layer_count as usize > total - 4 {
@@ -397,7 +408,7 @@ impl<'a> Model<'a> {
             let bad = |reason| Error::BadLayer { index: i, reason };
             // Checked once here, not on every `layer()` call a decode makes.
             for o in 0..layer.output.c as usize {
-                let (_, multiplier, shift) = layer.params(o);
+                let (_, multiplier, shift) = layer.channel(o);
                 if multiplier < 1 << 30 || !(1..=62).contains(&(31i64 - shift as i64)) {
                     return Err(bad("requantization multiplier or shift out of range"));
                 }
@@ -647,16 +658,19 @@ impl<'a> Model<'a> {
     /// [-127, 127]. Uses plain IEEE f32 operations, so host and target agree bit for bit.
     pub fn quantize_latent(&self, z: &[f32], out: &mut [i8]) -> Result<(), Error> {
         let d = self.latent_dim as usize;
-        if z.len() != d || out.len() != d {
-            return Err(Error::LatentLength {
-                expected: self.latent_dim,
-                got: z.len().min(u16::MAX as usize) as u16,
-            });
+        for got in [z.len(), out.len()] {
+            if got != d {
+                return Err(Error::LatentLength {
+                    expected: self.latent_dim,
+                    got: got.min(u16::MAX as usize) as u16,
+                });
+            }
+        }
+        // Checked before anything is written: an error leaves `out` as it was.
+        if !z.iter().all(|v| v.is_finite()) {
+            return Err(Error::NonFiniteLatent);
         }
         for (q, &v) in out.iter_mut().zip(z) {
-            if !v.is_finite() {
-                return Err(Error::NonFiniteLatent);
-            }
             *q = round_half_away(v / self.latent_scale).clamp(-127, 127) as i8;
         }
         Ok(())
@@ -932,7 +946,7 @@ pub(crate) mod tests {
         let l = m.layer(1).expect("layer 1");
         assert_eq!(l.input_zero_point, -128);
         assert_eq!(l.weights()[8] as i8, 9);
-        assert_eq!(l.params(0).0, -7);
+        assert_eq!(l.params(0).map(|p| p.0), Some(-7));
         assert!(m.layer(2).is_none());
     }
 
@@ -1152,6 +1166,55 @@ pub(crate) mod tests {
             m.quantize_latent(&[0.0], &mut q),
             Err(Error::LatentLength { .. })
         ));
+        // The wrong length is the one named, and a refused latent leaves `out` untouched.
+        assert_eq!(
+            m.quantize_latent(&[0.0, 0.0], &mut [0i8; 3]),
+            Err(Error::LatentLength {
+                expected: 2,
+                got: 3
+            })
+        );
+        q = [5, 6];
+        assert_eq!(
+            m.quantize_latent(&[1.0, f32::INFINITY], &mut q),
+            Err(Error::NonFiniteLatent)
+        );
+        assert_eq!(q, [5, 6]);
+    }
+
+    #[test]
+    fn a_latent_scale_that_would_ignore_the_latent_is_refused() {
+        let blob = tiny_blob();
+        for bad in [
+            0.0,
+            -0.5,
+            1e-45,
+            1e-9,
+            2e6,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NAN,
+        ] {
+            let mut b = blob.clone();
+            b[16..20].copy_from_slice(&bad.to_bits().to_le_bytes());
+            let b = resealed(b);
+            assert_eq!(
+                Model::parse(&b).err(),
+                Some(Error::BadHeader("latent scale")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn params_past_the_channels_are_none() {
+        let blob = tiny_blob();
+        let m = Model::parse(&blob).expect("parses");
+        let l = m.layer(0).expect("layer 0");
+        let c = l.output.c as usize;
+        assert!(l.params(c - 1).is_some());
+        assert_eq!(l.params(c), None);
+        assert_eq!(l.params(usize::MAX), None);
     }
 
     #[test]
