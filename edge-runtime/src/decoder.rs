@@ -7,7 +7,10 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
-use crate::{Error, Image, onnx::row_major};
+use crate::{
+    Error, Image,
+    onnx::{finite, row_major},
+};
 
 /// An optimised tract plan for a decoder `latent [1, D] -> image [1, 1, H, W]`.
 ///
@@ -149,7 +152,8 @@ impl Decoder {
     ///
     /// # Errors
     /// [`Error::LatentLength`] when `latent.len() != latent_dim()`, [`Error::NonFiniteLatent`]
-    /// for a NaN or infinite value, [`Error::Inference`] if tract fails.
+    /// for a NaN or infinite value, [`Error::Inference`] if tract fails or the model's output
+    /// is not finite.
     pub fn decode(&self, latent: &[f32]) -> Result<Image, Error> {
         if latent.len() != self.latent_dim {
             return Err(Error::LatentLength {
@@ -180,7 +184,7 @@ impl Decoder {
         let view = output
             .to_plain_array_view::<f32>()
             .map_err(inference_failed)?;
-        Image::new(self.width, self.height, row_major(&view))
+        Image::new(self.width, self.height, finite(row_major(&view))?)
     }
 }
 

@@ -170,10 +170,21 @@ pub enum Error {
         source: Box<Error>,
     },
 
-    /// Reading or writing a frame stream failed, or its frame buffers do not fit in memory.
+    /// Reading a frame of a stream failed (an I/O error, a camera buffer short of a frame).
+    /// Every frame before it was written.
+    #[error("reading frame {index} of the stream failed ({index} frames written before it)")]
+    ReadFrame {
+        /// Index of the frame, from 0.
+        index: usize,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Writing a frame stream failed, or its frame buffers do not fit in memory.
     #[error("frame stream {what}")]
     Stream {
-        /// `reading frame N`, `writing frame N` or `buffers: N frames of M bytes`.
+        /// `writing frame N` or `buffers: N frames of M bytes`.
         what: String,
         /// The I/O error.
         #[source]

@@ -81,8 +81,8 @@ pub const MAX_THREADS: usize = 256;
 ///
 /// # Errors
 /// [`Error::ShortFrame`] when the stream ends inside a frame (every complete frame before it
-/// has been written), [`Error::Frame`] when denoising a frame fails (likewise), or
-/// [`Error::Stream`] for a read or write failure.
+/// has been written), [`Error::Frame`] when denoising a frame fails and [`Error::ReadFrame`]
+/// when reading one does (likewise), or [`Error::Stream`] for a write failure.
 pub fn denoise_stream(
     denoiser: &Denoiser,
     format: FrameFormat,
@@ -237,10 +237,8 @@ fn read_frames(
         let Ok(mut buf) = free.recv() else {
             return Ok(Ended::Input);
         };
-        let got = read_frame(reader, &mut buf, stop).map_err(|source| Error::Stream {
-            what: format!("reading frame {index}"),
-            source,
-        })?;
+        let got = read_frame(reader, &mut buf, stop)
+            .map_err(|source| Error::ReadFrame { index, source })?;
         if got < frame_bytes && stop.load(Ordering::Relaxed) {
             // Cut short by the stop, not by the input: dropped.
             return Ok(Ended::Stopped);

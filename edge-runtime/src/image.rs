@@ -206,6 +206,9 @@ impl Image {
     }
 }
 
+/// Deflate's largest compression ratio (a 258-byte match in one code of at least 2 bits).
+const MAX_DEFLATE_RATIO: usize = 1032;
+
 /// Width, height and 8-bit luma of a PNG.
 fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
     let mut decoder = png::Decoder::new(io::Cursor::new(bytes));
@@ -218,6 +221,15 @@ fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
     if width as usize > max || height as usize > max {
         return Err(format!(
             "a {width}x{height} image: each side must be at most {max} pixels"
+        ));
+    }
+    // Deflate packs at most 1,032 bytes into one, so pixel data this file cannot hold is a
+    // corrupt PNG, found before the buffer is allocated and zeroed (up to 1 GiB at 16384^2 RGBA).
+    let raw = reader.info().raw_bytes();
+    if raw / MAX_DEFLATE_RATIO > bytes.len() {
+        return Err(format!(
+            "corrupt PNG: {width}x{height} pixels ({raw} bytes) cannot be in {} bytes",
+            bytes.len()
         ));
     }
     let size = reader

@@ -758,7 +758,13 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
     );
     let seconds = start.elapsed().as_secs_f64();
     if let Some(tmp) = &temporary {
-        let keep = matches!(result, Ok(_) | Err(edge_runtime::Error::ShortFrame { .. }));
+        // Kept whenever every frame before the failure was written whole (a short last frame,
+        // a frame that failed to denoise or to be read); a failed write leaves a broken file.
+        use edge_runtime::Error::{Frame, ReadFrame, ShortFrame};
+        let keep = matches!(
+            result,
+            Ok(_) | Err(ShortFrame { .. } | Frame { .. } | ReadFrame { .. })
+        );
         if keep {
             // On disk before the rename makes it visible (the stream's writer is flushed).
             std::fs::File::open(tmp)

@@ -91,7 +91,8 @@ impl OnnxModel {
     /// Runs the model on `input` (row-major values of [`OnnxModel::input_shape`]).
     ///
     /// # Errors
-    /// [`Error::InputLength`] for a wrong number of values, [`Error::Inference`] if tract fails.
+    /// [`Error::InputLength`] for a wrong number of values, [`Error::Inference`] if tract fails
+    /// or an output is not finite.
     pub fn run(&self, input: &[f32]) -> Result<Vec<Vec<f32>>, Error> {
         let expected: usize = self.input_shape.iter().product();
         if input.len() != expected {
@@ -110,7 +111,7 @@ impl OnnxModel {
                 .iter()
                 .map(|o| {
                     let view = o.to_plain_array_view::<f32>().map_err(failed)?;
-                    Ok(crate::onnx::row_major(&view))
+                    crate::onnx::finite(crate::onnx::row_major(&view))
                 })
                 .collect()
         })

@@ -80,6 +80,22 @@ pub(crate) fn row_major<D: tract_ndarray::Dimension>(
     }
 }
 
+/// `values`, a model's output, or [`Error::Inference`] naming the first value that is not a
+/// finite number: a NaN would otherwise come out as a black pixel, or as `NaN` in a CSV, without
+/// a word.
+pub(crate) fn finite(values: Vec<f32>) -> Result<Vec<f32>, Error> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(values),
+        Some(at) => Err(Error::Inference {
+            source: format!(
+                "the model's output value #{at} is {}, not a finite number",
+                values[at]
+            )
+            .into(),
+        }),
+    }
+}
+
 /// Runs `call`, an inference (tract and the copies around it), with a panic inside it turned into
 /// [`Error::Inference`] carrying the panic's message: tract panics where its own buffers cannot
 /// be allocated (a frame too large for the memory, say), and a library returns errors. The state
@@ -128,6 +144,25 @@ mod tests {
         assert_eq!(row_major(&a.view()), [1.0, 2., 3., 4., 5., 6.]);
         // A transposed view is not laid out row by row: read element by element.
         assert_eq!(row_major(&a.t()), [1.0, 4., 2., 5., 3., 6.]);
+    }
+
+    #[test]
+    fn a_non_finite_output_is_an_error_naming_it() {
+        assert_eq!(finite(vec![0.5, 1.0]).ok(), Some(vec![0.5, 1.0]));
+        for (bad, shown) in [(f32::NAN, "NaN"), (f32::NEG_INFINITY, "-inf")] {
+            let message = finite(vec![0.5, bad, 1.0])
+                .expect_err("not finite")
+                .to_string();
+            assert!(message.contains("inference"), "{message}");
+            let source = match finite(vec![0.5, bad]) {
+                Err(Error::Inference { source }) => source.to_string(),
+                other => panic!("expected an inference error, got {other:?}"),
+            };
+            assert_eq!(
+                source,
+                format!("the model's output value #1 is {shown}, not a finite number")
+            );
+        }
     }
 
     #[test]

@@ -512,6 +512,45 @@ fn denoise_pipes_a_raw_stream_and_denoises_image_folders() {
     fails_with(dir.path(), &args, "each side must be 1 to 16384");
 }
 
+/// A frame that fails to denoise ends the stream with an error naming it, and the output file
+/// keeps every frame before it (nothing already denoised is lost).
+#[test]
+fn a_frame_that_fails_keeps_the_frames_before_it_in_the_output_file() {
+    let dir = workspace();
+    common::write_model(&dir.path().join("sqrt.onnx"), &common::sqrt_model());
+    let (w, h) = (10, 6);
+    // Bright frames (a finite square root), but frame 3 has a dark pixel (not a number).
+    let mut frames = vec![200u8; 6 * w * h];
+    frames[3 * w * h + 7] = 10;
+    std::fs::write(dir.path().join("in.y8"), &frames).expect("input");
+    std::fs::write(dir.path().join("out.y8"), b"an older file").expect("old output");
+    let args = [
+        "denoise",
+        "--model",
+        "sqrt.onnx",
+        "--size",
+        "10x6",
+        "--format",
+        "gray8",
+        "--input",
+        "in.y8",
+        "--out",
+        "out.y8",
+        "--threads",
+        "2",
+    ];
+    let out = edge(dir.path(), &args);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("denoising frame 3 failed (3 frames written before it)"),
+        "{}",
+        stderr(&out)
+    );
+    // sqrt(200/255 - 0.5) = 0.533 -> 136.
+    let written = std::fs::read(dir.path().join("out.y8")).expect("out.y8");
+    assert_eq!(written, vec![136u8; 3 * w * h]);
+}
+
 /// Ctrl-C (SIGINT) ends a stream cleanly: the frames read before it are denoised and the
 /// output file is kept, with the shell's status for an interrupted command.
 #[cfg(unix)]

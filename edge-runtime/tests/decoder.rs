@@ -94,6 +94,38 @@ fn non_finite_latent_is_rejected() {
 }
 
 #[test]
+fn a_model_output_that_is_not_a_number_is_an_error_not_a_black_pixel() {
+    // The test decoder with a square root where its sigmoid was: NaN wherever the pre-activation
+    // is negative, as at latent (0, 0), where it is the bias, down to -0.5.
+    let mut model = decoder_model(Batch::Static);
+    let graph = model.graph.as_mut().expect("graph");
+    let sigmoid = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "Sigmoid")
+        .expect("sigmoid");
+    sigmoid.op_type = "Sqrt".into();
+    let decoder = load(&model).expect("loads");
+    let err = decoder.decode(&[0.0, 0.0]).expect_err("NaN pixels");
+    assert!(matches!(err, Error::Inference { .. }), "{err}");
+    let message = format!("{:#}", anyhow::Error::new(err));
+    assert!(message.contains("is NaN, not a finite number"), "{message}");
+
+    // The same through the general runner (`upscale`, `encode`, `anomaly` run their models so).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("sqrt.onnx");
+    common::write_model(&path, &common::sqrt_model());
+    let runner = edge_runtime::OnnxModel::load(&path, Some(&[1, 1, 2, 2])).expect("loads");
+    assert!(runner.run(&[0.6, 0.7, 0.8, 0.9]).is_ok());
+    let err = runner.run(&[0.6, 0.7, 0.1, 0.9]).expect_err("NaN");
+    let message = format!("{:#}", anyhow::Error::new(err));
+    assert!(
+        message.contains("output value #2 is NaN, not a finite number"),
+        "{message}"
+    );
+}
+
+#[test]
 fn truncated_model_is_rejected() {
     let bytes = prost::Message::encode_to_vec(&decoder_model(Batch::Static));
     for cut in [1, 10, bytes.len() / 2, bytes.len() - 1] {

@@ -248,6 +248,12 @@ fn images_are_denoised_and_bad_files_are_errors() {
     let err = Image::load(&huge).expect_err("too large");
     assert!(matches!(err, Error::ReadImage { .. }), "{err}");
     assert!(err.to_string().contains("at most 16384 pixels"), "{err}");
+    // Within the limit, 16000 x 16000 pixels (256 MB) cannot be in 50 bytes: refused before
+    // the pixel buffer is allocated.
+    std::fs::write(&huge, png_announcing(16_000, 16_000)).expect("write");
+    let err = Image::load(&huge).expect_err("corrupt");
+    assert!(matches!(err, Error::ReadImage { .. }), "{err}");
+    assert!(err.to_string().contains("cannot be in"), "{err}");
 }
 
 /// The start of an 8-bit grayscale PNG of `width` x `height`: its header and the first bytes
@@ -332,6 +338,54 @@ fn a_failing_writer_stops_the_stream_with_its_error() {
         matches!(&err, Error::Stream { what, .. } if what == "writing frame 2"),
         "{err}"
     );
+}
+
+/// A reader that gives `good` bytes, then fails.
+struct FailingReader<'a> {
+    good: &'a [u8],
+}
+
+impl std::io::Read for FailingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.good.is_empty() {
+            return Err(std::io::Error::other("the camera went away"));
+        }
+        let n = buf.len().min(self.good.len()).min(7);
+        buf[..n].copy_from_slice(&self.good[..n]);
+        self.good = &self.good[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_failing_reader_stops_the_stream_after_writing_the_frames_before_it() {
+    let (w, h) = (8, 6);
+    let (_dir, denoiser) = blur(w, h);
+    let stream: Vec<u8> = (0..5).flat_map(|i| frame(i, w * h)).collect();
+    // Three whole frames and half of the fourth, then a read error.
+    let good = &stream[..3 * w * h + w * h / 2];
+    let mut expected = Vec::new();
+    denoise_stream(
+        &denoiser,
+        FrameFormat::Gray8,
+        &stream[..3 * w * h],
+        &mut expected,
+        1,
+    )
+    .expect("three frames");
+    for threads in [1, 4] {
+        let mut out = Vec::new();
+        let err = denoise_stream(
+            &denoiser,
+            FrameFormat::Gray8,
+            FailingReader { good },
+            &mut out,
+            threads,
+        )
+        .expect_err("the reader fails");
+        assert!(matches!(err, Error::ReadFrame { index: 3, .. }), "{err}");
+        assert_eq!(out, expected, "{threads} threads");
+    }
 }
 
 #[test]
