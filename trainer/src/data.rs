@@ -197,6 +197,13 @@ impl Mnist {
             Ok((path, dims, body.to_vec()))
         };
         let (image_path, image_dims, images) = load("images", IMAGES_MAGIC)?;
+        // A split of no images would train, test or fit nothing and report a loss of 0.
+        if image_dims[0] == 0 {
+            return Err(DataError::Format {
+                path: image_path,
+                reason: "the file holds no images".into(),
+            });
+        }
         if image_dims[1..] != [SIDE, SIDE] {
             return Err(DataError::Format {
                 path: image_path,
@@ -315,6 +322,28 @@ mod tests {
         }
     }
 
+    /// Writes `bytes` as `file` of the dataset in `dir` and updates its line in `SHA256SUMS`:
+    /// how a damaged file gets past the checksum.
+    fn write_with_checksum(dir: &Path, file: &str, bytes: &[u8]) {
+        fs::write(dir.join(file), bytes).expect("write");
+        let digest: String = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let sums = fs::read_to_string(dir.join("SHA256SUMS")).expect("sums");
+        let sums: String = sums
+            .lines()
+            .map(|l| {
+                if l.ends_with(file) {
+                    format!("{digest}  {file}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        fs::write(dir.join("SHA256SUMS"), sums).expect("write sums");
+    }
+
     #[test]
     fn corrupt_and_truncated_files_are_rejected_with_clear_errors() {
         let dir = std::env::temp_dir().join(format!("mnist-corrupt-{}", std::process::id()));
@@ -330,26 +359,23 @@ mod tests {
 
         // Truncated file whose checksum was "updated": caught by gzip.
         bytes[100] ^= 0x55;
-        let cut = &bytes[..bytes.len() / 2];
-        fs::write(&labels, cut).expect("write");
-        let digest: String = Sha256::digest(cut)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let sums = fs::read_to_string(dir.join("SHA256SUMS")).expect("sums");
-        let sums: String = sums
-            .lines()
-            .map(|l| {
-                if l.ends_with("t10k-labels-idx1-ubyte.gz") {
-                    format!("{digest}  t10k-labels-idx1-ubyte.gz\n")
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
-        fs::write(dir.join("SHA256SUMS"), sums).expect("write sums");
+        write_with_checksum(&dir, "t10k-labels-idx1-ubyte.gz", &bytes[..bytes.len() / 2]);
         let err = Mnist::load(&dir, Split::Test).unwrap_err().to_string();
         assert!(err.contains("not a valid gzip file"), "{err}");
+
+        // A valid split of no images (and as many labels), checksums and all: refused.
+        let gzip = |raw: &[u8]| {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(raw).expect("gzip");
+            gz.finish().expect("gzip")
+        };
+        let images = gzip(&idx(IMAGES_MAGIC, &[0, 28, 28], &[]));
+        write_with_checksum(&dir, "t10k-images-idx3-ubyte.gz", &images);
+        let labels = gzip(&idx(LABELS_MAGIC, &[0], &[]));
+        write_with_checksum(&dir, "t10k-labels-idx1-ubyte.gz", &labels);
+        let err = Mnist::load(&dir, Split::Test).unwrap_err().to_string();
+        assert!(err.contains("holds no images"), "{err}");
 
         fs::remove_file(dir.join("t10k-images-idx3-ubyte.gz")).expect("rm");
         let err = Mnist::load(&dir, Split::Test).unwrap_err().to_string();

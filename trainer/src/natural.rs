@@ -56,6 +56,17 @@ pub fn decode_png(path: &Path, bytes: &[u8]) -> Result<GrayImage, DataError> {
     let mut reader = decoder
         .read_info()
         .map_err(|e| format(format!("not a PNG: {e}")))?;
+    // Deflate packs at most 1,032 bytes into one: pixel data the file cannot hold is a corrupt
+    // header, refused before its buffer is allocated (a few bytes can announce gigabytes).
+    let raw = u64::from(reader.info().height) * reader.info().raw_row_length() as u64;
+    if raw / 1032 > bytes.len() as u64 {
+        return Err(format(format!(
+            "corrupt PNG: {}x{} pixels ({raw} bytes) cannot be in {} bytes",
+            reader.info().width,
+            reader.info().height,
+            bytes.len()
+        )));
+    }
     let size = reader
         .output_buffer_size()
         .ok_or_else(|| format("image too large".into()))?;
@@ -209,6 +220,36 @@ mod tests {
         let mean = chelsea.pixels.iter().sum::<f32>() / chelsea.pixels.len() as f32;
         assert!((0.2..0.8).contains(&mean), "{mean}");
         assert!(load(&bundled_dir(), &TRAINING).is_ok());
+    }
+
+    #[test]
+    fn a_png_header_announcing_more_pixels_than_its_file_holds_is_refused() {
+        // IHDR of a 100000 x 100000 8-bit gray image (10 GB) and an empty IDAT: 50 bytes.
+        let crc32 = |bytes: &[u8]| {
+            let mut crc = !0u32;
+            for &b in bytes {
+                crc ^= b as u32;
+                for _ in 0..8 {
+                    crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+                }
+            }
+            !crc
+        };
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut chunk = |kind: &[u8], data: &[u8]| {
+            png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let start = png.len();
+            png.extend_from_slice(kind);
+            png.extend_from_slice(data);
+            let crc = crc32(&png[start..]);
+            png.extend_from_slice(&crc.to_be_bytes());
+        };
+        let side = 100_000u32.to_be_bytes();
+        chunk(b"IHDR", &[&side[..], &side[..], &[8, 0, 0, 0, 0]].concat());
+        chunk(b"IDAT", &[0x78, 0x9c, 0, 0, 0]);
+        let err = decode_png(Path::new("huge.png"), &png).expect_err("corrupt");
+        assert!(err.to_string().contains("100000x100000 pixels"), "{err}");
+        assert!(err.to_string().contains("cannot be in 50 bytes"), "{err}");
     }
 
     #[test]

@@ -135,6 +135,36 @@ impl TrainingConfig {
         let t = step as f64 / steps.saturating_sub(1).max(1) as f64;
         last + 0.5 * (self.learning_rate - last) * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
     }
+
+    /// Checks what the CLI checks of its flags, for a configuration read from a file: learning
+    /// rates finite and not negative, at least one epoch, image per batch and subset image, and
+    /// the model's own settings ([`ModelConfig::validate`]).
+    ///
+    /// # Errors
+    /// What is wrong, in words.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, rate) in [
+            ("learning_rate", Some(self.learning_rate)),
+            ("final_learning_rate", self.final_learning_rate),
+        ] {
+            if let Some(rate) = rate.filter(|r| !(r.is_finite() && *r >= 0.0)) {
+                return Err(format!(
+                    "{name} {rate} is not a usable learning rate (finite, >= 0)"
+                ));
+            }
+        }
+        for (name, n) in [
+            ("epochs", Some(self.epochs)),
+            ("batch_size", Some(self.batch_size)),
+            ("train_subset", self.train_subset),
+            ("test_subset", self.test_subset),
+        ] {
+            if n == Some(0) {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        self.model.validate()
+    }
 }
 
 /// Why a run directory could not be read.
@@ -192,8 +222,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Writes every file or, as far as the file system allows, none: each into a temporary file
 /// beside it (`.<name>.tmp-<pid>`), synced, and once all are written each renamed into place
 /// and its directory synced. A failure while writing (a full disk, a directory in a file's
-/// place) removes the temporary files and leaves the files already there as they were. An
-/// error names the file.
+/// place) removes the temporary files and leaves the files already there as they were; a
+/// failed rename removes the temporary files not yet renamed. An error names the file.
 pub fn write_all_atomic(files: &[(PathBuf, &[u8])]) -> std::io::Result<()> {
     let temporary = |path: &Path| {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -219,8 +249,15 @@ pub fn write_all_atomic(files: &[(PathBuf, &[u8])]) -> std::io::Result<()> {
             return Err(named(path, e));
         }
     }
-    for (path, _) in files {
-        fs::rename(temporary(path), path).map_err(|e| named(path, e))?;
+    for (i, (path, _)) in files.iter().enumerate() {
+        if let Err(e) = fs::rename(temporary(path), path) {
+            // The files renamed so far stay (new); the rest keep their old contents, and none
+            // of their temporary files is left behind.
+            for (waiting, _) in &files[i..] {
+                fs::remove_file(temporary(waiting)).ok();
+            }
+            return Err(named(path, e));
+        }
         // The rename itself on disk too (a crash right after it could otherwise undo it); a
         // file system that cannot sync a directory has still renamed the file.
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
@@ -333,7 +370,6 @@ pub fn load_config(dir: &Path) -> Result<TrainingConfig, RunError> {
         });
     }
     config
-        .model
         .validate()
         .map_err(|reason| RunError::Config { path, reason })?;
     Ok(config)

@@ -662,7 +662,8 @@ pub fn train(
 /// the seed): a resumed run ends as the uninterrupted one would have, bit for bit.
 ///
 /// # Errors
-/// A missing or unreadable run, a `metrics.csv` that does not count epochs 1, 2, ... in order,
+/// A missing or unreadable run, weights without a metrics row or metrics without weights (a
+/// damaged run, left as it is), a `metrics.csv` that does not count epochs 1, 2, ... in order,
 /// or `epochs` below the epochs already done.
 pub fn resume(
     out: &Path,
@@ -671,14 +672,36 @@ pub fn resume(
     epochs: Option<usize>,
     report: impl FnMut(Progress),
 ) -> anyhow::Result<Model> {
-    // The epochs `metrics.csv` records as done (checked row by row below).
-    let recorded = std::fs::read_to_string(out.join(METRICS_FILE)).map_or(0, |csv| {
-        csv.lines().skip(1).filter(|l| !l.trim().is_empty()).count()
-    });
+    // The epochs `metrics.csv` records as done (checked row by row below). A file that is there
+    // but cannot be read stops here, before any staged weights are settled against it.
+    let metrics_path = out.join(METRICS_FILE);
+    let recorded = match std::fs::read_to_string(&metrics_path) {
+        Ok(csv) => csv.lines().skip(1).filter(|l| !l.trim().is_empty()).count(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", metrics_path.display())),
+    };
     settle_staged_weights(out, recorded)?;
-    // Killed before its first completed epoch (no weights yet, or no metrics row that marks
-    // epoch 1 done): nothing to keep, start the configured run afresh.
-    if !out.join(WEIGHTS_FILE).exists() || !out.join(METRICS_FILE).exists() {
+    // An interrupted run has both (epochs done) or neither (killed before its first epoch
+    // ended). One without the other is a damaged run, and starting it afresh would replace the
+    // weights or the metrics that are there: stop instead.
+    let weights_path = out.join(WEIGHTS_FILE);
+    match (weights_path.exists(), recorded > 0) {
+        (true, false) => bail!(
+            "{} has weights but {} records no epoch: the run is damaged, and resuming would \
+             train over its weights; move them away to start it afresh",
+            out.display(),
+            metrics_path.display()
+        ),
+        (false, true) => bail!(
+            "{} records {recorded} epochs but {} is missing: the run is damaged, and resuming \
+             would start over and replace its metrics; move them away to start it afresh",
+            metrics_path.display(),
+            weights_path.display()
+        ),
+        _ => {}
+    }
+    // Killed before its first completed epoch: nothing to keep, start the configured run afresh.
+    if recorded == 0 {
         let mut config = load_config(out).context("reading the run to resume")?;
         if let Some(epochs) = epochs {
             config.epochs = epochs;
@@ -690,7 +713,6 @@ pub fn resume(
     };
     let autodiff = device.clone().autodiff();
     let (mut config, model) = load_run(out, &autodiff).context("loading the run to resume")?;
-    let metrics_path = out.join(METRICS_FILE);
     let metrics = std::fs::read_to_string(&metrics_path)
         .with_context(|| format!("reading {}", metrics_path.display()))?;
     let rows: Vec<&str> = metrics

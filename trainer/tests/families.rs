@@ -241,6 +241,31 @@ fn bad_run_directories_are_clear_errors() {
     let err = load_run(&run, &device).expect_err("unknown field");
     assert!(err.to_string().contains("`model.dropout`"), "{err}");
 
+    // Hand-edited settings the CLI would have refused.
+    for (from, to, named) in [
+        (
+            "\"learning_rate\": 0.001",
+            "\"learning_rate\": -1.0",
+            "learning_rate -1",
+        ),
+        (
+            "\"batch_size\": 32",
+            "\"batch_size\": 0",
+            "batch_size must be",
+        ),
+        (
+            "\"train_subset\": 64",
+            "\"train_subset\": 0",
+            "train_subset must be",
+        ),
+    ] {
+        assert!(json.contains(from), "{from} in {json}");
+        std::fs::write(run.join("config.json"), json.replace(from, to)).expect("write");
+        let err = load_run(&run, &device).expect_err(named);
+        assert!(matches!(err, RunError::Config { .. }), "{err}");
+        assert!(err.to_string().contains(named), "{err}");
+    }
+
     // A family this build does not know.
     std::fs::write(run.join("config.json"), json.replace("dense-ae", "gan")).expect("write");
     let err = load_run(&run, &device).expect_err("unknown family");

@@ -139,6 +139,48 @@ fn resuming_a_missing_run_is_a_clear_error() {
 }
 
 #[test]
+fn a_run_with_weights_but_no_metrics_or_the_reverse_is_refused_and_left_alone() {
+    use trainer::{data::bundled_dir, run::TrainingConfig, training};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let config: TrainingConfig = one_short_epoch("dense-ae", 128);
+    let device = Device::flex();
+    let devices = std::slice::from_ref(&device);
+    training::train(&config, &bundled_dir(), &run, devices, |_| {}).expect("trains");
+    let files = |run: &std::path::Path| {
+        let mut names: Vec<_> = std::fs::read_dir(run)
+            .expect("run dir")
+            .map(|e| {
+                let e = e.expect("entry");
+                let bytes = std::fs::read(e.path()).expect("file");
+                (e.file_name(), bytes)
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    for (missing, named) in [
+        ("metrics.csv", "records no epoch"),
+        ("model.bpk", "is missing"),
+    ] {
+        let damaged = dir.path().join(format!("without-{missing}"));
+        std::fs::create_dir(&damaged).expect("dir");
+        for (name, bytes) in files(&run) {
+            if name != missing {
+                std::fs::write(damaged.join(name), bytes).expect("copy");
+            }
+        }
+        let before = files(&damaged);
+        let err = training::resume(&damaged, &bundled_dir(), devices, Some(2), |_| {})
+            .expect_err("a damaged run");
+        let message = format!("{err:#}");
+        assert!(message.contains(named), "{message}");
+        assert!(message.contains("damaged"), "{message}");
+        assert!(files(&damaged) == before, "{missing}: the run was changed");
+    }
+}
+
+#[test]
 fn a_resumed_run_ends_exactly_as_the_straight_one() {
     // The dense AE draws no random numbers while training; the denoising AE draws its input
     // noise, the FC VAE its latent samples.
