@@ -705,10 +705,11 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
     let denoiser = Denoiser::load(&args.model, width, height).context("loading the denoiser")?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
     // A file output is written to a temporary file beside it and renamed when the stream ends:
-    // a failed run never leaves half a frame. After a short final frame the complete frames are
-    // kept (renamed) and the error reported; after a Ctrl-C, every frame read before it. An existing output that is not a
-    // regular file (a FIFO, /dev/null, a device) is written in place: renaming over it would
-    // replace it.
+    // a failed run never leaves half a frame. After a short final frame, or a frame that could
+    // not be read or denoised, the frames before it are kept (renamed) and the error reported;
+    // after a Ctrl-C, every frame read before it. A failed write removes the file. An existing
+    // output that is not a regular file (a FIFO, /dev/null, a device) is written in place:
+    // renaming over it would replace it.
     let to_stdout = out.as_os_str() == "-";
     let special = !to_stdout && std::fs::metadata(&out).is_ok_and(|m| !m.is_file());
     let temporary = (!to_stdout && !special).then(|| {
