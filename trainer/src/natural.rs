@@ -224,32 +224,20 @@ mod tests {
 
     #[test]
     fn a_png_header_announcing_more_pixels_than_its_file_holds_is_refused() {
-        // IHDR of a 100000 x 100000 8-bit gray image (10 GB) and an empty IDAT: 50 bytes.
-        let crc32 = |bytes: &[u8]| {
-            let mut crc = !0u32;
-            for &b in bytes {
-                crc ^= b as u32;
-                for _ in 0..8 {
-                    crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-                }
-            }
-            !crc
-        };
-        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut chunk = |kind: &[u8], data: &[u8]| {
-            png.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            let start = png.len();
-            png.extend_from_slice(kind);
-            png.extend_from_slice(data);
-            let crc = crc32(&png[start..]);
-            png.extend_from_slice(&crc.to_be_bytes());
-        };
-        let side = 100_000u32.to_be_bytes();
-        chunk(b"IHDR", &[&side[..], &side[..], &[8, 0, 0, 0, 0]].concat());
-        chunk(b"IDAT", &[0x78, 0x9c, 0, 0, 0]);
+        // The header of a 100000 x 100000 8-bit gray image (10 GB), an empty IDAT, the end.
+        let mut png = Vec::new();
+        let mut encoder = png::Encoder::new(&mut png, 100_000, 100_000);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().expect("header");
+        writer
+            .write_chunk(png::chunk::IDAT, &[0x78, 0x9c, 0, 0, 0])
+            .expect("chunk");
+        drop(writer);
         let err = decode_png(Path::new("huge.png"), &png).expect_err("corrupt");
-        assert!(err.to_string().contains("100000x100000 pixels"), "{err}");
-        assert!(err.to_string().contains("cannot be in 50 bytes"), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("100000x100000 pixels"), "{message}");
+        assert!(message.contains("cannot be in 62 bytes"), "{message}");
     }
 
     #[test]

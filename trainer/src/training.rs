@@ -693,9 +693,10 @@ pub fn resume(
             metrics_path.display()
         ),
         (false, true) => bail!(
-            "{} records {recorded} epochs but {} is missing: the run is damaged, and resuming \
+            "{} records {recorded} epoch{} but {} is missing: the run is damaged, and resuming \
              would start over and replace its metrics; move them away to start it afresh",
             metrics_path.display(),
+            if recorded == 1 { "" } else { "s" },
             weights_path.display()
         ),
         _ => {}

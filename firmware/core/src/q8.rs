@@ -11,10 +11,6 @@ pub const MAGIC: [u8; 4] = *b"AEQ8";
 /// parser of this format reads; a version-2 parser refuses a conditional blob instead of
 /// decoding its one-hot digit as two more latent values.
 pub const VERSION: u16 = 3;
-/// The latent scales a blob may carry: outside them every latent would saturate to +-127
-/// or round to 0 (the exporter's floor is the lower end).
-pub const LATENT_SCALES: core::ops::RangeInclusive<f32> = 1e-8..=1e6;
-
 /// The oldest format version this crate reads (an unconditional decoder).
 pub const FIRST_VERSION: u16 = 2;
 /// Size of the fixed header.
@@ -25,6 +21,9 @@ pub const LAYER_RECORD_LEN: usize = 32;
 pub const MAX_LAYERS: usize = 16;
 /// Largest latent size a blob may declare.
 pub const MAX_LATENT: usize = 64;
+/// The latent scales a blob may carry: outside them every latent would saturate to +-127
+/// or round to 0 (the exporter's floor is the lower end).
+pub const LATENT_SCALES: core::ops::RangeInclusive<f32> = 1e-8..=1e6;
 /// Size of the output table (int8 logit -> u8 pixel).
 pub const TABLE_LEN: usize = 256;
 
