@@ -270,7 +270,9 @@ fn a_run_killed_between_its_first_weights_and_metrics_starts_afresh() {
         |_| {},
     )
     .expect("trains");
-    // What a kill after epoch 1's weights but before its metrics row leaves behind.
+    // What a kill after epoch 1's weights were staged but before its metrics row leaves behind:
+    // the staged weights, and neither a metrics row nor the run's own weights.
+    std::fs::rename(run.join("model.bpk"), run.join("model-1.bpk")).expect("stage");
     std::fs::remove_file(run.join("metrics.csv")).expect("rm metrics");
     let out = trainer().arg("resume").arg(&run).output().expect("resume");
     assert!(
@@ -279,6 +281,8 @@ fn a_run_killed_between_its_first_weights_and_metrics_starts_afresh() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(epochs_done(&run), [1]);
+    assert!(run.join("model.bpk").exists());
+    assert!(!run.join("model-1.bpk").exists());
 }
 
 #[test]
