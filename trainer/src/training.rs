@@ -645,9 +645,6 @@ pub fn train(
     devices: &[Device],
     report: impl FnMut(Progress),
 ) -> anyhow::Result<Model> {
-    if config.batch_size == 0 || config.epochs == 0 {
-        bail!("batch size and epochs must be at least 1");
-    }
     run_epochs(config, data_dir, out, devices, None, report)
 }
 
@@ -763,10 +760,8 @@ fn run_epochs(
     start: Option<(Model, usize, String)>,
     mut report: impl FnMut(Progress),
 ) -> anyhow::Result<Model> {
-    if config.batch_size == 0 {
-        bail!("batch size must be at least 1");
-    }
-    config.model.validate().map_err(anyhow::Error::msg)?;
+    // The checks `load_config` makes of a saved run, for a configuration built in code too.
+    config.validate().map_err(anyhow::Error::msg)?;
     let source = Source::load(config, data_dir)?;
     if start.is_none() {
         // Only once the data has loaded, so a run that cannot start leaves nothing behind.
