@@ -32,11 +32,17 @@ impl FromStr for FrameFormat {
 }
 
 impl FrameFormat {
-    /// Bytes of one `width x height` frame.
+    /// Bytes of one `width x height` frame; `usize::MAX` for a frame too large to address (no
+    /// buffer of that size can be allocated, so using it fails as out of memory, never wraps).
     pub fn frame_bytes(self, width: usize, height: usize) -> usize {
+        let luma = width.saturating_mul(height);
         match self {
-            Self::Gray8 => width * height,
-            Self::Yuv420 => width * height + 2 * width.div_ceil(2) * height.div_ceil(2),
+            Self::Gray8 => luma,
+            Self::Yuv420 => width
+                .div_ceil(2)
+                .saturating_mul(height.div_ceil(2))
+                .saturating_mul(2)
+                .saturating_add(luma),
         }
     }
 }
@@ -110,7 +116,10 @@ pub fn denoise_stream_until(
     stop: &AtomicBool,
 ) -> Result<StreamSummary, Error> {
     let (width, height) = denoiser.frame_size();
-    let (frame_bytes, luma) = (format.frame_bytes(width, height), width * height);
+    let (frame_bytes, luma) = (
+        format.frame_bytes(width, height),
+        width.saturating_mul(height),
+    );
     let threads = threads.clamp(1, MAX_THREADS);
     let in_flight = 2 * threads + 1;
     let workers: Vec<Denoiser> = (0..threads)
@@ -308,6 +317,11 @@ mod tests {
         assert_eq!(FrameFormat::Gray8.frame_bytes(640, 480), 307_200);
         assert_eq!(FrameFormat::Yuv420.frame_bytes(640, 480), 460_800);
         assert_eq!(FrameFormat::Yuv420.frame_bytes(5, 3), 15 + 2 * 3 * 2);
+        assert_eq!(FrameFormat::Gray8.frame_bytes(usize::MAX, 2), usize::MAX);
+        assert_eq!(
+            FrameFormat::Yuv420.frame_bytes(usize::MAX / 4, 8),
+            usize::MAX
+        );
         assert_eq!("yuv420".parse(), Ok(FrameFormat::Yuv420));
         assert!("rgb".parse::<FrameFormat>().is_err());
     }
