@@ -181,6 +181,10 @@ struct TrainArgs {
     /// --epochs (`resume --epochs` with more epochs stretches the schedule) [default: constant].
     #[arg(long, value_parser = learning_rate)]
     final_lr: Option<f64>,
+    /// Raise the learning rate linearly from --lr/N to --lr over the first N steps (a step is
+    /// one batch; 60,000 MNIST images at batch 128 are 469 steps an epoch) [default: none].
+    #[arg(long)]
+    warmup_steps: Option<usize>,
     /// Latent size [default: the family's: dense-ae 32, conv AEs 128 (4x4x8), VAEs 2].
     #[arg(long)]
     latent: Option<usize>,
@@ -566,6 +570,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_batch_size(args.batch_size)
                 .with_learning_rate(args.lr)
                 .with_final_learning_rate(args.final_lr)
+                .with_warmup_steps(args.warmup_steps)
                 .with_seed(args.seed)
                 .with_train_subset(args.train_subset)
                 .with_test_subset(args.test_subset)
@@ -640,7 +645,8 @@ fn reporter(epochs: usize, vae: bool) -> impl FnMut(training::Progress) {
             eprintln!(
                 "warning: KL {:.4} at epoch {}: the latent carries no information (the decoder \
                  ignores it; with --reconstruction sse often saturated sigmoid outputs that no \
-                 longer learn); a lower --lr usually avoids it",
+                 longer learn); a learning-rate warm-up (--warmup-steps 469, one epoch at \
+                 batch 128) or a lower --lr usually avoids it",
                 m.test_kl, m.epoch
             );
         }

@@ -109,6 +109,11 @@ pub struct TrainingConfig {
     /// a half cosine, step by step (constant when absent).
     #[config(default = "None")]
     pub final_learning_rate: Option<f64>,
+    /// The learning rate rises linearly to its schedule's value over this many first steps
+    /// (absent or 0: no warm-up), so Adam's first, largest steps cannot push a model into a
+    /// dead start.
+    #[config(default = "None")]
+    pub warmup_steps: Option<usize>,
     /// Seed of the initialisation, the shuffling and the latent sampling.
     #[config(default = 42)]
     pub seed: u64,
@@ -127,13 +132,22 @@ pub struct TrainingConfig {
 
 impl TrainingConfig {
     /// The learning rate of optimisation step `step` of `steps` (counted over the whole run):
-    /// `learning_rate`, or with `final_learning_rate` the half-cosine from one to the other.
+    /// `learning_rate`, or with `final_learning_rate` the half-cosine from one to the other;
+    /// during the first `warmup_steps` steps that rate times `(step + 1) / warmup_steps`.
     pub fn learning_rate_at(&self, step: usize, steps: usize) -> f64 {
-        let Some(last) = self.final_learning_rate else {
-            return self.learning_rate;
+        let rate = match self.final_learning_rate {
+            None => self.learning_rate,
+            Some(last) => {
+                let t = step as f64 / steps.saturating_sub(1).max(1) as f64;
+                last + 0.5
+                    * (self.learning_rate - last)
+                    * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+            }
         };
-        let t = step as f64 / steps.saturating_sub(1).max(1) as f64;
-        last + 0.5 * (self.learning_rate - last) * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+        match self.warmup_steps {
+            Some(warmup) if step < warmup => rate * (step + 1) as f64 / warmup as f64,
+            _ => rate,
+        }
     }
 
     /// Checks what the CLI checks of its flags, for a configuration read from a file: learning
@@ -432,6 +446,38 @@ mod tests {
             "train_subset":null,"test_subset":null}"#;
         let old: TrainingConfig = serde_json::from_str(json).expect("parses");
         assert_eq!(old.final_learning_rate, None);
+    }
+
+    #[test]
+    fn a_warm_up_raises_the_learning_rate_linearly_to_the_schedules_value() {
+        let config = TrainingConfig::new(ModelConfig::FcVae(crate::model::FcVaeConfig::new()))
+            .with_learning_rate(2e-3)
+            .with_warmup_steps(Some(4));
+        let rates: Vec<f64> = (0..6).map(|s| config.learning_rate_at(s, 100)).collect();
+        assert_eq!(rates, [0.5e-3, 1e-3, 1.5e-3, 2e-3, 2e-3, 2e-3]);
+        // With the cosine: the warm-up scales the schedule's own value, then leaves it alone.
+        let cosine = config
+            .clone()
+            .with_warmup_steps(None)
+            .with_final_learning_rate(Some(1e-5));
+        let both = cosine.clone().with_warmup_steps(Some(10));
+        for step in 0..100 {
+            let scale = ((step + 1) as f64 / 10.0).min(1.0);
+            let (got, want) = (
+                both.learning_rate_at(step, 100),
+                cosine.learning_rate_at(step, 100),
+            );
+            assert!(
+                (got - scale * want).abs() < 1e-18,
+                "step {step}: {got} vs {want}"
+            );
+        }
+        // A config.json from before the option has no warm-up.
+        let json = r#"{"model":{"family":"fc-vae","latent":2,"hidden":512},"format":2,
+            "epochs":50,"batch_size":128,"learning_rate":0.001,"seed":42,
+            "train_subset":null,"test_subset":null}"#;
+        let old: TrainingConfig = serde_json::from_str(json).expect("parses");
+        assert_eq!(old.warmup_steps, None);
     }
 
     #[test]
