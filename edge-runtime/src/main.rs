@@ -158,8 +158,8 @@ struct DenoiseArgs {
     input: PathBuf,
 
     /// Read the stream from a V4L2 camera instead (e.g. /dev/video0), asking it for --size
-    /// frames in GREY, YU12 or YUYV; --format is then the output's layout.
-    #[cfg(v4l2_camera)]
+    /// frames in GREY, YU12 or YUYV; --format is then the output's layout (builds with the
+    /// `v4l2` cargo feature, 64-bit Linux).
     #[arg(
         long,
         value_name = "DEVICE",
@@ -169,7 +169,6 @@ struct DenoiseArgs {
     device: Option<PathBuf>,
 
     /// With --device: stop after this many frames [default: run until Ctrl-C].
-    #[cfg(v4l2_camera)]
     #[arg(long, requires = "device")]
     frames: Option<usize>,
 
@@ -802,17 +801,28 @@ fn stream_reader(
     #[cfg_attr(not(v4l2_camera), expect(unused_variables))] size: (usize, usize),
     stop: &'static AtomicBool,
 ) -> Result<Box<dyn std::io::Read + Send>> {
-    #[cfg(v4l2_camera)]
     if let Some(device) = &args.device {
-        let camera = edge_runtime::camera::Camera::open(device, size, args.format, args.frames)?;
-        eprintln!(
-            "camera {}: {}x{} frames in {:?}",
-            device.display(),
-            size.0,
-            size.1,
-            camera.pixels()
+        #[cfg(v4l2_camera)]
+        {
+            let camera =
+                edge_runtime::camera::Camera::open(device, size, args.format, args.frames)?;
+            eprintln!(
+                "camera {}: {}x{} frames in {:?}",
+                device.display(),
+                size.0,
+                size.1,
+                camera.pixels()
+            );
+            return Ok(Box::new(camera));
+        }
+        // The flag parses in every build, so that a build without the camera says so.
+        #[cfg(not(v4l2_camera))]
+        bail!(
+            "--device {}: this edge was built without V4L2 camera input (cargo feature `v4l2`, \
+             64-bit Linux only); pipe the camera's frames in on stdin instead (`rpicam-vid ... \
+             -o - | edge denoise ...`)",
+            device.display()
         );
-        return Ok(Box::new(camera));
     }
     if args.input.as_os_str() == "-" {
         return Ok(interruptible(unbuffered_stdin()?, stop));
@@ -1473,5 +1483,30 @@ mod tests {
             output_paths(Path::new("d.x.pgm"), 2)[1],
             PathBuf::from("d.x_1.pgm")
         );
+    }
+}
+
+#[cfg(test)]
+#[path = "../../tests/src/readme.rs"]
+mod readme;
+
+#[cfg(test)]
+mod readme_commands {
+    use clap::Parser;
+
+    /// Every `edge` command the README shows parses (those that need a feature this build lacks
+    /// are skipped).
+    #[test]
+    fn the_readmes_commands_parse() {
+        let enabled: &[&str] = &[
+            #[cfg(feature = "ort")]
+            "ort",
+            #[cfg(feature = "v4l2")]
+            "v4l2",
+        ];
+        super::readme::assert_all_parse(("edge-runtime", "edge"), 11, enabled, |args| {
+            super::Cli::try_parse_from(std::iter::once("edge").chain(args.iter().copied()))
+                .map(drop)
+        });
     }
 }

@@ -990,6 +990,32 @@ fn denoise_from_a_camera_names_a_bad_device() {
     assert!(!dir.path().join("clean.y8").exists());
 }
 
+/// A build without V4L2 input (the default, and every 32-bit ARM build) accepts `--device` and
+/// says what the build lacks, writing nothing.
+#[cfg(not(v4l2_camera))]
+#[test]
+fn denoise_from_a_camera_without_v4l2_names_the_missing_feature() {
+    let dir = workspace();
+    common::write_model(&dir.path().join("blur.onnx"), &common::box_blur_model());
+    let args = ["denoise", "--model", "blur.onnx", "--size", "10x6"];
+    let camera = [
+        "--device",
+        "/dev/video0",
+        "--frames",
+        "3",
+        "--out",
+        "clean.y8",
+    ];
+    let output = edge(dir.path(), &[&args[..], &camera[..]].concat());
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("--device /dev/video0: this edge was built without V4L2"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!dir.path().join("clean.y8").exists());
+}
+
 /// The trained camera denoiser in `models/` on the held-out photographs with noise of sigma 25
 /// (the CLI's seeded draw): each comes out far cleaner than it went in, and the mean PSNR is above
 /// OpenCV fastNlMeans' 28.39 dB on the same photographs and level (RESULTS.md).

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 pub use exporter::onnx::max_abs_diff;
 
 pub mod firmware;
+pub mod readme;
 
 /// How close two float outputs must be.
 #[derive(Debug, Clone, Copy)]
