@@ -1487,26 +1487,9 @@ mod tests {
 }
 
 #[cfg(test)]
+#[macro_use]
 #[path = "../../tests/src/readme.rs"]
 mod readme;
 
 #[cfg(test)]
-mod readme_commands {
-    use clap::Parser;
-
-    /// Every `edge` command the README shows parses (those that need a feature this build lacks
-    /// are skipped).
-    #[test]
-    fn the_readmes_commands_parse() {
-        let enabled: &[&str] = &[
-            #[cfg(feature = "ort")]
-            "ort",
-            #[cfg(feature = "v4l2")]
-            "v4l2",
-        ];
-        super::readme::assert_all_parse(("edge-runtime", "edge"), 11, enabled, |args| {
-            super::Cli::try_parse_from(std::iter::once("edge").chain(args.iter().copied()))
-                .map(drop)
-        });
-    }
-}
+readme_commands_parse!(super::Cli, "edge-runtime", "edge", 11, ["ort", "v4l2"]);

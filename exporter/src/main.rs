@@ -110,21 +110,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[macro_use]
 #[path = "../../tests/src/readme.rs"]
 mod readme;
 
 #[cfg(test)]
-mod readme_commands {
-    use clap::Parser;
-
-    /// Every `exporter` command the README shows parses (those that need a feature this build lacks
-    /// are skipped).
-    #[test]
-    fn the_readmes_commands_parse() {
-        let enabled: &[&str] = &[];
-        super::readme::assert_all_parse(("exporter", "exporter"), 3, enabled, |args| {
-            super::Cli::try_parse_from(std::iter::once("exporter").chain(args.iter().copied()))
-                .map(drop)
-        });
-    }
-}
+readme_commands_parse!(super::Cli, "exporter", "exporter", 3, []);

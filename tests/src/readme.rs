@@ -81,6 +81,28 @@ pub fn assert_all_parse<E: std::fmt::Display>(
     }
 }
 
+/// `readme_commands_parse!(Cli, "package", "bin", at_least, ["feature", ...])`: a test module
+/// in a binary that checks, with [`assert_all_parse`], that `Cli` (its clap parser) takes every
+/// README command of `bin`; the features listed are those the binary has, each counted as
+/// enabled when this build has it.
+#[allow(unused_macros)]
+macro_rules! readme_commands_parse {
+    ($cli:ty, $package:literal, $bin:literal, $at_least:literal, [$($feature:literal),*]) => {
+        mod readme_commands {
+            #[test]
+            fn the_readmes_commands_parse() {
+                use clap::Parser;
+                let built: &[Option<&str>] = &[$(cfg!(feature = $feature).then_some($feature)),*];
+                let enabled: Vec<&str> = built.iter().flatten().copied().collect();
+                super::readme::assert_all_parse(($package, $bin), $at_least, &enabled, |args| {
+                    <$cli>::try_parse_from(std::iter::once($bin).chain(args.iter().copied()))
+                        .map(drop)
+                });
+            }
+        }
+    };
+}
+
 fn parse(part: &str, package: &str, bin: &str) -> Option<Command> {
     let mut words: Vec<&str> = Vec::new();
     let mut tokens = part.split_whitespace();

@@ -747,28 +747,15 @@ fn print_camera_evaluation(run: &std::path::Path, rows: &[training::CameraEvalua
 }
 
 #[cfg(test)]
+#[macro_use]
 #[path = "../../tests/src/readme.rs"]
 mod readme;
 
 #[cfg(test)]
-mod readme_commands {
-    use clap::Parser;
-
-    /// Every `trainer` command the README shows parses (those that need a feature this build lacks
-    /// are skipped).
-    #[test]
-    fn the_readmes_commands_parse() {
-        let enabled: &[&str] = &[
-            #[cfg(feature = "cuda")]
-            "cuda",
-            #[cfg(feature = "wgpu")]
-            "wgpu",
-            #[cfg(feature = "ndarray")]
-            "ndarray",
-        ];
-        super::readme::assert_all_parse(("trainer", "trainer"), 15, enabled, |args| {
-            super::Cli::try_parse_from(std::iter::once("trainer").chain(args.iter().copied()))
-                .map(drop)
-        });
-    }
-}
+readme_commands_parse!(
+    super::Cli,
+    "trainer",
+    "trainer",
+    15,
+    ["cuda", "wgpu", "ndarray"]
+);
