@@ -110,8 +110,8 @@ pub struct TrainingConfig {
     #[config(default = "None")]
     pub final_learning_rate: Option<f64>,
     /// The learning rate rises linearly to its schedule's value over this many first steps
-    /// (absent or 0: no warm-up), so Adam's first, largest steps cannot push a model into a
-    /// dead start.
+    /// (absent or 0: no warm-up), so Adam's first steps, full-sized on moments estimated from a
+    /// batch or two, cannot push a model into a dead start.
     #[config(default = "None")]
     pub warmup_steps: Option<usize>,
     /// Seed of the initialisation, the shuffling and the latent sampling.
