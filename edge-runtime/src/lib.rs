@@ -34,8 +34,10 @@
 
 pub mod bench;
 pub mod camera;
+mod conv_padding;
 mod decoder;
 mod denoiser;
+mod depth_to_space;
 mod error;
 pub mod frames;
 mod image;

@@ -24,8 +24,10 @@ pub(crate) fn read(path: &Path) -> Result<InferenceModel, Error> {
         source: e.into(),
     };
     // tract's `model_for_path`, in its steps, with one check between them: tract panics on a
-    // graph output that nothing defines (a corrupt or hand-edited file).
-    let onnx = tract_onnx::onnx();
+    // graph output that nothing defines (a corrupt or hand-edited file). `DepthToSpace` is this
+    // crate's own, faster form.
+    let mut onnx = tract_onnx::onnx();
+    crate::depth_to_space::register(&mut onnx);
     let proto = onnx.proto_model_for_path(path).map_err(parse_error)?;
     if let Some(graph) = &proto.graph {
         let defined = |name: &str| {

@@ -1,0 +1,261 @@
+//! Convolutions' zero padding as a copy of its own, ahead of the convolution.
+//!
+//! tract unfolds a padded convolution's input (im2col) with a patcher that tests every tap
+//! against the border: on the exporter's decoders at batch 64 that patcher took half of a
+//! decode, where the same convolution on an input that already holds its padding takes the
+//! patcher's fast "valid" path. For one image tract pads explicitly itself, with a generic
+//! element-by-element `Pad`. [`optimize`] moves the padding of every float convolution into
+//! [`ZeroPad`], which copies whole rows into a zeroed tensor (BENCHMARKS.md has the figures).
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::*;
+use tract_onnx::tract_hir::tract_core::ops::cnn::{Conv, PaddingSpec};
+
+/// The typed, optimised form of `model`, as tract's `into_optimized` makes it, with every float
+/// convolution's explicit zero padding done by a [`ZeroPad`] in front of it.
+pub(crate) fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
+    let mut model = model.into_typed()?.into_decluttered()?;
+    // Each patch replaces one convolution by an unpadded one, so this ends.
+    while let Some(patch) = split_first_padded_conv(&model)? {
+        patch.apply(&mut model)?;
+    }
+    let mut model = model.into_compact()?;
+    model.optimize()?;
+    Ok(model)
+}
+
+/// A patch that splits the first float convolution with explicit padding into [`ZeroPad`] and
+/// the same convolution without padding; `None` when there is none left.
+fn split_first_padded_conv(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
+    for node in model.eval_order()?.into_iter().map(|id| model.node(id)) {
+        let Some(conv) = node.op_as::<Conv>() else {
+            continue;
+        };
+        let PaddingSpec::Explicit(before, after) = &conv.pool_spec.padding else {
+            continue;
+        };
+        let input = model.outlet_fact(node.inputs[0])?;
+        if conv.q_params.is_some()
+            || !input.datum_type.is_float()
+            || before.iter().chain(after).all(|&p| p == 0)
+            || !unfolded_by_tract(conv, model.outlet_fact(node.id.into())?)
+        {
+            continue;
+        }
+        let shape = conv.pool_spec.data_format.shape(input.shape.to_tvec())?;
+        let mut pads = tvec![(0, 0); input.rank()];
+        for ((axis, &b), &a) in shape.hw_axes().zip(before).zip(after) {
+            pads[axis] = (b, a);
+        }
+        let mut unpadded = conv.clone();
+        unpadded.pool_spec.padding = PaddingSpec::Valid;
+
+        let mut patch = TypedModelPatch::default();
+        let mut wires = patch.taps(model, &node.inputs)?;
+        wires[0] = patch.wire_node(
+            format!("{}.zero_pad", node.name),
+            ZeroPad { pads },
+            &wires[..1],
+        )?[0];
+        let output = patch.wire_node(&node.name, unpadded, &wires)?[0];
+        patch.shunt_outside(model, node.id.into(), output)?;
+        return Ok(Some(patch));
+    }
+    Ok(None)
+}
+
+/// Whether tract 0.23 computes this convolution by unfolding its input: when its output rows
+/// are narrower than 128 points (`MIN_DIRECT_SPATIAL_W` in tract's `conv.rs`). Wider rows take
+/// tract's direct convolution, which handles the padding itself, and a copy only adds work
+/// there (the camera denoiser at 640x480: ~5% slower with it).
+fn unfolded_by_tract(conv: &Conv, output: &TypedFact) -> bool {
+    const DIRECT_FROM_WIDTH: usize = 128;
+    let Ok(shape) = conv.pool_spec.data_format.shape(output.shape.to_tvec()) else {
+        return false;
+    };
+    let width = shape.hw_dims().last().and_then(|w| w.to_usize().ok());
+    width.is_some_and(|w| w < DIRECT_FROM_WIDTH)
+}
+
+/// Pads a tensor with zeros: `pads[axis]` elements before and after along each axis.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub(crate) struct ZeroPad {
+    pub(crate) pads: TVec<(usize, usize)>,
+}
+
+impl ZeroPad {
+    fn output_shape<D: DimLike>(&self, input: &[D]) -> TractResult<TVec<D>> {
+        if input.len() != self.pads.len() {
+            bail!(
+                "ZeroPad for rank {} given a rank-{} input",
+                self.pads.len(),
+                input.len()
+            );
+        }
+        Ok(input
+            .iter()
+            .zip(&self.pads)
+            .map(|(d, &(before, after))| d.clone() + before + after)
+            .collect())
+    }
+
+    fn eval_t<T: Datum + Copy>(&self, input: &Tensor, output: &mut Tensor) -> TractResult<()> {
+        let (from_shape, to_shape) = (input.shape(), output.shape().to_vec());
+        let Some((&width, outer)) = from_shape.split_last() else {
+            return Ok(()); // a scalar: nothing to pad
+        };
+        let src = input.try_as_plain_ram()?;
+        let src = src.as_slice::<T>()?;
+        let mut dst = output.try_as_plain_ram_mut()?;
+        let dst = dst.as_slice_mut::<T>()?;
+        if width == 0 {
+            return Ok(());
+        }
+        // Row `r` of the input (its index over all axes but the last) lands at the same index
+        // shifted by the padding before, on every axis, in the output.
+        for (r, row) in src.chunks_exact(width).enumerate() {
+            let (mut rest, mut start) = (r, 0);
+            let mut scale = to_shape[outer.len()];
+            start += self.pads[outer.len()].0;
+            for axis in (0..outer.len()).rev() {
+                let index = rest % outer[axis];
+                rest /= outer[axis];
+                start += (index + self.pads[axis].0) * scale;
+                scale *= to_shape[axis];
+            }
+            dst.get_mut(start..start + width)
+                .context("ZeroPad output is too short")?
+                .copy_from_slice(row);
+        }
+        Ok(())
+    }
+}
+
+impl Op for ZeroPad {
+    fn name(&self) -> StaticName {
+        "ZeroPad".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("pads: {:?}", self.pads)])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for ZeroPad {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let dt = input.datum_type();
+        if !dt.is_copy() {
+            bail!("ZeroPad on {dt:?} tensors is not supported");
+        }
+        let mut output = Tensor::zero_dt(dt, &self.output_shape(input.shape())?)?;
+        dispatch_copy!(Self::eval_t(dt)(self, &input, &mut output))?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for ZeroPad {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let shape = self.output_shape(&inputs[0].shape.to_tvec())?;
+        Ok(tvec!(inputs[0].datum_type.fact(shape)))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pad(pads: &[(usize, usize)], input: Tensor) -> Tensor {
+        let op = ZeroPad { pads: pads.into() };
+        let outputs = op.eval_out_of_plan(tvec!(input.into_tvalue())).unwrap();
+        outputs.unwrap()[0].clone().into_tensor()
+    }
+
+    #[test]
+    fn pads_every_axis_with_zeros() {
+        let input = tensor3(&[[[1f32, 2., 3.], [4., 5., 6.]]]); // 1 x 2 x 3
+        let output = pad(&[(1, 0), (0, 1), (2, 1)], input);
+        assert_eq!(output.shape(), &[2, 3, 6]);
+        let mut expected = [0f32; 36];
+        for (y, row) in [[1f32, 2., 3.], [4., 5., 6.]].iter().enumerate() {
+            for (x, &v) in row.iter().enumerate() {
+                expected[18 + y * 6 + 2 + x] = v;
+            }
+        }
+        let values = output.try_as_plain_ram().unwrap();
+        assert_eq!(values.as_slice::<f32>().unwrap(), &expected[..]);
+    }
+
+    /// What the exporter writes runs the same through this crate's graph (its `DepthToSpace`
+    /// and [`ZeroPad`] in place of tract's) as through tract's own: the decoder at batch 1 and
+    /// 64, the camera denoiser on a small frame.
+    #[test]
+    fn exported_models_compute_what_tracts_own_graph_computes() {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/roundtrip");
+        for (file, shape) in [
+            ("conv_vae_decoder.onnx", vec![1, 2]),
+            ("conv_vae_decoder.onnx", vec![64, 2]),
+            ("camera_denoiser.onnx", vec![1, 1, 30, 40]),
+        ] {
+            let path = fixtures.join(file);
+            let fact = f32::fact(&shape);
+            let stock = tract_onnx::onnx()
+                .model_for_path(&path)
+                .and_then(|m| m.with_input_fact(0, fact.clone().into()))
+                .and_then(|m| m.into_optimized())
+                .and_then(|m| m.into_runnable())
+                .unwrap();
+            let ours = crate::onnx::read(&path)
+                .unwrap()
+                .with_input_fact(0, fact.into())
+                .and_then(optimize)
+                .unwrap();
+            let has = |name: &str| ours.nodes().iter().any(|n| n.op.name() == name);
+            assert!(
+                has("ZeroPad"),
+                "{file}: no convolution padding was split off"
+            );
+            assert_eq!(
+                has("DepthToSpace"),
+                file.contains("decoder"),
+                "{file}: the decoder's DepthToSpace is this crate's"
+            );
+            let ours = ours.into_runnable().unwrap();
+
+            let len = shape.iter().product::<usize>();
+            let values: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 2.0).collect();
+            let input = Tensor::from_shape(&shape, &values).unwrap();
+            let run = |plan: &std::sync::Arc<TypedRunnableModel>| {
+                let mut state = plan.spawn().unwrap();
+                let outputs = state.run(tvec!(input.clone().into_tvalue())).unwrap();
+                let view = outputs[0].to_plain_array_view::<f32>().unwrap();
+                view.iter().copied().collect::<Vec<f32>>()
+            };
+            let (want, got) = (run(&stock), run(&ours));
+            assert_eq!(want.len(), got.len(), "{file} {shape:?}");
+            let diff = want
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff <= 1e-5, "{file} {shape:?}: max abs diff {diff}");
+        }
+    }
+
+    #[test]
+    fn the_wrong_rank_is_an_error() {
+        let op = ZeroPad {
+            pads: tvec![(1, 1); 4],
+        };
+        let input = Tensor::zero::<f32>(&[2, 2]).unwrap();
+        let error = op.eval_out_of_plan(tvec!(input.into_tvalue())).unwrap_err();
+        assert!(error.to_string().contains("rank-2"), "{error}");
+    }
+}
