@@ -111,21 +111,38 @@ impl ZeroPad {
         if width == 0 {
             return Ok(());
         }
-        // Row `r` of the input (its index over all axes but the last) lands at the same index
-        // shifted by the padding before, on every axis, in the output.
-        for (r, row) in src.chunks_exact(width).enumerate() {
-            let (mut rest, mut start) = (r, 0);
-            let mut scale = to_shape[outer.len()];
-            start += self.pads[outer.len()].0;
-            for axis in (0..outer.len()).rev() {
-                let index = rest % outer[axis];
-                rest /= outer[axis];
-                start += (index + self.pads[axis].0) * scale;
-                scale *= to_shape[axis];
-            }
+        // An input row (an index over all axes but the last) lands at the same index shifted
+        // by the padding before, on every axis, in the output. The index counts up row by row;
+        // within a plane the output offset steps by one output row.
+        let strides: TVec<usize> = (0..outer.len())
+            .map(|axis| to_shape[axis + 1..].iter().product())
+            .collect();
+        let offset = |index: &[usize]| -> usize {
+            let left = self.pads[outer.len()].0;
+            let shifted = index.iter().zip(&self.pads).map(|(i, pad)| i + pad.0);
+            left + shifted.zip(&strides).map(|(i, s)| i * s).sum::<usize>()
+        };
+        let mut index: TVec<usize> = tvec![0; outer.len()];
+        let mut start = offset(&index);
+        for row in src.chunks_exact(width) {
             dst.get_mut(start..start + width)
                 .context("ZeroPad output is too short")?
                 .copy_from_slice(row);
+            let Some(last) = outer.len().checked_sub(1) else {
+                break; // one row in all
+            };
+            index[last] += 1;
+            if index[last] < outer[last] {
+                start += strides[last];
+                continue;
+            }
+            let mut axis = last;
+            while axis > 0 && index[axis] == outer[axis] {
+                index[axis] = 0;
+                axis -= 1;
+                index[axis] += 1;
+            }
+            start = offset(&index);
         }
         Ok(())
     }
