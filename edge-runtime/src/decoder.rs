@@ -79,7 +79,7 @@ impl Decoder {
 
         let model = model
             .with_input_fact(0, f32::fact([1, latent_dim]).into())
-            .and_then(crate::conv_padding::optimize)
+            .and_then(crate::convolution::optimize)
             .map_err(prepare_failed)?;
         let output = model.output_fact(0).map_err(prepare_failed)?;
         let (height, width) =

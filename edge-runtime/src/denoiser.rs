@@ -79,7 +79,7 @@ impl Denoiser {
         let (padded_width, padded_height) = (width + 2 * border, height + 2 * border);
         let model = model
             .with_input_fact(0, f32::fact([1, 1, padded_height, padded_width]).into())
-            .and_then(crate::conv_padding::optimize)
+            .and_then(crate::convolution::optimize)
             .map_err(prepare_failed)?;
         let output = model.output_fact(0).map_err(prepare_failed)?;
         let expected: TVec<TDim> = tvec![

@@ -34,7 +34,7 @@
 
 pub mod bench;
 pub mod camera;
-mod conv_padding;
+mod convolution;
 mod decoder;
 mod denoiser;
 mod depth_to_space;

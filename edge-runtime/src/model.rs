@@ -38,7 +38,7 @@ impl OnnxModel {
         };
         let model = model
             .with_input_fact(0, f32::fact(&shape).into())
-            .and_then(crate::conv_padding::optimize)
+            .and_then(crate::convolution::optimize)
             .map_err(prepare_failed)?;
         let mut output_shapes = Vec::new();
         for i in 0..model.outputs.len() {

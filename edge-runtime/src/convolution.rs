@@ -1,21 +1,32 @@
-//! Convolutions' zero padding as a copy of its own, ahead of the convolution.
+//! How the crate's models get their convolutions: tract's own choices, changed for the narrow
+//! images our models run on.
 //!
-//! tract unfolds a padded convolution's input (im2col) with a patcher that tests every tap
-//! against the border: on the exporter's decoders at batch 64 that patcher took half of a
-//! decode, where the same convolution on an input that already holds its padding takes the
-//! patcher's fast "valid" path. For one image tract pads explicitly itself, with a generic
-//! element-by-element `Pad`. [`optimize`] moves the padding of every float convolution into
-//! [`ZeroPad`], which copies whole rows into a zeroed tensor (BENCHMARKS.md has the figures).
+//! tract 0.23 computes a convolution with output rows of 128 points or more with its direct
+//! spatial kernel, and narrower ones by unfolding the input (im2col) and a matrix product.
+//! [`optimize`] makes two changes to that, both measured (BENCHMARKS.md):
+//! - rows of 32 to 127 points take the direct kernel too: the camera denoiser on small frames
+//!   runs 1.3-2.2x faster (the decoders' rows of 4 to 17 points would be 2.7x slower);
+//! - the other narrow convolutions get their zero padding from [`ZeroPad`], a copy of whole rows
+//!   into a zeroed tensor ahead of them: tract's im2col tests every tap of a padded input
+//!   against the border (half of a decoder's time at batch 64), and takes a fast path on an
+//!   input that holds its padding already; for one image it padded with a generic
+//!   element-by-element `Pad` of its own.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
-use tract_onnx::tract_hir::tract_core::ops::cnn::{Conv, PaddingSpec};
+use tract_onnx::tract_hir::tract_core::ops::cnn::conv::DirectSpatialConv;
+use tract_onnx::tract_hir::tract_core::ops::cnn::{Conv, PaddingSpec, wire_reshape_bias_for_bin};
+use tract_onnx::tract_hir::tract_core::ops::nn::DataFormat;
+use tract_onnx::tract_hir::tract_core::tract_linalg::routines;
 
-/// The typed, optimised form of `model`, as tract's `into_optimized` makes it, with every float
-/// convolution's explicit zero padding done by a [`ZeroPad`] in front of it.
+/// The typed, optimised form of `model`, as tract's `into_optimized` makes it, with the changes
+/// to its convolutions the module describes.
 pub(crate) fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
     let mut model = model.into_typed()?.into_decluttered()?;
-    // Each patch replaces one convolution by an unpadded one, so this ends.
+    // Each patch replaces one convolution by another op or an unpadded one, so these end.
+    while let Some(patch) = direct_first_narrow_conv(&model)? {
+        patch.apply(&mut model)?;
+    }
     while let Some(patch) = split_first_padded_conv(&model)? {
         patch.apply(&mut model)?;
     }
@@ -24,8 +35,77 @@ pub(crate) fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
     Ok(model)
 }
 
-/// A patch that splits the first float convolution with explicit padding into [`ZeroPad`] and
-/// the same convolution without padding; `None` when there is none left.
+/// A patch that makes the first convolution with output rows of [`OUR_DIRECT_FROM`] to
+/// [`TRACT_DIRECT_FROM`] points that tract's direct spatial kernel can compute into one (as
+/// tract's own code generation wires it); `None` when there is none left.
+fn direct_first_narrow_conv(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
+    for node in model.eval_order()?.into_iter().map(|id| model.node(id)) {
+        let Some(conv) = node.op_as::<Conv>() else {
+            continue;
+        };
+        let input = model.outlet_fact(node.inputs[0])?;
+        let width = output_row(conv, model.outlet_fact(node.id.into())?);
+        if !direct_spatial_fits(conv, input)
+            || !width.is_some_and(|w| (OUR_DIRECT_FROM..TRACT_DIRECT_FROM).contains(&w))
+        {
+            continue;
+        }
+        let mut patch = TypedModelPatch::new("direct-spatial-narrow");
+        let wires = patch.taps(model, &node.inputs)?;
+        let &[x, kernel, bias] = &wires[..] else {
+            bail!("a convolution with {} inputs", wires.len());
+        };
+        let x_fact = patch.outlet_fact(x)?.clone();
+        let shape = x_fact
+            .shape
+            .as_concrete()
+            .context("no concrete input shape")?;
+        let geometry = conv
+            .pool_spec
+            .compute_geo(&x_fact.shape)?
+            .to_concrete(shape)?
+            .into_owned();
+        let kernel = conv.wire_kernel_as_g_o_ihw(&mut patch, &node.name, kernel)?[0];
+        let c_axis = conv.pool_spec.data_format.shape(shape)?.c_axis();
+        let bias = wire_reshape_bias_for_bin(
+            &mut patch,
+            &node.name,
+            bias,
+            x_fact.rank(),
+            c_axis,
+            conv.output_channels(),
+        )?[0];
+        let op =
+            DirectSpatialConv::new(geometry.patch, geometry.input_shape, geometry.output_shape);
+        let output = patch.wire_node(&node.name, op, &[x, kernel, bias])?[0];
+        patch.shunt_outside(model, node.id.into(), output)?;
+        patch.obliterate(node.id)?;
+        return Ok(Some(patch));
+    }
+    Ok(None)
+}
+
+/// tract 0.23's conditions for its direct spatial convolution (`Conv::can_direct_spatial`), all
+/// but the row width: group-1 f32 NCHW over two spatial axes, at least two kernel taps, at most
+/// 576 inputs per output point, this host's `conv_w4` kernel (and `depthwise_w` when the output
+/// channels are not a multiple of four), a concrete input shape.
+fn direct_spatial_fits(conv: &Conv, input: &TypedFact) -> bool {
+    let taps = conv.pool_spec.kernel_shape.iter().product::<usize>();
+    conv.q_params.is_none()
+        && input.datum_type == f32::datum_type()
+        && conv.pool_spec.data_format == DataFormat::NCHW
+        && conv.group == 1
+        && conv.pool_spec.rank() == 2
+        && taps >= 2
+        && conv.input_channels() * taps <= 576
+        && routines::conv_w4_f32().is_some()
+        && (conv.output_channels().is_multiple_of(4) || routines::depthwise_w_f32().is_some())
+        && input.shape.as_concrete().is_some()
+}
+
+/// A patch that splits the first float convolution with explicit padding and output rows under
+/// [`TRACT_DIRECT_FROM`] points into [`ZeroPad`] and the same convolution without padding;
+/// `None` when there is none left.
 fn split_first_padded_conv(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
     for node in model.eval_order()?.into_iter().map(|id| model.node(id)) {
         let Some(conv) = node.op_as::<Conv>() else {
@@ -38,7 +118,8 @@ fn split_first_padded_conv(model: &TypedModel) -> TractResult<Option<TypedModelP
         if conv.q_params.is_some()
             || !input.datum_type.is_float()
             || before.iter().chain(after).all(|&p| p == 0)
-            || !unfolded_by_tract(conv, model.outlet_fact(node.id.into())?)
+            || output_row(conv, model.outlet_fact(node.id.into())?)
+                .is_none_or(|w| w >= TRACT_DIRECT_FROM)
         {
             continue;
         }
@@ -64,17 +145,25 @@ fn split_first_padded_conv(model: &TypedModel) -> TractResult<Option<TypedModelP
     Ok(None)
 }
 
-/// Whether tract 0.23 computes this convolution by unfolding its input: when its output rows
-/// are narrower than 128 points (`MIN_DIRECT_SPATIAL_W` in tract's `conv.rs`). Wider rows take
-/// tract's direct convolution, which handles the padding itself, and a copy only adds work
-/// there (the camera denoiser at 640x480: ~5% slower with it).
-fn unfolded_by_tract(conv: &Conv, output: &TypedFact) -> bool {
-    const DIRECT_FROM_WIDTH: usize = 128;
-    let Ok(shape) = conv.pool_spec.data_format.shape(output.shape.to_tvec()) else {
-        return false;
-    };
-    let width = shape.hw_dims().last().and_then(|w| w.to_usize().ok());
-    width.is_some_and(|w| w < DIRECT_FROM_WIDTH)
+/// tract 0.23 computes a convolution with its direct spatial kernel (where that fits) from
+/// output rows of this many points (`MIN_DIRECT_SPATIAL_W` in tract's `conv.rs`), and narrower
+/// ones by unfolding the input (im2col) and a matrix product.
+const TRACT_DIRECT_FROM: usize = 128;
+
+/// This crate takes the direct kernel from rows of this many points. The camera denoiser's
+/// 8-channel dilated layers run faster on it from ~40 points (a 20x20 frame, mirrored to 40x40:
+/// 0.34 -> 0.22-0.26 ms; 28x28: ~1.3x; 64x48: ~2.2x), the decoders' rows of 4 to 17 points run
+/// 2.7x slower (BENCHMARKS.md).
+const OUR_DIRECT_FROM: usize = 32;
+
+/// The length of the convolution's output rows, when known.
+fn output_row(conv: &Conv, output: &TypedFact) -> Option<usize> {
+    let shape = conv
+        .pool_spec
+        .data_format
+        .shape(output.shape.to_tvec())
+        .ok()?;
+    shape.hw_dims().last().and_then(|w| w.to_usize().ok())
 }
 
 /// Pads a tensor with zeros: `pads[axis]` elements before and after along each axis.
@@ -209,17 +298,31 @@ mod tests {
         assert_eq!(values.as_slice::<f32>().unwrap(), &expected[..]);
     }
 
-    /// What the exporter writes runs the same through this crate's graph (its `DepthToSpace`
-    /// and [`ZeroPad`] in place of tract's) as through tract's own: the decoder at batch 1 and
-    /// 64, the camera denoiser on a small frame.
+    /// What the exporter writes runs the same through this crate's graph (its `DepthToSpace`,
+    /// [`ZeroPad`] and direct convolutions of narrow rows) as through tract's own: the decoder
+    /// at batch 1 and 64, the camera denoiser on frames 40 and 24 points wide.
     #[test]
     fn exported_models_compute_what_tracts_own_graph_computes() {
         let fixtures =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/roundtrip");
-        for (file, shape) in [
-            ("conv_vae_decoder.onnx", vec![1, 2]),
-            ("conv_vae_decoder.onnx", vec![64, 2]),
-            ("camera_denoiser.onnx", vec![1, 1, 30, 40]),
+        // A host without tract's direct kernel (some ARM builds) unfolds and pads instead.
+        let direct = match routines::conv_w4_f32() {
+            Some(_) => "DirectSpatialConv",
+            None => "ZeroPad",
+        };
+        for (file, shape, ops) in [
+            (
+                "conv_vae_decoder.onnx",
+                vec![1, 2],
+                ["DepthToSpace", "ZeroPad"],
+            ),
+            (
+                "conv_vae_decoder.onnx",
+                vec![64, 2],
+                ["DepthToSpace", "ZeroPad"],
+            ),
+            ("camera_denoiser.onnx", vec![1, 1, 30, 40], [direct; 2]),
+            ("camera_denoiser.onnx", vec![1, 1, 20, 24], ["ZeroPad"; 2]),
         ] {
             let path = fixtures.join(file);
             let fact = f32::fact(&shape);
@@ -234,16 +337,12 @@ mod tests {
                 .with_input_fact(0, fact.into())
                 .and_then(optimize)
                 .unwrap();
-            let has = |name: &str| ours.nodes().iter().any(|n| n.op.name() == name);
-            assert!(
-                has("ZeroPad"),
-                "{file}: no convolution padding was split off"
-            );
-            assert_eq!(
-                has("DepthToSpace"),
-                file.contains("decoder"),
-                "{file}: the decoder's DepthToSpace is this crate's"
-            );
+            for op in ops {
+                assert!(
+                    ours.nodes().iter().any(|n| n.op.name() == op),
+                    "{file} {shape:?}: no {op} in the graph"
+                );
+            }
             let ours = ours.into_runnable().unwrap();
 
             let len = shape.iter().product::<usize>();
