@@ -4,8 +4,9 @@
 //! tract 0.23 computes a convolution with output rows of 128 points or more with its direct
 //! spatial kernel, and narrower ones by unfolding the input (im2col) and a matrix product.
 //! [`optimize`] makes two changes to that, both measured (BENCHMARKS.md):
-//! - rows of 32 to 127 points take the direct kernel too: the camera denoiser on small frames
-//!   runs 1.3-2.2x faster (the decoders' rows of 4 to 17 points would be 2.7x slower);
+//! - on x86-64, rows of 32 to 127 points take the direct kernel too: the camera denoiser on
+//!   small frames runs 1.3-2.2x faster (the decoders' rows of 4 to 17 points would be 2.7x
+//!   slower; on aarch64 it executed more instructions, so it stays off there);
 //! - the other narrow convolutions get their zero padding from [`ZeroPad`], a copy of whole rows
 //!   into a zeroed tensor ahead of them: tract's im2col tests every tap of a padded input
 //!   against the border (half of a decoder's time at batch 64), and takes a fast path on an
@@ -88,10 +89,13 @@ fn direct_first_narrow_conv(model: &TypedModel) -> TractResult<Option<TypedModel
 /// tract 0.23's conditions for its direct spatial convolution (`Conv::can_direct_spatial`), all
 /// but the row width: group-1 f32 NCHW over two spatial axes, at least two kernel taps, at most
 /// 576 inputs per output point, this host's `conv_w4` kernel (and `depthwise_w` when the output
-/// channels are not a multiple of four), a concrete input shape.
+/// channels are not a multiple of four), a concrete input shape; and an x86-64 host. On aarch64
+/// (a Raspberry Pi) the direct kernel executed more instructions than im2col on the narrow rows
+/// (qemu-aarch64 counts: +37% per 28x28 frame, +15% per 64x48), so there tract's choice stays.
 fn direct_spatial_fits(conv: &Conv, input: &TypedFact) -> bool {
     let taps = conv.pool_spec.kernel_shape.iter().product::<usize>();
-    conv.q_params.is_none()
+    cfg!(target_arch = "x86_64")
+        && conv.q_params.is_none()
         && input.datum_type == f32::datum_type()
         && conv.pool_spec.data_format == DataFormat::NCHW
         && conv.group == 1
@@ -305,10 +309,10 @@ mod tests {
     fn exported_models_compute_what_tracts_own_graph_computes() {
         let fixtures =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/roundtrip");
-        // A host without tract's direct kernel (some ARM builds) unfolds and pads instead.
+        // Other hosts unfold and pad instead (`direct_spatial_fits`).
         let direct = match routines::conv_w4_f32() {
-            Some(_) => "DirectSpatialConv",
-            None => "ZeroPad",
+            Some(_) if cfg!(target_arch = "x86_64") => "DirectSpatialConv",
+            _ => "ZeroPad",
         };
         for (file, shape, ops) in [
             (
