@@ -30,7 +30,7 @@ fn parse(
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let block: i64 = node.get_attr_opt("blocksize")?.unwrap_or(2);
-    // Its square divides the channel count, so it fits in a usize as it is.
+    // `b * b` divides the channel count, so it must not overflow.
     let block = usize::try_from(block)
         .ok()
         .filter(|&b| b >= 1 && b.checked_mul(b).is_some())
@@ -87,6 +87,9 @@ impl Interleave {
                 b * b,
                 input.shape()
             );
+        }
+        if w == 0 {
+            return Ok(()); // no values to move (and no rows to cut them into)
         }
         let src = input.try_as_plain_ram()?;
         let src = src.as_slice::<T>()?;
@@ -286,6 +289,16 @@ mod tests {
             output.try_as_plain_ram().unwrap().as_slice::<u8>().unwrap(),
             &[1, 2, 3, 4]
         );
+    }
+
+    #[test]
+    fn an_empty_input_gives_an_empty_output() {
+        let op = Interleave {
+            block: 2,
+            mode: Mode::Dcr,
+        };
+        let output = run(&op, Tensor::zero::<f32>(&[1, 4, 3, 0]).unwrap());
+        assert_eq!(output.shape(), &[1, 1, 6, 0]);
     }
 
     #[test]
