@@ -1,7 +1,9 @@
 //! Runs the exported MNIST autoencoders with [tract] on small Linux devices (Raspberry Pi).
 //!
 //! The trainer and exporter produce ONNX files; this crate loads them, checks that each has the
-//! interface its role needs, optimises it once, and runs it: a [`Decoder`] turns latent vectors
+//! interface its role needs, optimises it once (tract's optimiser, with rewrites of our own for
+//! the narrow images these models see: a one-pass `DepthToSpace`, and tract's convolutions
+//! chosen per row width; BENCHMARKS.md), and runs it: a [`Decoder`] turns latent vectors
 //! into grayscale digit images (written as PNG or PGM), a [`Denoiser`] cleans camera frames of
 //! a size fixed at load time (one by one or as a stream, [`frames`]), and an [`OnnxModel`] runs
 //! encoders and upscalers.
@@ -27,7 +29,8 @@
 //! # Portability
 //! Nothing here is specific to a CPU: the same code is tested on x86_64 and, through
 //! `qemu-aarch64 -cpu cortex-a72`, on the aarch64 build that runs on a Pi (see the workspace's
-//! `.cargo/config.toml`).
+//! `.cargo/config.toml`). One speed choice differs by CPU, not the results: narrow convolution
+//! rows take tract's direct kernel on x86-64 only, where it measured faster.
 //!
 //! [tract]: https://github.com/sonos/tract
 #![warn(missing_docs)]
