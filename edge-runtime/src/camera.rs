@@ -3,7 +3,7 @@
 //!
 //! [`convert`] copies one captured frame, in the layout the driver hands out (`GREY`, `YU12` or
 //! `YUYV`, rows `bytes_per_line` apart), into a tightly packed [`FrameFormat`] frame; it is plain
-//! Rust and always built. [`Camera`] (cargo feature `v4l2`, 64-bit Linux: see `build.rs`) opens the
+//! Rust and always built. `Camera` (cargo feature `v4l2`, 64-bit Linux: see `build.rs`) opens the
 //! device with the pure-Rust `linuxvideo` crate (no C headers or bindgen, so it cross-builds for
 //! the 64-bit Pi), asks for
 //! the model's frame size in the first of those pixel formats the device offers, and reads

@@ -43,7 +43,7 @@ impl Denoiser {
     /// - [`Error::ReadModel`] / [`Error::ParseModel`]: missing, unreadable or not ONNX;
     /// - [`Error::NotADecoder`] (the interface check): not one input and one output, an output
     ///   that is not the input's shape, or a `reflect_padding` that is not a count of pixels up
-    ///   to [`MAX_REFLECT_PADDING`];
+    ///   to `MAX_REFLECT_PADDING` (1,024);
     /// - [`Error::PrepareModel`]: tract cannot type or optimise it for that size (e.g. a model
     ///   with a fixed size other than the frame's).
     pub fn load(path: impl AsRef<Path>, width: usize, height: usize) -> Result<Self, Error> {
