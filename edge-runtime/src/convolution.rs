@@ -6,7 +6,8 @@
 //! [`optimize`] makes two changes to that, both measured (BENCHMARKS.md):
 //! - on x86-64, rows of 32 to 127 points take the direct kernel too: the camera denoiser on
 //!   small frames runs 1.3-2.2x faster (the decoders' rows of 4 to 17 points would be 2.7x
-//!   slower; on aarch64 it executed more instructions, so it stays off there);
+//!   slower at batch 1, 3.5-6x at batch 64; on aarch64 it executed more instructions, so it
+//!   stays off there);
 //! - the other narrow convolutions get their zero padding from [`ZeroPad`], a copy of whole rows
 //!   into a zeroed tensor ahead of them: tract's im2col tests every tap of a padded input
 //!   against the border (half of a decoder's time at batch 64), and takes a fast path on an
@@ -157,7 +158,7 @@ const TRACT_DIRECT_FROM: usize = 128;
 /// This crate takes the direct kernel from rows of this many points. The camera denoiser's
 /// 8-channel dilated layers run faster on it from ~40 points (a 20x20 frame, mirrored to 40x40:
 /// 0.34 -> 0.22-0.26 ms; 28x28: ~1.3x; 64x48: ~2.2x), the decoders' rows of 4 to 17 points run
-/// 2.7x slower (BENCHMARKS.md).
+/// 2.7x slower at batch 1 and 3.5-6x at batch 64 (BENCHMARKS.md).
 const OUR_DIRECT_FROM: usize = 32;
 
 /// The length of the convolution's output rows, when known.
