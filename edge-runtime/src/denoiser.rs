@@ -135,6 +135,29 @@ impl Denoiser {
         self.border
     }
 
+    /// Size `(width, height)` of the model's input: the frame with the reflect padding on every
+    /// side.
+    pub fn model_input_size(&self) -> (usize, usize) {
+        (self.width + 2 * self.border, self.height + 2 * self.border)
+    }
+
+    /// What [`Denoiser::denoise_gray8`] hands the model for `frame`: its pixels scaled to
+    /// `[0, 1]` and mirrored outwards by the reflect padding, row-major, of
+    /// [`Denoiser::model_input_size`]. For running the same model elsewhere on the same input
+    /// (`edge bench`'s ONNX Runtime comparison).
+    ///
+    /// # Errors
+    /// [`Error::PixelCount`] for a frame of the wrong size.
+    pub fn model_input_gray8(&self, frame: &[u8]) -> Result<Vec<f32>, Error> {
+        if frame.len() != self.width * self.height {
+            return Err(self.size_error(frame.len()));
+        }
+        let (width, height) = self.model_input_size();
+        let mut input = vec![0.0; width * height];
+        self.fill_mirrored(&mut input, |i| frame[i] as f32 * (1.0 / 255.0));
+        Ok(input)
+    }
+
     /// Denoises an 8-bit grayscale frame (`width * height` bytes, row-major) into `out` (same
     /// size), rounding to 8 bits.
     ///
@@ -235,20 +258,7 @@ impl Denoiser {
             let slice = view.as_slice_mut().ok_or_else(|| {
                 inference_failed(anyhow::anyhow!("the input tensor is not contiguous"))
             })?;
-            for (y, row) in slice.chunks_exact_mut(padded_width).enumerate() {
-                let source = mirror(y as isize - b as isize, h) * w;
-                let (left, rest) = row.split_at_mut(b);
-                let (middle, right) = rest.split_at_mut(w);
-                for (x, v) in middle.iter_mut().enumerate() {
-                    *v = pixel(source + x);
-                }
-                for (x, v) in left.iter_mut().enumerate() {
-                    *v = middle[mirror(x as isize - b as isize, w)];
-                }
-                for (x, v) in right.iter_mut().enumerate() {
-                    *v = middle[mirror((w + x) as isize, w)];
-                }
-            }
+            self.fill_mirrored(slice, pixel);
         }
         let value = input.into_tvalue();
         let outputs = state.run(tvec!(value.clone())).map_err(inference_failed)?;
@@ -281,6 +291,26 @@ impl Denoiser {
         }
         take(&mut cropped());
         Ok(())
+    }
+
+    /// Writes the frame (`pixel(i)` is its value at row-major index `i`), mirrored outwards by
+    /// the border, into `input`, the model's row-major input of [`Denoiser::model_input_size`].
+    fn fill_mirrored(&self, input: &mut [f32], pixel: impl Fn(usize) -> f32) {
+        let (b, w, h) = (self.border, self.width, self.height);
+        for (y, row) in input.chunks_exact_mut(w + 2 * b).enumerate() {
+            let source = mirror(y as isize - b as isize, h) * w;
+            let (left, rest) = row.split_at_mut(b);
+            let (middle, right) = rest.split_at_mut(w);
+            for (x, v) in middle.iter_mut().enumerate() {
+                *v = pixel(source + x);
+            }
+            for (x, v) in left.iter_mut().enumerate() {
+                *v = middle[mirror(x as isize - b as isize, w)];
+            }
+            for (x, v) in right.iter_mut().enumerate() {
+                *v = middle[mirror((w + x) as isize, w)];
+            }
+        }
     }
 }
 

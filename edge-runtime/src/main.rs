@@ -1083,12 +1083,15 @@ fn bench_denoiser(args: &BenchArgs) -> Result<()> {
         }
         #[cfg(feature = "ort")]
         if let Some(dylib) = &args.ort_dylib {
-            let input: Vec<f32> = frame.iter().map(|&p| p as f32 / 255.0).collect();
+            // The model's input as tract gets it, reflect padding included: the same work. (The
+            // tract row also times the 8-bit conversions, the mirroring and the crop.)
+            let input = denoiser.model_input_gray8(&frame)?;
+            let (input_width, input_height) = denoiser.model_input_size();
             let stats = ort_bench::measure(
                 &args.model,
                 dylib,
                 &[input],
-                &[1, 1, height, width],
+                &[1, 1, input_height, input_width],
                 warmup,
                 runs,
             )

@@ -190,6 +190,24 @@ fn frames_are_mirrored_outwards_by_the_metadata_reflect_padding() {
         let image = Image::new(w, h, pixels).expect("image");
         let clean = denoiser.denoise(&image).expect("denoises");
         assert_eq!(clean.to_gray8(), out, "border {border}");
+        // The model's input, as `edge bench` hands it to ONNX Runtime: the frame mirrored
+        // about its edge pixels (-1 -> 1, w -> w - 2).
+        let b: usize = border.parse().expect("count");
+        let model_input = denoiser.model_input_gray8(&input).expect("input");
+        let (iw, ih) = denoiser.model_input_size();
+        assert_eq!((iw, ih), (w + 2 * b, h + 2 * b));
+        assert_eq!(model_input.len(), iw * ih);
+        let at = |x: isize, y: isize| {
+            model_input[(y + b as isize) as usize * iw + (x + b as isize) as usize]
+        };
+        let pixel = |x: usize, y: usize| input[y * w + x] as f32 * (1.0 / 255.0);
+        assert_eq!(at(2, 3), pixel(2, 3));
+        assert_eq!(at(-1, 0), pixel(1, 0));
+        assert_eq!(at(w as isize, 4), pixel(w - 2, 4));
+        assert_eq!(at(0, -1), pixel(0, 1));
+        assert_eq!(at(-1, h as isize), pixel(1, h - 2));
+        let err = denoiser.model_input_gray8(&input[1..]).expect_err("short");
+        assert!(matches!(err, Error::PixelCount { actual: 34, .. }), "{err}");
     }
     // A 1-pixel-high frame mirrors onto itself.
     write_model(&path, &mirroring("2"));
