@@ -3,7 +3,7 @@
 //!
 //! tract 0.23 computes a convolution with output rows of 128 points or more with its direct
 //! spatial kernel, and narrower ones by unfolding the input (im2col) and a matrix product.
-//! [`optimize`] makes two changes to that, both measured (BENCHMARKS.md):
+//! [`optimize`] makes three changes to that, all measured (BENCHMARKS.md):
 //! - on x86-64, rows of 32 to 127 points take the direct kernel too: the camera denoiser on
 //!   small frames runs 1.3-2.2x faster (the decoders' rows of 4 to 17 points would be 2.7x
 //!   slower at batch 1, 3.5-6x at batch 64; on aarch64 it executed more instructions, so it
@@ -12,10 +12,15 @@
 //!   into a zeroed tensor ahead of them: tract's im2col tests every tap of a padded input
 //!   against the border (half of a decoder's time at batch 64), and takes a fast path on an
 //!   input that holds its padding already; for one image it padded with a generic
-//!   element-by-element `Pad` of its own.
+//!   element-by-element `Pad` of its own;
+//! - a batch of narrow images goes through each unpadded convolution side by side, as one wide
+//!   image (`[N, C, H, W] -> [1, C, H, N * W]`, the outputs cut back apart): tract copies its
+//!   im2col input row by row, and rows of 4 to 16 values made that most of a decoder's time at
+//!   batch 64; on rows of `N * W` points it takes its direct kernel instead, from 128 points.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
+use tract_onnx::tract_hir::tract_core::ops::array::Slice;
 use tract_onnx::tract_hir::tract_core::ops::cnn::conv::DirectSpatialConv;
 use tract_onnx::tract_hir::tract_core::ops::cnn::{Conv, PaddingSpec, wire_reshape_bias_for_bin};
 use tract_onnx::tract_hir::tract_core::ops::nn::DataFormat;
@@ -30,6 +35,9 @@ pub(crate) fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
         patch.apply(&mut model)?;
     }
     while let Some(patch) = split_first_padded_conv(&model)? {
+        patch.apply(&mut model)?;
+    }
+    while let Some(patch) = batch_of_first_narrow_conv_side_by_side(&model)? {
         patch.apply(&mut model)?;
     }
     let mut model = model.into_compact()?;
@@ -145,6 +153,82 @@ fn split_first_padded_conv(model: &TypedModel) -> TractResult<Option<TypedModelP
         )?[0];
         let output = patch.wire_node(&node.name, unpadded, &wires)?[0];
         patch.shunt_outside(model, node.id.into(), output)?;
+        return Ok(Some(patch));
+    }
+    Ok(None)
+}
+
+/// A patch that computes the first unpadded, stride-1 float convolution of a batch of narrow
+/// images as one convolution of a single wide image: the batch's images side by side along
+/// the rows, `[N, C, H, W] -> [1, C, H, N * W]`, and the output cut back into images, so that
+/// tract unfolds `N` times longer rows (its im2col copies row by row: most of a decoder's time
+/// at batch 64 went to rows of 4 to 16 values) and runs one matrix product instead of `N`.
+/// `kw - 1` zero columns after the last image keep every image's outputs `W` apart; the
+/// outputs that straddle two images are cut away. `None` when there is none left.
+fn batch_of_first_narrow_conv_side_by_side(
+    model: &TypedModel,
+) -> TractResult<Option<TypedModelPatch>> {
+    for node in model.eval_order()?.into_iter().map(|id| model.node(id)) {
+        let Some(conv) = node.op_as::<Conv>() else {
+            continue;
+        };
+        let input = model.outlet_fact(node.inputs[0])?;
+        let unpadded = match &conv.pool_spec.padding {
+            PaddingSpec::Valid => true,
+            PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
+            _ => false,
+        };
+        let Some(&[n, _, _, w]) = input.shape.as_concrete() else {
+            continue;
+        };
+        let output_width = output_row(conv, model.outlet_fact(node.id.into())?);
+        if n < 2
+            || !unpadded
+            || conv.q_params.is_some()
+            || !input.datum_type.is_float()
+            || conv.pool_spec.data_format != DataFormat::NCHW
+            || conv.pool_spec.rank() != 2
+            || conv.pool_spec.strides().iter().any(|&s| s != 1)
+            || output_width.is_none_or(|ow| ow >= TRACT_DIRECT_FROM || ow == 0)
+        {
+            continue;
+        }
+        let kernel_width = w - output_width.unwrap_or(w) + 1;
+        let output_height = model.outlet_fact(node.id.into())?.shape[2].clone();
+        let m = conv.output_channels();
+
+        let mut patch = TypedModelPatch::new("batch-side-by-side");
+        let mut wires = patch.taps(model, &node.inputs)?;
+        let name = |step: &str| format!("{}.side_by_side_{step}", node.name);
+        let mut x = wires[0];
+        for (step, op) in [
+            ("move", AxisOp::Move(0, 2)), // [C, H, N, W]
+            (
+                "reshape",
+                AxisOp::Reshape(2, tvec![n.into(), w.into()], tvec![(n * w).into()]),
+            ),
+            ("add", AxisOp::Add(0)), // [1, C, H, N * W]
+        ] {
+            x = patch.wire_node(name(step), op, &[x])?[0];
+        }
+        let pads = tvec![(0, 0), (0, 0), (0, 0), (0, kernel_width - 1)];
+        wires[0] = patch.wire_node(name("pad"), ZeroPad { pads }, &[x])?[0];
+        let mut y = patch.wire_node(&node.name, conv.clone(), &wires)?[0]; // [1, M, Ho, N * W]
+        for (step, op) in [
+            ("rm", AxisOp::Rm(0)),
+            (
+                "split",
+                AxisOp::Reshape(2, tvec![(n * w).into()], tvec![n.into(), w.into()]),
+            ),
+        ] {
+            y = patch.wire_node(name(step), op, &[y])?[0]; // [M, Ho, N, W]
+        }
+        let cut = Slice::new(3, 0, output_width.unwrap_or(w));
+        y = patch.wire_node(name("cut"), cut, &[y])?[0];
+        y = patch.wire_node(name("back"), AxisOp::Move(2, 0), &[y])?[0]; // [N, M, Ho, Wo]
+        debug_assert_eq!(patch.outlet_fact(y)?.shape[1], m.into());
+        debug_assert_eq!(patch.outlet_fact(y)?.shape[2], output_height);
+        patch.shunt_outside(model, node.id.into(), y)?;
         return Ok(Some(patch));
     }
     Ok(None)
@@ -304,8 +388,9 @@ mod tests {
     }
 
     /// What the exporter writes runs the same through this crate's graph (its `DepthToSpace`,
-    /// [`ZeroPad`] and direct convolutions of narrow rows) as through tract's own: the decoder
-    /// at batch 1 and 64, the camera denoiser on frames 40 and 24 points wide.
+    /// [`ZeroPad`], direct convolutions of narrow rows and batches side by side) as through
+    /// tract's own: the decoder at batch 1 and 64, the camera denoiser on frames 40 and 24
+    /// points wide and on a batch of three.
     #[test]
     fn exported_models_compute_what_tracts_own_graph_computes() {
         let fixtures =
@@ -328,6 +413,8 @@ mod tests {
             ),
             ("camera_denoiser.onnx", vec![1, 1, 30, 40], [direct; 2]),
             ("camera_denoiser.onnx", vec![1, 1, 20, 24], ["ZeroPad"; 2]),
+            // Dilated convolutions, three images side by side.
+            ("camera_denoiser.onnx", vec![3, 1, 9, 10], ["ZeroPad"; 2]),
         ] {
             let path = fixtures.join(file);
             let fact = f32::fact(&shape);
@@ -348,6 +435,9 @@ mod tests {
                     "{file} {shape:?}: no {op} in the graph"
                 );
             }
+            // A batch of narrow images, and only that, runs side by side.
+            let side_by_side = ours.nodes().iter().any(|n| n.name.contains("side_by_side"));
+            assert_eq!(side_by_side, shape[0] > 1, "{file} {shape:?}");
             let ours = ours.into_runnable().unwrap();
 
             let len = shape.iter().product::<usize>();
