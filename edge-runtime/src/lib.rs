@@ -2,8 +2,9 @@
 //!
 //! The trainer and exporter produce ONNX files; this crate loads them, checks that each has the
 //! interface its role needs, optimises it once (tract's optimiser, with rewrites of our own for
-//! the narrow images these models see: a one-pass `DepthToSpace`, and tract's convolutions
-//! chosen per row width; BENCHMARKS.md), and runs it: a [`Decoder`] turns latent vectors
+//! the narrow images these models see: a one-pass `DepthToSpace`, tract's convolutions chosen
+//! per row width, and a batch of images convolved side by side as one wide image;
+//! BENCHMARKS.md), and runs it: a [`Decoder`] turns latent vectors
 //! into grayscale digit images (written as PNG or PGM), a [`Denoiser`] cleans camera frames of
 //! a size fixed at load time (one by one or as a stream, [`frames`]), and an [`OnnxModel`] runs
 //! encoders and upscalers.
