@@ -20,7 +20,6 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
-use tract_onnx::tract_hir::tract_core::ops::array::Slice;
 use tract_onnx::tract_hir::tract_core::ops::cnn::conv::DirectSpatialConv;
 use tract_onnx::tract_hir::tract_core::ops::cnn::{Conv, PaddingSpec, wire_reshape_bias_for_bin};
 use tract_onnx::tract_hir::tract_core::ops::nn::DataFormat;
@@ -164,7 +163,8 @@ fn split_first_padded_conv(model: &TypedModel) -> TractResult<Option<TypedModelP
 /// tract unfolds `N` times longer rows (its im2col copies row by row: most of a decoder's time
 /// at batch 64 went to rows of 4 to 16 values) and runs one matrix product instead of `N`.
 /// `kw - 1` zero columns after the last image keep every image's outputs `W` apart; the
-/// outputs that straddle two images are cut away. `None` when there is none left.
+/// outputs that straddle two images are cut away. Both ends are a [`SideBySide`] op. `None`
+/// when there is none left.
 fn batch_of_first_narrow_conv_side_by_side(
     model: &TypedModel,
 ) -> TractResult<Option<TypedModelPatch>> {
@@ -200,32 +200,16 @@ fn batch_of_first_narrow_conv_side_by_side(
         let mut patch = TypedModelPatch::new("batch-side-by-side");
         let mut wires = patch.taps(model, &node.inputs)?;
         let name = |step: &str| format!("{}.side_by_side_{step}", node.name);
-        let mut x = wires[0];
-        for (step, op) in [
-            ("move", AxisOp::Move(0, 2)), // [C, H, N, W]
-            (
-                "reshape",
-                AxisOp::Reshape(2, tvec![n.into(), w.into()], tvec![(n * w).into()]),
-            ),
-            ("add", AxisOp::Add(0)), // [1, C, H, N * W]
-        ] {
-            x = patch.wire_node(name(step), op, &[x])?[0];
-        }
-        let pads = tvec![(0, 0), (0, 0), (0, 0), (0, kernel_width - 1)];
-        wires[0] = patch.wire_node(name("pad"), ZeroPad { pads }, &[x])?[0];
-        let mut y = patch.wire_node(&node.name, conv.clone(), &wires)?[0]; // [1, M, Ho, N * W]
-        for (step, op) in [
-            ("rm", AxisOp::Rm(0)),
-            (
-                "split",
-                AxisOp::Reshape(2, tvec![(n * w).into()], tvec![n.into(), w.into()]),
-            ),
-        ] {
-            y = patch.wire_node(name(step), op, &[y])?[0]; // [M, Ho, N, W]
-        }
-        let cut = Slice::new(3, 0, output_width.unwrap_or(w));
-        y = patch.wire_node(name("cut"), cut, &[y])?[0];
-        y = patch.wire_node(name("back"), AxisOp::Move(2, 0), &[y])?[0]; // [N, M, Ho, Wo]
+        let join = SideBySide::Join {
+            zeros: kernel_width - 1,
+        };
+        wires[0] = patch.wire_node(name("join"), join, &wires[..1])?[0]; // [1, C, H, N * W + kw - 1]
+        let y = patch.wire_node(&node.name, conv.clone(), &wires)?[0]; // [1, M, Ho, N * W]
+        let split = SideBySide::Split {
+            images: n,
+            keep: output_width.unwrap_or(w),
+        };
+        let y = patch.wire_node(name("split"), split, &[y])?[0]; // [N, M, Ho, Wo]
         debug_assert_eq!(patch.outlet_fact(y)?.shape[1], m.into());
         debug_assert_eq!(patch.outlet_fact(y)?.shape[2], output_height);
         patch.shunt_outside(model, node.id.into(), y)?;
@@ -253,6 +237,104 @@ fn output_row(conv: &Conv, output: &TypedFact) -> Option<usize> {
         .shape(output.shape.to_tvec())
         .ok()?;
     shape.hw_dims().last().and_then(|w| w.to_usize().ok())
+}
+
+/// A batch of images laid side by side along their rows, and back: the two ends of
+/// [`batch_of_first_narrow_conv_side_by_side`]'s rewrite, each one pass of row copies.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub(crate) enum SideBySide {
+    /// `[N, C, H, W] -> [1, C, H, N * W + zeros]`: image `n` in columns `n * W ..`, then `zeros`
+    /// zero columns.
+    Join { zeros: usize },
+    /// `[1, C, H, images * W] -> [images, C, H, keep]`: the first `keep` of each image's `W`
+    /// columns.
+    Split { images: usize, keep: usize },
+}
+
+impl SideBySide {
+    fn output_shape(&self, input: &[usize]) -> TractResult<[usize; 4]> {
+        let &[n, c, h, w] = input else {
+            bail!("{self:?} given a rank-{} input", input.len());
+        };
+        match *self {
+            Self::Join { zeros } => Ok([1, c, h, n * w + zeros]),
+            Self::Split { images, keep } => {
+                if n != 1 || images == 0 || w % images != 0 || keep > w / images {
+                    bail!("{self:?} given a {input:?} input");
+                }
+                Ok([images, c, h, keep])
+            }
+        }
+    }
+
+    fn eval_t<T: Datum + Copy>(&self, input: &Tensor, output: &mut Tensor) -> TractResult<()> {
+        let (from, to) = (input.shape().to_vec(), output.shape().to_vec());
+        let src = input.try_as_plain_ram()?;
+        let src = src.as_slice::<T>()?;
+        let mut dst = output.try_as_plain_ram_mut()?;
+        let dst = dst.as_slice_mut::<T>()?;
+        // Row `r` (over C and H) of image `n` sits at `r * wide + n * narrow` of the wide
+        // tensor and at `(n * rows + r) * narrow` of the batch.
+        let rows = from[1] * from[2];
+        let (images, narrow, keep, wide) = match *self {
+            Self::Join { .. } => (from[0], from[3], from[3], to[3]),
+            Self::Split { images, keep } => (images, from[3] / images, keep, from[3]),
+        };
+        for n in 0..images {
+            for r in 0..rows {
+                let (batch, side) = ((n * rows + r) * narrow, r * wide + n * narrow);
+                let (from_at, to_at) = match self {
+                    Self::Join { .. } => (batch, side),
+                    Self::Split { .. } => (side, (n * rows + r) * keep),
+                };
+                dst.get_mut(to_at..to_at + keep)
+                    .context("SideBySide output is too short")?
+                    .copy_from_slice(src.get(from_at..from_at + keep).context("short input")?);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Op for SideBySide {
+    fn name(&self) -> StaticName {
+        "SideBySide".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{self:?}")])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for SideBySide {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let dt = input.datum_type();
+        if !dt.is_copy() {
+            bail!("SideBySide on {dt:?} tensors is not supported");
+        }
+        // Zeroed: the join's last columns stay so.
+        let mut output = Tensor::zero_dt(dt, &self.output_shape(input.shape())?)?;
+        dispatch_copy!(Self::eval_t(dt)(self, &input, &mut output))?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for SideBySide {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let shape = inputs[0]
+            .shape
+            .as_concrete()
+            .context("SideBySide needs a concrete input shape")?;
+        let shape = self.output_shape(shape)?;
+        Ok(tvec!(inputs[0].datum_type.fact(shape)))
+    }
+
+    as_op!();
 }
 
 /// Pads a tensor with zeros: `pads[axis]` elements before and after along each axis.
@@ -458,6 +540,45 @@ mod tests {
                 .fold(0f32, f32::max);
             assert!(diff <= 1e-5, "{file} {shape:?}: max abs diff {diff}");
         }
+    }
+
+    #[test]
+    fn a_batch_goes_side_by_side_and_back() {
+        // Two images of one channel, 2 x 3 each.
+        let batch = Tensor::from_shape(
+            &[2, 1, 2, 3],
+            &[1f32, 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12.],
+        )
+        .unwrap();
+        let run = |op: SideBySide, input: Tensor| {
+            let outputs = op.eval_out_of_plan(tvec!(input.into_tvalue())).unwrap();
+            outputs.unwrap()[0].clone().into_tensor()
+        };
+        let wide = run(SideBySide::Join { zeros: 2 }, batch.clone());
+        assert_eq!(wide.shape(), &[1, 1, 2, 8]);
+        let values = wide.try_as_plain_ram().unwrap();
+        assert_eq!(
+            values.as_slice::<f32>().unwrap(),
+            &[
+                1., 2., 3., 7., 8., 9., 0., 0., 4., 5., 6., 10., 11., 12., 0., 0.
+            ]
+        );
+        // Back, without the zero columns: each image whole, then its first two columns.
+        let wide = wide.slice(3, 0, 6).unwrap();
+        assert_eq!(
+            run(SideBySide::Split { images: 2, keep: 3 }, wide.clone()),
+            batch
+        );
+        let cut = run(SideBySide::Split { images: 2, keep: 2 }, wide.clone());
+        let values = cut.try_as_plain_ram().unwrap();
+        assert_eq!(
+            values.as_slice::<f32>().unwrap(),
+            &[1., 2., 4., 5., 7., 8., 10., 11.]
+        );
+        // Rows that do not split into the images are an error, not a panic.
+        let op = SideBySide::Split { images: 4, keep: 1 };
+        let error = op.eval_out_of_plan(tvec!(wide.into_tvalue())).unwrap_err();
+        assert!(error.to_string().contains("[1, 1, 2, 6]"), "{error}");
     }
 
     #[test]
