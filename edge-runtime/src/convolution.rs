@@ -273,8 +273,9 @@ impl SideBySide {
         let src = src.as_slice::<T>()?;
         let mut dst = output.try_as_plain_ram_mut()?;
         let dst = dst.as_slice_mut::<T>()?;
-        // Row `r` (over C and H) of image `n` sits at `r * wide + n * narrow` of the wide
-        // tensor and at `(n * rows + r) * narrow` of the batch.
+        // Row `r` (over C and H) of image `n` starts at `r * wide + n * narrow` of the wide
+        // tensor and at `(n * rows + r)` times the batch's row length (`narrow` on the way in,
+        // `keep` on the way out) of the batch.
         let rows = from[1] * from[2];
         let (images, narrow, keep, wide) = match *self {
             Self::Join { .. } => (from[0], from[3], from[3], to[3]),
