@@ -1105,6 +1105,14 @@ fn bench_denoiser(args: &BenchArgs) -> Result<()> {
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {
+    // Without the feature `--ort-dylib` does not exist, and the variable would go unread.
+    #[cfg(not(feature = "ort"))]
+    if std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        eprintln!(
+            "note: ORT_DYLIB_PATH is set, but this `edge` was built without the `ort` feature: \
+             timing tract only (build with `--features ort` for ONNX Runtime beside it)"
+        );
+    }
     if !args.size.is_empty() {
         return bench_denoiser(args);
     }

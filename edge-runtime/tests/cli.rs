@@ -419,6 +419,46 @@ fn bench_prints_latency_percentiles() {
     }
 }
 
+/// A build without ONNX Runtime says so when asked for it, instead of timing tract alone in
+/// silence.
+#[cfg(not(feature = "ort"))]
+#[test]
+fn bench_without_the_ort_feature_says_ort_dylib_path_goes_unused() {
+    let dir = workspace();
+    let args = [
+        "bench",
+        "--model",
+        "decoder.onnx",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+    ];
+    let out = edge_command()
+        .current_dir(dir.path())
+        .args(args)
+        .env("ORT_DYLIB_PATH", "/nowhere/libonnxruntime.so")
+        .output()
+        .expect("run edge");
+    assert!(out.status.success(), "edge bench failed: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("without the `ort` feature"),
+        "{}",
+        stderr(&out)
+    );
+    let quiet = edge_command()
+        .current_dir(dir.path())
+        .args(args)
+        .env_remove("ORT_DYLIB_PATH")
+        .output()
+        .expect("run edge");
+    assert!(
+        !stderr(&quiet).contains("ORT_DYLIB_PATH"),
+        "{}",
+        stderr(&quiet)
+    );
+}
+
 /// `edge denoise` of a stream of 10x6 gray frames with the box-blur model `blur.onnx`.
 const GRAY_STREAM: [&str; 7] = [
     "denoise",
