@@ -1,42 +1,43 @@
-//! How the crate's models get their convolutions: tract's own choices, changed for the narrow
-//! images our models run on.
+//! How the crate's models get their convolutions: tract's own choices, changed for the images
+//! our models run on.
 //!
 //! tract 0.23 computes a convolution with output rows of 128 points or more with its direct
 //! spatial kernel, and narrower ones by unfolding the input (im2col) and a matrix product.
 //! [`optimize`] makes three changes to that, all measured (BENCHMARKS.md):
-//! - on x86-64, rows of 32 to 127 points take the direct kernel too: the camera denoiser on
-//!   small frames runs 1.3-2.2x faster (the decoders' rows of 4 to 17 points would be 2.7x
-//!   slower at batch 1, 3.5-6x at batch 64; on aarch64 it executed more instructions, so it
-//!   stays off there);
-//! - the other narrow convolutions get their zero padding from [`ZeroPad`], a copy of whole rows
-//!   into a zeroed tensor ahead of them: tract's im2col tests every tap of a padded input
-//!   against the border (half of a decoder's time at batch 64), and takes a fast path on an
-//!   input that holds its padding already; for one image it padded with a generic
-//!   element-by-element `Pad` of its own;
+//! - narrow convolutions get their zero padding from [`ZeroPad`], a copy of whole rows into a
+//!   zeroed tensor ahead of them: tract's im2col tests every tap of a padded input against the
+//!   border (half of a decoder's time at batch 64), and takes a fast path on an input that
+//!   holds its padding already; for one image it padded with a generic element-by-element
+//!   `Pad` of its own;
 //! - a batch of narrow images goes through each unpadded convolution side by side, as one wide
 //!   image (`[N, C, H, W] -> [1, C, H, N * W]`, the outputs cut back apart): tract copies its
 //!   im2col input row by row, and rows of 4 to 16 values made that most of a decoder's time at
-//!   batch 64; on rows of `N * W` points it takes its direct kernel instead, from 128 points.
+//!   batch 64;
+//! - on x86-64 (with AVX2 and FMA), every stride-1 convolution with rows of 32 points or more
+//!   is a [`DirectConv`] of this crate, with the ReLU after it fused in: 1.6-3x faster than
+//!   tract's direct kernel on the camera denoiser. Elsewhere (a Raspberry Pi) tract's choice
+//!   stays: its im2col executed fewer instructions than its direct kernel on narrow rows there.
+//!
+//! [`DirectConv`]: crate::direct_conv::DirectConv
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
-use tract_onnx::tract_hir::tract_core::ops::cnn::conv::DirectSpatialConv;
-use tract_onnx::tract_hir::tract_core::ops::cnn::{Conv, PaddingSpec, wire_reshape_bias_for_bin};
+use tract_onnx::tract_hir::tract_core::ops::cnn::{Conv, PaddingSpec};
 use tract_onnx::tract_hir::tract_core::ops::nn::DataFormat;
-use tract_onnx::tract_hir::tract_core::tract_linalg::routines;
 
 /// The typed, optimised form of `model`, as tract's `into_optimized` makes it, with the changes
 /// to its convolutions the module describes.
 pub(crate) fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
     let mut model = model.into_typed()?.into_decluttered()?;
     // Each patch replaces one convolution by another op or an unpadded one, so these end.
-    while let Some(patch) = direct_first_narrow_conv(&model)? {
-        patch.apply(&mut model)?;
-    }
     while let Some(patch) = split_first_padded_conv(&model)? {
         patch.apply(&mut model)?;
     }
     while let Some(patch) = batch_of_first_narrow_conv_side_by_side(&model)? {
+        patch.apply(&mut model)?;
+    }
+    #[cfg(target_arch = "x86_64")]
+    while let Some(patch) = direct_first_conv(&model)? {
         patch.apply(&mut model)?;
     }
     let mut model = model.into_compact()?;
@@ -44,75 +45,95 @@ pub(crate) fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
     Ok(model)
 }
 
-/// A patch that makes the first convolution with output rows of [`OUR_DIRECT_FROM`] to
-/// [`TRACT_DIRECT_FROM`] points that tract's direct spatial kernel can compute into one (as
-/// tract's own code generation wires it); `None` when there is none left.
-fn direct_first_narrow_conv(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
+/// A patch that makes the first convolution [`DirectConv`] computes (x86-64 with AVX2 and FMA:
+/// stride 1, group 1, float NCHW over two spatial axes, constant weights and bias, a concrete
+/// input shape, output rows of [`OUR_DIRECT_FROM`] points or more) into one; `None` when there
+/// is none left.
+#[cfg(target_arch = "x86_64")]
+fn direct_first_conv(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
+    use crate::direct_conv::{self, DirectConv, Geometry};
+    if !direct_conv::available() {
+        return Ok(None);
+    }
     for node in model.eval_order()?.into_iter().map(|id| model.node(id)) {
         let Some(conv) = node.op_as::<Conv>() else {
             continue;
         };
         let input = model.outlet_fact(node.inputs[0])?;
-        let width = output_row(conv, model.outlet_fact(node.id.into())?);
-        if !direct_spatial_fits(conv, input)
-            || !width.is_some_and(|w| (OUR_DIRECT_FROM..TRACT_DIRECT_FROM).contains(&w))
+        let (Some(kernel), Some(bias)) = (
+            model.outlet_fact(node.inputs[1])?.konst.clone(),
+            model.outlet_fact(node.inputs[2])?.konst.clone(),
+        ) else {
+            continue;
+        };
+        let Some(&[n, ci, hi, wi]) = input.shape.as_concrete() else {
+            continue;
+        };
+        let output = model.outlet_fact(node.id.into())?;
+        let Some(&[_, co, ho, wo]) = output.shape.as_concrete() else {
+            continue;
+        };
+        let spec = &conv.pool_spec;
+        if conv.q_params.is_some()
+            || input.datum_type != f32::datum_type()
+            || spec.data_format != DataFormat::NCHW
+            || conv.group != 1
+            || spec.rank() != 2
+            || spec.strides().iter().any(|&s| s != 1)
+            || spec.kernel_shape[1] > direct_conv::MAX_KERNEL_WIDTH
+            || wo < OUR_DIRECT_FROM
         {
             continue;
         }
-        let mut patch = TypedModelPatch::new("direct-spatial-narrow");
-        let wires = patch.taps(model, &node.inputs)?;
-        let &[x, kernel, bias] = &wires[..] else {
-            bail!("a convolution with {} inputs", wires.len());
+        let padding = spec.computed_padding(&[hi, wi]);
+        let dilation = spec.dilations();
+        let geometry = Geometry {
+            batch: n,
+            input: [ci, hi, wi],
+            output: [co, ho, wo],
+            kernel: [spec.kernel_shape[0], spec.kernel_shape[1]],
+            dilation: [dilation[0], dilation[1]],
+            pad: [padding[0].pad_before, padding[1].pad_before],
         };
-        let x_fact = patch.outlet_fact(x)?.clone();
-        let shape = x_fact
-            .shape
-            .as_concrete()
-            .context("no concrete input shape")?;
-        let geometry = conv
-            .pool_spec
-            .compute_geo(&x_fact.shape)?
-            .to_concrete(shape)?
-            .into_owned();
-        let kernel = conv.wire_kernel_as_g_o_ihw(&mut patch, &node.name, kernel)?[0];
-        let c_axis = conv.pool_spec.data_format.shape(shape)?.c_axis();
-        let bias = wire_reshape_bias_for_bin(
-            &mut patch,
-            &node.name,
-            bias,
-            x_fact.rank(),
-            c_axis,
-            conv.output_channels(),
-        )?[0];
-        let op =
-            DirectSpatialConv::new(geometry.patch, geometry.input_shape, geometry.output_shape);
-        let output = patch.wire_node(&node.name, op, &[x, kernel, bias])?[0];
-        patch.shunt_outside(model, node.id.into(), output)?;
-        patch.obliterate(node.id)?;
+        let kernel = conv.kernel_fmt.kernel_as_group_o_i_hw(&kernel, 1)?; // [1, O, I, H * W]
+        let kernel = kernel.into_shape(&[co, ci, geometry.kernel[0], geometry.kernel[1]])?;
+        let relu = relu_after(model, node)?;
+        let op = DirectConv::new(geometry, &kernel, &bias, relu.is_some())?;
+
+        let mut patch = TypedModelPatch::new("direct-conv");
+        let x = patch.tap_model(model, node.inputs[0])?;
+        let y = patch.wire_node(&node.name, op, &[x])?[0];
+        patch.shunt_outside(model, relu.unwrap_or(node.id).into(), y)?;
         return Ok(Some(patch));
     }
     Ok(None)
 }
 
-/// tract 0.23's conditions for its direct spatial convolution (`Conv::can_direct_spatial`), all
-/// but the row width: group-1 f32 NCHW over two spatial axes, at least two kernel taps, at most
-/// 576 inputs per output point, this host's `conv_w4` kernel (and `depthwise_w` when the output
-/// channels are not a multiple of four), a concrete input shape; and an x86-64 host. On aarch64
-/// (a Raspberry Pi) the direct kernel executed more instructions than im2col on the narrow rows
-/// (qemu-aarch64 counts: +37% per 28x28 frame, +15% per 64x48), so there tract's choice stays.
-fn direct_spatial_fits(conv: &Conv, input: &TypedFact) -> bool {
-    let taps = conv.pool_spec.kernel_shape.iter().product::<usize>();
-    cfg!(target_arch = "x86_64")
-        && conv.q_params.is_none()
-        && input.datum_type == f32::datum_type()
-        && conv.pool_spec.data_format == DataFormat::NCHW
-        && conv.group == 1
-        && conv.pool_spec.rank() == 2
-        && taps >= 2
-        && conv.input_channels() * taps <= 576
-        && routines::conv_w4_f32().is_some()
-        && (conv.output_channels().is_multiple_of(4) || routines::depthwise_w_f32().is_some())
-        && input.shape.as_concrete().is_some()
+/// The node that applies a ReLU (`max(x, 0)`, as tract declutters ONNX's `Relu`) to `node`'s
+/// output and is its only reader, if there is one.
+#[cfg(target_arch = "x86_64")]
+fn relu_after(model: &TypedModel, node: &TypedNode) -> TractResult<Option<usize>> {
+    use tract_onnx::tract_hir::tract_core::ops::binary::TypedBinOp;
+    use tract_onnx::tract_hir::tract_core::ops::math::Max;
+    let output = OutletId::new(node.id, 0);
+    let readers = model.outlet_successors(output);
+    if model.output_outlets()?.contains(&output) || readers.len() != 1 {
+        return Ok(None);
+    }
+    let next = model.node(readers[0].node);
+    let Some(TypedBinOp(op, _)) = next.op_as::<TypedBinOp>() else {
+        return Ok(None);
+    };
+    let &[a, b] = &next.inputs[..] else {
+        return Ok(None);
+    };
+    let other = if a == output { b } else { a };
+    let zero = model
+        .outlet_fact(other)?
+        .konst
+        .as_ref()
+        .is_some_and(|k| k.len() == 1 && k.cast_to_scalar::<f32>().is_ok_and(|v| v == 0.0));
+    Ok((op.is::<Max>() && zero).then_some(next.id))
 }
 
 /// A patch that splits the first float convolution with explicit padding and output rows under
@@ -161,8 +182,8 @@ fn split_first_padded_conv(model: &TypedModel) -> TractResult<Option<TypedModelP
 /// images as one convolution of a single wide image: the batch's images side by side along
 /// the rows, `[N, C, H, W] -> [1, C, H, N * W]`, and the output cut back into images, so that
 /// tract unfolds `N` times longer rows (its im2col copies row by row: most of a decoder's time
-/// at batch 64 went to rows of 4 to 16 values) and runs one matrix product instead of `N`.
-/// `kw - 1` zero columns after the last image keep every image's outputs `W` apart; the
+/// at batch 64 went to rows of 4 to 16 values) and runs one matrix product instead of `N`, or
+/// (x86-64) [`direct_first_conv`] takes the wide rows. `kw - 1` zero columns after the last image keep every image's outputs `W` apart; the
 /// outputs that straddle two images are cut away. Both ends are a [`SideBySide`] op. `None`
 /// when there is none left.
 fn batch_of_first_narrow_conv_side_by_side(
@@ -223,10 +244,12 @@ fn batch_of_first_narrow_conv_side_by_side(
 /// ones by unfolding the input (im2col) and a matrix product.
 const TRACT_DIRECT_FROM: usize = 128;
 
-/// This crate takes the direct kernel from rows of this many points. The camera denoiser's
-/// 8-channel dilated layers run faster on it from ~40 points (a 20x20 frame, mirrored to 40x40:
-/// 0.34 -> 0.22-0.26 ms; 28x28: ~1.3x; 64x48: ~2.2x), the decoders' rows of 4 to 17 points run
+/// On x86-64 this crate computes convolutions with rows of this many points directly
+/// ([`direct_first_conv`]). With tract's direct kernel (sessions 12-21), the camera denoiser's
+/// 8-channel dilated layers ran faster from ~40 points (a 20x20 frame, mirrored to 40x40: 0.34
+/// -> 0.22-0.26 ms; 28x28: ~1.3x; 64x48: ~2.2x), while the decoders' rows of 4 to 17 points ran
 /// 2.7x slower at batch 1 and 3.5-6x at batch 64 (BENCHMARKS.md).
+#[cfg(target_arch = "x86_64")]
 const OUR_DIRECT_FROM: usize = 32;
 
 /// The length of the convolution's output rows, when known.
@@ -481,34 +504,63 @@ mod tests {
     }
 
     /// What the exporter writes runs the same through this crate's graph (its `DepthToSpace`,
-    /// [`ZeroPad`], direct convolutions of narrow rows and batches side by side) as through
-    /// tract's own: the decoder at batch 1 and 64, the camera denoiser on frames 40 and 24
-    /// points wide and on a batch of three.
+    /// [`ZeroPad`], batches side by side and, on x86-64, [`DirectConv`]) as through tract's own:
+    /// the decoder at batch 1 and 64, the camera denoiser on frames 200, 40 and 24 points wide
+    /// (padded inside the convolution, by [`ZeroPad`], by [`ZeroPad`] for tract) and on a batch
+    /// of three.
+    ///
+    /// [`DirectConv`]: crate::direct_conv::DirectConv
     #[test]
     fn exported_models_compute_what_tracts_own_graph_computes() {
         let fixtures =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/roundtrip");
-        // Other hosts unfold and pad instead (`direct_spatial_fits`).
-        let direct = match routines::conv_w4_f32() {
-            Some(_) if cfg!(target_arch = "x86_64") => "DirectSpatialConv",
-            _ => "ZeroPad",
-        };
-        for (file, shape, ops) in [
+        #[cfg(target_arch = "x86_64")]
+        let direct = crate::direct_conv::available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let direct = false;
+        // The ops each graph has, and those it has not, with and without `DirectConv`.
+        type Ops = (&'static [&'static str], &'static [&'static str]);
+        let cases: [(&str, Vec<usize>, Ops, Ops); 6] = [
             (
                 "conv_vae_decoder.onnx",
                 vec![1, 2],
-                ["DepthToSpace", "ZeroPad"],
+                (&["DepthToSpace", "ZeroPad"], &["DirectConv"]),
+                (&["DepthToSpace", "ZeroPad"], &[]),
             ),
             (
                 "conv_vae_decoder.onnx",
                 vec![64, 2],
-                ["DepthToSpace", "ZeroPad"],
+                (&["DepthToSpace", "ZeroPad", "DirectConv"], &[]),
+                (&["DepthToSpace", "ZeroPad"], &[]),
             ),
-            ("camera_denoiser.onnx", vec![1, 1, 30, 40], [direct; 2]),
-            ("camera_denoiser.onnx", vec![1, 1, 20, 24], ["ZeroPad"; 2]),
+            (
+                "camera_denoiser.onnx",
+                vec![1, 1, 12, 200],
+                (&["DirectConv"], &["ZeroPad"]),
+                (&[], &["ZeroPad"]),
+            ),
+            (
+                "camera_denoiser.onnx",
+                vec![1, 1, 30, 40],
+                (&["ZeroPad", "DirectConv"], &[]),
+                (&["ZeroPad"], &[]),
+            ),
+            (
+                "camera_denoiser.onnx",
+                vec![1, 1, 20, 24],
+                (&["ZeroPad"], &["DirectConv"]),
+                (&["ZeroPad"], &[]),
+            ),
             // Dilated convolutions, three images side by side.
-            ("camera_denoiser.onnx", vec![3, 1, 9, 10], ["ZeroPad"; 2]),
-        ] {
+            (
+                "camera_denoiser.onnx",
+                vec![3, 1, 9, 10],
+                (&["ZeroPad", "DirectConv"], &[]),
+                (&["ZeroPad"], &[]),
+            ),
+        ];
+        for (file, shape, with_direct, without) in cases {
+            let (has, has_not) = if direct { with_direct } else { without };
             let path = fixtures.join(file);
             let fact = f32::fact(&shape);
             let stock = tract_onnx::onnx()
@@ -522,10 +574,16 @@ mod tests {
                 .with_input_fact(0, fact.into())
                 .and_then(optimize)
                 .unwrap();
-            for op in ops {
+            for &op in has {
                 assert!(
                     ours.nodes().iter().any(|n| n.op.name() == op),
                     "{file} {shape:?}: no {op} in the graph"
+                );
+            }
+            for &op in has_not {
+                assert!(
+                    !ours.nodes().iter().any(|n| n.op.name() == op),
+                    "{file} {shape:?}: {op} in the graph"
                 );
             }
             // A batch of narrow images, and only that, runs side by side.
