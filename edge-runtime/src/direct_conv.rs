@@ -1,15 +1,16 @@
 //! A stride-1 float convolution computed along its output rows with AVX2 and FMA: the x86-64
 //! direct convolution [`crate::convolution::optimize`] gives the rows of 32 points or more.
 //!
-//! tract 0.23 has a direct kernel of its own (`DirectSpatialConv`), which reached ~20 G
-//! multiply-adds per second on one core here where the FMA units allow ~55 G: it dispatches on
-//! the input stride inside its loop over taps, reads each tap's four weights from four places
-//! with bounds checks, computes a whole plane for four output channels before the next four
-//! (so a wide frame's input comes back from L2 for each), and computes the borders of a padded
-//! input one point and one tap at a time. [`DirectConv`] computes an output row for all its
-//! channels before the next row, from weights packed tap by tap at load time, and computes the
-//! borders with masked loads (lanes outside the input read as zero), so padding costs no copy.
-//! BENCHMARKS.md has the figures.
+//! tract 0.23 has a direct kernel of its own (`DirectSpatialConv`). It tests the input stride
+//! inside its loop over taps, reads each tap's four weights from four places behind bounds
+//! checks, computes a whole plane for four output channels before the next four (so a wide
+//! frame's input comes back from L2 or further for each four), and computes the borders of a
+//! padded input one point and one tap at a time. [`DirectConv`] computes an output row for all
+//! its channels before the next row, from weights packed tap by tap at load time, computes the
+//! borders with masked loads (lanes outside the input read as zero, so padding costs no copy),
+//! and applies the ReLU that follows as it stores. On the camera denoiser that took 66% of the
+//! instructions per 28x28 frame and 36% per 320x240 frame, and made tract faster than ONNX
+//! Runtime at every frame size (BENCHMARKS.md, "DirectConv").
 //!
 //! The weights are packed in (kernel row, input channel, kernel column) order, so the taps
 //! whose kernel rows fall inside the input for an output row are one contiguous range of them.
@@ -70,6 +71,8 @@ pub(crate) struct DirectConv {
     packed: Arc<Tensor>,
     /// One per output channel.
     bias: Arc<Tensor>,
+    /// Each tap's offset from the input point under the output point, in packed order.
+    offsets: Vec<isize>,
     /// Whether a ReLU follows (`max(0, y)`, fused into the stores; NaN stays NaN).
     relu: bool,
 }
@@ -126,8 +129,19 @@ impl DirectConv {
                 }
             }
         }
+        let [hi, wi] = [geometry.input[1], geometry.input[2]];
+        let [dh, dw] = geometry.dilation;
+        let mut offsets = Vec::with_capacity(kh * ci * kw);
+        for ky in 0..kh {
+            for c in 0..ci {
+                for kx in 0..kw {
+                    offsets.push(((c * hi + ky * dh) * wi + kx * dw) as isize);
+                }
+            }
+        }
         Ok(DirectConv {
             geometry,
+            offsets,
             packed: Arc::new(tensor1(&packed)),
             bias: Arc::new(tensor1(&bias)),
             relu,
@@ -164,15 +178,8 @@ impl DirectConv {
         let bias = self.bias.try_as_plain_ram()?;
         let bias = bias.as_slice::<f32>()?;
         ensure!(packed.len() == co * ci * kh * kw && bias.len() == co);
-        // Taps in packed order: their offsets from the input point under the output point.
-        let mut offsets = Vec::with_capacity(kh * ci * kw);
-        for ky in 0..kh {
-            for c in 0..ci {
-                for kx in 0..kw {
-                    offsets.push(((c * hi + ky * dh) * wi + kx * dw) as isize);
-                }
-            }
-        }
+        let offsets = &self.offsets;
+        ensure!(offsets.len() == kh * ci * kw);
         let taps_per_row = ci * kw;
         // Output columns whose taps all fall inside the input columns.
         let reach = (kw - 1) * dw;
