@@ -13,10 +13,11 @@
 //!   image (`[N, C, H, W] -> [1, C, H, N * W]`, the outputs cut back apart): tract copies its
 //!   im2col input row by row, and rows of 4 to 16 values made that most of a decoder's time at
 //!   batch 64;
-//! - on x86-64 (with AVX2 and FMA), every stride-1 convolution with rows of 32 points or more
-//!   is a [`DirectConv`] of this crate, with the ReLU after it fused in: 1.6-3x faster than
-//!   tract's direct kernel on the camera denoiser. Elsewhere (a Raspberry Pi) tract's choice
-//!   stays: its im2col executed fewer instructions than its direct kernel on narrow rows there.
+//! - on x86-64 (with AVX2 and FMA) and aarch64, every stride-1 convolution with rows of 32
+//!   points or more is a [`DirectConv`] of this crate, with the ReLU after it fused in: up to
+//!   3x faster than tract's direct kernel on the camera denoiser's small frames on x86-64, 39-45%
+//!   fewer instructions per frame on aarch64 (where every padded convolution gets [`ZeroPad`]
+//!   ahead of it). 32-bit ARM (armv7) keeps tract's choices.
 //!
 //! [`DirectConv`]: crate::direct_conv::DirectConv
 
@@ -36,7 +37,7 @@ pub(crate) fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
     while let Some(patch) = batch_of_first_narrow_conv_side_by_side(&model)? {
         patch.apply(&mut model)?;
     }
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     while let Some(patch) = direct_first_conv(&model)? {
         patch.apply(&mut model)?;
     }
@@ -49,7 +50,7 @@ pub(crate) fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
 /// stride 1, group 1, float NCHW over two spatial axes, constant weights and bias, a concrete
 /// input shape, output rows of [`OUR_DIRECT_FROM`] points or more) into one; `None` when there
 /// is none left.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn direct_first_conv(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
     use crate::direct_conv::{self, DirectConv, Geometry};
     if !direct_conv::available() {
@@ -111,7 +112,7 @@ fn direct_first_conv(model: &TypedModel) -> TractResult<Option<TypedModelPatch>>
 
 /// The node that applies a ReLU (`max(x, 0)`, as tract declutters ONNX's `Relu`) to `node`'s
 /// output and is its only reader, if there is one.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn relu_after(model: &TypedModel, node: &TypedNode) -> TractResult<Option<usize>> {
     use tract_onnx::tract_hir::tract_core::ops::binary::TypedBinOp;
     use tract_onnx::tract_hir::tract_core::ops::math::Max;
@@ -137,7 +138,7 @@ fn relu_after(model: &TypedModel, node: &TypedNode) -> TractResult<Option<usize>
 }
 
 /// A patch that splits the first float convolution with explicit padding and output rows under
-/// [`TRACT_DIRECT_FROM`] points into [`ZeroPad`] and the same convolution without padding;
+/// [`PAD_AHEAD_BELOW`] points into [`ZeroPad`] and the same convolution without padding;
 /// `None` when there is none left.
 fn split_first_padded_conv(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
     for node in model.eval_order()?.into_iter().map(|id| model.node(id)) {
@@ -152,7 +153,7 @@ fn split_first_padded_conv(model: &TypedModel) -> TractResult<Option<TypedModelP
             || !input.datum_type.is_float()
             || before.iter().chain(after).all(|&p| p == 0)
             || output_row(conv, model.outlet_fact(node.id.into())?)
-                .is_none_or(|w| w >= TRACT_DIRECT_FROM)
+                .is_none_or(|w| PAD_AHEAD_BELOW.is_some_and(|below| w >= below))
         {
             continue;
         }
@@ -244,12 +245,25 @@ fn batch_of_first_narrow_conv_side_by_side(
 /// ones by unfolding the input (im2col) and a matrix product.
 const TRACT_DIRECT_FROM: usize = 128;
 
-/// On x86-64 this crate computes convolutions with rows of this many points directly
-/// ([`direct_first_conv`]). With tract's direct kernel (sessions 12-21), the camera denoiser's
-/// 8-channel dilated layers ran faster from ~40 points (a 20x20 frame, mirrored to 40x40: 0.34
-/// -> 0.22-0.26 ms; 28x28: ~1.3x; 64x48: ~2.2x), while the decoders' rows of 4 to 17 points ran
-/// 2.7x slower at batch 1 and 3.5-6x at batch 64 (BENCHMARKS.md).
-#[cfg(target_arch = "x86_64")]
+/// Convolutions with output rows narrower than this get their zero padding from [`ZeroPad`].
+/// On aarch64 (`None`) that is every convolution: [`DirectConv`] computes its border points one tap at
+/// a time there (NEON has no masked loads), which cost more than copying the input (qemu
+/// counts, BENCHMARKS.md). Elsewhere, wider rows go to kernels that handle their borders:
+/// tract's direct one, or `DirectConv`'s masked loads on x86-64.
+///
+/// [`DirectConv`]: crate::direct_conv::DirectConv
+#[cfg(target_arch = "aarch64")]
+const PAD_AHEAD_BELOW: Option<usize> = None;
+#[cfg(not(target_arch = "aarch64"))]
+const PAD_AHEAD_BELOW: Option<usize> = Some(TRACT_DIRECT_FROM);
+
+/// On x86-64 and aarch64, convolutions with output rows of this many points or more run on
+/// [`DirectConv`] ([`direct_first_conv`]); narrower ones stay on tract's im2col: the decoder at
+/// batch 1, whose rows are 4 to 15 points, executed 24% more instructions per call with all
+/// its convolutions on `DirectConv` (x86-64, BENCHMARKS.md).
+///
+/// [`DirectConv`]: crate::direct_conv::DirectConv
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const OUR_DIRECT_FROM: usize = 32;
 
 /// The length of the convolution's output rows, when known.
@@ -504,19 +518,19 @@ mod tests {
     }
 
     /// What the exporter writes runs the same through this crate's graph (its `DepthToSpace`,
-    /// [`ZeroPad`], batches side by side and, on x86-64, [`DirectConv`]) as through tract's own:
-    /// the decoder at batch 1 and 64, the camera denoiser on frames 200, 40 and 24 points wide
-    /// (padded inside the convolution, by [`ZeroPad`], by [`ZeroPad`] for tract) and on a batch
-    /// of three.
+    /// [`ZeroPad`], batches side by side and, on x86-64 and aarch64, [`DirectConv`]) as through
+    /// tract's own: the decoder at batch 1 and 64, the camera denoiser on frames 200, 40 and 24
+    /// points wide (padded inside the convolution on x86-64, by [`ZeroPad`], by [`ZeroPad`] for
+    /// tract) and on a batch of three.
     ///
     /// [`DirectConv`]: crate::direct_conv::DirectConv
     #[test]
     fn exported_models_compute_what_tracts_own_graph_computes() {
         let fixtures =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/roundtrip");
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         let direct = crate::direct_conv::available();
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let direct = false;
         // The ops each graph has, and those it has not, with and without `DirectConv`.
         type Ops = (&'static [&'static str], &'static [&'static str]);
@@ -536,7 +550,12 @@ mod tests {
             (
                 "camera_denoiser.onnx",
                 vec![1, 1, 12, 200],
-                (&["DirectConv"], &["ZeroPad"]),
+                // Padded by `DirectConv`'s masked loads; on aarch64 ahead of it.
+                if cfg!(target_arch = "aarch64") {
+                    (&["ZeroPad", "DirectConv"], &[])
+                } else {
+                    (&["DirectConv"], &["ZeroPad"])
+                },
                 (&[], &["ZeroPad"]),
             ),
             (

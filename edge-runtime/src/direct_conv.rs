@@ -1,16 +1,20 @@
-//! A stride-1 float convolution computed along its output rows with AVX2 and FMA: the x86-64
-//! direct convolution [`crate::convolution::optimize`] gives the rows of 32 points or more.
+//! A stride-1 float convolution computed along its output rows with AVX2 and FMA (x86-64) or
+//! NEON (aarch64, a 64-bit Raspberry Pi): the direct convolution [`crate::convolution::optimize`]
+//! gives the rows of 32 points or more on those CPUs.
 //!
 //! tract 0.23 has a direct kernel of its own (`DirectSpatialConv`). It tests the input stride
 //! inside its loop over taps, reads each tap's four weights from four places behind bounds
 //! checks, computes a whole plane for four output channels before the next four (so a wide
 //! frame's input comes back from L2 or further for each four), and computes the borders of a
 //! padded input one point and one tap at a time. [`DirectConv`] computes an output row for all
-//! its channels before the next row, from weights packed tap by tap at load time, computes the
-//! borders with masked loads (lanes outside the input read as zero, so padding costs no copy),
-//! and applies the ReLU that follows as it stores. On the camera denoiser that took 66% of the
-//! instructions per 28x28 frame and 36% per 320x240 frame, and made tract faster than ONNX
-//! Runtime at every frame size (BENCHMARKS.md, "DirectConv").
+//! its channels before the next row, from weights packed tap by tap at load time, and applies
+//! the ReLU that follows as it stores. On x86-64 it computes the borders with masked loads
+//! (lanes outside the input read as zero, so padding costs no copy); NEON has no masked loads,
+//! so on aarch64 the border points are computed one tap at a time and the crate pads ahead of
+//! the convolution instead ([`crate::convolution`]). On the camera denoiser that took 66% of
+//! the x86-64 instructions per 28x28 frame and 36% per 320x240 frame, made tract faster than
+//! ONNX Runtime at every frame size, and took 39-45% of the aarch64 instructions per frame
+//! (BENCHMARKS.md, "DirectConv").
 //!
 //! The weights are packed in (kernel row, input channel, kernel column) order, so the taps
 //! whose kernel rows fall inside the input for an output row are one contiguous range of them.
@@ -19,27 +23,50 @@
 //! stores stay inside their slices.
 #![allow(unsafe_code)]
 
+#[cfg(target_arch = "aarch64")]
+use std::arch::aarch64::*;
+#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 use std::sync::Arc;
 
 use tract_onnx::tract_hir::internal::*;
 
-/// `f32` lanes of an AVX register.
+/// `f32` lanes of a vector register: AVX, NEON.
+#[cfg(target_arch = "x86_64")]
 const LANES: usize = 8;
+#[cfg(target_arch = "aarch64")]
+const LANES: usize = 4;
 
-/// Vectors of points per block of the kernel for four output channels (eight accumulators:
-/// the FMA latency times the two FMA units' throughput).
+/// Vectors of points per block of the kernel for four output channels: enough accumulators to
+/// cover the FMA latency times the FMA units' throughput (x86-64: 4 cycles x 2, 8 accumulators;
+/// a Pi 4's Cortex-A72: 7 x 2, 16 of its 32 registers).
+#[cfg(target_arch = "x86_64")]
 const VECTORS_4CH: usize = 2;
+#[cfg(target_arch = "aarch64")]
+const VECTORS_4CH: usize = 4;
 
 /// Vectors of points per block of the kernel for one output channel.
+#[cfg(target_arch = "x86_64")]
 const VECTORS_1CH: usize = 4;
+#[cfg(target_arch = "aarch64")]
+const VECTORS_1CH: usize = 8;
+
+/// Output points per call of the border code: a masked vector (x86-64), one point (aarch64).
+#[cfg(target_arch = "x86_64")]
+const BORDER_STEP: usize = LANES;
+#[cfg(target_arch = "aarch64")]
+const BORDER_STEP: usize = 1;
 
 /// The widest kernel row [`DirectConv`] takes (one load mask per kernel column).
 pub(crate) const MAX_KERNEL_WIDTH: usize = 16;
 
-/// Whether this CPU runs [`DirectConv`].
+/// Whether this CPU runs [`DirectConv`]: AVX2 and FMA on x86-64; any aarch64 (NEON is part of
+/// its base instruction set).
 pub(crate) fn available() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    #[cfg(target_arch = "x86_64")]
+    return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(target_arch = "aarch64")]
+    return true;
 }
 
 /// The shape of a [`DirectConv`]: one batch of NCHW images, stride 1.
@@ -154,8 +181,8 @@ impl DirectConv {
     }
 
     /// # Safety
-    /// The CPU has AVX2 and FMA ([`available`]).
-    #[target_feature(enable = "avx2,fma")]
+    /// The CPU runs [`DirectConv`] ([`available`]).
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
     unsafe fn eval_f32(&self, input: &[f32], output: &mut [f32]) -> TractResult<()> {
         let g = &self.geometry;
         let [ci, hi, wi] = g.input;
@@ -210,7 +237,7 @@ impl DirectConv {
                     let weights = &packed[first * ci * kh * kw..][..channels * ci * kh * kw];
                     let weights = &weights[taps.start * channels..taps.end * channels];
                     let out = &mut out[first * plane + y * wo..];
-                    // SAFETY: AVX2 and FMA are this function's own target features.
+                    // SAFETY: this function's own condition.
                     unsafe {
                         match channels {
                             4 => row.compute::<4, VECTORS_4CH>(
@@ -254,12 +281,11 @@ struct Row<'a> {
 
 impl Row<'_> {
     /// Output row `out[..wo]` and the same row of the next `C - 1` channels (`plane` apart):
-    /// blocks of `V` vectors where every tap is inside the input, masked single vectors at the
-    /// borders.
+    /// blocks of `V` vectors where every tap is inside the input, the border code elsewhere.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
+    /// The CPU runs [`DirectConv`] ([`available`]).
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
     unsafe fn compute<const C: usize, const V: usize>(
         &self,
         weights: &[f32],
@@ -277,14 +303,14 @@ impl Row<'_> {
         let (x_lo, x_hi) = self.x_range;
         let mut x = 0;
         let interior = x_hi.saturating_sub(x_lo);
-        // SAFETY (both kernels): the taps' offsets stay inside the image for every point the
-        // full kernel computes (`x_range`), the masked kernel loads only lanes inside it, and
-        // both write `out` below `(C - 1) * plane + wo`, checked above.
+        // SAFETY (all kernels): the taps' offsets stay inside the image for every point the
+        // full kernel computes (`x_range`), the border code loads only inside it, and all
+        // write `out` below `(C - 1) * plane + wo`, checked above.
         unsafe {
             if interior >= block {
                 while x < x_lo {
-                    self.masked::<C>(x, weights, bias, out, plane);
-                    x += LANES;
+                    self.border::<C>(x, weights, bias, out, plane);
+                    x += BORDER_STEP;
                 }
                 self.full::<C, V>(x_lo, interior / block, weights, bias, out, plane);
                 if !interior.is_multiple_of(block) {
@@ -294,8 +320,8 @@ impl Row<'_> {
                 x = x_hi;
             }
             while x < wo {
-                self.masked::<C>(x, weights, bias, out, plane);
-                x += LANES;
+                self.border::<C>(x, weights, bias, out, plane);
+                x += BORDER_STEP;
             }
         }
         Ok(())
@@ -303,6 +329,7 @@ impl Row<'_> {
 
     /// `blocks` blocks of `V` vectors of output points from column `x`, every tap inside the
     /// input.
+    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn full<const C: usize, const V: usize>(
         &self,
@@ -351,8 +378,9 @@ impl Row<'_> {
 
     /// The output points `x..x + 8` that are in the row, the taps' lanes outside the input
     /// masked off (they add nothing: zero padding).
+    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn masked<const C: usize>(
+    unsafe fn border<const C: usize>(
         &self,
         x: usize,
         weights: &[f32],
@@ -414,12 +442,96 @@ impl Row<'_> {
     }
 
     /// `max(0, y)` with a ReLU (NaN stays NaN), else `y`.
+    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn activation(&self, y: __m256) -> __m256 {
         if self.relu {
             _mm256_max_ps(_mm256_setzero_ps(), y)
         } else {
             y
+        }
+    }
+
+    /// `blocks` blocks of `V` vectors of output points from column `x`, every tap inside the
+    /// input.
+    #[cfg(target_arch = "aarch64")]
+    #[target_feature(enable = "neon")]
+    unsafe fn full<const C: usize, const V: usize>(
+        &self,
+        x: usize,
+        blocks: usize,
+        weights: &[f32],
+        bias: &[f32; C],
+        out: &mut [f32],
+        plane: usize,
+    ) {
+        let input = self.image.as_ptr();
+        let out = out.as_mut_ptr();
+        let w = weights.as_ptr();
+        for b in 0..blocks {
+            let x = x + b * V * LANES;
+            let start = self.origin + x as isize;
+            let mut acc = [[vdupq_n_f32(0.0); V]; C];
+            for (c, acc) in acc.iter_mut().enumerate() {
+                *acc = [vdupq_n_f32(bias[c]); V];
+            }
+            for (t, &offset) in self.offsets.iter().enumerate() {
+                // SAFETY: the caller's (`compute`'s) bounds.
+                unsafe {
+                    let p = input.offset(start + offset);
+                    let mut v = [vdupq_n_f32(0.0); V];
+                    for (i, v) in v.iter_mut().enumerate() {
+                        *v = vld1q_f32(p.add(i * LANES));
+                    }
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        let k = *w.add(t * C + c);
+                        for (acc, &v) in acc.iter_mut().zip(&v) {
+                            *acc = vfmaq_n_f32(*acc, v, k);
+                        }
+                    }
+                }
+            }
+            for (c, acc) in acc.iter().enumerate() {
+                for (i, &acc) in acc.iter().enumerate() {
+                    // `fmax`: NaN stays NaN.
+                    let y = if self.relu {
+                        vmaxq_f32(vdupq_n_f32(0.0), acc)
+                    } else {
+                        acc
+                    };
+                    // SAFETY: the caller's (`compute`'s) bounds.
+                    unsafe { vst1q_f32(out.add(c * plane + x + i * LANES), y) };
+                }
+            }
+        }
+    }
+
+    /// The output point `x`, one tap at a time; taps outside the input add nothing (zero
+    /// padding).
+    #[cfg(target_arch = "aarch64")]
+    unsafe fn border<const C: usize>(
+        &self,
+        x: usize,
+        weights: &[f32],
+        bias: &[f32; C],
+        out: &mut [f32],
+        plane: usize,
+    ) {
+        let [pl, wi, _, kw, dw] = self.columns;
+        let mut sums = *bias;
+        for (t, &offset) in self.offsets.iter().enumerate() {
+            // Taps run along the kernel columns fastest.
+            let column = (x + (t % kw) * dw).checked_sub(pl);
+            if column.is_some_and(|c| c < wi) {
+                let v = self.image[(self.origin + x as isize + offset) as usize];
+                for (c, sum) in sums.iter_mut().enumerate() {
+                    *sum += weights[t * C + c] * v;
+                }
+            }
+        }
+        for (c, &y) in sums.iter().enumerate() {
+            // `y < 0` is false for NaN, which stays NaN.
+            out[c * plane + x] = if self.relu && y < 0.0 { 0.0 } else { y };
         }
     }
 }

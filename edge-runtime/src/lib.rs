@@ -4,7 +4,7 @@
 //! interface its role needs, optimises it once (tract's optimiser, with rewrites of our own for
 //! the images these models see: a one-pass `DepthToSpace`, zero padding as a copy ahead of
 //! narrow convolutions, a batch of images convolved side by side as one wide image, and on
-//! x86-64 a direct convolution of our own; BENCHMARKS.md), and runs it: a [`Decoder`] turns
+//! x86-64 and aarch64 a direct convolution of our own; BENCHMARKS.md), and runs it: a [`Decoder`] turns
 //! latent vectors into grayscale digit images (written as PNG or PGM), a [`Denoiser`] cleans
 //! camera frames of a size fixed at load time (one by one or as a stream, [`frames`]), and an
 //! [`OnnxModel`] runs encoders and upscalers.
@@ -31,9 +31,9 @@
 //! Nothing here is specific to a CPU: the same code is tested on x86_64 and, through
 //! `qemu-aarch64 -cpu cortex-a72`, on the aarch64 build that runs on a Pi (see the workspace's
 //! `.cargo/config.toml`). One speed choice differs by CPU, not the results (within float
-//! rounding): on x86-64 with AVX2 and FMA, convolutions with rows of 32 points or more run on
-//! this crate's own direct kernel (`direct_conv`, the one module with SIMD intrinsics); other
-//! CPUs run tract's.
+//! rounding): on x86-64 with AVX2 and FMA and on aarch64, convolutions with rows of 32 points or
+//! more run on this crate's own direct kernel (`direct_conv`, the one module with SIMD
+//! intrinsics); other CPUs (armv7) run tract's.
 //!
 //! [tract]: https://github.com/sonos/tract
 #![warn(missing_docs)]
@@ -44,7 +44,7 @@ mod convolution;
 mod decoder;
 mod denoiser;
 mod depth_to_space;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod direct_conv;
 mod error;
 pub mod frames;
