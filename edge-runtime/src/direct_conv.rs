@@ -266,6 +266,109 @@ fn channel_groups(co: usize) -> impl Iterator<Item = (usize, usize)> {
         .chain((4 * fours..co).map(|o| (o, 1)))
 }
 
+/// A vector register of [`LANES`] floats (AVX, NEON) and what [`Row::full`] does with it.
+#[derive(Clone, Copy)]
+struct F32s(Register);
+
+#[cfg(target_arch = "x86_64")]
+type Register = __m256;
+#[cfg(target_arch = "aarch64")]
+type Register = float32x4_t;
+
+#[cfg(target_arch = "x86_64")]
+impl F32s {
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn splat(x: f32) -> Self {
+        F32s(_mm256_set1_ps(x))
+    }
+
+    /// # Safety
+    /// `p` is valid for reading `LANES` floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller's.
+        F32s(unsafe { _mm256_loadu_ps(p) })
+    }
+
+    /// # Safety
+    /// `p` is valid for writing `LANES` floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: the caller's.
+        unsafe { _mm256_storeu_ps(p, self.0) }
+    }
+
+    /// `self + v * *k`, fused.
+    ///
+    /// # Safety
+    /// `k` is valid for reading a float.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn mul_add(self, v: Self, k: *const f32) -> Self {
+        // SAFETY: the caller's.
+        F32s(_mm256_fmadd_ps(
+            v.0,
+            _mm256_broadcast_ss(unsafe { &*k }),
+            self.0,
+        ))
+    }
+
+    /// `max(0, self)`; NaN stays NaN.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn relu(self) -> Self {
+        F32s(_mm256_max_ps(_mm256_setzero_ps(), self.0))
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+impl F32s {
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn splat(x: f32) -> Self {
+        F32s(vdupq_n_f32(x))
+    }
+
+    /// # Safety
+    /// `p` is valid for reading `LANES` floats.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller's.
+        F32s(unsafe { vld1q_f32(p) })
+    }
+
+    /// # Safety
+    /// `p` is valid for writing `LANES` floats.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: the caller's.
+        unsafe { vst1q_f32(p, self.0) }
+    }
+
+    /// `self + v * *k`, fused.
+    ///
+    /// # Safety
+    /// `k` is valid for reading a float.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn mul_add(self, v: Self, k: *const f32) -> Self {
+        // SAFETY: the caller's.
+        F32s(vfmaq_n_f32(self.0, v.0, unsafe { *k }))
+    }
+
+    /// `max(0, self)` (`fmax`: NaN stays NaN).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn relu(self) -> Self {
+        F32s(vmaxq_f32(vdupq_n_f32(0.0), self.0))
+    }
+}
+
 /// One output row's view of one input image.
 struct Row<'a> {
     image: &'a [f32],
@@ -329,8 +432,8 @@ impl Row<'_> {
 
     /// `blocks` blocks of `V` vectors of output points from column `x`, every tap inside the
     /// input.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+    #[cfg_attr(target_arch = "aarch64", target_feature(enable = "neon"))]
     unsafe fn full<const C: usize, const V: usize>(
         &self,
         x: usize,
@@ -346,31 +449,31 @@ impl Row<'_> {
         for b in 0..blocks {
             let x = x + b * V * LANES;
             let start = self.origin + x as isize;
-            let mut acc = [[_mm256_setzero_ps(); V]; C];
+            let mut acc = [[F32s::splat(0.0); V]; C];
             for (c, acc) in acc.iter_mut().enumerate() {
-                *acc = [_mm256_set1_ps(bias[c]); V];
+                *acc = [F32s::splat(bias[c]); V];
             }
             for (t, &offset) in self.offsets.iter().enumerate() {
                 // SAFETY: the caller's (`compute`'s) bounds.
                 unsafe {
                     let p = input.offset(start + offset);
-                    let mut v = [_mm256_setzero_ps(); V];
+                    let mut v = [F32s::splat(0.0); V];
                     for (i, v) in v.iter_mut().enumerate() {
-                        *v = _mm256_loadu_ps(p.add(i * LANES));
+                        *v = F32s::load(p.add(i * LANES));
                     }
                     for (c, acc) in acc.iter_mut().enumerate() {
-                        let k = _mm256_broadcast_ss(&*w.add(t * C + c));
+                        let k = w.add(t * C + c);
                         for (acc, &v) in acc.iter_mut().zip(&v) {
-                            *acc = _mm256_fmadd_ps(v, k, *acc);
+                            *acc = acc.mul_add(v, k);
                         }
                     }
                 }
             }
             for (c, acc) in acc.iter().enumerate() {
                 for (i, &acc) in acc.iter().enumerate() {
-                    let y = self.activation(acc);
+                    let y = if self.relu { acc.relu() } else { acc };
                     // SAFETY: the caller's (`compute`'s) bounds.
-                    unsafe { _mm256_storeu_ps(out.add(c * plane + x + i * LANES), y) };
+                    unsafe { y.store(out.add(c * plane + x + i * LANES)) };
                 }
             }
         }
@@ -435,74 +538,10 @@ impl Row<'_> {
         let out = out.as_mut_ptr();
         let [even, odd] = acc;
         for (c, (even, odd)) in even.into_iter().zip(odd).enumerate() {
-            let y = self.activation(_mm256_add_ps(even, odd));
+            let y = _mm256_add_ps(even, odd);
+            let y = if self.relu { F32s(y).relu().0 } else { y };
             // SAFETY: the lanes `stored` keeps are inside the row (`compute`'s bounds).
             unsafe { _mm256_maskstore_ps(out.wrapping_add(c * plane + x), stored, y) };
-        }
-    }
-
-    /// `max(0, y)` with a ReLU (NaN stays NaN), else `y`.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn activation(&self, y: __m256) -> __m256 {
-        if self.relu {
-            _mm256_max_ps(_mm256_setzero_ps(), y)
-        } else {
-            y
-        }
-    }
-
-    /// `blocks` blocks of `V` vectors of output points from column `x`, every tap inside the
-    /// input.
-    #[cfg(target_arch = "aarch64")]
-    #[target_feature(enable = "neon")]
-    unsafe fn full<const C: usize, const V: usize>(
-        &self,
-        x: usize,
-        blocks: usize,
-        weights: &[f32],
-        bias: &[f32; C],
-        out: &mut [f32],
-        plane: usize,
-    ) {
-        let input = self.image.as_ptr();
-        let out = out.as_mut_ptr();
-        let w = weights.as_ptr();
-        for b in 0..blocks {
-            let x = x + b * V * LANES;
-            let start = self.origin + x as isize;
-            let mut acc = [[vdupq_n_f32(0.0); V]; C];
-            for (c, acc) in acc.iter_mut().enumerate() {
-                *acc = [vdupq_n_f32(bias[c]); V];
-            }
-            for (t, &offset) in self.offsets.iter().enumerate() {
-                // SAFETY: the caller's (`compute`'s) bounds.
-                unsafe {
-                    let p = input.offset(start + offset);
-                    let mut v = [vdupq_n_f32(0.0); V];
-                    for (i, v) in v.iter_mut().enumerate() {
-                        *v = vld1q_f32(p.add(i * LANES));
-                    }
-                    for (c, acc) in acc.iter_mut().enumerate() {
-                        let k = *w.add(t * C + c);
-                        for (acc, &v) in acc.iter_mut().zip(&v) {
-                            *acc = vfmaq_n_f32(*acc, v, k);
-                        }
-                    }
-                }
-            }
-            for (c, acc) in acc.iter().enumerate() {
-                for (i, &acc) in acc.iter().enumerate() {
-                    // `fmax`: NaN stays NaN.
-                    let y = if self.relu {
-                        vmaxq_f32(vdupq_n_f32(0.0), acc)
-                    } else {
-                        acc
-                    };
-                    // SAFETY: the caller's (`compute`'s) bounds.
-                    unsafe { vst1q_f32(out.add(c * plane + x + i * LANES), y) };
-                }
-            }
         }
     }
 
