@@ -14,7 +14,8 @@
 //!   im2col input row by row, and rows of 4 to 16 values made that most of a decoder's time at
 //!   batch 64;
 //! - on x86-64 (with AVX2 and FMA) and aarch64, every stride-1 convolution with rows of 32
-//!   points or more is a [`DirectConv`] of this crate, with the ReLU after it fused in: up to
+//!   points or more (on x86-64 also any with at most 4 output channels, such as a decoder's
+//!   last layer) is a [`DirectConv`] of this crate, with the ReLU after it fused in: up to
 //!   3x faster than tract's direct kernel on the camera denoiser's small frames on x86-64, 39-45%
 //!   fewer instructions per frame on aarch64 (where every padded convolution gets [`ZeroPad`]
 //!   ahead of it). 32-bit ARM (armv7) keeps tract's choices.

@@ -32,8 +32,8 @@
 //! `qemu-aarch64 -cpu cortex-a72`, on the aarch64 build that runs on a Pi (see the workspace's
 //! `.cargo/config.toml`). One speed choice differs by CPU, not the results (within float
 //! rounding): on x86-64 with AVX2 and FMA and on aarch64, convolutions with rows of 32 points or
-//! more run on this crate's own direct kernel (`direct_conv`, the one module with SIMD
-//! intrinsics); other CPUs (armv7) run tract's.
+//! more (on x86-64 also any with at most 4 output channels) run on this crate's own direct
+//! kernel (`direct_conv`, the one module with SIMD intrinsics); other CPUs (armv7) run tract's.
 //!
 //! [tract]: https://github.com/sonos/tract
 #![warn(missing_docs)]
