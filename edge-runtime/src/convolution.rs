@@ -62,10 +62,13 @@ fn direct_first_conv(model: &TypedModel) -> TractResult<Option<TypedModelPatch>>
         let Some(conv) = node.op_as::<Conv>() else {
             continue;
         };
-        let input = model.outlet_fact(node.inputs[0])?;
+        let &[x, kernel, bias] = &node.inputs[..] else {
+            continue;
+        };
+        let input = model.outlet_fact(x)?;
         let (Some(kernel), Some(bias)) = (
-            model.outlet_fact(node.inputs[1])?.konst.clone(),
-            model.outlet_fact(node.inputs[2])?.konst.clone(),
+            model.outlet_fact(kernel)?.konst.clone(),
+            model.outlet_fact(bias)?.konst.clone(),
         ) else {
             continue;
         };
@@ -104,7 +107,7 @@ fn direct_first_conv(model: &TypedModel) -> TractResult<Option<TypedModelPatch>>
         let op = DirectConv::new(geometry, &kernel, &bias, relu.is_some())?;
 
         let mut patch = TypedModelPatch::new("direct-conv");
-        let x = patch.tap_model(model, node.inputs[0])?;
+        let x = patch.tap_model(model, x)?;
         let y = patch.wire_node(&node.name, op, &[x])?[0];
         patch.shunt_outside(model, relu.unwrap_or(node.id).into(), y)?;
         return Ok(Some(patch));
@@ -186,9 +189,11 @@ fn split_first_padded_conv(model: &TypedModel) -> TractResult<Option<TypedModelP
 /// the rows, `[N, C, H, W] -> [1, C, H, N * W]`, and the output cut back into images, so that
 /// tract unfolds `N` times longer rows (its im2col copies row by row: most of a decoder's time
 /// at batch 64 went to rows of 4 to 16 values) and runs one matrix product instead of `N`, or
-/// (x86-64) [`direct_first_conv`] takes the wide rows. `kw - 1` zero columns after the last image keep every image's outputs `W` apart; the
-/// outputs that straddle two images are cut away. Both ends are a [`SideBySide`] op. `None`
-/// when there is none left.
+/// (x86-64, aarch64) [`DirectConv`] takes the wide rows. `kw - 1` zero columns after the last
+/// image keep every image's outputs `W` apart; the outputs that straddle two images are cut
+/// away. Both ends are a [`SideBySide`] op. `None` when there is none left.
+///
+/// [`DirectConv`]: crate::direct_conv::DirectConv
 fn batch_of_first_narrow_conv_side_by_side(
     model: &TypedModel,
 ) -> TractResult<Option<TypedModelPatch>> {
@@ -248,10 +253,10 @@ fn batch_of_first_narrow_conv_side_by_side(
 const TRACT_DIRECT_FROM: usize = 128;
 
 /// Convolutions with output rows narrower than this get their zero padding from [`ZeroPad`].
-/// On aarch64 (`None`) that is every convolution: [`DirectConv`] computes its border points one tap at
-/// a time there (NEON has no masked loads), which cost more than copying the input (qemu
-/// counts, BENCHMARKS.md). Elsewhere, wider rows go to kernels that handle their borders:
-/// tract's direct one, or `DirectConv`'s masked loads on x86-64.
+/// On aarch64 (`None`) that is every convolution: [`DirectConv`] computes its border points
+/// one tap at a time there (NEON has no masked loads), which cost more than copying the input
+/// (qemu counts, BENCHMARKS.md). Elsewhere, wider rows go to kernels that handle their
+/// borders: tract's direct one, or `DirectConv`'s masked loads on x86-64.
 ///
 /// [`DirectConv`]: crate::direct_conv::DirectConv
 #[cfg(target_arch = "aarch64")]

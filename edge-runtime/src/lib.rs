@@ -4,10 +4,10 @@
 //! interface its role needs, optimises it once (tract's optimiser, with rewrites of our own for
 //! the images these models see: a one-pass `DepthToSpace`, zero padding as a copy ahead of
 //! narrow convolutions, a batch of images convolved side by side as one wide image, and on
-//! x86-64 and aarch64 a direct convolution of our own; BENCHMARKS.md), and runs it: a [`Decoder`] turns
-//! latent vectors into grayscale digit images (written as PNG or PGM), a [`Denoiser`] cleans
-//! camera frames of a size fixed at load time (one by one or as a stream, [`frames`]), and an
-//! [`OnnxModel`] runs encoders and upscalers.
+//! x86-64 and aarch64 a direct convolution of our own; BENCHMARKS.md), and runs it: a
+//! [`Decoder`] turns latent vectors into grayscale digit images (written as PNG or PGM), a
+//! [`Denoiser`] cleans camera frames of a size fixed at load time (one by one or as a stream,
+//! [`frames`]), and an [`OnnxModel`] runs encoders and upscalers.
 //!
 //! ```no_run
 //! use edge_runtime::Decoder;
