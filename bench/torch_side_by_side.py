@@ -10,7 +10,9 @@ batch size, Adam at 1e-3, the same loss, batches drawn from the bundled MNIST tr
 moved into a tensor every step, as the trainer does) in turn, `--rounds` times, and prints
 images per second for each and the Burn / PyTorch ratio per round (the machine is shared: compare
 ratios from one round). Both run with each thread count of `--threads` (PyTorch through
-`torch.set_num_threads`, Burn's `flex` backend through its rayon pool's `RAYON_NUM_THREADS`).
+`torch.set_num_threads`, Burn's `flex` backend through its rayon pool's `RAYON_NUM_THREADS`; with
+`--shards`, Burn at T > 1 threads trains T shards of each batch at once, `trainer bench --devices
+T`).
 Benchmark only: never run in CI.
 """
 import argparse
@@ -127,9 +129,12 @@ def torch_rate(family, images, batches, batch_size, threads):
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def burn_rate(trainer, family, batches, batch_size, threads):
+def burn_rate(trainer, family, batches, batch_size, threads, shards):
+    command = [trainer, "bench", family, "--batches", str(batches), "--batch-size", str(batch_size)]
+    if shards and threads > 1:
+        command += ["--devices", str(threads)]
     out = subprocess.run(
-        [trainer, "bench", family, "--batches", str(batches), "--batch-size", str(batch_size)],
+        command,
         check=True,
         capture_output=True,
         text=True,
@@ -150,6 +155,11 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", default="1,2", help="thread counts to time both at")
+    parser.add_argument(
+        "--shards",
+        action="store_true",
+        help="at T > 1 threads, Burn splits each batch into T shards, a thread each (--devices T)",
+    )
     args = parser.parse_args()
     images = mnist_images()
     threads = [int(t) for t in args.threads.split(",")]
@@ -162,7 +172,7 @@ def main():
         for family in args.families.split(","):
             row = [str(r), family]
             for t in threads:
-                burn = burn_rate(args.trainer, family, args.batches, args.batch_size, t)
+                burn = burn_rate(args.trainer, family, args.batches, args.batch_size, t, args.shards)
                 torch_ = torch_rate(family, images, args.batches, args.batch_size, t)
                 row += [f"{burn:.0f}", f"{torch_:.0f}", f"{burn / torch_:.2f}"]
             print(" ".join(f"{c:>14}" for c in row), flush=True)

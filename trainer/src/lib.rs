@@ -5,7 +5,8 @@
 //!   fully-connected and convolutional VAEs) and their losses;
 //! - [`natural`]: the photographs the camera-frame denoiser learns from;
 //! - [`quality`]: PSNR and SSIM;
-//! - [`training`]: the training loop;
+//! - [`training`]: the training loop, on one device or data parallel (a batch's shards on
+//!   several GPUs, or at once on the CPU's cores, a thread each);
 //! - [`optim`]: Adam, fused into one pass per parameter on the CPU;
 //! - [`run`]: the run directory (config, weights, metrics) and how to load it back.
 //!

@@ -76,6 +76,10 @@ struct BenchArgs {
     /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// Shards per step, each on a thread of its own (data parallel on the CPU, as `train
+    /// --devices N`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    devices: u32,
 }
 
 #[derive(clap::Args)]
@@ -246,8 +250,9 @@ struct Hardware {
     #[arg(long, value_enum, default_value_t = Backend::Flex)]
     backend: Backend,
     /// Train data parallel on the backend's first N devices (GPUs: cuda 0..N, wgpu's discrete
-    /// GPUs 0..N), each batch split among them. The CPU backends have one device: N > 1 repeats
-    /// it, which runs the data-parallel path without a speed-up (to check it).
+    /// GPUs 0..N), each batch split among them. The CPU backend has one device: N > 1 splits each
+    /// batch into N shards that train at once, each on a thread of its own (data parallel on the
+    /// cores; on 2 cores `--devices 2` trains faster than one batch on both, BENCHMARKS.md).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     devices: u32,
 }
@@ -350,21 +355,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 args.families.iter().map(String::as_str).collect()
             };
+            let threads = if args.devices > 1 {
+                format!("{} shards, a thread each", args.devices)
+            } else {
+                format!("{} threads", rayon::current_num_threads())
+            };
             println!(
-                "{:<16} {:>10} {:>14}  (batch {}, {} Adam steps, flex CPU backend, {} threads)",
-                "family",
-                "latent",
-                "examples/s",
-                args.batch_size,
-                args.batches,
-                rayon::current_num_threads()
+                "{:<16} {:>10} {:>14}  (batch {}, {} Adam steps, flex CPU backend, {threads})",
+                "family", "latent", "examples/s", args.batch_size, args.batches,
             );
+            let devices = vec![Device::flex(); args.devices as usize];
             for family in families {
                 let model = ModelConfig::default_for(family).context("a known family")?;
                 let latent = model.latent().map_or("-".into(), |l| l.to_string());
                 let data = training::bundled_data_dir(&model);
                 let config = TrainingConfig::new(model).with_batch_size(args.batch_size);
-                let rate = training::throughput(&config, &data, args.batches, &Device::flex())?;
+                let rate = training::throughput(&config, &data, args.batches, &devices)?;
                 println!("{family:<16} {latent:>10} {rate:>14.0}");
             }
         }

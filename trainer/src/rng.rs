@@ -6,13 +6,22 @@
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
+    /// What each draw adds to the state.
+    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.0 = self.0.wrapping_add(Self::GAMMA);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// Moves on by `n` draws of [`SplitMix64::next_u64`] without making them (the state is a
+    /// counter): where a stream split into pieces that are drawn apart picks up.
+    pub fn skip(&mut self, n: u64) {
+        self.0 = self.0.wrapping_add(n.wrapping_mul(Self::GAMMA));
     }
 
     /// Uniform in `(0, 1]`.
@@ -58,5 +67,16 @@ mod tests {
             "{mean} {var}"
         );
         assert_eq!(x[..5], SplitMix64(3).normals(5)[..]);
+    }
+
+    #[test]
+    fn skip_lands_where_the_draws_would() {
+        let mut drawn = SplitMix64(7);
+        for _ in 0..1_000 {
+            drawn.next_u64();
+        }
+        let mut skipped = SplitMix64(7);
+        skipped.skip(1_000);
+        assert_eq!(skipped.next_u64(), drawn.next_u64());
     }
 }

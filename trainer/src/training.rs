@@ -15,8 +15,8 @@ use burn::{
 use crate::{
     data::{Mnist, SIDE, Split},
     model::{
-        CameraDenoiserConfig, Corruption, Model, ModelConfig, UpConv, bce_with_logits, loss,
-        one_hot,
+        CameraDenoiserConfig, Corruption, LossKind, Model, ModelConfig, UpConv, bce_with_logits,
+        loss, one_hot,
     },
     natural::{self, GrayImage, add_noise},
     optim::adam,
@@ -506,20 +506,25 @@ impl Source {
 }
 
 /// Training throughput of `config`'s model: `batches` optimisation steps (after 2 untimed ones)
-/// on real data from `data_dir`, in training examples (images or patches) per second.
+/// on real data from `data_dir`, on `devices` as [`train`] uses them, in training examples
+/// (images or patches) per second.
 ///
 /// # Errors
-/// Unreadable data, or a non-finite loss.
+/// Unreadable data, no device, or a non-finite loss.
 pub fn throughput(
     config: &TrainingConfig,
     data_dir: &Path,
     batches: usize,
-    device: &Device,
+    devices: &[Device],
 ) -> anyhow::Result<f64> {
     config.model.validate().map_err(anyhow::Error::msg)?;
     let source = Source::load(config, data_dir)?;
-    let device = device.clone().autodiff();
-    let mut model = init_model(&config.model, config.seed, &device);
+    let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let Some(device) = devices.first() else {
+        bail!("no device to train on");
+    };
+    let pools = shard_pools(&devices)?;
+    let mut model = init_model(&config.model, config.seed, device);
     let mut optim = adam();
     let mut noise = SplitMix64(config.seed);
     let size = config.batch_size.max(1);
@@ -530,15 +535,16 @@ pub fn throughput(
             start = Instant::now();
         }
         let chunk: Vec<usize> = (0..size).map(|i| (step * size + i) % examples).collect();
-        let (input, target, condition) =
-            source.training_batch(config, &chunk, &mut noise, &device)?;
-        let output = model.forward_with(input, condition, Some(&mut noise), UpConv::Folded);
-        let loss = loss(config.model.loss_kind(), &output, target);
-        let total = scalar(loss.total.clone());
-        if !total.is_finite() {
-            bail!("loss became {total} at step {step}");
+        let (losses, grads) = gradients(
+            &model,
+            (&source, config),
+            &chunk,
+            &mut noise,
+            (&devices, &pools),
+        )?;
+        if !losses[0].is_finite() {
+            bail!("loss became {} at step {step}", losses[0]);
         }
-        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
         model = optim.step(config.learning_rate, model, grads);
     }
     Ok((batches * size) as f64 / start.elapsed().as_secs_f64().max(1e-9))
@@ -552,15 +558,22 @@ pub fn throughput(
 /// built on it, and a copy of the model (`Module::fork`); its loss is weighted by its share of
 /// the batch, so the shards' gradients, moved to the first device (`GradientsParams::to_device`)
 /// and added (`GradientsAccumulator`), are the whole batch's; the caller takes one optimizer step
-/// there. The shards run one after the other from this thread (each GPU queues its work; the
-/// loss values are read back last), and the input noise and the VAEs' latent samples are drawn
-/// in example order as on one device.
+/// there. The MNIST families' input noise and the VAEs' latent samples are the numbers one
+/// device would draw: every shard's inputs first, in example order, then each shard's samples
+/// from where the shards before it leave the generator ([`SplitMix64::skip`]). (The camera
+/// denoiser draws each shard's patches, then their noise, shard by shard: its shards see other
+/// patches than one device would, as repeatably.)
+///
+/// Shards on different devices (GPUs) run one after the other from this thread (each GPU queues
+/// its work; the loss values are read back last). Shards that share one device (the CPU's,
+/// repeated) run at once, shard `i` on `pools[i]`, a pool of one thread of its own
+/// ([`shard_pools`]).
 fn gradients(
     model: &Model,
     (source, config): (&Source, &TrainingConfig),
     chunk: &[usize],
     noise: &mut SplitMix64,
-    devices: &[Device],
+    (devices, pools): (&[Device], &[rayon::ThreadPool]),
 ) -> anyhow::Result<([f64; 3], GradientsParams)> {
     let kind = config.model.loss_kind();
     let Some(main) = devices.first() else {
@@ -576,37 +589,126 @@ fn gradients(
             GradientsParams::from_grads(loss.total.backward(), model),
         ));
     }
-    let mut accumulator = GradientsAccumulator::<Model>::new();
-    let mut weighted = Vec::with_capacity(devices.len());
     // Shards as even as they come (sizes differ by at most one), none empty.
     let (base, extra) = (chunk.len() / devices.len(), chunk.len() % devices.len());
     let mut rest = chunk;
+    let mut shards = Vec::with_capacity(devices.len());
     for (i, device) in devices.iter().enumerate() {
         let (shard, tail) = rest.split_at((base + usize::from(i < extra)).min(rest.len()));
         rest = tail;
-        if shard.is_empty() {
-            continue;
+        if !shard.is_empty() {
+            let batch = source.training_batch(config, shard, noise, device)?;
+            shards.push((device, shard.len(), batch));
         }
-        let replica = model.clone().fork(device);
-        let (input, target, condition) = source.training_batch(config, shard, noise, device)?;
-        let output = replica.forward_with(input, condition, Some(&mut *noise), UpConv::Folded);
-        let loss = loss(kind, &output, target);
-        let weight = shard.len() as f64 / chunk.len() as f64;
-        let grads =
-            GradientsParams::from_grads(loss.total.clone().mul_scalar(weight).backward(), &replica);
-        accumulator.accumulate(model, grads.to_device(main, model));
-        weighted.push((weight, loss));
     }
+    let draws = config.model.sample_draws_per_example();
+    let jobs: Vec<Shard> = shards
+        .into_iter()
+        .map(|(device, len, batch)| {
+            let sample = noise.clone();
+            noise.skip(draws * len as u64);
+            Shard {
+                replica: model.clone().fork(device),
+                batch,
+                sample,
+                weight: len as f64 / chunk.len() as f64,
+            }
+        })
+        .collect();
+    let done: Vec<ShardDone> = if pools.len() >= jobs.len() {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = jobs
+                .into_iter()
+                .zip(pools)
+                .map(|(job, pool)| scope.spawn(move || pool.install(|| job.run(kind))))
+                .collect();
+            // Every thread joined before any result is looked at (a scope whose panicked
+            // thread was left unjoined would panic itself).
+            let joined: Vec<_> = running.into_iter().map(|thread| thread.join()).collect();
+            joined.into_iter().collect::<Result<_, _>>()
+        })
+        .map_err(|_| anyhow::anyhow!("a shard's training thread panicked"))?
+    } else {
+        jobs.into_iter().map(|job| job.run(kind)).collect()
+    };
+    let mut accumulator = GradientsAccumulator::<Model>::new();
     let mut values = [0.0; 3];
-    for (weight, loss) in weighted {
-        for (v, t) in values
-            .iter_mut()
-            .zip([loss.total, loss.reconstruction, loss.kl])
-        {
+    for ShardDone {
+        weight,
+        losses,
+        grads,
+    } in done
+    {
+        accumulator.accumulate(model, grads.to_device(main, model));
+        for (v, t) in values.iter_mut().zip(losses) {
             *v += weight * scalar(t);
         }
     }
     Ok((values, accumulator.grads()))
+}
+
+/// One shard of a batch split data parallel ([`gradients`]): the model's copy on the shard's
+/// device, its examples, where its latent samples start, its share of the batch.
+struct Shard {
+    replica: Model,
+    batch: Batch,
+    sample: SplitMix64,
+    weight: f64,
+}
+
+/// What a [`Shard`] gives back: its share, its losses (total, reconstruction, KL; means over the
+/// shard), the gradients of its weighted loss.
+struct ShardDone {
+    weight: f64,
+    losses: [Tensor<1>; 3],
+    grads: GradientsParams,
+}
+
+impl Shard {
+    fn run(self, kind: LossKind) -> ShardDone {
+        let Shard {
+            replica,
+            batch: (input, target, condition),
+            mut sample,
+            weight,
+        } = self;
+        let output = replica.forward_with(input, condition, Some(&mut sample), UpConv::Folded);
+        let loss = loss(kind, &output, target);
+        let grads =
+            GradientsParams::from_grads(loss.total.clone().mul_scalar(weight).backward(), &replica);
+        ShardDone {
+            weight,
+            losses: [loss.total, loss.reconstruction, loss.kl],
+            grads,
+        }
+    }
+}
+
+/// The threads for the shards of [`gradients`] when every shard is on the same device (the
+/// CPU's: the CPU backends have one device, which `--devices N` repeats): one rayon pool of one
+/// thread per shard. flex runs its parallel loops (a convolution's tiles, gemm's blocks) on the
+/// pool of the thread that calls it, so each shard's work stays on its own thread: N shards
+/// keep N cores busy, where one batch on one N-thread pool leaves them waiting on each other
+/// (BENCHMARKS.md, "Data parallel on the CPU"). None for one device or distinct devices.
+///
+/// # Errors
+/// A thread that cannot be started.
+pub fn shard_pools(devices: &[Device]) -> anyhow::Result<Vec<rayon::ThreadPool>> {
+    let Some(first) = devices.first() else {
+        return Ok(Vec::new());
+    };
+    if devices.len() == 1 || devices.iter().any(|d| d != first) {
+        return Ok(Vec::new());
+    }
+    (0..devices.len())
+        .map(|i| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(move |_| format!("shard-{i}"))
+                .build()
+                .context("starting a shard's thread")
+        })
+        .collect()
 }
 
 /// What [`train`] tells its caller while it runs.
@@ -773,6 +875,7 @@ fn run_epochs(
     let Some(device) = devices.first().cloned() else {
         bail!("no device to train on");
     };
+    let pools = shard_pools(&devices)?;
     let mut rng = SplitMix64(config.seed);
     let examples = source.examples_per_epoch();
     let (mut model, done, mut metrics_csv) = match start {
@@ -807,8 +910,13 @@ fn run_epochs(
         let mut sums = [0.0; 3];
         let (batches, mut seen) = (order.len().div_ceil(config.batch_size), 0usize);
         for (batch_index, chunk) in order.chunks(config.batch_size).enumerate() {
-            let (losses, grads) =
-                gradients(&model, (&source, config), chunk, &mut noise_rng, &devices)?;
+            let (losses, grads) = gradients(
+                &model,
+                (&source, config),
+                chunk,
+                &mut noise_rng,
+                (&devices, &pools),
+            )?;
             let total = losses[0];
             if !total.is_finite() {
                 bail!(

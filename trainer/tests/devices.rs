@@ -9,12 +9,20 @@ use trainer::{
 };
 
 /// Data parallel training (`--devices`): each batch split between two devices whose weighted
-/// gradients are added on the first. On the CPU the "two devices" are the same one, so the run
-/// must match the single-device run up to float summation order: same losses after an epoch of
-/// optimizer steps. (Several GPUs take the same code path; none here.)
+/// gradients are added on the first. On the CPU the "two devices" are the same one, whose
+/// shards train at once on threads of their own; the run must match the single-device run up to
+/// float summation order: same losses after an epoch of optimizer steps. The denoising AE's
+/// input noise and the FC VAE's latent samples must be the numbers one device draws. (Several
+/// GPUs take the same code path, their shards one after the other; none here.)
 #[test]
 fn two_devices_train_like_one() {
-    let model = ModelConfig::default_for("conv-ae").expect("a known family");
+    for family in ["conv-ae", "denoising-ae", "fc-vae"] {
+        shards_train_like_one_device(family);
+    }
+}
+
+fn shards_train_like_one_device(family: &str) {
+    let model = ModelConfig::default_for(family).expect("a known family");
     let config = TrainingConfig::new(model)
         .with_epochs(1)
         .with_batch_size(64)
@@ -40,7 +48,10 @@ fn two_devices_train_like_one() {
             (one.train_loss, other.train_loss),
             (one.test_loss, other.test_loss),
         ] {
-            assert!((a - b).abs() <= 1e-4 * a.abs(), "{one:?}\nvs\n{other:?}");
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs(),
+                "{family}: {one:?}\nvs\n{other:?}"
+            );
         }
     }
     // And training did something (the comparison is not between two untouched models).
@@ -55,7 +66,7 @@ fn two_devices_train_like_one() {
     };
     assert!(
         one.test_loss < untrained,
-        "{} vs {untrained}",
+        "{family}: {} vs {untrained}",
         one.test_loss
     );
 }

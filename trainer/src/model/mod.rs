@@ -265,6 +265,17 @@ impl ModelConfig {
         matches!(self, Self::FcVae(_) | Self::ConvVae(_))
     }
 
+    /// Draws a training example takes from the latent-sample generator (a VAE's samples, see
+    /// [`reparameterise`]; none for the other families), so that a batch split into shards can
+    /// start each shard's samples where one device's would be ([`SplitMix64::skip`]).
+    pub fn sample_draws_per_example(&self) -> u64 {
+        match self {
+            Self::FcVae(c) => sample_draws(c.latent),
+            Self::ConvVae(c) => sample_draws(c.latent),
+            _ => 0,
+        }
+    }
+
     /// What the model is fed.
     pub fn corruption(&self) -> Corruption {
         match self {
@@ -383,6 +394,12 @@ fn square(x: Tensor<2>) -> Tensor<4> {
     x.reshape([batch, 1, SIDE, SIDE])
 }
 
+/// Draws of [`SplitMix64::next_u64`] behind one latent row of [`reparameterise`]: whole
+/// Box-Muller pairs of normals, two uniforms each.
+fn sample_draws(latent: usize) -> u64 {
+    latent.next_multiple_of(2) as u64
+}
+
 /// `z = mean + exp(log_var / 2) * eps`, `eps ~ N(0, I)` drawn from `sample`'s generator when
 /// there is one, the mean otherwise.
 ///
@@ -401,7 +418,7 @@ fn reparameterise(
     // among devices.
     let values: Vec<f32> = (0..rows)
         .flat_map(|_| {
-            let mut row = rng.normals(latent.next_multiple_of(2));
+            let mut row = rng.normals(sample_draws(latent) as usize);
             row.truncate(latent);
             row
         })
