@@ -4,15 +4,19 @@
 # on the bundled photographs, export it, and denoise noisy copies of the held-out photographs with
 # the edge runtime. Outputs go to runs/ and out/; a second demo replaces the first one's
 # runs/conv-vae and runs/camera-denoiser (`trainer train` will not write over a run).
-#   EPOCHS=5 CAMERA_EPOCHS=3 scripts/demo.sh
+#   EPOCHS=5 CAMERA_EPOCHS=3 SHARDS=2 scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPOCHS=${EPOCHS:-5}
 CAMERA_EPOCHS=${CAMERA_EPOCHS:-3}
+# Both trainings split each batch into two shards trained at once (`trainer train --devices 2`,
+# the cores shared between them) where there are two cores or more: ~1.2-1.6x faster on two
+# cores than one batch on both (BENCHMARKS.md, "Data parallel on the CPU").
+SHARDS=${SHARDS:-$(($(nproc) >= 2 ? 2 : 1))}
 
 cargo build --release -p trainer -p exporter -p edge-runtime
 rm -rf runs/conv-vae runs/camera-denoiser
-target/release/trainer train conv-vae --epochs "$EPOCHS" --out runs/conv-vae
+target/release/trainer train conv-vae --epochs "$EPOCHS" --devices "$SHARDS" --out runs/conv-vae
 target/release/trainer pictures runs/conv-vae
 
 if [ -z "${ORT_DYLIB_PATH:-}" ] && ORT_DYLIB_PATH=$(scripts/ort-dylib.sh 2>/dev/null); then
@@ -40,7 +44,8 @@ echo "generated digits: out/conv-vae/{latent_grid,samples,morph}.png and out/con
 
 # The camera-frame denoiser: noisy copies (sigma 25 of 255) of the three held-out photographs,
 # denoised, with the PSNR of both; then a raw 8-bit frame stream, as a camera pipe would feed it.
-target/release/trainer train camera-denoiser --epochs "$CAMERA_EPOCHS" --out runs/camera-denoiser
+target/release/trainer train camera-denoiser --epochs "$CAMERA_EPOCHS" --devices "$SHARDS" \
+  --out runs/camera-denoiser
 target/release/trainer eval runs/camera-denoiser
 target/release/trainer pictures runs/camera-denoiser
 export_run runs/camera-denoiser out/camera-denoiser

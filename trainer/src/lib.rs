@@ -6,7 +6,7 @@
 //! - [`natural`]: the photographs the camera-frame denoiser learns from;
 //! - [`quality`]: PSNR and SSIM;
 //! - [`training`]: the training loop, on one device or data parallel (a batch's shards on
-//!   several GPUs, or at once on the CPU's cores, a thread each);
+//!   several GPUs, or at once on the CPU's cores);
 //! - [`optim`]: Adam, fused into one pass per parameter on the CPU;
 //! - [`run`]: the run directory (config, weights, metrics) and how to load it back.
 //!

@@ -76,8 +76,8 @@ struct BenchArgs {
     /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
-    /// Shards per step, each on a thread of its own (data parallel on the CPU, as `train
-    /// --devices N`).
+    /// Shards per step, trained at once, the cores shared among them (data parallel on the CPU,
+    /// as `train --devices N`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     devices: u32,
 }
@@ -251,8 +251,9 @@ struct Hardware {
     backend: Backend,
     /// Train data parallel on the backend's first N devices (GPUs: cuda 0..N, wgpu's discrete
     /// GPUs 0..N), each batch split among them. The CPU backend has one device: N > 1 splits each
-    /// batch into N shards that train at once, each on a thread of its own (data parallel on the
-    /// cores; on 2 cores `--devices 2` trains faster than one batch on both, BENCHMARKS.md).
+    /// batch into N shards that train at once, the cores shared among them (data parallel on the
+    /// cores; on 2 cores `--devices 2` trains the convolutional families faster than one batch on
+    /// both, BENCHMARKS.md).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     devices: u32,
 }
@@ -356,7 +357,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 args.families.iter().map(String::as_str).collect()
             };
             let threads = if args.devices > 1 {
-                format!("{} shards, a thread each", args.devices)
+                format!(
+                    "{} shards on {} threads",
+                    args.devices,
+                    rayon::current_num_threads()
+                )
             } else {
                 format!("{} threads", rayon::current_num_threads())
             };

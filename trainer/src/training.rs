@@ -566,8 +566,7 @@ pub fn throughput(
 ///
 /// Shards on different devices (GPUs) run one after the other from this thread (each GPU queues
 /// its work; the loss values are read back last). Shards that share one device (the CPU's,
-/// repeated) run at once, shard `i` on `pools[i]`, a pool of one thread of its own
-/// ([`shard_pools`]).
+/// repeated) run at once, shard `i` on `pools[i]`, a pool of its own ([`shard_pools`]).
 fn gradients(
     model: &Model,
     (source, config): (&Source, &TrainingConfig),
@@ -685,11 +684,13 @@ impl Shard {
 }
 
 /// The threads for the shards of [`gradients`] when every shard is on the same device (the
-/// CPU's: the CPU backends have one device, which `--devices N` repeats): one rayon pool of one
-/// thread per shard. flex runs its parallel loops (a convolution's tiles, gemm's blocks) on the
-/// pool of the thread that calls it, so each shard's work stays on its own thread: N shards
-/// keep N cores busy, where one batch on one N-thread pool leaves them waiting on each other
-/// (BENCHMARKS.md, "Data parallel on the CPU"). None for one device or distinct devices.
+/// CPU's: the CPU backends have one device, which `--devices N` repeats): the cores of the
+/// calling thread's rayon pool shared among the shards, one pool each (one thread each on a
+/// machine with as many cores as shards, at least one). flex runs its parallel loops (a
+/// convolution's tiles, gemm's blocks) on the pool of the thread that calls it, so each shard's
+/// work stays on its own cores: on 2 cores two shards keep both busy, where one batch on both
+/// leaves them waiting on each other (BENCHMARKS.md, "Data parallel on the CPU"). None for one
+/// device or distinct devices.
 ///
 /// # Errors
 /// A thread that cannot be started.
@@ -700,13 +701,14 @@ pub fn shard_pools(devices: &[Device]) -> anyhow::Result<Vec<rayon::ThreadPool>>
     if devices.len() == 1 || devices.iter().any(|d| d != first) {
         return Ok(Vec::new());
     }
+    let threads = (rayon::current_num_threads() / devices.len()).max(1);
     (0..devices.len())
         .map(|i| {
             rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .thread_name(move |_| format!("shard-{i}"))
+                .num_threads(threads)
+                .thread_name(move |j| format!("shard-{i}.{j}"))
                 .build()
-                .context("starting a shard's thread")
+                .context("starting a shard's threads")
         })
         .collect()
 }
