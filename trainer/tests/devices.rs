@@ -43,6 +43,13 @@ fn shards_train_like_one_device(family: &str) {
     let two = metrics(&[Device::flex(), Device::flex()]);
     // An odd split (the last shard smaller) takes the same path.
     let three = metrics(&[Device::flex(), Device::flex(), Device::flex()]);
+    // The shards run on threads of their own, yet a run repeats exactly (what `resume` needs).
+    let again = metrics(&[Device::flex(), Device::flex(), Device::flex()]);
+    assert_eq!(
+        [three.train_loss, three.test_loss],
+        [again.train_loss, again.test_loss],
+        "{family}"
+    );
     for other in [two, three] {
         for (a, b) in [
             (one.train_loss, other.train_loss),
