@@ -12,7 +12,7 @@ CAMERA_EPOCHS=${CAMERA_EPOCHS:-3}
 # Both trainings split each batch into two shards trained at once (`trainer train --devices 2`,
 # the cores shared between them) where there are two cores or more: ~1.2-1.6x faster on two
 # cores than one batch on both (BENCHMARKS.md, "Data parallel on the CPU").
-SHARDS=${SHARDS:-$(($(nproc) >= 2 ? 2 : 1))}
+SHARDS=${SHARDS:-$(($(nproc 2>/dev/null || echo 1) >= 2 ? 2 : 1))}
 
 cargo build --release -p trainer -p exporter -p edge-runtime
 rm -rf runs/conv-vae runs/camera-denoiser
