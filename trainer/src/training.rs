@@ -738,8 +738,9 @@ pub enum Progress<'a> {
 /// each file replaced atomically). `report` sees every batch's progress and every epoch's
 /// metrics as soon as they are known.
 ///
-/// With several `devices` (GPUs) each batch is split among them, data parallel: see
-/// [`gradients`]. The model lives on the first; one device is the plain single-device loop.
+/// With several `devices` (GPUs, or the CPU's one repeated) each batch is split among them, data
+/// parallel: see [`gradients`]. The model lives on the first; one device is the plain
+/// single-device loop.
 ///
 /// Stops with an error naming the epoch and batch if the loss becomes NaN or infinite.
 pub fn train(
