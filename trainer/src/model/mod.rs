@@ -269,9 +269,8 @@ impl ModelConfig {
     /// [`reparameterise`]; none for the other families), so that a batch split into shards can
     /// start each shard's samples where one device's would be ([`SplitMix64::skip`]).
     pub fn sample_draws_per_example(&self) -> u64 {
-        match self {
-            Self::FcVae(c) => sample_draws(c.latent),
-            Self::ConvVae(c) => sample_draws(c.latent),
+        match self.latent() {
+            Some(latent) if self.is_variational() => sample_draws(latent),
             _ => 0,
         }
     }
