@@ -75,11 +75,12 @@ impl Step {
     }
 }
 
-/// A tensor's values, moved out (without a copy when it is the only owner). The callers have
-/// checked that it holds f32.
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .try_into_vec::<f32>()
+/// The f32 values of `data`, to update in place. (`into_data` moves a tensor's values out
+/// without a copy on the CPU when the tensor is their only owner, and `from_data` moves them
+/// back: the update writes into the parameter's and the moments' own buffers.) The callers have
+/// checked that the tensors hold f32.
+fn slice_mut(data: &mut TensorData) -> &mut [f32] {
+    data.as_mut_slice::<f32>()
         .expect("an f32 tensor's values read as f32")
 }
 
@@ -107,26 +108,31 @@ impl Optimizer for FusedAdam {
         }
         let shape = tensor.shape();
         let (time, mut m, mut v) = match state {
-            Some(AdamState { momentum: s }) => (s.time, values(s.moment_1), values(s.moment_2)),
+            Some(AdamState { momentum: s }) => {
+                (s.time, s.moment_1.into_data(), s.moment_2.into_data())
+            }
             None => (
                 0,
-                vec![0.0; shape.num_elements()],
-                vec![0.0; shape.num_elements()],
+                TensorData::zeros::<f32, _>(shape.clone()),
+                TensorData::zeros::<f32, _>(shape.clone()),
             ),
         };
-        let (mut p, g) = (values(tensor), values(grad));
+        let (mut p, g) = (tensor.into_data(), grad.into_data());
+        let g = g
+            .as_slice::<f32>()
+            .expect("an f32 tensor's values read as f32");
+        let (ps, ms, vs) = (slice_mut(&mut p), slice_mut(&mut m), slice_mut(&mut v));
         let step = Step::new(lr, time + 1);
-        if p.len() >= 2 * CHUNK {
-            p.par_chunks_mut(CHUNK)
+        if ps.len() >= 2 * CHUNK {
+            ps.par_chunks_mut(CHUNK)
                 .zip(g.par_chunks(CHUNK))
-                .zip(m.par_chunks_mut(CHUNK))
-                .zip(v.par_chunks_mut(CHUNK))
+                .zip(ms.par_chunks_mut(CHUNK))
+                .zip(vs.par_chunks_mut(CHUNK))
                 .for_each(|(((p, g), m), v)| step.apply(p, g, m, v));
         } else {
-            step.apply(&mut p, &g, &mut m, &mut v);
+            step.apply(ps, g, ms, vs);
         }
-        let tensor =
-            |values: Vec<f32>| Tensor::from_data(TensorData::new(values, shape.clone()), &device);
+        let tensor = |data: TensorData| Tensor::from_data(data, &device);
         let momentum = AdaptiveMomentumState::new(time + 1, tensor(m), tensor(v));
         (tensor(p), Some(AdamState::new(momentum)))
     }
@@ -161,6 +167,10 @@ mod tests {
         let y = Tensor::<2>::ones([batch, OUT], &x.device()).mul_scalar(target);
         let loss = (layer.forward(x) - y).powi_scalar(2).mean();
         GradientsParams::from_grads(loss.backward(), layer)
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().expect("f32 values")
     }
 
     fn weights(layer: &Linear) -> Vec<f32> {

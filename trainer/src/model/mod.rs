@@ -12,12 +12,14 @@
 //!
 //! [`ModelConfig`] (saved in the run's `config.json`) names the family and its hyper-parameters;
 //! [`Model`] is the trained module. The MNIST models return pre-sigmoid logits
-//! `[batch, 1, 28, 28]` (the losses apply the sigmoid stably); the camera denoiser returns the
-//! image itself ([`Model::to_image`] makes either an image).
+//! `[batch, 1, 28, 28]` (the losses apply the sigmoid stably; on the CPU in one fused pass, see
+//! `fused.rs`); the camera denoiser returns the image itself ([`Model::to_image`] makes either an
+//! image).
 
 mod conv;
 mod conv_vae;
 mod dense;
+mod fused;
 
 pub use conv::{
     CODE_SIDE, CameraDenoiser, CameraDenoiserConfig, ConvAe, ConvAeConfig, SuperRes,
@@ -641,24 +643,33 @@ fn interior(images: Tensor<4>, like: &Tensor<4>) -> Tensor<4> {
     images.slice([0..batch, 0..channels, top..top + th, left..left + tw])
 }
 
+/// The reconstruction term of [`loss`], written with Burn's tensor ops (any device).
+pub fn reconstruction_ops(kind: LossKind, logits: Tensor<4>, targets: Tensor<4>) -> Tensor<1> {
+    let [batch, ..] = targets.dims();
+    let per_image = 1.0 / batch as f64;
+    match kind {
+        LossKind::MeanBce => bce_with_logits(logits, targets).mean(),
+        LossKind::BceKl => bce_with_logits(logits, targets).sum().mul_scalar(per_image),
+        LossKind::SseKl => (sigmoid(logits) - targets)
+            .square()
+            .sum()
+            .mul_scalar(per_image),
+        LossKind::Mse => (interior(logits, &targets) - targets).square().mean(),
+    }
+}
+
 /// The loss of `output` against the clean `targets` (for the camera denoiser, an output larger
-/// than the targets is scored on its centre).
+/// than the targets is scored on its centre). On the CPU the reconstruction term of the MNIST
+/// families is computed in one fused pass (module `fused`); elsewhere with tensor ops
+/// ([`reconstruction_ops`]), which give the same values and gradients.
 pub fn loss(kind: LossKind, output: &Output, targets: Tensor<4>) -> Losses {
     let [batch, ..] = targets.dims();
     let per_image = 1.0 / batch as f64;
     let device = targets.device();
-    let reconstruction = match kind {
-        LossKind::MeanBce => bce_with_logits(output.logits.clone(), targets).mean(),
-        LossKind::BceKl => bce_with_logits(output.logits.clone(), targets)
-            .sum()
-            .mul_scalar(per_image),
-        LossKind::SseKl => (sigmoid(output.logits.clone()) - targets)
-            .square()
-            .sum()
-            .mul_scalar(per_image),
-        LossKind::Mse => (interior(output.logits.clone(), &targets) - targets)
-            .square()
-            .mean(),
+    let reconstruction = if fused::applies(kind, &output.logits, &targets) {
+        fused::reconstruction(kind, &output.logits, targets)
+    } else {
+        reconstruction_ops(kind, output.logits.clone(), targets)
     };
     let kl = match &output.posterior {
         Some((mean, log_var)) => {
