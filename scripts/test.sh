@@ -60,13 +60,33 @@ cargo clippy --release -p firmware-core --target thumbv6m-none-eabi -- -D warnin
 # The real board is built (with the golden model in flash), not run: CI has no probe.
 (cd firmware/blackpill && cargo clippy --release -- -D warnings && cargo build --release)
 
-# The trainer's GPU path must keep compiling though CI has no GPU (wgpu only: the cuda feature's
-# build downloads LLVM at build time, outside the package registries CI can reach).
-stage "check trainer --features wgpu"
-cargo check -p trainer --features wgpu --all-targets
+# The trainer's GPU path, built and linted though CI has no GPU (wgpu only: the cuda feature's
+# build downloads LLVM at build time, outside the package registries CI can reach); its test runs
+# below on lavapipe, Mesa's Vulkan driver on the CPU.
+stage "build trainer --features wgpu"
+cargo clippy --release -p trainer --features wgpu --all-targets -- -D warnings
+cargo build --release -p trainer --features wgpu --all-targets
 
 stage "test host + e2e"
 cargo test --release --workspace
+
+# Every family trained on the GPU path (wgpu on lavapipe) against the CPU from one checkpoint.
+# Once in ~120 runs here a process that used lavapipe aborted in glibc's heap checks while it
+# exited, after its work was done (a teardown race inside Mesa, as others report; BENCHMARKS.md): a run
+# whose tests all passed and that then died of SIGABRT is run once more; any failed test fails.
+# The tests take about a minute here; a driver that hangs is stopped after 15.
+stage "test trainer on wgpu (lavapipe)"
+gpu_test() {
+  timeout 900 cargo test --release -p trainer --features wgpu --test gpu 2>&1 | tee target/gpu-test.log
+}
+if ! gpu_test; then
+  if grep -q "^test result: ok" target/gpu-test.log && grep -q "SIGABRT" target/gpu-test.log; then
+    echo "warning: the wgpu tests passed, then the process aborted on exit; running them again" >&2
+    gpu_test
+  else
+    exit 1
+  fi
+fi
 
 stage "test aarch64 and armv7 (qemu-user)"
 cargo test --release --target aarch64-unknown-linux-gnu -p edge-runtime --features v4l2

@@ -125,7 +125,11 @@ fn up2_conv3(conv: &Conv2d, padding: usize, x: Tensor<4>) -> Tensor<4> {
     let kernels = (0..4)
         .map(|phase| fold(fold(weight.clone(), 2, phase / 2), 3, phase % 2))
         .collect();
-    let bias = conv.bias.as_ref().map(|b| b.val().repeat_dim(0, 4));
+    // The bias once per phase. Concatenated, not `repeat_dim`: on the wgpu backend (Burn 0.22)
+    // repeating a one-element bias (the decoders' last layer) gives a view of its 4-byte buffer
+    // that the convolution's vectorised kernel binds as 16 bytes, a validation error at run time
+    // (`tests/gpu.rs` trains through it).
+    let bias = conv.bias.as_ref().map(|b| Tensor::cat(vec![b.val(); 4], 0));
     let options = ConvOptions::new([1, 1], [padding, padding], [1, 1], 1);
     // [n, 4 c_out, h', w']: channel block `2 py + px` is phase (py, px).
     let phases = conv2d(x, Tensor::cat(kernels, 0), bias, options);
