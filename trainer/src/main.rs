@@ -76,10 +76,9 @@ struct BenchArgs {
     /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
-    /// Shards per step, trained at once, the cores shared among them (data parallel on the CPU,
-    /// as `train --devices N`).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    devices: u32,
+    /// Where to train, as `train` does.
+    #[command(flatten)]
+    hardware: Hardware,
 }
 
 #[derive(clap::Args)]
@@ -243,8 +242,16 @@ struct TrainArgs {
     hardware: Hardware,
 }
 
+impl Backend {
+    /// The name `--backend` takes.
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_owned())
+    }
+}
+
 /// Where training runs.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone, Copy)]
 struct Hardware {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = Backend::Flex)]
@@ -260,10 +267,31 @@ struct Hardware {
 
 impl Hardware {
     /// The devices to train on, the first holding the model.
-    fn devices(&self) -> Vec<Device> {
-        (0..self.devices as usize)
+    ///
+    /// # Errors
+    /// wgpu: several devices asked for where the machine has fewer discrete GPUs (Burn would
+    /// panic on first use instead).
+    fn devices(&self) -> anyhow::Result<Vec<Device>> {
+        let devices: Vec<Device> = (0..self.devices as usize)
             .map(|i| device(self.backend, i, self.devices))
-            .collect()
+            .collect();
+        #[cfg(feature = "wgpu")]
+        if let (Backend::Wgpu, 2..) = (self.backend, self.devices) {
+            let found = Device::enumerate(burn::tensor::DeviceType::Wgpu);
+            let missing = devices
+                .iter()
+                .filter(|d| !found.iter().any(|f| f == *d))
+                .count();
+            if missing > 0 {
+                anyhow::bail!(
+                    "--devices {} takes wgpu's discrete GPUs 0..{}, and {missing} of them are \
+                     not there (wgpu finds: {found:?})",
+                    self.devices,
+                    self.devices
+                );
+            }
+        }
+        Ok(devices)
     }
 }
 
@@ -343,7 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             training::resume(
                 &args.run,
                 &data,
-                &args.hardware.devices(),
+                &args.hardware.devices()?,
                 args.epochs,
                 reporter(total, config.model.is_variational()),
             )
@@ -356,26 +384,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 args.families.iter().map(String::as_str).collect()
             };
-            let threads = if args.devices > 1 {
-                format!(
-                    "{} shards on {} threads",
-                    args.devices,
-                    rayon::current_num_threads()
-                )
-            } else {
-                format!("{} threads", rayon::current_num_threads())
+            let on_devices = args.hardware.devices()?;
+            let Hardware { backend, devices } = args.hardware;
+            let threads = rayon::current_num_threads();
+            let on = match on_devices.first() == Some(&Device::flex()) {
+                true if devices > 1 => {
+                    format!("flex CPU backend, {devices} shards on {threads} threads")
+                }
+                true => format!("flex CPU backend, {threads} threads"),
+                false => format!(
+                    "{} backend, {devices} device{}",
+                    backend.name(),
+                    if devices > 1 { "s" } else { "" }
+                ),
             };
             println!(
-                "{:<16} {:>10} {:>14}  (batch {}, {} Adam steps, flex CPU backend, {threads})",
+                "{:<16} {:>10} {:>14}  (batch {}, {} Adam steps, {on})",
                 "family", "latent", "examples/s", args.batch_size, args.batches,
             );
-            let devices = vec![Device::flex(); args.devices as usize];
             for family in families {
                 let model = ModelConfig::default_for(family).context("a known family")?;
                 let latent = model.latent().map_or("-".into(), |l| l.to_string());
                 let data = training::bundled_data_dir(&model);
                 let config = TrainingConfig::new(model).with_batch_size(args.batch_size);
-                let rate = training::throughput(&config, &data, args.batches, &devices)?;
+                let rate = training::throughput(&config, &data, args.batches, &on_devices)?;
                 println!("{family:<16} {latent:>10} {rate:>14.0}");
             }
         }
@@ -495,7 +527,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Train(args) => {
-            let devices = args.hardware.devices();
+            let devices = args.hardware.devices()?;
             let mut model = ModelConfig::default_for(&args.family)
                 .with_context(|| format!("unknown family {}", args.family))?;
             if let Some(latent) = args.latent {
@@ -541,7 +573,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let family = model.family();
             let given = |flag: &str, set: bool, families: &[&str]| {
                 if set && !families.contains(&family) {
-                    anyhow::bail!("{flag} is for {}, not {family}", families.join(" and "));
+                    let verb = if flag.contains(" and ") { "are" } else { "is" };
+                    anyhow::bail!("{flag} {verb} for {}, not {family}", families.join(", "));
                 }
                 Ok(())
             };

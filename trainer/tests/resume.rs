@@ -413,7 +413,7 @@ fn a_flag_the_family_does_not_use_is_refused_before_anything_is_written() {
     assert!(!out.status.success());
     let message = String::from_utf8_lossy(&out.stderr);
     assert!(
-        message.contains("--train-subset and --test-subset is for dense-ae"),
+        message.contains("--train-subset and --test-subset are for dense-ae"),
         "{message}"
     );
     assert!(!run.exists());
