@@ -67,6 +67,21 @@ impl Denoiser {
                 "it has {inputs} inputs and {outputs} outputs, a denoiser has 1 and 1"
             )));
         }
+        // A model declared for other inputs (a decoder's latent vectors) is named as such here,
+        // not by tract's shape analysis failing deep inside it.
+        {
+            use tract_onnx::tract_hir::infer::Factoid;
+            let declared = model.input_fact(0).map_err(prepare_failed)?;
+            let rank = declared.shape.rank().concretize();
+            let channels = declared.shape.dims().nth(1).and_then(|d| d.concretize());
+            let gray = !matches!(channels, Some(TDim::Val(c)) if c != 1);
+            if rank.is_some_and(|r| r != 4) || !gray {
+                return Err(not_a_denoiser(format!(
+                    "its input is declared as {:?}, a denoiser takes gray frames [N, 1, H, W]",
+                    declared.shape
+                )));
+            }
+        }
         let border = match crate::onnx::metadata_count(&model, "reflect_padding") {
             None => 0,
             Some(count) => count.filter(|&b| b <= MAX_REFLECT_PADDING).ok_or_else(|| {

@@ -258,6 +258,13 @@ fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
 fn decode_pgm(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
     // Header: "P5", width, height, maxval, separated by whitespace (and `#` comments), then
     // exactly one whitespace byte before the pixels.
+    if !bytes.starts_with(b"P5") {
+        let start = &bytes[..bytes.len().min(2)];
+        return Err(format!(
+            "not a binary PGM: it starts with \"{}\", a binary PGM with \"P5\"",
+            start.escape_ascii()
+        ));
+    }
     let mut fields = Vec::new();
     let mut i = 0;
     while fields.len() < 4 {
@@ -501,6 +508,19 @@ mod tests {
         assert_eq!(&bytes[..header.len()], header);
         assert_eq!(&bytes[header.len()..], image.to_gray8().as_slice());
         assert_only_file(dir.path(), "digit.pgm");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_pgm_is_named_by_its_first_bytes() {
+        let mut garbage = vec![0xff, b'\n'];
+        garbage.extend(std::iter::repeat_n(b'x', 200));
+        let err = decode_pgm(&garbage).expect_err("not a PGM");
+        assert_eq!(
+            err,
+            "not a binary PGM: it starts with \"\\xff\\n\", a binary PGM with \"P5\""
+        );
+        let err = decode_pgm(b"P").expect_err("one byte");
+        assert!(err.contains("starts with \"P\""), "{err}");
     }
 
     #[test]

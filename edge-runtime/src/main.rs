@@ -114,7 +114,7 @@ struct BenchArgs {
     runs: u32,
 
     /// Untimed calls first.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     warmup: u32,
 
     /// Time a denoiser (the model is then `denoiser.onnx`) on frames of this size, WxH, e.g.
@@ -123,8 +123,9 @@ struct BenchArgs {
     size: Vec<(usize, usize)>,
 
     /// Decoders: latents per call; repeat or separate with commas for several (a decoder
-    /// exported with a symbolic batch takes any).
-    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// exported with a symbolic batch takes any). A denoiser (`--size`) is timed at batch 1.
+    #[arg(long, value_delimiter = ',', default_value = "1", conflicts_with = "size",
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
     batch: Vec<u32>,
 
     /// ONNX Runtime shared library (`libonnxruntime.so`) to time next to tract.
@@ -706,7 +707,8 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
     // A file output is written to a temporary file beside it and renamed when the stream ends:
     // a failed run never leaves half a frame. After a short final frame, or a frame that could
     // not be read or denoised, the frames before it are kept (renamed) and the error reported;
-    // after a Ctrl-C, every frame read before it. A failed write removes the file. An existing
+    // after a Ctrl-C, every frame read before it. A failed write removes the file, as does a
+    // failure before the first frame was written (an existing output stays as it was). An existing
     // output that is not a regular file (a FIFO, /dev/null, a device) is written in place:
     // renaming over it would replace it.
     let to_stdout = out.as_os_str() == "-";
@@ -759,12 +761,16 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     if let Some(tmp) = &temporary {
         // Kept whenever every frame before the failure was written whole (a short last frame,
-        // a frame that failed to denoise or to be read); a failed write leaves a broken file.
+        // a frame that failed to denoise or to be read) and there was one; a failed write
+        // leaves a broken file.
         use edge_runtime::Error::{Frame, ReadFrame, ShortFrame};
-        let keep = matches!(
-            result,
-            Ok(_) | Err(ShortFrame { .. } | Frame { .. } | ReadFrame { .. })
-        );
+        let keep = match &result {
+            Ok(_) => true,
+            Err(ShortFrame { index, .. } | Frame { index, .. } | ReadFrame { index, .. }) => {
+                *index > 0
+            }
+            Err(_) => false,
+        };
         if keep {
             // On disk before the rename makes it visible (the stream's writer is flushed).
             std::fs::File::open(tmp)
@@ -937,8 +943,21 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("denoised"));
+    let created = !out.exists();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let targets = targets(&files, &out)?;
+    let result = denoise_files(args, &files, &out);
+    if result.is_err() && created {
+        // Only if nothing was written into it (`remove_dir` leaves a folder with files).
+        std::fs::remove_dir(&out).ok();
+    }
+    result
+}
+
+/// `denoise_images` once its output folder `out` exists: each of `files` denoised into it. An
+/// image that cannot be read is reported and skipped (an error at the end); a model that
+/// cannot be loaded or run, or an output that cannot be written, stops the run.
+fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()> {
+    let targets = targets(files, out)?;
     // With --add-noise each image also writes its noisy copy: that name must not be another
     // image's output or an input either.
     let noisy: Vec<PathBuf> = match args.add_noise {
@@ -948,7 +967,7 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
             .collect::<Result<_>>()?,
         None => Vec::new(),
     };
-    let inputs = canonical(&files);
+    let inputs = canonical(files);
     for path in &noisy {
         let input = std::fs::canonicalize(path).is_ok_and(|p| inputs.contains(&p));
         if targets.contains(path) || input {
@@ -960,8 +979,16 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
     }
     // One plan per frame size, optimised on first use.
     let mut plans: std::collections::HashMap<(usize, usize), Denoiser> = Default::default();
+    let mut skipped = 0;
     for (index, (file, target)) in files.iter().zip(targets).enumerate() {
-        let original = Image::load(file)?;
+        let original = match Image::load(file) {
+            Ok(image) => image,
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                skipped += 1;
+                continue;
+            }
+        };
         let image = match args.add_noise {
             Some(sigma) => with_noise(&original, sigma, index as u64)?,
             None => original.clone(),
@@ -997,6 +1024,12 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
         } else {
             println!("{} -> {}", file.display(), target.display());
         }
+    }
+    if skipped > 0 {
+        bail!(
+            "{skipped} of {} images could not be read (above); the others are denoised",
+            files.len()
+        );
     }
     Ok(())
 }
@@ -1270,18 +1303,41 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         })
         .collect::<Result<Vec<Image>>>()?;
 
-    if let Some(out) = &args.out {
-        for (image, path) in images.iter().zip(output_paths(out, images.len())) {
-            image.save(&path).context("writing an image")?;
-            println!("wrote {}", path.display());
+    // And every output made, and its folder found, before the first is written: a sheet that
+    // cannot be tiled or a folder that is not there leaves the other outputs as they were.
+    let sheet = match &args.sheet {
+        Some(path) => {
+            let columns = args.columns.map_or(natural_columns, |c| c as usize);
+            let tiled =
+                Image::tile(&images, columns, SHEET_GAP).context("tiling the contact sheet")?;
+            Some((path, tiled))
+        }
+        None => None,
+    };
+    let digit_paths = match &args.out {
+        Some(out) => output_paths(out, images.len()),
+        None => Vec::new(),
+    };
+    let every_path = digit_paths
+        .iter()
+        .chain(sheet.as_ref().map(|(path, _)| *path))
+        .chain(&args.raw);
+    for path in every_path {
+        if path
+            .parent()
+            .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            bail!("the folder of {} does not exist", path.display());
         }
     }
-    if let Some(sheet) = &args.sheet {
-        let columns = args.columns.map_or(natural_columns, |c| c as usize);
-        Image::tile(&images, columns, SHEET_GAP)
-            .and_then(|tiled| tiled.save(sheet))
-            .context("writing the contact sheet")?;
-        println!("wrote {} ({} digits)", sheet.display(), images.len());
+
+    for (image, path) in images.iter().zip(&digit_paths) {
+        image.save(path).context("writing an image")?;
+        println!("wrote {}", path.display());
+    }
+    if let Some((path, tiled)) = sheet {
+        tiled.save(path).context("writing the contact sheet")?;
+        println!("wrote {} ({} digits)", path.display(), images.len());
     }
     if let Some(raw) = &args.raw {
         let bytes: Vec<u8> = images

@@ -15,7 +15,7 @@ use crate::Error;
 /// [`Error::ReadModel`] when the file is missing or unreadable (tract would report it as a parse
 /// failure, so the file is opened first), [`Error::ParseModel`] when it is not ONNX tract knows.
 pub(crate) fn read(path: &Path) -> Result<InferenceModel, Error> {
-    File::open(path).map_err(|source| Error::ReadModel {
+    let file = File::open(path).map_err(|source| Error::ReadModel {
         path: path.into(),
         source,
     })?;
@@ -23,6 +23,13 @@ pub(crate) fn read(path: &Path) -> Result<InferenceModel, Error> {
         path: path.into(),
         source: e.into(),
     };
+    // Said plainly: tract's own words for these are an OS error ("No such device") and "model
+    // proto does not contain a graph".
+    match file.metadata() {
+        Ok(m) if m.is_dir() => return Err(parse_error(anyhow::anyhow!("it is a directory"))),
+        Ok(m) if m.len() == 0 => return Err(parse_error(anyhow::anyhow!("the file is empty"))),
+        _ => {}
+    }
     // tract's `model_for_path`, in its steps, with one check between them: tract panics on a
     // graph output that nothing defines (a corrupt or hand-edited file). `DepthToSpace` is this
     // crate's own, faster form.

@@ -264,6 +264,50 @@ fn bad_inputs_fail_clearly() {
         &["--model", "nope.onnx", "--latent", "0,0", "--out", "d.jpg"],
         "use a .png or .pgm extension",
     );
+    // An empty model file and a folder in its place, said plainly.
+    let dir = workspace();
+    std::fs::write(dir.path().join("empty.onnx"), b"").expect("empty model");
+    std::fs::create_dir(dir.path().join("folder.onnx")).expect("mkdir");
+    for (model, message) in [
+        ("empty.onnx", "the file is empty"),
+        ("folder.onnx", "it is a directory"),
+    ] {
+        let args = [
+            "generate", "--model", model, "--latent", "0,0", "--out", "d.png",
+        ];
+        fails_with(dir.path(), &args, message);
+    }
+    // Every output's folder is checked before the first is written: `keep.png` stays.
+    std::fs::write(dir.path().join("keep.png"), b"old").expect("old output");
+    let args = [
+        "generate",
+        "--model",
+        "decoder.onnx",
+        "--latent",
+        "0,0",
+        "--out",
+        "keep.png",
+        "--sheet",
+        "nodir/s.png",
+    ];
+    fails_with(
+        dir.path(),
+        &args,
+        "the folder of nodir/s.png does not exist",
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("keep.png")).expect("keep.png"),
+        b"old"
+    );
+    // bench: at most a million warm-up calls (as timed ones); --batch is for decoders only.
+    let bench = ["bench", "--model", "decoder.onnx"];
+    fails_with(
+        dir.path(),
+        &[&bench[..], &["--warmup", "2000000"]].concat(),
+        "--warmup",
+    );
+    let args = [&bench[..], &["--size", "8x8", "--batch", "4"]].concat();
+    fails_with(dir.path(), &args, "cannot be used with");
 }
 
 #[test]
@@ -589,6 +633,73 @@ fn a_frame_that_fails_keeps_the_frames_before_it_in_the_output_file() {
     // sqrt(200/255 - 0.5) = 0.533 -> 136.
     let written = std::fs::read(dir.path().join("out.y8")).expect("out.y8");
     assert_eq!(written, vec![136u8; 3 * w * h]);
+
+    // A stream that fails before its first frame is written (the first frame fails, or is
+    // short) leaves an existing output as it was: there is nothing to keep.
+    let old = b"an older file";
+    for input in [&frames[3 * w * h..], &frames[..w * h / 2]] {
+        std::fs::write(dir.path().join("in.y8"), input).expect("input");
+        std::fs::write(dir.path().join("out.y8"), old).expect("old output");
+        let out = edge(dir.path(), &args);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("frame 0 "), "{}", stderr(&out));
+        assert_eq!(
+            std::fs::read(dir.path().join("out.y8")).expect("out.y8"),
+            old
+        );
+    }
+}
+
+/// A folder with an image that cannot be read: the others are denoised, the bad one is named,
+/// and the run ends with an error.
+#[test]
+fn an_unreadable_image_is_skipped_and_reported() {
+    let dir = workspace();
+    common::write_model(&dir.path().join("blur.onnx"), &common::box_blur_model());
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).expect("mkdir");
+    let image = edge_runtime::Image::new(10, 6, vec![0.5; 60]).expect("image");
+    image.save(photos.join("a.png")).expect("png");
+    std::fs::write(photos.join("b.png"), b"\x89PNG\r\n").expect("truncated png");
+    image.save(photos.join("c.pgm")).expect("pgm");
+    let args = [
+        "denoise",
+        "--model",
+        "blur.onnx",
+        "photos",
+        "--out",
+        "clean",
+    ];
+    let out = edge(dir.path(), &args);
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.contains("cannot read image photos/b.png"),
+        "{message}"
+    );
+    assert!(
+        message.contains("1 of 3 images could not be read"),
+        "{message}"
+    );
+    let clean = dir.path().join("clean");
+    assert!(clean.join("a.png").is_file() && clean.join("c.pgm").is_file());
+    assert!(!clean.join("b.png").exists());
+
+    // A model that cannot be loaded stops the run, and the output folder it made is removed.
+    let args = [
+        "denoise",
+        "--model",
+        "decoder.onnx",
+        "photos",
+        "--out",
+        "none",
+    ];
+    fails_with(
+        dir.path(),
+        &args,
+        "a denoiser takes gray frames [N, 1, H, W]",
+    );
+    assert!(!dir.path().join("none").exists());
 }
 
 /// Ctrl-C (SIGINT) ends a stream cleanly: the frames read before it are denoised and the
