@@ -94,7 +94,10 @@ fn check_uniform(latents: &[Vec<f32>]) -> Result<(), String> {
         return Err("no latent vector in the file".into());
     };
     for (i, v) in latents.iter().enumerate() {
-        if v.is_empty() || v.len() != first.len() {
+        if v.is_empty() {
+            return Err(format!("vector {} is empty", i + 1));
+        }
+        if v.len() != first.len() {
             return Err(format!(
                 "vector {} has {} values, the first has {}",
                 i + 1,
@@ -216,6 +219,7 @@ mod tests {
             check_uniform(&[]),
             Err("no latent vector in the file".into())
         );
+        assert_eq!(check_uniform(&[vec![]]), Err("vector 1 is empty".into()));
     }
 
     #[test]

@@ -476,8 +476,8 @@ struct GenerateArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     grid: Option<u32>,
 
-    /// Half-width of `--grid` on both axes [default: 2].
-    #[arg(long, value_name = "SPAN", value_parser = positive)]
+    /// Half-width of `--grid` on both axes, at most 1000 [default: 2].
+    #[arg(long, value_name = "SPAN", value_parser = span)]
     span: Option<f32>,
 
     /// A morph: `--steps` digits on the straight line from the latent FROM to the latent TO
@@ -526,6 +526,15 @@ fn positive(text: &str) -> Result<f32, String> {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!("`{text}` is not a positive number")),
     }
+}
+
+/// `--span`: a positive number up to 1000 (the prior's latents lie within a few units of 0;
+/// far beyond, the grid's arithmetic would overflow to infinities).
+fn span(text: &str) -> Result<f32, String> {
+    positive(text)
+        .ok()
+        .filter(|&v| v <= 1000.0)
+        .ok_or_else(|| format!("`{text}` is not a half-width from 0 to 1000"))
 }
 
 /// A latent vector parsed from the command line.
@@ -1358,14 +1367,25 @@ const SHEET_GAP: usize = 2;
 /// the latents, each with the `--digit`'s one-hot vector appended when one is given.
 fn latents(args: &GenerateArgs, decoder: &Decoder) -> Result<(Vec<Vec<f32>>, usize)> {
     let Some(digit) = args.digit else {
+        let classes = decoder.classes();
         let generated = args.random.is_some() || args.grid.is_some();
-        if decoder.classes() > 0 && generated {
-            bail!(
+        let needs_digit = || {
+            format!(
                 "this decoder is conditional: say which digit to draw with --digit (0-{})",
-                decoder.classes() - 1
-            );
+                classes - 1
+            )
+        };
+        if classes > 0 && generated {
+            bail!(needs_digit());
         }
-        return styles(args, decoder.latent_dim());
+        let (latents, columns) = styles(args, decoder.latent_dim())?;
+        // Given styles without the digit's one-hot values (the decoder would refuse them as
+        // too short): the digit is what is missing.
+        let style = decoder.latent_dim() - classes;
+        if classes > 0 && latents.iter().any(|l| l.len() == style) {
+            bail!("{}: the {style} values given are a style", needs_digit());
+        }
+        return Ok((latents, columns));
     };
     if decoder.classes() == 0 {
         bail!(
@@ -1409,6 +1429,10 @@ fn styles(args: &GenerateArgs, dim: usize) -> Result<(Vec<Vec<f32>>, usize)> {
         return Ok((latents::grid(side as usize, span), side as usize));
     }
     if let [from, to] = args.morph.as_slice() {
+        let (from_len, to_len) = (from.0.len(), to.0.len());
+        if from_len != to_len {
+            bail!("--morph needs two latents of the same length: {from_len} values, then {to_len}");
+        }
         let steps = args.steps.unwrap_or(8) as usize;
         let latents = latents::morph(&from.0, &to.0, steps)
             .context("--morph needs two latents of the same length")?;
@@ -1531,6 +1555,8 @@ mod tests {
         assert!(parse(&["--morph", "0,0", "1,1", "--steps", "1", "--out", "d.png"]).is_err());
         assert!(parse(&["--grid", "3", "--span", "-1", "--out", "d.png"]).is_err());
         assert!(parse(&["--grid", "3", "--span", "inf", "--out", "d.png"]).is_err());
+        assert!(parse(&["--grid", "3", "--span", "3e38", "--out", "d.png"]).is_err());
+        assert!(parse(&["--grid", "3", "--span", "1000", "--out", "d.png"]).is_ok());
     }
 
     #[test]

@@ -299,6 +299,22 @@ fn bad_inputs_fail_clearly() {
         std::fs::read(dir.path().join("keep.png")).expect("keep.png"),
         b"old"
     );
+    // A morph between latents of two lengths is named as such.
+    let args = [
+        "generate",
+        "--model",
+        "decoder.onnx",
+        "--morph",
+        "0,0,0",
+        "1,1",
+        "--out",
+        "m.png",
+    ];
+    fails_with(
+        dir.path(),
+        &args,
+        "two latents of the same length: 3 values, then 2",
+    );
     // bench: at most a million warm-up calls (as timed ones); --batch is for decoders only.
     let bench = ["bench", "--model", "decoder.onnx"];
     fails_with(
@@ -1071,6 +1087,16 @@ fn a_conditional_decoder_draws_and_names_digits() {
         ],
     );
     assert!(stderr(&out).contains("say which digit"), "{}", stderr(&out));
+    // Nor draw a style given without one (the message names the missing digit, not only the
+    // latent's length).
+    let out = edge(
+        dir.path(),
+        &[
+            "generate", "--model", decoder, "--latent", "0.3,-0.5", "--out", "x.png",
+        ],
+    );
+    let expected = "say which digit to draw with --digit (0-9): the 2 values given are a style";
+    assert!(stderr(&out).contains(expected), "{}", stderr(&out));
     let out = edge(
         dir.path(),
         &[
