@@ -150,13 +150,16 @@ struct DenoiseArgs {
     size: Option<(usize, usize)>,
 
     /// Layout of the raw frames: yuv420 (I420; the luma is denoised, the chroma passed through)
-    /// or gray8.
-    #[arg(long, default_value = "yuv420", requires = "size")]
-    format: FrameFormat,
+    /// or gray8 [default: yuv420].
+    // Both conflict with the images themselves: clap drops a `requires` of --size once an
+    // image is given (--size conflicts with them), so `--format` with image files was accepted
+    // and ignored. No `default_value`: one would count as given.
+    #[arg(long, requires = "size", conflicts_with = "images")]
+    format: Option<FrameFormat>,
 
-    /// Raw stream input file, or `-` for stdin.
-    #[arg(long, value_name = "FILE", default_value = "-", requires = "size")]
-    input: PathBuf,
+    /// Raw stream input file, or `-` for stdin [default: -].
+    #[arg(long, value_name = "FILE", requires = "size", conflicts_with = "images")]
+    input: Option<PathBuf>,
 
     /// Read the stream from a V4L2 camera instead (e.g. /dev/video0), asking it for --size
     /// frames in GREY, YU12 or YUYV; --format is then the output's layout (builds with the
@@ -187,6 +190,18 @@ struct DenoiseArgs {
     /// Worker threads for a stream (frames in flight, written in order).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     threads: u32,
+}
+
+impl DenoiseArgs {
+    /// `--format`, or its default.
+    fn format(&self) -> FrameFormat {
+        self.format.unwrap_or(FrameFormat::Yuv420)
+    }
+
+    /// `--input`, or its default (stdin).
+    fn input(&self) -> &Path {
+        self.input.as_deref().unwrap_or(Path::new("-"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -727,7 +742,7 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
         out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
     });
     if let Some(tmp) = &temporary {
-        let same = std::fs::canonicalize(&args.input)
+        let same = std::fs::canonicalize(args.input())
             .ok()
             .zip(std::fs::canonicalize(&out).ok())
             .is_some_and(|(a, b)| a == b);
@@ -761,7 +776,7 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let result = frames::denoise_stream_until(
         &denoiser,
-        args.format,
+        args.format(),
         reader,
         writer,
         args.threads as usize,
@@ -820,7 +835,7 @@ fn stream_reader(
         #[cfg(v4l2_camera)]
         {
             let camera =
-                edge_runtime::camera::Camera::open(device, size, args.format, args.frames)?;
+                edge_runtime::camera::Camera::open(device, size, args.format(), args.frames)?;
             eprintln!(
                 "camera {}: {}x{} frames in {:?}",
                 device.display(),
@@ -839,11 +854,11 @@ fn stream_reader(
             device.display()
         );
     }
-    if args.input.as_os_str() == "-" {
+    if args.input().as_os_str() == "-" {
         return Ok(interruptible(unbuffered_stdin()?, stop));
     }
-    let file = std::fs::File::open(&args.input)
-        .with_context(|| format!("opening {}", args.input.display()))?;
+    let file = std::fs::File::open(args.input())
+        .with_context(|| format!("opening {}", args.input().display()))?;
     Ok(interruptible(file, stop))
 }
 
@@ -952,6 +967,17 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("denoised"));
+    if out.as_os_str() == "-" {
+        bail!(
+            "--out - (stdout) is for a raw stream (--size): image files are denoised into a folder"
+        );
+    }
+    if out.exists() && !out.is_dir() {
+        bail!(
+            "--out {} is a file: image files are denoised into a folder",
+            out.display()
+        );
+    }
     let created = !out.exists();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let result = denoise_files(args, &files, &out);

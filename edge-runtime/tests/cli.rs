@@ -701,6 +701,27 @@ fn an_unreadable_image_is_skipped_and_reported() {
     assert!(clean.join("a.png").is_file() && clean.join("c.pgm").is_file());
     assert!(!clean.join("b.png").exists());
 
+    // --out must be a folder for images; the stream's options are refused with them.
+    std::fs::write(dir.path().join("keep.png"), b"old").expect("a file");
+    for (extra, message) in [
+        (["--out", "keep.png"], "--out keep.png is a file"),
+        (["--out", "-"], "--out - (stdout) is for a raw stream"),
+        (["--format", "gray8"], "cannot be used with"),
+        (["--input", "in.y8"], "cannot be used with"),
+    ] {
+        let args = [
+            &["denoise", "--model", "blur.onnx", "photos/a.png"][..],
+            &extra,
+        ]
+        .concat();
+        fails_with(dir.path(), &args, message);
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("keep.png")).expect("keep.png"),
+        b"old"
+    );
+    assert!(!dir.path().join("-").exists());
+
     // A model that cannot be loaded stops the run, and the output folder it made is removed.
     let args = [
         "denoise",
