@@ -309,7 +309,21 @@ pub fn commit_weights(dir: &Path, epoch: usize) -> anyhow::Result<()> {
 /// the staged weights of the last epoch `metrics.csv` records (`done`) become the run's, any
 /// other staged weights (an epoch not recorded as done) are deleted, and so are the temporary
 /// files of writes it was killed in ([`write_atomic`]'s `.<name>.tmp-<pid>`).
+///
+/// # Errors
+/// Staged weights of epoch `done` that do not load as the run's model (written whole by
+/// [`stage_weights`], so damaged since): the run's weights are left as they are.
 pub fn settle_staged_weights(dir: &Path, done: usize) -> anyhow::Result<()> {
+    let staged = dir.join(staged_weights_file(done));
+    if done > 0 && staged.exists() {
+        let config = load_config(dir)?;
+        if let Err(e) = load_weights(&staged, &config.model, &Device::flex()) {
+            anyhow::bail!(
+                "{e}: these staged weights of epoch {done} were to replace {}; nothing was changed",
+                dir.join(WEIGHTS_FILE).display()
+            );
+        }
+    }
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(());
     };
@@ -404,23 +418,26 @@ fn unknown_field(raw: &serde_json::Value, known: &serde_json::Value) -> Option<S
 /// Rebuilds the trained model of the run in `dir` on `device`.
 pub fn load_run(dir: &Path, device: &Device) -> Result<(TrainingConfig, Model), RunError> {
     let config = load_config(dir)?;
-    let path = dir.join(WEIGHTS_FILE);
-    let bytes = fs::read(&path).map_err(|source| RunError::Io {
-        path: path.clone(),
+    let model = load_weights(&dir.join(WEIGHTS_FILE), &config.model, device)?;
+    Ok((config, model))
+}
+
+/// The `model` with the weights in the file at `path`, on `device`.
+pub fn load_weights(path: &Path, model: &ModelConfig, device: &Device) -> Result<Model, RunError> {
+    let bytes = fs::read(path).map_err(|source| RunError::Io {
+        path: path.to_path_buf(),
         source,
     })?;
     let weights = |reason: String| RunError::Weights {
-        path: path.clone(),
+        path: path.to_path_buf(),
         reason,
     };
     let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
         .map_err(|e| weights(e.to_string()))?;
-    let model = config
-        .model
+    model
         .init(device)
         .try_load_record(record)
-        .map_err(|e| weights(e.to_string()))?;
-    Ok((config, model))
+        .map_err(|e| weights(e.to_string()))
 }
 
 #[cfg(test)]

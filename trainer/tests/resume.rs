@@ -399,6 +399,30 @@ fn a_run_killed_around_an_epochs_metrics_row_resumes_from_the_epoch_the_row_says
     };
     let (a, b) = (eval(&straight), eval(&before_row));
     assert_eq!((a.loss, a.output.mse), (b.loss, b.output.mse));
+
+    // Staged weights of the recorded epoch that do not load (damaged since: they are written
+    // whole) are an error, and the run's own weights stay: nothing is renamed over them.
+    let damaged = run("c", 1);
+    copy("metrics.csv", &damaged, "metrics.csv");
+    let own = std::fs::read(damaged.join("model.bpk")).expect("weights");
+    std::fs::write(damaged.join("model-2.bpk"), &own[..1000]).expect("write");
+    let err = training::resume(
+        &damaged,
+        &bundled_dir(),
+        std::slice::from_ref(&device),
+        Some(3),
+        |_| {},
+    )
+    .expect_err("damaged staged weights");
+    assert!(
+        format!("{err:#}").contains("nothing was changed"),
+        "{err:#}"
+    );
+    assert_eq!(
+        std::fs::read(damaged.join("model.bpk")).expect("weights"),
+        own
+    );
+    assert!(damaged.join("model-2.bpk").exists());
 }
 
 #[test]
