@@ -27,11 +27,13 @@ struct Cli {
     /// Export only these (comma-separated): encoder, decoder, denoiser, upscaler, q8, int8-onnx.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<Kind>>,
-    /// Training images encoded to calibrate the int8 activations (plus as many N(0, I) samples).
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Training images encoded to calibrate the int8 activations (plus as many N(0, I) samples),
+    /// at most MNIST's 60,000.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=60_000))]
     calibration: u32,
-    /// Latents the conv VAE's decoders are checked on (half test encodings, half N(0, I) samples).
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Latents the conv VAE's decoders are checked on (half test encodings, half N(0, I)
+    /// samples), at most 20,000 (the 10,000 test images' encodings and as many samples).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=20_000))]
     check: u32,
     /// Dataset directory: MNIST (calibration and check images) or, for a camera denoiser, the
     /// photographs (check frames) [default: the one the run was trained on, else the bundled one].

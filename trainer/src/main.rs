@@ -71,8 +71,8 @@ struct BenchArgs {
     #[arg(value_parser = clap::builder::PossibleValuesParser::new(ModelConfig::FAMILIES))]
     families: Vec<String>,
     /// Timed optimisation steps per family.
-    #[arg(long, default_value_t = 20)]
-    batches: usize,
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    batches: u32,
     /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
@@ -407,7 +407,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let latent = model.latent().map_or("-".into(), |l| l.to_string());
                 let data = training::bundled_data_dir(&model);
                 let config = TrainingConfig::new(model).with_batch_size(args.batch_size);
-                let rate = training::throughput(&config, &data, args.batches, &on_devices)?;
+                let rate =
+                    training::throughput(&config, &data, args.batches as usize, &on_devices)?;
                 println!("{family:<16} {latent:>10} {rate:>14.0}");
             }
         }
@@ -629,8 +630,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("training {} into {}", args.family, out.display());
             let data = training::data_dir(&config, None);
             let vae = config.model.is_variational();
-            training::train(&config, &data, &out, &devices, reporter(config.epochs, vae))
-                .context("training failed")?;
+            let fresh = !out.exists();
+            let trained =
+                training::train(&config, &data, &out, &devices, reporter(config.epochs, vae));
+            // A run this command created that failed before its first epoch was recorded (bad
+            // data, a patch larger than the photographs) holds only its config: removed, so that
+            // the same --out can be trained again. A run with epochs done stays, to resume.
+            if trained.is_err() && fresh && !out.join(trainer::run::METRICS_FILE).exists() {
+                std::fs::remove_dir_all(&out).ok();
+            }
+            trained.context("training failed")?;
             eprintln!("wrote {}", out.display());
         }
     }

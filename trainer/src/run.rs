@@ -177,9 +177,20 @@ impl TrainingConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        if self.batch_size > MAX_BATCH_SIZE {
+            return Err(format!(
+                "batch_size {} is more than {MAX_BATCH_SIZE} (all of MNIST's 60,000 training \
+                 images fit in one batch below it)",
+                self.batch_size
+            ));
+        }
         self.model.validate()
     }
 }
+
+/// The largest batch a run may ask for (`TrainingConfig::batch_size`): a batch's tensors are
+/// allocated whole, and a larger one only asks the allocator for more than a machine has.
+pub const MAX_BATCH_SIZE: usize = 1 << 16;
 
 /// Why a run directory could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -434,10 +445,29 @@ pub fn load_weights(path: &Path, model: &ModelConfig, device: &Device) -> Result
     };
     let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
         .map_err(|e| weights(e.to_string()))?;
-    model
+    let model = model
         .init(device)
         .try_load_record(record)
-        .map_err(|e| weights(e.to_string()))
+        .map_err(|e| weights(e.to_string()))?;
+    // Training stops at a non-finite loss, so such weights were damaged or written elsewhere:
+    // every figure and picture made from them would be NaN.
+    let mut finite = AllFinite(true);
+    model.visit(&mut finite);
+    if !finite.0 {
+        return Err(weights("a weight is NaN or infinite".into()));
+    }
+    Ok(model)
+}
+
+/// A [`burn::module::ModuleVisitor`] that finds whether every float parameter is finite.
+struct AllFinite(bool);
+
+impl burn::module::ModuleVisitor for AllFinite {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        if self.0 {
+            self.0 = param.val().is_finite().all().into_scalar();
+        }
+    }
 }
 
 #[cfg(test)]

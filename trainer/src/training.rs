@@ -517,7 +517,7 @@ pub fn throughput(
     batches: usize,
     devices: &[Device],
 ) -> anyhow::Result<f64> {
-    config.model.validate().map_err(anyhow::Error::msg)?;
+    config.validate().map_err(anyhow::Error::msg)?;
     let source = Source::load(config, data_dir)?;
     let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
     let Some(device) = devices.first() else {
@@ -834,6 +834,14 @@ pub fn resume(
             );
         }
     }
+    // Every row whole, as `pictures` reads them: a damaged row would otherwise be appended to
+    // and the run's loss curves refused from then on.
+    crate::pictures::parse_metrics(&metrics).with_context(|| {
+        format!(
+            "{} is damaged; resuming would append to it",
+            metrics_path.display()
+        )
+    })?;
     let done = rows.len();
     if let Some(epochs) = epochs {
         if epochs < done {

@@ -442,3 +442,116 @@ fn a_flag_the_family_does_not_use_is_refused_before_anything_is_written() {
     );
     assert!(!run.exists());
 }
+
+/// Sizes far past any useful model, or a batch past MNIST, are refused before anything is
+/// written (they had aborted the process asking for hundreds of GB); a run that fails before its
+/// first epoch is recorded leaves no directory behind, so the same --out can be trained again.
+#[test]
+fn absurd_sizes_are_refused_and_a_failed_run_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let fails = |args: &[&str], message: &str| {
+        let out = trainer().args(args).output().expect("trainer");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!run.exists(), "{args:?} left {}", run.display());
+    };
+    let out = run.to_str().expect("utf-8");
+    fails(
+        &["train", "dense-ae", "--latent", "1000000000", "--out", out],
+        "a dense-ae needs a latent size from 1 to 16384, not 1000000000",
+    );
+    fails(
+        &["train", "conv-vae", "--channels", "100000", "--out", out],
+        "needs channels from 1 to 1024",
+    );
+    fails(
+        &["train", "fc-vae", "--batch-size", "100000", "--out", out],
+        "batch_size 100000 is more than 65536",
+    );
+    fails(
+        &[
+            "bench",
+            "dense-ae",
+            "--batch-size",
+            "100000",
+            "--batches",
+            "1",
+        ],
+        "batch_size 100000 is more than 65536",
+    );
+    fails(&["bench", "dense-ae", "--batches", "0"], "--batches");
+    // Training starts (the config is written), then the photographs cannot give such patches.
+    fails(
+        &[
+            "train",
+            "camera-denoiser",
+            "--patch",
+            "100000",
+            "--patches",
+            "64",
+            "--epochs",
+            "1",
+            "--out",
+            out,
+        ],
+        "is smaller than a 100000x100000 patch",
+    );
+}
+
+/// Weights with a NaN in them (training stops at a non-finite loss, so they were damaged since)
+/// are refused when a run is loaded, instead of evaluations and pictures made of NaN.
+#[test]
+fn weights_with_a_nan_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let device = Device::flex();
+    trainer::training::train(
+        &one_short_epoch("dense-ae", 64),
+        &trainer::data::bundled_dir(),
+        &run,
+        std::slice::from_ref(&device),
+        |_| {},
+    )
+    .expect("trains");
+    load_run(&run, &device).expect("the run loads");
+    // The file ends with the last parameter's values (little-endian f32): the last one NaN.
+    let mut bytes = std::fs::read(run.join("model.bpk")).expect("weights");
+    let at = bytes.len() - 4;
+    bytes[at..].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(run.join("model.bpk"), &bytes).expect("write");
+    let err = load_run(&run, &device).expect_err("a NaN weight");
+    assert!(
+        err.to_string().contains("a weight is NaN or infinite"),
+        "{err}"
+    );
+}
+
+/// A metrics row cut short or garbled is refused by `resume` (which would append to it), not
+/// only later by `pictures`; the file stays as it was.
+#[test]
+fn a_damaged_metrics_row_is_refused_by_resume() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let device = Device::flex();
+    let data = trainer::data::bundled_dir();
+    trainer::training::train(
+        &one_short_epoch("dense-ae", 64),
+        &data,
+        &run,
+        std::slice::from_ref(&device),
+        |_| {},
+    )
+    .expect("trains");
+    let metrics = run.join("metrics.csv");
+    let header = std::fs::read_to_string(&metrics).expect("metrics");
+    let header = header.lines().next().expect("a header");
+    let damaged = format!("{header}\n1,0.65,abc\n");
+    std::fs::write(&metrics, &damaged).expect("write");
+    let err =
+        trainer::training::resume(&run, &data, std::slice::from_ref(&device), Some(2), |_| {})
+            .expect_err("a damaged row");
+    assert!(format!("{err:#}").contains("is damaged"), "{err:#}");
+    assert_eq!(std::fs::read_to_string(&metrics).expect("metrics"), damaged);
+}

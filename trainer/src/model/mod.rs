@@ -315,12 +315,26 @@ impl ModelConfig {
     /// Checks hyper-parameters that [`ModelConfig::init`] cannot build a model from (zero sizes,
     /// noise levels out of range).
     pub fn validate(&self) -> Result<(), String> {
-        let positive = |what: &str, n: usize| {
-            if n == 0 {
-                Err(format!("a {} needs {what} >= 1", self.family()))
+        // Widths and channel counts from 1 to their maximum: far above any useful model, and
+        // small enough that a typo (`--latent 1000000000`) is an error here instead of an
+        // allocation of hundreds of GB that aborts the process.
+        let sized = |what: &str, n: usize, max: usize| {
+            if n == 0 || n > max {
+                Err(format!(
+                    "a {} needs {what} from 1 to {max}, not {n}",
+                    self.family()
+                ))
             } else {
                 Ok(())
             }
+        };
+        let positive = |what: &str, n: usize| {
+            let max = if what.contains("channels") {
+                MAX_CHANNELS
+            } else {
+                MAX_WIDTH
+            };
+            sized(what, n, max)
         };
         match self {
             Self::DenseAe(c) => {
@@ -340,7 +354,8 @@ impl ModelConfig {
                 }
                 Ok(())
             }
-            Self::SuperRes(c) => positive("channels (at least 2)", c.channels / 2),
+            Self::SuperRes(c) => sized("channels (at least 2)", c.channels, MAX_CHANNELS)
+                .and(positive("channels (at least 2)", c.channels / 2)),
             Self::FcVae(c) => {
                 positive("a latent size", c.latent)?;
                 positive("a hidden width", c.hidden)
@@ -350,10 +365,19 @@ impl ModelConfig {
                 positive("channels", c.channels())?;
                 c.hidden.map_or(Ok(()), |h| positive("a hidden width", h))
             }
-            Self::CameraDenoiser(c) => c.validate(),
+            Self::CameraDenoiser(c) => {
+                positive("channels", c.channels)?;
+                c.validate()
+            }
         }
     }
 }
+
+/// The largest latent size or dense layer width [`ModelConfig::validate`] allows.
+pub const MAX_WIDTH: usize = 1 << 14;
+
+/// The most channels a convolution may have ([`ModelConfig::validate`]).
+pub const MAX_CHANNELS: usize = 1 << 10;
 
 /// A trained model of any family.
 // A process holds one or two models: the variants' sizes do not matter, and Burn's `Module`
