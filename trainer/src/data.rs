@@ -133,14 +133,33 @@ pub(crate) fn verify_checksum(dir: &Path, file: &str, bytes: &[u8]) -> Result<()
     Ok(())
 }
 
+/// The most bytes an IDX file may decompress to: MNIST's largest is 47 MB (60,000 28x28
+/// images). Gzip packs up to ~1,000 bytes into one, so a small file could otherwise ask for
+/// more memory than the machine has before its IDX header is ever checked.
+pub const MAX_IDX_BYTES: u64 = 1 << 28;
+
 fn gunzip(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, DataError> {
+    gunzip_at_most(path, bytes, MAX_IDX_BYTES)
+}
+
+/// `gunzip` with the limit as a parameter (tests use a small one).
+fn gunzip_at_most(path: &Path, bytes: &[u8], limit: u64) -> Result<Vec<u8>, DataError> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(bytes)
+        .take(limit + 1)
         .read_to_end(&mut out)
         .map_err(|source| DataError::Gzip {
             path: path.to_owned(),
             source,
         })?;
+    if out.len() as u64 > limit {
+        return Err(DataError::Format {
+            path: path.to_owned(),
+            reason: format!(
+                "decompresses to more than {limit} bytes, far more than an MNIST-sized IDX file"
+            ),
+        });
+    }
     Ok(out)
 }
 
@@ -376,6 +395,17 @@ mod tests {
         write_with_checksum(&dir, "t10k-labels-idx1-ubyte.gz", &labels);
         let err = Mnist::load(&dir, Split::Test).unwrap_err().to_string();
         assert!(err.contains("holds no images"), "{err}");
+
+        // A file that decompresses past the limit stops there, before the rest is inflated.
+        let big = gzip(&vec![0; 4097]);
+        let err = gunzip_at_most(Path::new("big.gz"), &big, 4096).expect_err("too large");
+        assert!(err.to_string().contains("more than 4096 bytes"), "{err}");
+        assert_eq!(
+            gunzip_at_most(Path::new("ok.gz"), &big, 4097)
+                .expect("fits")
+                .len(),
+            4097
+        );
 
         fs::remove_file(dir.join("t10k-images-idx3-ubyte.gz")).expect("rm");
         let err = Mnist::load(&dir, Split::Test).unwrap_err().to_string();

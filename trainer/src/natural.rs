@@ -45,6 +45,9 @@ pub struct GrayImage {
     pub pixels: Vec<f32>,
 }
 
+/// The longest side a photograph may have (the bundled ones are 512 pixels).
+pub const MAX_PHOTO_SIDE: usize = 4096;
+
 /// Decodes an 8-bit PNG (gray, gray+alpha, RGB or RGBA) to BT.601 luma rounded to 8 bits.
 pub fn decode_png(path: &Path, bytes: &[u8]) -> Result<GrayImage, DataError> {
     let format = |reason: String| DataError::Format {
@@ -56,6 +59,14 @@ pub fn decode_png(path: &Path, bytes: &[u8]) -> Result<GrayImage, DataError> {
     let mut reader = decoder
         .read_info()
         .map_err(|e| format(format!("not a PNG: {e}")))?;
+    // A photograph larger than any this trains or evaluates on: its buffers, and a model's
+    // activations over it, would take gigabytes (deflate lets a small file announce that).
+    let (w, h) = (reader.info().width, reader.info().height);
+    if w as usize > MAX_PHOTO_SIDE || h as usize > MAX_PHOTO_SIDE {
+        return Err(format(format!(
+            "a {w}x{h} photograph: each side must be at most {MAX_PHOTO_SIDE} pixels (scale it down)"
+        )));
+    }
     // Deflate packs at most 1,032 bytes into one: pixel data the file cannot hold is a corrupt
     // header, refused before its buffer is allocated (a few bytes can announce gigabytes).
     let raw = u64::from(reader.info().height) * reader.info().raw_row_length() as u64;
@@ -224,20 +235,31 @@ mod tests {
 
     #[test]
     fn a_png_header_announcing_more_pixels_than_its_file_holds_is_refused() {
-        // The header of a 100000 x 100000 8-bit gray image (10 GB), an empty IDAT, the end.
-        let mut png = Vec::new();
-        let mut encoder = png::Encoder::new(&mut png, 100_000, 100_000);
-        encoder.set_color(png::ColorType::Grayscale);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().expect("header");
-        writer
-            .write_chunk(png::chunk::IDAT, &[0x78, 0x9c, 0, 0, 0])
-            .expect("chunk");
-        drop(writer);
-        let err = decode_png(Path::new("huge.png"), &png).expect_err("corrupt");
+        // The header of a `w x h` 8-bit gray image, an empty IDAT, the end.
+        let header_only = |w: u32, h: u32| {
+            let mut png = Vec::new();
+            let mut encoder = png::Encoder::new(&mut png, w, h);
+            encoder.set_color(png::ColorType::Grayscale);
+            encoder.set_depth(png::BitDepth::Eight);
+            let mut writer = encoder.write_header().expect("header");
+            writer
+                .write_chunk(png::chunk::IDAT, &[0x78, 0x9c, 0, 0, 0])
+                .expect("chunk");
+            drop(writer);
+            png
+        };
+        let err = decode_png(Path::new("big.png"), &header_only(4096, 4096)).expect_err("corrupt");
         let message = err.to_string();
-        assert!(message.contains("100000x100000 pixels"), "{message}");
+        assert!(message.contains("4096x4096 pixels"), "{message}");
         assert!(message.contains("cannot be in 62 bytes"), "{message}");
+        // Past the largest photograph (10 GB), refused by its size alone.
+        let err = decode_png(Path::new("huge.png"), &header_only(100_000, 100_000))
+            .expect_err("too large");
+        let message = err.to_string();
+        assert!(
+            message.contains("100000x100000 photograph: each side must be at most 4096"),
+            "{message}"
+        );
     }
 
     #[test]
