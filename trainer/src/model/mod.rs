@@ -328,24 +328,18 @@ impl ModelConfig {
                 Ok(())
             }
         };
-        let positive = |what: &str, n: usize| {
-            let max = if what.contains("channels") {
-                MAX_CHANNELS
-            } else {
-                MAX_WIDTH
-            };
-            sized(what, n, max)
-        };
+        let (width, channels) = (
+            |what: &str, n: usize| sized(what, n, MAX_WIDTH),
+            |what: &str, n: usize| sized(what, n, MAX_CHANNELS),
+        );
         match self {
             Self::DenseAe(c) => {
-                positive("a latent size", c.latent)?;
-                c.hidden
-                    .iter()
-                    .try_for_each(|&h| positive("hidden widths", h))
+                width("a latent size", c.latent)?;
+                c.hidden.iter().try_for_each(|&h| width("hidden widths", h))
             }
-            Self::ConvAe(c) => positive("code channels", c.code_channels),
+            Self::ConvAe(c) => channels("code channels", c.code_channels),
             Self::DenoisingAe(c) => {
-                positive("code channels", c.model.code_channels)?;
+                channels("code channels", c.model.code_channels)?;
                 if !(c.noise_mean.is_finite() && c.noise_std.is_finite() && c.noise_std >= 0.0) {
                     return Err(format!(
                         "noise N({}, {}) needs a finite mean and a finite standard deviation >= 0",
@@ -354,19 +348,23 @@ impl ModelConfig {
                 }
                 Ok(())
             }
-            Self::SuperRes(c) => sized("channels (at least 2)", c.channels, MAX_CHANNELS)
-                .and(positive("channels (at least 2)", c.channels / 2)),
+            Self::SuperRes(c) => match c.channels {
+                2..=MAX_CHANNELS => Ok(()),
+                n => Err(format!(
+                    "a super-res needs channels from 2 to {MAX_CHANNELS}, not {n}"
+                )),
+            },
             Self::FcVae(c) => {
-                positive("a latent size", c.latent)?;
-                positive("a hidden width", c.hidden)
+                width("a latent size", c.latent)?;
+                width("a hidden width", c.hidden)
             }
             Self::ConvVae(c) => {
-                positive("a latent size", c.latent)?;
-                positive("channels", c.channels())?;
-                c.hidden.map_or(Ok(()), |h| positive("a hidden width", h))
+                width("a latent size", c.latent)?;
+                channels("channels", c.channels())?;
+                c.hidden.map_or(Ok(()), |h| width("a hidden width", h))
             }
             Self::CameraDenoiser(c) => {
-                positive("channels", c.channels)?;
+                channels("channels", c.channels)?;
                 c.validate()
             }
         }
