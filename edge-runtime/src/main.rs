@@ -158,7 +158,12 @@ struct DenoiseArgs {
     format: Option<FrameFormat>,
 
     /// Raw stream input file, or `-` for stdin [default: -].
-    #[arg(long, value_name = "FILE", requires = "size", conflicts_with = "images")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "size",
+        conflicts_with = "images"
+    )]
     input: Option<PathBuf>,
 
     /// Read the stream from a V4L2 camera instead (e.g. /dev/video0), asking it for --size
