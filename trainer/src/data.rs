@@ -145,7 +145,8 @@ fn gunzip(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, DataError> {
 /// `gunzip` with the limit as a parameter (tests use a small one).
 fn gunzip_at_most(path: &Path, bytes: &[u8], limit: u64) -> Result<Vec<u8>, DataError> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
+    // Every member of the file, as gunzip reads it (a file may be gzip streams one after another).
+    flate2::read::MultiGzDecoder::new(bytes)
         .take(limit + 1)
         .read_to_end(&mut out)
         .map_err(|source| DataError::Gzip {
@@ -405,6 +406,12 @@ mod tests {
                 .expect("fits")
                 .len(),
             4097
+        );
+        // Two gzip members one after the other are one file's contents, as for gunzip.
+        let halves = [gzip(b"first half, "), gzip(b"second half")].concat();
+        assert_eq!(
+            gunzip(Path::new("two.gz"), &halves).expect("both members"),
+            b"first half, second half"
         );
 
         fs::remove_file(dir.join("t10k-images-idx3-ubyte.gz")).expect("rm");
