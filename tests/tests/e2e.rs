@@ -154,6 +154,9 @@ fn train_export_and_run_everywhere() {
         std::slice::from_ref(&device),
         |p| match p {
             training::Progress::Batch { .. } => batches += 1,
+            training::Progress::AdamAfresh { .. } => {
+                panic!("a fresh run has no Adam state to miss")
+            }
             training::Progress::Epoch(m) => {
                 eprintln!(
                     "epoch {}: train {:.2} test {:.2} ({:.0} img/s)",

@@ -677,6 +677,13 @@ fn reporter(epochs: usize, vae: bool) -> impl FnMut(training::Progress) {
                 return;
             }
             training::Progress::Epoch(m) => m,
+            training::Progress::AdamAfresh { epoch } => {
+                eprintln!(
+                    "warning: optimizer-{epoch}.bpk is missing: Adam starts afresh from epoch \
+                     {epoch}'s weights, so the run will not end as an uninterrupted one would"
+                );
+                return;
+            }
         };
         if interactive {
             eprint!("\r{}\r", " ".repeat(100));

@@ -731,6 +731,13 @@ pub enum Progress<'a> {
     },
     /// An epoch is done, evaluated and checkpointed.
     Epoch(&'a EpochMetrics),
+    /// A resumed run has no saved Adam state for the epoch it continues from
+    /// (`optimizer-<epoch>.bpk`): Adam starts afresh from that epoch's weights, so the run will
+    /// not end bit for bit as an uninterrupted one.
+    AdamAfresh {
+        /// The last completed epoch.
+        epoch: usize,
+    },
 }
 
 /// Trains a model as `config` says on the MNIST in `data_dir`, writing the run into `out`
@@ -760,7 +767,7 @@ pub fn train(
 ///
 /// The data order of the remaining epochs is the one the uninterrupted run would have used, and
 /// Adam continues from its saved state (`optimizer-<epoch>.bpk`; a run without one starts Adam
-/// afresh), and so are the input noise and the VAEs' latent samples (one stream per epoch, from
+/// afresh, and says so: [`Progress::AdamAfresh`]), and so are the input noise and the VAEs' latent samples (one stream per epoch, from
 /// the seed): a resumed run ends as the uninterrupted one would have, bit for bit.
 ///
 /// # Errors
@@ -906,8 +913,9 @@ fn run_epochs(
     let mut optim = adam();
     if done > 0 {
         // Adam's moments as they were after the last completed epoch, when the run has them.
-        if let Some(record) = load_optimizer(out, done)? {
-            optim = optim.load_record(record);
+        match load_optimizer(out, done)? {
+            Some(record) => optim = optim.load_record(record),
+            None => report(Progress::AdamAfresh { epoch: done }),
         }
     }
     for epoch in done + 1..=config.epochs {

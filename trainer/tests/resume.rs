@@ -555,3 +555,38 @@ fn a_damaged_metrics_row_is_refused_by_resume() {
     assert!(format!("{err:#}").contains("is damaged"), "{err:#}");
     assert_eq!(std::fs::read_to_string(&metrics).expect("metrics"), damaged);
 }
+
+/// A resumed run tells its caller when Adam's saved state is missing (it then starts afresh,
+/// and the run cannot end as the straight one would), and only then.
+#[test]
+fn a_missing_optimizer_state_is_reported_on_resume() {
+    use trainer::training::{self, Progress};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let device = Device::flex();
+    let data = trainer::data::bundled_dir();
+    let afresh = |run: &std::path::Path| {
+        let mut seen = Vec::new();
+        training::resume(run, &data, std::slice::from_ref(&device), Some(2), |p| {
+            if let Progress::AdamAfresh { epoch } = p {
+                seen.push(epoch);
+            }
+        })
+        .expect("resumes");
+        seen
+    };
+    let runs = ["kept", "lost"].map(|name| {
+        let run = dir.path().join(name);
+        training::train(
+            &one_short_epoch("dense-ae", 64),
+            &data,
+            &run,
+            std::slice::from_ref(&device),
+            |_| {},
+        )
+        .expect("trains");
+        run
+    });
+    std::fs::remove_file(runs[1].join("optimizer-1.bpk")).expect("remove");
+    assert_eq!(afresh(&runs[0]), Vec::<usize>::new());
+    assert_eq!(afresh(&runs[1]), [1]);
+}
