@@ -746,7 +746,7 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
         let name = out.file_name().unwrap_or_default().to_string_lossy();
         out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
     });
-    if let Some(tmp) = &temporary {
+    if temporary.is_some() {
         let same = std::fs::canonicalize(args.input())
             .ok()
             .zip(std::fs::canonicalize(&out).ok())
@@ -754,12 +754,7 @@ fn denoise(args: &DenoiseArgs) -> Result<()> {
         if same {
             bail!("--out {} is also the input", out.display());
         }
-        if tmp
-            .parent()
-            .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
-        {
-            bail!("the folder of {} does not exist", out.display());
-        }
+        folder_of(&out)?;
     }
     let stop = stop_on_interrupt();
     let reader = stream_reader(args, (width, height), stop)?;
@@ -1363,12 +1358,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         .chain(sheet.as_ref().map(|(path, _)| *path))
         .chain(&args.raw);
     for path in every_path {
-        if path
-            .parent()
-            .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
-        {
-            bail!("the folder of {} does not exist", path.display());
-        }
+        folder_of(path)?;
     }
 
     for (image, path) in images.iter().zip(&digit_paths) {
@@ -1470,6 +1460,21 @@ fn styles(args: &GenerateArgs, dim: usize) -> Result<(Vec<Vec<f32>>, usize)> {
         return Ok((latents, steps));
     }
     bail!("no latents: give --latent, --latents, --random, --grid or --morph")
+}
+
+/// Checks that the folder a file is to be written into is there, as a folder.
+fn folder_of(path: &Path) -> Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) if !d.exists() => bail!("the folder of {} does not exist", path.display()),
+        Some(d) if !d.is_dir() => {
+            bail!(
+                "cannot write {}: {} is not a folder",
+                path.display(),
+                d.display()
+            )
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `out` itself for a single image; `<stem>_<i>.<ext>` beside it for several.

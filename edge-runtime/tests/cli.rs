@@ -299,6 +299,21 @@ fn bad_inputs_fail_clearly() {
         std::fs::read(dir.path().join("keep.png")).expect("keep.png"),
         b"old"
     );
+    // A file where the output's folder should be is named.
+    let args = [
+        "generate",
+        "--model",
+        "decoder.onnx",
+        "--latent",
+        "0,0",
+        "--out",
+        "keep.png/d.png",
+    ];
+    fails_with(
+        dir.path(),
+        &args,
+        "cannot write keep.png/d.png: keep.png is not a folder",
+    );
     // A morph between latents of two lengths is named as such.
     let args = [
         "generate",
