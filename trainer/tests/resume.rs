@@ -27,6 +27,18 @@ fn epochs_done(dir: &std::path::Path) -> Vec<usize> {
         .collect()
 }
 
+/// Trains the dense AE's [`one_short_epoch`] on 64 images into `run`, on the CPU.
+fn train_a_short_dense_run(run: &std::path::Path) {
+    trainer::training::train(
+        &one_short_epoch("dense-ae", 64),
+        &trainer::data::bundled_dir(),
+        run,
+        &[Device::flex()],
+        |_| {},
+    )
+    .expect("trains");
+}
+
 /// One epoch of `family` on `images` training images (batch 64), tested on a quarter as many.
 fn one_short_epoch(family: &str, images: usize) -> trainer::run::TrainingConfig {
     trainer::run::TrainingConfig::new(
@@ -507,14 +519,7 @@ fn weights_with_a_nan_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path().join("run");
     let device = Device::flex();
-    trainer::training::train(
-        &one_short_epoch("dense-ae", 64),
-        &trainer::data::bundled_dir(),
-        &run,
-        std::slice::from_ref(&device),
-        |_| {},
-    )
-    .expect("trains");
+    train_a_short_dense_run(&run);
     load_run(&run, &device).expect("the run loads");
     // The file ends with the last parameter's values (little-endian f32): the last one NaN.
     let mut bytes = std::fs::read(run.join("model.bpk")).expect("weights");
@@ -536,14 +541,7 @@ fn a_damaged_metrics_row_is_refused_by_resume() {
     let run = dir.path().join("run");
     let device = Device::flex();
     let data = trainer::data::bundled_dir();
-    trainer::training::train(
-        &one_short_epoch("dense-ae", 64),
-        &data,
-        &run,
-        std::slice::from_ref(&device),
-        |_| {},
-    )
-    .expect("trains");
+    train_a_short_dense_run(&run);
     let metrics = run.join("metrics.csv");
     let header = std::fs::read_to_string(&metrics).expect("metrics");
     let header = header.lines().next().expect("a header");
@@ -576,14 +574,7 @@ fn a_missing_optimizer_state_is_reported_on_resume() {
     };
     let runs = ["kept", "lost"].map(|name| {
         let run = dir.path().join(name);
-        training::train(
-            &one_short_epoch("dense-ae", 64),
-            &data,
-            &run,
-            std::slice::from_ref(&device),
-            |_| {},
-        )
-        .expect("trains");
+        train_a_short_dense_run(&run);
         run
     });
     std::fs::remove_file(runs[1].join("optimizer-1.bpk")).expect("remove");
