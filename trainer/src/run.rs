@@ -377,6 +377,12 @@ pub fn load_config(dir: &Path) -> Result<TrainingConfig, RunError> {
         path: path.clone(),
         reason: e.to_string(),
     })?;
+    if !raw.is_object() {
+        return Err(RunError::Config {
+            path,
+            reason: "not a JSON object".into(),
+        });
+    }
     let found = raw.get("format").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
     if found != RUN_FORMAT {
         return Err(RunError::Version { path, found });

@@ -231,6 +231,10 @@ fn bad_run_directories_are_clear_errors() {
     .expect("write");
     let err = load_run(&run, &device).expect_err("old format");
     assert!(err.to_string().contains("run format 1"), "{err}");
+    // JSON that is not an object at all is no format.
+    std::fs::write(run.join("config.json"), "[]").expect("write");
+    let err = load_run(&run, &device).expect_err("not an object");
+    assert!(err.to_string().contains("not a JSON object"), "{err}");
 
     // A setting this build does not know, as a newer trainer might write it.
     std::fs::write(
