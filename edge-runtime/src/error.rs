@@ -62,6 +62,15 @@ pub enum Error {
         actual: usize,
     },
 
+    /// The two ends of a morph differ in length.
+    #[error("a morph needs two latents of the same length: {from} values, then {to}")]
+    MorphLengths {
+        /// Values of the latent it starts from.
+        from: usize,
+        /// Values of the latent it ends at.
+        to: usize,
+    },
+
     /// A digit asked of a decoder that is not conditional, or outside its classes.
     #[error("{reason}")]
     Digit {

@@ -159,12 +159,12 @@ pub fn grid(side: usize, span: f32) -> Vec<Vec<f32>> {
 /// `steps` vectors from `from` to `to` (both included), evenly spaced on the straight line.
 ///
 /// # Errors
-/// [`Error::LatentLength`] when the two vectors differ in length.
+/// [`Error::MorphLengths`] when the two vectors differ in length.
 pub fn morph(from: &[f32], to: &[f32], steps: usize) -> Result<Vec<Vec<f32>>, Error> {
     if from.len() != to.len() {
-        return Err(Error::LatentLength {
-            expected: from.len(),
-            actual: to.len(),
+        return Err(Error::MorphLengths {
+            from: from.len(),
+            to: to.len(),
         });
     }
     Ok((0..steps)
@@ -270,6 +270,9 @@ mod tests {
     fn morph_includes_both_ends() {
         let m = morph(&[0.0, 1.0], &[1.0, -1.0], 3).expect("same lengths");
         assert_eq!(m, vec![vec![0.0, 1.0], vec![0.5, 0.0], vec![1.0, -1.0]]);
-        assert!(morph(&[0.0], &[1.0, 2.0], 3).is_err());
+        assert!(matches!(
+            morph(&[0.0], &[1.0, 2.0], 3),
+            Err(Error::MorphLengths { from: 1, to: 2 })
+        ));
     }
 }

@@ -1450,13 +1450,8 @@ fn styles(args: &GenerateArgs, dim: usize) -> Result<(Vec<Vec<f32>>, usize)> {
         return Ok((latents::grid(side as usize, span), side as usize));
     }
     if let [from, to] = args.morph.as_slice() {
-        let (from_len, to_len) = (from.0.len(), to.0.len());
-        if from_len != to_len {
-            bail!("--morph needs two latents of the same length: {from_len} values, then {to_len}");
-        }
         let steps = args.steps.unwrap_or(8) as usize;
-        let latents = latents::morph(&from.0, &to.0, steps)
-            .context("--morph needs two latents of the same length")?;
+        let latents = latents::morph(&from.0, &to.0, steps).context("--morph")?;
         return Ok((latents, steps));
     }
     bail!("no latents: give --latent, --latents, --random, --grid or --morph")
