@@ -26,6 +26,8 @@ pub struct Denoiser {
     /// Pixels mirrored onto each side of a frame before the model (the metadata's
     /// `reflect_padding`; 0 without it).
     border: usize,
+    /// Bytes the plan's tensors hold at once in a run (a lower bound; 0 if unknown).
+    tensor_bytes: u64,
 }
 
 /// Longest frame side a denoiser takes (a 16K frame; any sensor's is smaller). It keeps every
@@ -46,6 +48,8 @@ impl Denoiser {
     ///   to `MAX_REFLECT_PADDING` (1,024);
     /// - [`Error::PrepareModel`]: tract cannot type or optimise it for that size (e.g. a model
     ///   with a fixed size other than the frame's).
+    /// - [`Error::Memory`]: its tensors for frames of that size need more memory than the
+    ///   process can get ([`crate::available_bytes`]).
     pub fn load(path: impl AsRef<Path>, width: usize, height: usize) -> Result<Self, Error> {
         let path = path.as_ref();
         if !(1..=MAX_FRAME_SIDE).contains(&width) || !(1..=MAX_FRAME_SIDE).contains(&height) {
@@ -110,6 +114,14 @@ impl Denoiser {
             )));
         }
         let plan = model.into_runnable().map_err(prepare_failed)?;
+        let tensor_bytes = crate::memory::plan_tensor_bytes(&plan).unwrap_or(0);
+        crate::memory::ensure_fits(tensor_bytes, || {
+            format!(
+                "{} on {width}x{height} frames ({padded_width}x{padded_height} with the mirrored \
+                 border)",
+                path.display()
+            )
+        })?;
         let state = plan.spawn().map_err(prepare_failed)?;
         Ok(Self {
             plan,
@@ -117,6 +129,7 @@ impl Denoiser {
             width,
             height,
             border,
+            tensor_bytes,
         })
     }
 
@@ -136,7 +149,15 @@ impl Denoiser {
             width: self.width,
             height: self.height,
             border: self.border,
+            tensor_bytes: self.tensor_bytes,
         })
+    }
+
+    /// Bytes the plan's tensors hold at once while a frame is denoised (0 when tract cannot
+    /// tell): what each worker needs on top of the model, a lower bound (the convolutions'
+    /// scratch buffers and the allocator's overhead come on top).
+    pub fn tensor_bytes(&self) -> u64 {
+        self.tensor_bytes
     }
 
     /// Size `(width, height)` of the frames it takes.

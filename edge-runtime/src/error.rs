@@ -212,6 +212,24 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// Running a model on an input this large needs more memory than the process can get
+    /// ([`crate::available_bytes`]): refused up front, where Linux would let the allocations
+    /// succeed and then end the process without a word when the memory runs out.
+    #[error(
+        "{what} needs at least {} for its tensors, more than the {} this process can get \
+         (free memory and swap, within its cgroup and `ulimit -v` limits): use smaller frames",
+        crate::memory::human(*.needed),
+        crate::memory::human(*.available)
+    )]
+    Memory {
+        /// The model and its input, e.g. `denoiser.onnx on 16404x16404 frames`.
+        what: String,
+        /// Bytes its tensors need at once (a lower bound).
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+    },
+
     /// An output file could not be written.
     #[error("cannot write {path}")]
     Write {

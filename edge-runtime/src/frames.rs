@@ -88,7 +88,9 @@ pub const MAX_THREADS: usize = 256;
 /// # Errors
 /// [`Error::ShortFrame`] when the stream ends inside a frame (every complete frame before it
 /// has been written), [`Error::Frame`] when denoising a frame fails and [`Error::ReadFrame`]
-/// when reading one does (likewise), or [`Error::Stream`] for a write failure.
+/// when reading one does (likewise), [`Error::Stream`] for a write failure, or [`Error::Memory`]
+/// before anything is read when the workers' tensors and the frame buffers need more memory
+/// than the process can get.
 pub fn denoise_stream(
     denoiser: &Denoiser,
     format: FrameFormat,
@@ -122,6 +124,17 @@ pub fn denoise_stream_until(
     );
     let threads = threads.clamp(1, MAX_THREADS);
     let in_flight = 2 * threads + 1;
+    // Every worker runs the plan at once, next to the frame buffers going around.
+    let needed = denoiser
+        .tensor_bytes()
+        .saturating_mul(threads as u64)
+        .saturating_add((in_flight as u64).saturating_mul(frame_bytes as u64));
+    crate::memory::ensure_fits(needed, || {
+        format!(
+            "denoising {width}x{height} frames on {threads} worker(s) with {in_flight} frame \
+             buffers"
+        )
+    })?;
     let workers: Vec<Denoiser> = (0..threads)
         .map(|_| denoiser.worker())
         .collect::<Result<_, _>>()?;

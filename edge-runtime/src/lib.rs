@@ -50,6 +50,7 @@ mod error;
 pub mod frames;
 mod image;
 pub mod latents;
+mod memory;
 mod model;
 mod onnx;
 
@@ -57,4 +58,5 @@ pub use decoder::Decoder;
 pub use denoiser::{Denoiser, MAX_FRAME_SIDE};
 pub use error::{Error, TractFailure};
 pub use image::{Image, ImageFormat, write_atomically};
+pub use memory::available_bytes;
 pub use model::OnnxModel;

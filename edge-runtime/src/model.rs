@@ -25,7 +25,8 @@ impl OnnxModel {
     /// # Errors
     /// [`Error::ReadModel`], [`Error::ParseModel`]; [`Error::NotADecoder`] (the interface check)
     /// for a model without exactly one input, without outputs or without a usable shape; [`Error::PrepareModel`]
-    /// when tract cannot optimise it for the shape.
+    /// when tract cannot optimise it for the shape; [`Error::Memory`] when its tensors for that
+    /// shape need more memory than the process can get ([`crate::available_bytes`]).
     pub fn load(path: impl AsRef<Path>, input_shape: Option<&[usize]>) -> Result<Self, Error> {
         let path = path.as_ref();
         let model = read_one_input(path)?;
@@ -51,6 +52,9 @@ impl OnnxModel {
             return Err(interface("it has no outputs".into()));
         }
         let plan = model.into_runnable().map_err(prepare_failed)?;
+        crate::memory::ensure_fits(crate::memory::plan_tensor_bytes(&plan).unwrap_or(0), || {
+            format!("{} on a {shape:?} input", path.display())
+        })?;
         let state = Mutex::new(plan.spawn().map_err(prepare_failed)?);
         Ok(Self {
             plan,

@@ -125,6 +125,39 @@ fn a_model_output_that_is_not_a_number_is_an_error_not_a_black_pixel() {
     );
 }
 
+/// A model whose tensors for the input asked for cannot fit in the memory the process can get
+/// is refused at load time, before anything is allocated: here a 1,000,000 x 1,000,000 input
+/// to the fully convolutional upscaler (its input and output alone are 20 TB, past any machine).
+/// 64-bit only: a 32-bit process cannot even name such a tensor's size.
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn an_input_too_large_for_the_memory_is_refused_at_load_time() {
+    if edge_runtime::available_bytes().is_none() {
+        return; // Not Linux: the limits cannot be read, so nothing is refused.
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("upscaler.onnx");
+    common::write_model(&path, &common::upscaler_any_size_model());
+    let side = 1_000_000;
+    match edge_runtime::OnnxModel::load(&path, Some(&[1, 1, side, side])) {
+        Err(Error::Memory {
+            what,
+            needed,
+            available,
+        }) => {
+            assert!(needed >= 20 * (side as u64).pow(2), "{needed}");
+            assert!(available < needed);
+            assert!(
+                what.contains("upscaler.onnx on a [1, 1, 1000000, 1000000] input"),
+                "{what}"
+            );
+        }
+        other => panic!("expected Error::Memory, got {other:?}"),
+    }
+    // The same model on a small input loads.
+    assert!(edge_runtime::OnnxModel::load(&path, Some(&[1, 1, 14, 14])).is_ok());
+}
+
 #[test]
 fn truncated_model_is_rejected() {
     let bytes = prost::Message::encode_to_vec(&decoder_model(Batch::Static));

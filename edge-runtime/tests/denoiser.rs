@@ -4,6 +4,7 @@
 mod common;
 
 use common::{box_blur_mirrored_reference, box_blur_model, box_blur_reference, write_model};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use edge_runtime::frames::{FrameFormat, denoise_stream, denoise_stream_until};
@@ -15,6 +16,29 @@ fn blur(width: usize, height: usize) -> (tempfile::TempDir, Denoiser) {
     write_model(&path, &box_blur_model());
     let denoiser = Denoiser::load(&path, width, height).expect("loads");
     (dir, denoiser)
+}
+
+/// The memory a frame's run needs is counted from the plan: the bundled camera denoiser's
+/// hidden layers have 8 channels, so at least two 8-channel feature maps of the mirrored frame
+/// (64 bytes a pixel) must be held at once, and the count grows with the frame's area (on frames of
+/// a few hundred pixels a side; tiny ones are planned differently). It is what
+/// `Denoiser::load` checks against the memory the process can get.
+#[test]
+fn the_tensors_a_frame_needs_are_counted_from_the_plan() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/camera_denoiser.onnx");
+    let per_pixel = |w: usize, h: usize| {
+        let denoiser = Denoiser::load(&model, w, h).expect("loads");
+        let border = denoiser.reflect_padding();
+        denoiser.tensor_bytes() as f64 / ((w + 2 * border) * (h + 2 * border)) as f64
+    };
+    let (small, large) = (per_pixel(320, 240), per_pixel(640, 480));
+    assert!(small >= 64.0, "{small} bytes a pixel");
+    assert!((small - large).abs() < 0.02 * large, "{small} vs {large}");
+    // This crate's direct convolution reads the feature maps in place (68 bytes a pixel); on
+    // armv7 tract's convolutions also hold each one's im2col matrix (~330).
+    if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        assert!(small <= 104.0, "{small} bytes a pixel");
+    }
 }
 
 /// Frame `i` of a test stream: different in every frame, so order mistakes show.
