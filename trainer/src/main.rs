@@ -299,7 +299,9 @@ impl Hardware {
 fn learning_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        Ok(v) => Err(format!("{v} is not a usable learning rate (finite, >= 0)")),
+        Ok(_) => Err(format!(
+            "{text} is not a usable learning rate (finite, >= 0)"
+        )),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -48,6 +48,10 @@ pub struct GrayImage {
 /// The longest side a photograph may have (the bundled ones are 512 pixels).
 pub const MAX_PHOTO_SIDE: usize = 4096;
 
+/// The shortest side a photograph may have: SSIM's 11-pixel window must fit, and a few pixels
+/// are no photograph to measure a denoiser on (one pixel could even match exactly: PSNR inf).
+pub const MIN_PHOTO_SIDE: usize = 16;
+
 /// Decodes an 8-bit PNG (gray, gray+alpha, RGB or RGBA) to BT.601 luma rounded to 8 bits.
 pub fn decode_png(path: &Path, bytes: &[u8]) -> Result<GrayImage, DataError> {
     let format = |reason: String| DataError::Format {
@@ -65,6 +69,11 @@ pub fn decode_png(path: &Path, bytes: &[u8]) -> Result<GrayImage, DataError> {
     if w as usize > MAX_PHOTO_SIDE || h as usize > MAX_PHOTO_SIDE {
         return Err(format(format!(
             "a {w}x{h} photograph: each side must be at most {MAX_PHOTO_SIDE} pixels (scale it down)"
+        )));
+    }
+    if (w as usize) < MIN_PHOTO_SIDE || (h as usize) < MIN_PHOTO_SIDE {
+        return Err(format(format!(
+            "a {w}x{h} photograph: each side must be at least {MIN_PHOTO_SIDE} pixels"
         )));
     }
     // Deflate packs at most 1,032 bytes into one: pixel data the file cannot hold is a corrupt
@@ -260,6 +269,30 @@ mod tests {
             message.contains("100000x100000 photograph: each side must be at most 4096"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_photograph_of_a_few_pixels_is_refused() {
+        for (w, h) in [(1, 1), (15, 512), (512, 15)] {
+            let mut png = Vec::new();
+            let mut encoder = png::Encoder::new(&mut png, w, h);
+            encoder.set_color(png::ColorType::Grayscale);
+            encoder.set_depth(png::BitDepth::Eight);
+            let mut writer = encoder.write_header().expect("header");
+            writer
+                .write_image_data(&vec![128; (w * h) as usize])
+                .expect("pixels");
+            drop(writer);
+            let message = decode_png(Path::new("tiny.png"), &png)
+                .expect_err("too small")
+                .to_string();
+            assert!(
+                message.contains(&format!(
+                    "a {w}x{h} photograph: each side must be at least 16 pixels"
+                )),
+                "{message}"
+            );
+        }
     }
 
     #[test]

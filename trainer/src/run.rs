@@ -163,7 +163,7 @@ impl TrainingConfig {
         ] {
             if let Some(rate) = rate.filter(|r| !(r.is_finite() && *r >= 0.0)) {
                 return Err(format!(
-                    "{name} {rate} is not a usable learning rate (finite, >= 0)"
+                    "{name} {rate:e} is not a usable learning rate (finite, >= 0)"
                 ));
             }
         }

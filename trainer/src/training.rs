@@ -401,11 +401,20 @@ impl Source {
         }
         let mut train = Mnist::load(data_dir, Split::Train).context("loading the training set")?;
         let mut test = Mnist::load(data_dir, Split::Test).context("loading the test set")?;
-        if let Some(n) = config.train_subset {
-            train.truncate(n);
-        }
-        if let Some(n) = config.test_subset {
-            test.truncate(n);
+        for (set, subset, flag) in [
+            (&mut train, config.train_subset, "train"),
+            (&mut test, config.test_subset, "test"),
+        ] {
+            if let Some(n) = subset {
+                // More than there are is a mistake to name, not a silent "all of them".
+                if n > set.len() {
+                    bail!(
+                        "--{flag}-subset {n} is more than the {} images of the {flag} set",
+                        set.len()
+                    );
+                }
+                set.truncate(n);
+            }
         }
         if train.is_empty() || test.is_empty() {
             bail!("the training and test subsets must not be empty");
@@ -940,7 +949,7 @@ fn run_epochs(
             if !total.is_finite() {
                 bail!(
                     "loss became {total} at epoch {epoch}, batch {batch_index}: \
-                     lower the learning rate (now {})",
+                     lower the learning rate (now {:e})",
                     config.learning_rate_at(
                         (epoch - 1) * batches + batch_index,
                         config.epochs * batches
@@ -970,7 +979,7 @@ fn run_epochs(
         if !test.loss.is_finite() {
             bail!(
                 "test loss became {} after epoch {epoch}: the weights are no longer finite, \
-                 so epoch {epoch} is not saved; lower the learning rate (now {})",
+                 so epoch {epoch} is not saved; lower the learning rate (now {:e})",
                 test.loss,
                 config.learning_rate_at(epoch * batches - 1, config.epochs * batches)
             );

@@ -184,7 +184,28 @@ fn nan_loss_stops_training_naming_epoch_and_batch() {
     // An absurd learning rate blows the VAE's log-variance up within a few steps.
     let message = training_error(&short_run("fc-vae").with_learning_rate(1e30), dir.path());
     assert!(
-        message.contains("at epoch 1, batch") && message.contains("learning rate"),
+        message.contains("at epoch 1, batch") && message.contains("learning rate (now 1e30)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_subset_larger_than_the_dataset_is_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let message = training_error(
+        &short_run("dense-ae").with_train_subset(Some(60_001)),
+        &dir.path().join("train"),
+    );
+    assert!(
+        message.contains("--train-subset 60001 is more than the 60000 images of the train set"),
+        "{message}"
+    );
+    let message = training_error(
+        &short_run("dense-ae").with_test_subset(Some(10_001)),
+        &dir.path().join("test"),
+    );
+    assert!(
+        message.contains("--test-subset 10001 is more than the 10000 images of the test set"),
         "{message}"
     );
 }
