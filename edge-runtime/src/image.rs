@@ -209,11 +209,37 @@ impl Image {
 /// Deflate's largest compression ratio (a 258-byte match in one code of at least 2 bits).
 const MAX_DEFLATE_RATIO: usize = 1032;
 
+/// The png crate's message for `e`, each chunk type in it (which it prints in Debug form,
+/// `ChunkType { type: IDAT, critical: true, .. }`) given by its name alone.
+fn png_message(e: &png::DecodingError) -> String {
+    const DEBUG_FORM: &str = "ChunkType { type: ";
+    let text = e.to_string();
+    let (mut plain, mut rest) = (String::with_capacity(text.len()), text.as_str());
+    while let Some(at) = rest.find(DEBUG_FORM) {
+        plain.push_str(&rest[..at]);
+        let inside = &rest[at + DEBUG_FORM.len()..];
+        match (inside.find(", "), inside.find('}')) {
+            (Some(name_end), Some(end)) if name_end < end => {
+                plain.push_str(&inside[..name_end]);
+                rest = &inside[end + 1..];
+            }
+            _ => {
+                plain.push_str(&rest[at..]);
+                rest = "";
+            }
+        }
+    }
+    plain.push_str(rest);
+    plain
+}
+
 /// Width, height and 8-bit luma of a PNG.
 fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
     let mut decoder = png::Decoder::new(io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().map_err(|e| format!("not a PNG: {e}"))?;
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| format!("not a PNG: {}", png_message(&e)))?;
     // The header's size, checked before the pixel buffer is allocated: a few bytes of PNG can
     // announce gigabytes.
     let (width, height) = (reader.info().width, reader.info().height);
@@ -241,7 +267,7 @@ fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
     buf.resize(size, 0);
     let info = reader
         .next_frame(&mut buf)
-        .map_err(|e| format!("corrupt PNG: {e}"))?;
+        .map_err(|e| format!("corrupt PNG: {}", png_message(&e)))?;
     let channels = info.color_type.samples();
     let luma = |p: &[u8]| match channels {
         1 | 2 => p[0],
@@ -430,6 +456,29 @@ mod tests {
         assert_eq!(sample().to_gray8(), vec![0, 0, 128, 0, 255, 255]);
         let nan = Image::new(1, 1, vec![f32::NAN]).expect("1x1 image");
         assert_eq!(nan.to_gray8(), vec![0]);
+    }
+
+    /// A damaged chunk is named by its type, not by the png crate's Debug dump of it.
+    #[test]
+    fn damaged_png_chunks_are_named_plainly() {
+        let png = sample().encode_png().expect("encodes");
+        let idat = png
+            .windows(4)
+            .position(|w| w == b"IDAT")
+            .expect("an IDAT chunk");
+        let mut bad_type = png.clone();
+        bad_type[idat + 3] = b'x'; // "IDAx": unknown, and critical (upper-case first letter)
+        let length = u32::from_be_bytes(png[idat - 4..idat].try_into().unwrap()) as usize;
+        let mut bad_crc = png.clone();
+        bad_crc[idat + 4 + length] ^= 0xff; // the chunk's checksum
+        for (bytes, expected) in [
+            (bad_type, "not a PNG: Unrecognized critical chunk: IDAx"),
+            (bad_crc, "while decoding IDAT chunk"),
+        ] {
+            let message = decode_png(&bytes).expect_err("damaged");
+            assert!(message.contains(expected), "{message}");
+            assert!(!message.contains("ChunkType"), "{message}");
+        }
     }
 
     #[test]

@@ -1060,6 +1060,9 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
             println!("{} -> {}", file.display(), target.display());
         }
     }
+    if skipped == files.len() {
+        bail!("none of the {skipped} image(s) could be read (above)");
+    }
     if skipped > 0 {
         bail!(
             "{skipped} of {} images could not be read (above); the others are denoised",

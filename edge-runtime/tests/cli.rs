@@ -715,6 +715,25 @@ fn an_unreadable_image_is_skipped_and_reported() {
     let clean = dir.path().join("clean");
     assert!(clean.join("a.png").is_file() && clean.join("c.pgm").is_file());
     assert!(!clean.join("b.png").exists());
+    // Only unreadable images: said so, and no output folder is left.
+    let out = edge(
+        dir.path(),
+        &[
+            "denoise",
+            "--model",
+            "blur.onnx",
+            "photos/b.png",
+            "--out",
+            "none",
+        ],
+    );
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.contains("none of the 1 image(s) could be read"),
+        "{message}"
+    );
+    assert!(!dir.path().join("none").exists(), "{message}");
 
     // --out must be a folder for images; the stream's options are refused with them.
     std::fs::write(dir.path().join("keep.png"), b"old").expect("a file");
