@@ -1,6 +1,7 @@
 //! The command lines the README shows, so that each binary's tests can check that its parser
-//! takes them (`trainer/src/main.rs`, `exporter/src/main.rs` and `edge-runtime/src/main.rs`
-//! include this file with `#[path]`: the binaries' argument types are private to them).
+//! takes them (`trainer/src/main.rs`, `exporter/src/main.rs` and
+//! `edge-runtime/src/bin/edge/main.rs` include this file with `#[path]`: the binaries' argument
+//! types are private to them).
 
 /// One command line of the README that runs a given binary.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,412 @@
+//! `edge denoise`: camera frames (a raw stream on stdin, a file or a V4L2 camera) or image files
+//! through the camera-frame denoiser.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use edge_runtime::frames::{self, FrameFormat};
+use edge_runtime::{Denoiser, Image, ImageFormat, latents};
+
+use crate::files::{canonical, folder_of, image_files, targets};
+use crate::signals::{delete_on_second_interrupt, interruptible, stop_on_interrupt};
+use crate::{parse_size, positive};
+
+pub(crate) const DENOISE_EXAMPLES: &str = "\
+Examples:
+  # Camera frames from the Pi camera, denoised on 4 cores, to a file (or pipe them on):
+  rpicam-vid -t 10000 --width 640 --height 480 --codec yuv420 -o - \\
+    | edge denoise --model out/camera-denoiser/denoiser.onnx --size 640x480 --threads 4 > clean.yuv
+
+  # Until Ctrl-C, to a file: the frames read before it are denoised and kept:
+  rpicam-vid -t 0 --width 640 --height 480 --codec yuv420 -o - \\
+    | edge denoise --model out/camera-denoiser/denoiser.onnx --size 640x480 --out clean.yuv
+
+  # A recorded 8-bit grayscale stream, from a file to a file:
+  edge denoise --model denoiser.onnx --size 320x240 --format gray8 --input noisy.y8 --out clean.y8
+
+  # 100 frames from a V4L2 camera (builds with --features v4l2), as gray8:
+  edge denoise --model denoiser.onnx --size 640x480 --device /dev/video0 --format gray8 \\
+    --frames 100 > clean.y8
+
+  # Image files (PNG or PGM; color PNGs become grayscale), or every image in a folder:
+  edge denoise --model denoiser.onnx photo.png scans/ --out denoised/";
+
+#[derive(Debug, Args)]
+pub(crate) struct DenoiseArgs {
+    /// ONNX denoiser written by the exporter (`denoiser.onnx`).
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+
+    /// Image files (.png, .pgm) or folders of them. Without any, a raw frame stream is read
+    /// (see --size).
+    #[arg(value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+
+    /// Frame size of a raw stream, WIDTHxHEIGHT (e.g. 640x480).
+    #[arg(long, value_name = "WxH", value_parser = parse_size, conflicts_with = "images")]
+    size: Option<(usize, usize)>,
+
+    /// Layout of the raw frames: yuv420 (I420; the luma is denoised, the chroma passed through)
+    /// or gray8 [default: yuv420].
+    // Both conflict with the images themselves: clap drops a `requires` of --size once an
+    // image is given (--size conflicts with them), so `--format` with image files was accepted
+    // and ignored. No `default_value`: one would count as given.
+    #[arg(long, requires = "size", conflicts_with = "images")]
+    format: Option<FrameFormat>,
+
+    /// Raw stream input file, or `-` for stdin [default: -].
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "size",
+        conflicts_with = "images"
+    )]
+    input: Option<PathBuf>,
+
+    /// Read the stream from a V4L2 camera instead (e.g. /dev/video0), asking it for --size
+    /// frames in GREY, YU12 or YUYV; --format is then the output's layout (builds with the
+    /// `v4l2` cargo feature, 64-bit Linux).
+    #[arg(
+        long,
+        value_name = "DEVICE",
+        requires = "size",
+        conflicts_with = "input"
+    )]
+    device: Option<PathBuf>,
+
+    /// With --device: stop after this many frames [default: run until Ctrl-C].
+    #[arg(long, requires = "device")]
+    frames: Option<usize>,
+
+    /// Stream: output file or `-` for stdout [default: -]. Images: output folder [default:
+    /// denoised], one PNG or PGM per input with its name.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+
+    /// Images: first add Gaussian noise of this standard deviation (8-bit units, e.g. 25) to
+    /// simulate a noisy camera; writes `<name>_noisy.<ext>` next to the denoised image and
+    /// prints the PSNR of both against the original.
+    #[arg(long, value_name = "SIGMA", value_parser = positive, conflicts_with = "size")]
+    add_noise: Option<f32>,
+
+    /// Worker threads for a stream (frames in flight, written in order).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    threads: u32,
+}
+
+impl DenoiseArgs {
+    /// `--format`, or its default.
+    fn format(&self) -> FrameFormat {
+        self.format.unwrap_or(FrameFormat::Yuv420)
+    }
+
+    /// `--input`, or its default (stdin).
+    fn input(&self) -> &Path {
+        self.input.as_deref().unwrap_or(Path::new("-"))
+    }
+}
+
+pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
+    let Some((width, height)) = args.size else {
+        return denoise_images(args);
+    };
+    let denoiser = Denoiser::load(&args.model, width, height).context("loading the denoiser")?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
+    // A file output is written to a temporary file beside it and renamed when the stream ends:
+    // a failed run never leaves half a frame. After a short final frame, or a frame that could
+    // not be read or denoised, the frames before it are kept (renamed) and the error reported;
+    // after a Ctrl-C, every frame read before it. A failed write removes the file, as does a
+    // failure before the first frame was written (an existing output stays as it was). An existing
+    // output that is not a regular file (a FIFO, /dev/null, a device) is written in place:
+    // renaming over it would replace it.
+    let to_stdout = out.as_os_str() == "-";
+    let special = !to_stdout && std::fs::metadata(&out).is_ok_and(|m| !m.is_file());
+    let temporary = (!to_stdout && !special).then(|| {
+        let name = out.file_name().unwrap_or_default().to_string_lossy();
+        out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    });
+    if temporary.is_some() {
+        let same = std::fs::canonicalize(args.input())
+            .ok()
+            .zip(std::fs::canonicalize(&out).ok())
+            .is_some_and(|(a, b)| a == b);
+        if same {
+            bail!("--out {} is also the input", out.display());
+        }
+        folder_of(&out)?;
+    }
+    let stop = stop_on_interrupt();
+    let reader = stream_reader(args, (width, height), stop)?;
+    let writer: Box<dyn std::io::Write> = match &temporary {
+        None if special => Box::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&out)
+                .with_context(|| format!("opening {}", out.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+        Some(tmp) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        )),
+    };
+    if let Some(tmp) = &temporary {
+        delete_on_second_interrupt(tmp);
+    }
+    let start = std::time::Instant::now();
+    let result = frames::denoise_stream_until(
+        &denoiser,
+        args.format(),
+        reader,
+        writer,
+        args.threads as usize,
+        stop,
+    );
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(tmp) = &temporary {
+        // Kept whenever every frame before the failure was written whole (a short last frame,
+        // a frame that failed to denoise or to be read) and there was one; a failed write
+        // leaves a broken file.
+        use edge_runtime::Error::{Frame, ReadFrame, ShortFrame};
+        let keep = match &result {
+            Ok(_) => true,
+            Err(ShortFrame { index, .. } | Frame { index, .. } | ReadFrame { index, .. }) => {
+                *index > 0
+            }
+            Err(_) => false,
+        };
+        if keep {
+            // On disk before the rename makes it visible (the stream's writer is flushed).
+            std::fs::File::open(tmp)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", tmp.display()))?;
+            std::fs::rename(tmp, &out)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+        } else {
+            std::fs::remove_file(tmp).ok();
+        }
+    }
+    match result {
+        Ok(summary) => {
+            eprintln!(
+                "denoised {} frames of {width}x{height} in {seconds:.2}s ({:.1} frames/s){}",
+                summary.frames,
+                summary.frames as f64 / seconds.max(1e-9),
+                if summary.stopped { ", interrupted" } else { "" }
+            );
+            if summary.stopped {
+                // The shell's status for a command ended by SIGINT.
+                std::process::exit(130);
+            }
+            Ok(())
+        }
+        Err(e) => Err(e).context("denoising the frame stream"),
+    }
+}
+
+/// Where a raw frame stream comes from: a V4L2 camera (`--device`, cargo feature `v4l2`), stdin
+/// or a file.
+fn stream_reader(
+    args: &DenoiseArgs,
+    #[cfg_attr(not(v4l2_camera), expect(unused_variables))] size: (usize, usize),
+    stop: &'static AtomicBool,
+) -> Result<Box<dyn std::io::Read + Send>> {
+    if let Some(device) = &args.device {
+        #[cfg(v4l2_camera)]
+        {
+            let camera =
+                edge_runtime::camera::Camera::open(device, size, args.format(), args.frames)?;
+            eprintln!(
+                "camera {}: {}x{} frames in {:?}",
+                device.display(),
+                size.0,
+                size.1,
+                camera.pixels()
+            );
+            return Ok(Box::new(camera));
+        }
+        // The flag parses in every build, so that a build without the camera says so.
+        #[cfg(not(v4l2_camera))]
+        bail!(
+            "--device {}: this edge was built without V4L2 camera input (cargo feature `v4l2`, \
+             64-bit Linux only); pipe the camera's frames in on stdin instead (`rpicam-vid ... \
+             -o - | edge denoise ...`)",
+            device.display()
+        );
+    }
+    if args.input().as_os_str() == "-" {
+        return Ok(interruptible(unbuffered_stdin()?, stop));
+    }
+    let file = std::fs::File::open(args.input())
+        .with_context(|| format!("opening {}", args.input().display()))?;
+    Ok(interruptible(file, stop))
+}
+
+/// Standard input without `Stdin`'s buffer, which would hold bytes `poll` on the descriptor
+/// cannot see ([`Interruptible`]); frames are read whole, so the buffer saves nothing.
+#[cfg(unix)]
+fn unbuffered_stdin() -> Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("reading standard input")?;
+    Ok(std::fs::File::from(fd))
+}
+
+#[cfg(not(unix))]
+fn unbuffered_stdin() -> Result<std::io::Stdin> {
+    Ok(std::io::stdin())
+}
+
+fn denoise_images(args: &DenoiseArgs) -> Result<()> {
+    if args.images.is_empty() {
+        bail!("no images to denoise: name image files or folders, or give --size for a raw stream");
+    }
+    let files = image_files(&args.images, "denoise")?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("denoised"));
+    if out.as_os_str() == "-" {
+        bail!(
+            "--out - (stdout) is for a raw stream (--size): image files are denoised into a folder"
+        );
+    }
+    if out.exists() && !out.is_dir() {
+        bail!(
+            "--out {} is a file: image files are denoised into a folder",
+            out.display()
+        );
+    }
+    let created = !out.exists();
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let result = denoise_files(args, &files, &out);
+    if result.is_err() && created {
+        // Only if nothing was written into it (`remove_dir` leaves a folder with files).
+        std::fs::remove_dir(&out).ok();
+    }
+    result
+}
+
+/// `denoise_images` once its output folder `out` exists: each of `files` denoised into it. An
+/// image that cannot be read is reported and skipped (an error at the end); a model that
+/// cannot be loaded or run, or an output that cannot be written, stops the run.
+fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()> {
+    let targets = targets(files, out)?;
+    // With --add-noise each image also writes its noisy copy: that name must not be another
+    // image's output or an input either.
+    let noisy: Vec<PathBuf> = match args.add_noise {
+        Some(_) => targets
+            .iter()
+            .map(|t| noisy_path(t))
+            .collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    let inputs = canonical(files);
+    for path in &noisy {
+        let input = std::fs::canonicalize(path).is_ok_and(|p| inputs.contains(&p));
+        if targets.contains(path) || input {
+            bail!(
+                "the noisy copy {} would overwrite another image: rename it or choose another --out folder",
+                path.display()
+            );
+        }
+    }
+    // One plan per frame size, optimised on first use.
+    let mut plans: std::collections::HashMap<(usize, usize), Denoiser> = Default::default();
+    let mut skipped = 0;
+    for (index, (file, target)) in files.iter().zip(targets).enumerate() {
+        let original = match Image::load(file) {
+            Ok(image) => image,
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                skipped += 1;
+                continue;
+            }
+        };
+        let image = match args.add_noise {
+            Some(sigma) => with_noise(&original, sigma, index as u64)?,
+            None => original.clone(),
+        };
+        let size = (image.width(), image.height());
+        let denoiser = match plans.entry(size) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                Denoiser::load(&args.model, size.0, size.1).with_context(|| {
+                    format!(
+                        "loading the denoiser for {} ({}x{})",
+                        file.display(),
+                        size.0,
+                        size.1
+                    )
+                })?,
+            ),
+        };
+        let clean = denoiser
+            .denoise(&image)
+            .with_context(|| format!("denoising {}", file.display()))?;
+        clean.save(&target)?;
+        if let Some(noisy_path) = noisy.get(index) {
+            image.save(noisy_path)?;
+            println!(
+                "{} -> {} ({:.2} dB) and {} ({:.2} dB), PSNR against the original",
+                file.display(),
+                noisy_path.display(),
+                psnr(&image, &original),
+                target.display(),
+                psnr(&clean, &original)
+            );
+        } else {
+            println!("{} -> {}", file.display(), target.display());
+        }
+    }
+    if skipped == files.len() {
+        bail!("none of the {skipped} image(s) could be read (above)");
+    }
+    if skipped > 0 {
+        bail!(
+            "{skipped} of {} images could not be read (above); the others are denoised",
+            files.len()
+        );
+    }
+    Ok(())
+}
+
+/// Where `denoise --add-noise` writes the noisy copy of the image denoised into `target`:
+/// `<name>_noisy.<ext>` beside it.
+fn noisy_path(target: &Path) -> Result<PathBuf> {
+    Ok(target.with_file_name(format!(
+        "{}_noisy.{}",
+        target.file_stem().unwrap_or_default().to_string_lossy(),
+        ImageFormat::from_path(target)?.extension()
+    )))
+}
+
+/// `image` plus Gaussian noise of standard deviation `sigma` (8-bit units), seeded, rounded and
+/// clipped to 8 bits as a camera frame would be.
+fn with_noise(image: &Image, sigma: f32, seed: u64) -> Result<Image> {
+    let noise = latents::random_normal(1, image.pixels().len(), seed)
+        .pop()
+        .unwrap_or_default();
+    let pixels = image
+        .pixels()
+        .iter()
+        .zip(noise)
+        .map(|(&p, n)| (p * 255.0 + sigma * n).round().clamp(0.0, 255.0) / 255.0)
+        .collect();
+    Ok(Image::new(image.width(), image.height(), pixels)?)
+}
+
+/// PSNR of the 8-bit pixels of `a` against `b`, in dB.
+fn psnr(a: &Image, b: &Image) -> f64 {
+    let (a, b) = (a.to_gray8(), b.to_gray8());
+    let mse = a
+        .iter()
+        .zip(&b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum::<f64>()
+        / a.len().max(1) as f64;
+    10.0 * (255.0f64.powi(2) / mse).log10()
+}

@@ -1,0 +1,79 @@
+//! The image files a subcommand reads (files and folders on the command line) and the paths it
+//! writes: each checked before anything is written.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use edge_runtime::ImageFormat;
+
+/// The image files named on the command line, folders expanded (sorted, .png and .pgm only).
+pub(crate) fn image_files(inputs: &[PathBuf], verb: &str) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("reading folder {}", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && ImageFormat::from_path(p).is_ok())
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(input.clone());
+        }
+    }
+    if files.is_empty() {
+        bail!("no images to {verb}: name image files or folders");
+    }
+    Ok(files)
+}
+
+/// Where each of `files` is written in the folder `out` (under its own file name), refusing to
+/// overwrite an input or to write two inputs to one file.
+pub(crate) fn targets(files: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
+    let inputs = canonical(files);
+    let mut taken = std::collections::HashSet::new();
+    files
+        .iter()
+        .map(|file| {
+            let target = out.join(file.file_name().context("an image file has a name")?);
+            if !taken.insert(target.clone()) {
+                bail!(
+                    "two inputs named {} would both be written to {}",
+                    target.file_name().unwrap_or_default().to_string_lossy(),
+                    target.display()
+                );
+            }
+            if std::fs::canonicalize(&target).is_ok_and(|t| inputs.contains(&t)) {
+                bail!(
+                    "{} would overwrite an input: choose another --out folder",
+                    target.display()
+                );
+            }
+            Ok(target)
+        })
+        .collect()
+}
+
+/// The files that exist, as canonical paths (to tell whether an output would overwrite one).
+pub(crate) fn canonical(files: &[PathBuf]) -> std::collections::HashSet<PathBuf> {
+    files
+        .iter()
+        .filter_map(|f| std::fs::canonicalize(f).ok())
+        .collect()
+}
+
+/// Checks that the folder a file is to be written into is there, as a folder.
+pub(crate) fn folder_of(path: &Path) -> Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) if !d.exists() => bail!("the folder of {} does not exist", path.display()),
+        Some(d) if !d.is_dir() => {
+            bail!(
+                "cannot write {}: {} is not a folder",
+                path.display(),
+                d.display()
+            )
+        }
+        _ => Ok(()),
+    }
+}
