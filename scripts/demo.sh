@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 EPOCHS=${EPOCHS:-5}
 CAMERA_EPOCHS=${CAMERA_EPOCHS:-3}
 # Both trainings split each batch into two shards trained at once (`trainer train --devices 2`,
-# the cores shared between them) where there are two cores or more: ~1.2-1.6x faster on two
+# the cores shared between them) where there are two cores or more: ~1.1-1.7x faster on two
 # cores than one batch on both (BENCHMARKS.md, "Data parallel on the CPU").
 SHARDS=${SHARDS:-$(($(nproc 2>/dev/null || echo 1) >= 2 ? 2 : 1))}
 

@@ -242,21 +242,26 @@ mod tests {
         assert!(load(&bundled_dir(), &TRAINING).is_ok());
     }
 
+    /// A `w x h` 8-bit gray PNG of `pixels`, or with `None` its header, an empty IDAT and the end.
+    fn gray_png(w: u32, h: u32, pixels: Option<&[u8]>) -> Vec<u8> {
+        let mut png = Vec::new();
+        let mut encoder = png::Encoder::new(&mut png, w, h);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().expect("header");
+        match pixels {
+            Some(pixels) => writer.write_image_data(pixels).expect("pixels"),
+            None => writer
+                .write_chunk(png::chunk::IDAT, &[0x78, 0x9c, 0, 0, 0])
+                .expect("chunk"),
+        }
+        drop(writer);
+        png
+    }
+
     #[test]
     fn a_png_header_announcing_more_pixels_than_its_file_holds_is_refused() {
-        // The header of a `w x h` 8-bit gray image, an empty IDAT, the end.
-        let header_only = |w: u32, h: u32| {
-            let mut png = Vec::new();
-            let mut encoder = png::Encoder::new(&mut png, w, h);
-            encoder.set_color(png::ColorType::Grayscale);
-            encoder.set_depth(png::BitDepth::Eight);
-            let mut writer = encoder.write_header().expect("header");
-            writer
-                .write_chunk(png::chunk::IDAT, &[0x78, 0x9c, 0, 0, 0])
-                .expect("chunk");
-            drop(writer);
-            png
-        };
+        let header_only = |w: u32, h: u32| gray_png(w, h, None);
         let err = decode_png(Path::new("big.png"), &header_only(4096, 4096)).expect_err("corrupt");
         let message = err.to_string();
         assert!(message.contains("4096x4096 pixels"), "{message}");
@@ -274,15 +279,7 @@ mod tests {
     #[test]
     fn a_photograph_of_a_few_pixels_is_refused() {
         for (w, h) in [(1, 1), (15, 512), (512, 15)] {
-            let mut png = Vec::new();
-            let mut encoder = png::Encoder::new(&mut png, w, h);
-            encoder.set_color(png::ColorType::Grayscale);
-            encoder.set_depth(png::BitDepth::Eight);
-            let mut writer = encoder.write_header().expect("header");
-            writer
-                .write_image_data(&vec![128; (w * h) as usize])
-                .expect("pixels");
-            drop(writer);
+            let png = gray_png(w, h, Some(&vec![128; (w * h) as usize]));
             let message = decode_png(Path::new("tiny.png"), &png)
                 .expect_err("too small")
                 .to_string();

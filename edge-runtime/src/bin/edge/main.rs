@@ -140,4 +140,4 @@ mod tests {
 mod readme;
 
 #[cfg(test)]
-readme_commands_parse!(super::Cli, "edge-runtime", "edge", 11, ["ort", "v4l2"]);
+readme_commands_parse!(super::Cli, "edge-runtime", "edge", 12, ["ort", "v4l2"]);
