@@ -216,15 +216,15 @@ pub enum Error {
     /// ([`crate::available_bytes`]): refused up front, where Linux would let the allocations
     /// succeed and then end the process without a word when the memory runs out.
     #[error(
-        "{what} needs at least {} for its tensors, more than the {} this process can get \
-         (free memory and swap, within its cgroup and `ulimit -v` limits): use smaller frames",
+        "{what} needs at least {} of memory at once, more than the {} this process can get \
+         (free memory and swap, within its cgroup and `ulimit -v` limits)",
         crate::memory::human(*.needed),
         crate::memory::human(*.available)
     )]
     Memory {
         /// The model and its input, e.g. `denoiser.onnx on 16404x16404 frames`.
         what: String,
-        /// Bytes its tensors need at once (a lower bound).
+        /// Bytes it needs at once (a lower bound: the tensors and, for a stream, the frames).
         needed: u64,
         /// Bytes available.
         available: u64,

@@ -51,11 +51,11 @@ pub fn available_bytes() -> Option<u64> {
     let meminfo = fs::read_to_string("/proc/meminfo").ok();
     let swap_free = meminfo
         .as_deref()
-        .and_then(|m| meminfo_bytes(m, "SwapFree"))
+        .and_then(|m| kib_field(m, "SwapFree"))
         .unwrap_or(0);
     let free = meminfo
         .as_deref()
-        .and_then(|m| meminfo_bytes(m, "MemAvailable"))
+        .and_then(|m| kib_field(m, "MemAvailable"))
         .map(|available| available.saturating_add(swap_free));
     let cgroup = fs::read_to_string("/proc/self/cgroup")
         .ok()
@@ -69,11 +69,6 @@ pub fn available_bytes() -> Option<u64> {
         _ => None,
     };
     [free, cgroup, address_space].into_iter().flatten().min()
-}
-
-/// The value of `key` in `/proc/meminfo`'s text, in bytes.
-fn meminfo_bytes(meminfo: &str, key: &str) -> Option<u64> {
-    kib_field(meminfo, key)
 }
 
 /// `Key:   123 kB` in `/proc/meminfo` or `/proc/self/status`, in bytes.
@@ -158,12 +153,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn meminfo_fields_are_read_in_bytes() {
+    fn kib_fields_are_read_in_bytes() {
         let text = "MemTotal:       24576000 kB\nMemAvailable:    1000 kB\nSwapFree:  0 kB\n";
-        assert_eq!(meminfo_bytes(text, "MemAvailable"), Some(1_024_000));
-        assert_eq!(meminfo_bytes(text, "SwapFree"), Some(0));
-        assert_eq!(meminfo_bytes(text, "Mem"), None);
-        assert_eq!(meminfo_bytes(text, "Cached"), None);
+        assert_eq!(kib_field(text, "MemAvailable"), Some(1_024_000));
+        assert_eq!(kib_field(text, "SwapFree"), Some(0));
+        assert_eq!(kib_field(text, "Mem"), None);
+        assert_eq!(kib_field(text, "Cached"), None);
     }
 
     #[test]

@@ -1381,7 +1381,7 @@ fn a_frame_too_large_for_memory_is_an_error() {
     assert!(
         message.contains(
             "camera_denoiser.onnx on 8000x8000 frames (8020x8020 with the mirrored border) \
-             needs at least 4.1 GiB for its tensors"
+             needs at least 4.1 GiB of memory at once"
         ),
         "{message}"
     );
