@@ -7,6 +7,10 @@
 //! radius), each frame is mirrored outwards by `b` pixels on every side on its way into the
 //! model and the output cropped back, so the pixels near the edges are denoised like the rest
 //! instead of seeing the convolutions' zero padding (the trainer measures its PSNR that way).
+//!
+//! A frame whose tensors would not fit in the memory is denoised in strips of rows instead, each
+//! run with `b` rows of context above and below it: every output pixel sees what it sees in the
+//! whole frame, so the result is the same while the memory grows with the strip.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -26,6 +30,9 @@ pub struct Denoiser {
     /// Pixels mirrored onto each side of a frame before the model (the metadata's
     /// `reflect_padding`; 0 without it).
     border: usize,
+    /// Frame rows the plan denoises per run: `height` (the whole frame), or fewer when the
+    /// frame is denoised in strips ([`Denoiser::strip_rows`]).
+    rows: usize,
     /// Bytes the plan's tensors hold at once in a run (a lower bound; 0 if unknown).
     tensor_bytes: u64,
 }
@@ -38,7 +45,11 @@ pub const MAX_FRAME_SIDE: usize = 16_384;
 pub const MAX_REFLECT_PADDING: usize = 1024;
 
 impl Denoiser {
-    /// Loads the ONNX denoiser at `path` and optimises it for `width x height` frames.
+    /// Loads the ONNX denoiser at `path` and optimises it for `width x height` frames: whole,
+    /// or, when the whole frame's tensors would take more than half the memory the process can
+    /// get ([`crate::available_bytes`]), in strips of rows that take at most a quarter of it
+    /// (each strip with the model's context above and below it, so the pixels come out as the
+    /// whole frame's would; [`Denoiser::load_in_strips`]).
     ///
     /// # Errors
     /// - [`Error::FrameSize`]: a side of 0 or above [`MAX_FRAME_SIDE`];
@@ -48,10 +59,52 @@ impl Denoiser {
     ///   to `MAX_REFLECT_PADDING` (1,024);
     /// - [`Error::PrepareModel`]: tract cannot type or optimise it for that size (e.g. a model
     ///   with a fixed size other than the frame's).
-    /// - [`Error::Memory`]: its tensors for frames of that size need more memory than the
-    ///   process can get ([`crate::available_bytes`]).
+    /// - [`Error::Memory`]: even a strip of one row needs more memory than the process can get.
     pub fn load(path: impl AsRef<Path>, width: usize, height: usize) -> Result<Self, Error> {
-        let path = path.as_ref();
+        Self::load_with(path.as_ref(), width, height, Strips::Fit { workers: 1 })
+    }
+
+    /// [`Denoiser::load`] for `workers` running at once, each with its own tensors (a stream's
+    /// [`Denoiser::worker`]s): the memory is shared among them when the strips are chosen.
+    ///
+    /// # Errors
+    /// As [`Denoiser::load`].
+    pub fn load_for_workers(
+        path: impl AsRef<Path>,
+        width: usize,
+        height: usize,
+        workers: usize,
+    ) -> Result<Self, Error> {
+        let workers = workers.max(1);
+        Self::load_with(path.as_ref(), width, height, Strips::Fit { workers })
+    }
+
+    /// [`Denoiser::load`] denoising each frame in strips of `rows` rows (the last strip ends at
+    /// the frame's last row, overlapping the one before it), each run with the model's context
+    /// (`reflect_padding` rows) above and below, so every output pixel sees what it sees in the
+    /// whole frame. The tensors then grow with the strip instead of the frame. `rows` at least
+    /// the frame's height denoises it whole.
+    ///
+    /// # Errors
+    /// As [`Denoiser::load`], and [`Error::Memory`] when a strip of `rows` needs more memory
+    /// than the process can get; [`Error::FrameSize`] for `rows` 0.
+    pub fn load_in_strips(
+        path: impl AsRef<Path>,
+        width: usize,
+        height: usize,
+        rows: usize,
+    ) -> Result<Self, Error> {
+        if rows == 0 {
+            return Err(Error::FrameSize {
+                width,
+                height: rows,
+            });
+        }
+        Self::load_with(path.as_ref(), width, height, Strips::Rows(rows))
+    }
+
+    /// [`Denoiser::load`], [`Denoiser::load_for_workers`] and [`Denoiser::load_in_strips`].
+    fn load_with(path: &Path, width: usize, height: usize, strips: Strips) -> Result<Self, Error> {
         if !(1..=MAX_FRAME_SIDE).contains(&width) || !(1..=MAX_FRAME_SIDE).contains(&height) {
             return Err(Error::FrameSize { width, height });
         }
@@ -95,30 +148,53 @@ impl Denoiser {
                 ))
             })?,
         };
-        let (padded_width, padded_height) = (width + 2 * border, height + 2 * border);
-        let model = model
-            .with_input_fact(0, f32::fact([1, 1, padded_height, padded_width]).into())
-            .and_then(crate::convolution::optimize)
-            .map_err(prepare_failed)?;
-        let output = model.output_fact(0).map_err(prepare_failed)?;
-        let expected: TVec<TDim> = tvec![
-            1.into(),
-            1.into(),
-            padded_height.into(),
-            padded_width.into()
-        ];
-        if output.shape.to_tvec() != expected {
-            return Err(not_a_denoiser(format!(
-                "output 0 is {:?} for a [1, 1, {padded_height}, {padded_width}] input",
-                output.shape
-            )));
+        // The plan for `rows` frame rows at a time, its context mirrored onto every side.
+        let plan_for = |rows: usize| -> Result<(Arc<TypedRunnableModel>, u64), Error> {
+            let (padded_width, padded_height) = (width + 2 * border, rows + 2 * border);
+            let typed = model
+                .clone()
+                .with_input_fact(0, f32::fact([1, 1, padded_height, padded_width]).into())
+                .and_then(crate::convolution::optimize)
+                .map_err(prepare_failed)?;
+            let output = typed.output_fact(0).map_err(prepare_failed)?;
+            let expected: TVec<TDim> = tvec![
+                1.into(),
+                1.into(),
+                padded_height.into(),
+                padded_width.into()
+            ];
+            if output.shape.to_tvec() != expected {
+                return Err(not_a_denoiser(format!(
+                    "output 0 is {:?} for a [1, 1, {padded_height}, {padded_width}] input",
+                    output.shape
+                )));
+            }
+            let plan = typed.into_runnable().map_err(prepare_failed)?;
+            let bytes = crate::memory::plan_tensor_bytes(&plan).unwrap_or(0);
+            Ok((plan, bytes))
+        };
+        let mut rows = match strips {
+            Strips::Rows(rows) => rows.min(height),
+            Strips::Fit { .. } => height,
+        };
+        let (mut plan, mut tensor_bytes) = plan_for(rows)?;
+        if let Strips::Fit { workers } = strips {
+            // Each worker's share of the memory.
+            let share = crate::memory::available_bytes().map(|a| a / workers as u64);
+            let fitting = rows_that_fit(tensor_bytes, height + 2 * border, border, share);
+            if let Some(strip) = fitting.filter(|&strip| strip < height) {
+                (plan, tensor_bytes) = plan_for(strip)?;
+                rows = strip;
+            }
         }
-        let plan = model.into_runnable().map_err(prepare_failed)?;
-        let tensor_bytes = crate::memory::plan_tensor_bytes(&plan).unwrap_or(0);
         crate::memory::ensure_fits(tensor_bytes, || {
+            let whole = if rows == height {
+                String::new()
+            } else {
+                format!(" in strips of {rows} rows")
+            };
             format!(
-                "{} on {width}x{height} frames ({padded_width}x{padded_height} with the mirrored \
-                 border)",
+                "{} on {width}x{height} frames{whole} (with the {border}-pixel mirrored border)",
                 path.display()
             )
         })?;
@@ -129,6 +205,7 @@ impl Denoiser {
             width,
             height,
             border,
+            rows,
             tensor_bytes,
         })
     }
@@ -149,6 +226,7 @@ impl Denoiser {
             width: self.width,
             height: self.height,
             border: self.border,
+            rows: self.rows,
             tensor_bytes: self.tensor_bytes,
         })
     }
@@ -158,6 +236,12 @@ impl Denoiser {
     /// scratch buffers and the allocator's overhead come on top).
     pub fn tensor_bytes(&self) -> u64 {
         self.tensor_bytes
+    }
+
+    /// Frame rows denoised per run of the plan: the frame's height, or fewer when it is
+    /// denoised in strips ([`Denoiser::load_in_strips`]).
+    pub fn strip_rows(&self) -> usize {
+        self.rows
     }
 
     /// Size `(width, height)` of the frames it takes.
@@ -190,7 +274,7 @@ impl Denoiser {
         }
         let (width, height) = self.model_input_size();
         let mut input = vec![0.0; width * height];
-        self.fill_mirrored(&mut input, |i| frame[i] as f32 * (1.0 / 255.0));
+        self.fill_mirrored(&mut input, 0, |i| frame[i] as f32 * (1.0 / 255.0));
         Ok(input)
     }
 
@@ -205,8 +289,8 @@ impl Denoiser {
             frame.len(),
             |i| frame[i] as f32 * (1.0 / 255.0),
             out.len(),
-            |values| {
-                for (o, v) in out.iter_mut().zip(values) {
+            |first, values| {
+                for (o, v) in out[first..].iter_mut().zip(values) {
                     *o = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
                 }
             },
@@ -227,8 +311,8 @@ impl Denoiser {
             image.pixels().len(),
             |i| image.pixels()[i],
             pixels.len(),
-            |values| {
-                for (o, v) in pixels.iter_mut().zip(values) {
+            |first, values| {
+                for (o, v) in pixels[first..].iter_mut().zip(values) {
                     *o = v.clamp(0.0, 1.0);
                 }
             },
@@ -246,13 +330,14 @@ impl Denoiser {
 
     /// Fills the reused input tensor with the frame (`pixel(i)` is its value at row-major index
     /// `i`), mirrored outwards by the border, runs the plan, and hands the output, cropped back
-    /// to the frame, to `take`.
+    /// to the frame, to `take`: once for the whole frame, or once per strip, with the index of
+    /// the strip's first pixel in the frame.
     fn run(
         &self,
         input_len: usize,
         pixel: impl Fn(usize) -> f32,
         output_len: usize,
-        take: impl FnOnce(&mut dyn Iterator<Item = f32>),
+        take: impl FnMut(usize, &mut dyn Iterator<Item = f32>),
     ) -> Result<(), Error> {
         crate::onnx::catch_inference_panic(|| {
             self.run_unguarded(input_len, pixel, output_len, take)
@@ -265,7 +350,7 @@ impl Denoiser {
         input_len: usize,
         pixel: impl Fn(usize) -> f32,
         output_len: usize,
-        take: impl FnOnce(&mut dyn Iterator<Item = f32>),
+        mut take: impl FnMut(usize, &mut dyn Iterator<Item = f32>),
     ) -> Result<(), Error> {
         let pixels = self.width * self.height;
         if input_len != pixels {
@@ -279,62 +364,69 @@ impl Denoiser {
             self.plan.spawn().ok().map(|fresh| (fresh, None))
         });
         let (state, buffer) = &mut *guard;
-        let (b, w, h) = (self.border, self.width, self.height);
+        let (b, w, h, rows) = (self.border, self.width, self.height, self.rows);
         let padded_width = w + 2 * b;
-        let mut input = match buffer.take() {
-            Some(tensor) => tensor,
-            None => {
-                Tensor::zero::<f32>(&[1, 1, h + 2 * b, padded_width]).map_err(inference_failed)?
+        let mut next = 0;
+        while next < h {
+            // The last strip ends at the frame's last row, overlapping the one before it.
+            let top = next.min(h - rows);
+            next = top + rows;
+            let mut input = match buffer.take() {
+                Some(tensor) => tensor,
+                None => Tensor::zero::<f32>(&[1, 1, rows + 2 * b, padded_width])
+                    .map_err(inference_failed)?,
+            };
+            {
+                let mut view = input
+                    .to_plain_array_view_mut::<f32>()
+                    .map_err(inference_failed)?;
+                let slice = view.as_slice_mut().ok_or_else(|| {
+                    inference_failed(anyhow::anyhow!("the input tensor is not contiguous"))
+                })?;
+                self.fill_mirrored(slice, top, &pixel);
             }
-        };
-        {
-            let mut view = input
-                .to_plain_array_view_mut::<f32>()
+            let value = input.into_tvalue();
+            let outputs = state.run(tvec!(value.clone())).map_err(inference_failed)?;
+            // tract has let go of the input by now: keep its buffer for the next run.
+            *buffer = Some(value.into_tensor());
+            let output = outputs
+                .first()
+                .ok_or_else(|| inference_failed(anyhow::anyhow!("the plan returned no output")))?;
+            let view = output
+                .to_plain_array_view::<f32>()
                 .map_err(inference_failed)?;
-            let slice = view.as_slice_mut().ok_or_else(|| {
-                inference_failed(anyhow::anyhow!("the input tensor is not contiguous"))
+            let values = view.as_slice().ok_or_else(|| {
+                inference_failed(anyhow::anyhow!("the output tensor is not contiguous"))
             })?;
-            self.fill_mirrored(slice, pixel);
+            let cropped = || {
+                values
+                    .chunks_exact(padded_width)
+                    .skip(b)
+                    .take(rows)
+                    .flat_map(|row| row[b..b + w].iter().copied())
+            };
+            // A NaN would come out as a black pixel without a word.
+            if let Some(at) = cropped().position(|v| !v.is_finite()) {
+                return Err(inference_failed(anyhow::anyhow!(
+                    "the model's output at pixel ({}, {}) is not a finite number",
+                    at % w,
+                    top + at / w
+                )));
+            }
+            take(top * w, &mut cropped());
         }
-        let value = input.into_tvalue();
-        let outputs = state.run(tvec!(value.clone())).map_err(inference_failed)?;
-        // tract has let go of the input by now: keep its buffer for the next frame.
-        *buffer = Some(value.into_tensor());
-        drop(guard);
-        let output = outputs
-            .first()
-            .ok_or_else(|| inference_failed(anyhow::anyhow!("the plan returned no output")))?;
-        let view = output
-            .to_plain_array_view::<f32>()
-            .map_err(inference_failed)?;
-        let values = view.as_slice().ok_or_else(|| {
-            inference_failed(anyhow::anyhow!("the output tensor is not contiguous"))
-        })?;
-        let cropped = || {
-            values
-                .chunks_exact(padded_width)
-                .skip(b)
-                .take(h)
-                .flat_map(|row| row[b..b + w].iter().copied())
-        };
-        // A NaN would come out as a black pixel without a word.
-        if let Some(at) = cropped().position(|v| !v.is_finite()) {
-            return Err(inference_failed(anyhow::anyhow!(
-                "the model's output at pixel ({}, {}) is not a finite number",
-                at % w,
-                at / w
-            )));
-        }
-        take(&mut cropped());
         Ok(())
     }
 
-    /// Writes the frame (`pixel(i)` is its value at row-major index `i`), mirrored outwards by
-    /// the border, into `input`, the model's row-major input of [`Denoiser::model_input_size`].
-    fn fill_mirrored(&self, input: &mut [f32], pixel: impl Fn(usize) -> f32) {
+    /// Writes frame rows from `top` on (`pixel(i)` is the frame's value at row-major index `i`),
+    /// mirrored outwards by the border, into `input`: row `y` of `input` is row `top + y - border`
+    /// of the frame (mirrored where that lies outside it), and each row has the border's
+    /// mirrored columns on both sides. With `top` 0 and the whole frame's rows, it is the
+    /// model's input of [`Denoiser::model_input_size`].
+    fn fill_mirrored(&self, input: &mut [f32], top: usize, pixel: impl Fn(usize) -> f32) {
         let (b, w, h) = (self.border, self.width, self.height);
         for (y, row) in input.chunks_exact_mut(w + 2 * b).enumerate() {
-            let source = mirror(y as isize - b as isize, h) * w;
+            let source = mirror((top + y) as isize - b as isize, h) * w;
             let (left, rest) = row.split_at_mut(b);
             let (middle, right) = rest.split_at_mut(w);
             for (x, v) in middle.iter_mut().enumerate() {
@@ -348,6 +440,35 @@ impl Denoiser {
             }
         }
     }
+}
+
+/// How [`Denoiser::load_with`] cuts frames into strips of rows.
+#[derive(Clone, Copy)]
+enum Strips {
+    /// The whole frame when it fits in the memory `workers` share, else strips that do.
+    Fit { workers: usize },
+    /// Strips of this many rows (the whole frame from its height on).
+    Rows(usize),
+}
+
+/// Frame rows per strip when the whole frame's tensors (`whole_bytes` for `padded_height` rows,
+/// the frame's and its border's) take more than half of the `available` memory: as many as
+/// take at most a quarter of it, with the `border` rows of context above and below each strip
+/// (at least one row; [`crate::memory::ensure_fits`] then judges it). `None`: the whole frame,
+/// or nothing is known of the memory.
+fn rows_that_fit(
+    whole_bytes: u64,
+    padded_height: usize,
+    border: usize,
+    available: Option<u64>,
+) -> Option<usize> {
+    let available = available?;
+    if whole_bytes <= available / 2 {
+        return None;
+    }
+    let per_row = whole_bytes.div_ceil(padded_height.max(1) as u64).max(1);
+    let rows = usize::try_from((available / 4) / per_row).unwrap_or(usize::MAX);
+    Some(rows.saturating_sub(2 * border).max(1))
 }
 
 /// Index `i`, which may lie outside `0..n`, mirrored into `0..n` about the edge pixels (`-1` to
@@ -367,6 +488,25 @@ impl std::fmt::Debug for Denoiser {
         f.debug_struct("Denoiser")
             .field("width", &self.width)
             .field("height", &self.height)
+            .field("strip_rows", &self.rows)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows_that_fit;
+
+    #[test]
+    fn strips_are_taken_only_when_the_whole_frame_would_take_half_the_memory() {
+        const MB: u64 = 1 << 20;
+        // 100 MB for 1,020 padded rows (about 0.1 MB a row), border 10.
+        let whole = 100 * MB;
+        assert_eq!(rows_that_fit(whole, 1020, 10, None), None);
+        assert_eq!(rows_that_fit(whole, 1020, 10, Some(200 * MB)), None);
+        // 150 MB available: a quarter (37.5 MB) holds 382 rows, 362 of them the strip's own.
+        assert_eq!(rows_that_fit(whole, 1020, 10, Some(150 * MB)), Some(362));
+        // Next to no memory: one row, which the memory check then judges.
+        assert_eq!(rows_that_fit(whole, 1020, 10, Some(MB)), Some(1));
     }
 }

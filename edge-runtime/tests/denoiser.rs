@@ -41,6 +41,45 @@ fn the_tensors_a_frame_needs_are_counted_from_the_plan() {
     }
 }
 
+/// A frame denoised in strips of rows comes out as it does whole: each strip carries the model's
+/// context (its `reflect_padding`) above and below, and the last one ends at the frame's last
+/// row. The bundled camera denoiser (10 rows of context) on a 100x75 frame in strips of 16 (the
+/// last overlapping the one before), 1 and 200 (the whole frame).
+#[test]
+fn a_frame_denoised_in_strips_comes_out_as_it_does_whole() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/camera_denoiser.onnx");
+    let (w, h) = (100, 75);
+    let input = frame(3, w * h);
+    let pixels = input.iter().map(|&p| p as f32 / 255.0).collect();
+    let image = Image::new(w, h, pixels).expect("image");
+    let whole = Denoiser::load(&model, w, h).expect("loads");
+    assert_eq!(whole.strip_rows(), h);
+    let expected = whole.denoise(&image).expect("denoises");
+    for (rows, strip_rows) in [(16, 16), (1, 1), (200, h)] {
+        let strips = Denoiser::load_in_strips(&model, w, h, rows).expect("loads");
+        assert_eq!(strips.strip_rows(), strip_rows);
+        assert!(strips.tensor_bytes() <= whole.tensor_bytes());
+        let clean = strips.denoise(&image).expect("denoises");
+        let worst = clean
+            .pixels()
+            .iter()
+            .zip(expected.pixels())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5, "strips of {rows}: off by {worst}");
+        let mut out = vec![0; w * h];
+        strips.denoise_gray8(&input, &mut out).expect("denoises");
+        let worst = out
+            .iter()
+            .zip(expected.to_gray8())
+            .map(|(a, b)| a.abs_diff(b))
+            .max();
+        assert!(worst <= Some(1), "strips of {rows}: off by {worst:?}");
+    }
+    let err = Denoiser::load_in_strips(&model, w, h, 0).expect_err("no rows");
+    assert!(matches!(err, Error::FrameSize { .. }), "{err}");
+}
+
 /// Frame `i` of a test stream: different in every frame, so order mistakes show.
 fn frame(i: usize, bytes: usize) -> Vec<u8> {
     (0..bytes)
@@ -209,6 +248,13 @@ fn frames_are_mirrored_outwards_by_the_metadata_reflect_padding() {
             box_blur_reference(&input, w, h),
             "the edges differ"
         );
+        // In strips of 2 rows (the last overlapping), the same pixels.
+        let strips = Denoiser::load_in_strips(&path, w, h, 2).expect("loads");
+        let mut in_strips = vec![0; w * h];
+        strips
+            .denoise_gray8(&input, &mut in_strips)
+            .expect("denoises");
+        assert_eq!(in_strips, out, "border {border}");
         // Images go the same way.
         let pixels = input.iter().map(|&p| p as f32 / 255.0).collect();
         let image = Image::new(w, h, pixels).expect("image");

@@ -112,7 +112,8 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
     let Some((width, height)) = args.size else {
         return denoise_images(args);
     };
-    let denoiser = Denoiser::load(&args.model, width, height).context("loading the denoiser")?;
+    let denoiser = Denoiser::load_for_workers(&args.model, width, height, args.threads as usize)
+        .context("loading the denoiser")?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
     // A file output is written to a temporary file beside it and renamed when the stream ends:
     // a failed run never leaves half a frame. After a short final frame, or a frame that could
@@ -189,8 +190,13 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
     }
     match result {
         Ok(summary) => {
+            // A frame too large for the memory whole is denoised in strips: say so.
+            let strips = match denoiser.strip_rows() {
+                rows if rows < height => format!(", in strips of {rows} rows"),
+                _ => String::new(),
+            };
             eprintln!(
-                "denoised {} frames of {width}x{height} in {seconds:.2}s ({:.1} frames/s){}",
+                "denoised {} frames of {width}x{height}{strips} in {seconds:.2}s ({:.1} frames/s){}",
                 summary.frames,
                 summary.frames as f64 / seconds.max(1e-9),
                 if summary.stopped { ", interrupted" } else { "" }
