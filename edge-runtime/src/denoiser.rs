@@ -12,6 +12,7 @@
 //! run with `b` rows of context above and below it: every output pixel sees what it sees in the
 //! whole frame, so the result is the same while the memory grows with the strip.
 
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -87,20 +88,14 @@ impl Denoiser {
     ///
     /// # Errors
     /// As [`Denoiser::load`], and [`Error::Memory`] when a strip of `rows` needs more memory
-    /// than the process can get; [`Error::FrameSize`] for `rows` 0.
+    /// than the process can get.
     pub fn load_in_strips(
         path: impl AsRef<Path>,
         width: usize,
         height: usize,
-        rows: usize,
+        rows: NonZeroUsize,
     ) -> Result<Self, Error> {
-        if rows == 0 {
-            return Err(Error::FrameSize {
-                width,
-                height: rows,
-            });
-        }
-        Self::load_with(path.as_ref(), width, height, Strips::Rows(rows))
+        Self::load_with(path.as_ref(), width, height, Strips::Rows(rows.get()))
     }
 
     /// [`Denoiser::load`], [`Denoiser::load_for_workers`] and [`Denoiser::load_in_strips`].
@@ -283,7 +278,8 @@ impl Denoiser {
     ///
     /// # Errors
     /// [`Error::PixelCount`] for a frame or output buffer of the wrong size, [`Error::Inference`]
-    /// if tract fails or the model's output is not finite.
+    /// if tract fails or the model's output is not finite. After an error `out` may hold the
+    /// strips denoised before it.
     pub fn denoise_gray8(&self, frame: &[u8], out: &mut [u8]) -> Result<(), Error> {
         self.run(
             frame.len(),
