@@ -90,6 +90,14 @@ fn bench_denoiser(args: &BenchArgs) -> Result<()> {
         if let Some(stats) = stats {
             print_row("tract", &format!("{width}x{height}"), &stats, 1);
         }
+        if denoiser.strip_rows() < height {
+            // The whole frame's tensors do not fit in the memory: tract runs it in strips.
+            println!(
+                "  (tract: {width}x{height} in strips of {} rows, the whole frame would not fit \
+                 in memory)",
+                denoiser.strip_rows()
+            );
+        }
         #[cfg(feature = "ort")]
         if let Some(dylib) = &args.ort_dylib {
             // The model's input as tract gets it, reflect padding included: the same work. (The
