@@ -250,8 +250,8 @@ impl Denoiser {
         self.border
     }
 
-    /// Size `(width, height)` of the model's input: the frame with the reflect padding on every
-    /// side.
+    /// Size `(width, height)` of the model's input for the whole frame: the frame with the
+    /// reflect padding on every side (denoised in strips, each run takes a band of it).
     pub fn model_input_size(&self) -> (usize, usize) {
         (self.width + 2 * self.border, self.height + 2 * self.border)
     }

@@ -101,7 +101,8 @@ fn bench_denoiser(args: &BenchArgs) -> Result<()> {
         #[cfg(feature = "ort")]
         if let Some(dylib) = &args.ort_dylib {
             // The model's input as tract gets it, reflect padding included: the same work. (The
-            // tract row also times the 8-bit conversions, the mirroring and the crop.)
+            // tract row also times the 8-bit conversions, the mirroring and the crop, and in
+            // strips the context rows each strip repeats.)
             let input = denoiser.model_input_gray8(&frame)?;
             let (input_width, input_height) = denoiser.model_input_size();
             let stats = ort_bench::measure(
