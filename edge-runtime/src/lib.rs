@@ -7,7 +7,9 @@
 //! x86-64 and aarch64 a direct convolution of our own; BENCHMARKS.md), and runs it: a
 //! [`Decoder`] turns latent vectors into grayscale digit images (written as PNG or PGM), a
 //! [`Denoiser`] cleans camera frames of a size fixed at load time (one by one or as a stream,
-//! [`frames`]), and an [`OnnxModel`] runs encoders and upscalers.
+//! [`frames`]; in strips of rows when a whole frame's tensors would not fit in the memory), and
+//! an [`OnnxModel`] runs encoders and upscalers. Work too large for the memory is an
+//! [`Error::Memory`] before anything is allocated, not a process the kernel kills.
 //!
 //! ```no_run
 //! use edge_runtime::Decoder;
