@@ -250,7 +250,8 @@ fn stream_reader(
 }
 
 /// Standard input without `Stdin`'s buffer, which would hold bytes `poll` on the descriptor
-/// cannot see ([`crate::signals::interruptible`]); frames are read whole, so the buffer saves nothing.
+/// cannot see ([`crate::signals::interruptible`]); frames are read whole, so the buffer saves
+/// nothing.
 #[cfg(unix)]
 fn unbuffered_stdin() -> Result<std::fs::File> {
     use std::os::fd::AsFd;
