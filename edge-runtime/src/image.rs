@@ -261,6 +261,16 @@ fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
     let size = reader
         .output_buffer_size()
         .ok_or_else(|| "image too large".to_string())?;
+    // The decoding buffer, the luma and the f32 pixels `Image::load` makes of them: more than
+    // the process can get is said here, not found by the kernel's OOM killer later.
+    let needed = (size as u64).saturating_add(5 * u64::from(width) * u64::from(height));
+    if let Some(available) = crate::available_bytes().filter(|&available| needed > available) {
+        return Err(format!(
+            "a {width}x{height} image needs {} to read, more than the {} this process can get",
+            crate::memory::human(needed),
+            crate::memory::human(available)
+        ));
+    }
     let mut buf = Vec::new();
     buf.try_reserve_exact(size)
         .map_err(|_| format!("a {width}x{height} image does not fit in memory"))?;

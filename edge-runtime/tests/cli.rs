@@ -1398,6 +1398,54 @@ fn a_frame_too_large_for_memory_whole_is_denoised_in_strips() {
     );
 }
 
+/// An image file too large for the memory the process may have is said to be so, reading it or
+/// denoising it, instead of an abort; with enough for the strips (not for the whole frame's
+/// 4.6 GB of tensors) it is denoised. An all-black 8192x8192 PNG (a 65 KB file): under 300 MB of
+/// address space it cannot be read, under 700 MB not denoised, under 1.4 GB it is denoised.
+/// Native x86_64 only, as above.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn an_image_too_large_for_memory_is_an_error_not_an_abort() {
+    let dir = workspace();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/camera_denoiser.onnx");
+    let side = 8192u32;
+    let mut png = Vec::new();
+    let mut encoder = png::Encoder::new(&mut png, side, side);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().expect("header");
+    writer
+        .write_image_data(&vec![0; (side * side) as usize])
+        .expect("pixels");
+    drop(writer);
+    std::fs::write(dir.path().join("black.png"), png).expect("png");
+    let run = |kib: u64, out: &str| {
+        edge_with_memory_limit(
+            dir.path(),
+            kib,
+            &format!("denoise --model {} black.png --out {out}", model.display()),
+        )
+    };
+    let unread = run(300_000, "a");
+    assert!(!unread.status.success());
+    assert!(
+        stderr(&unread).contains("a 8192x8192 image needs 384.0 MiB to read"),
+        "{}",
+        stderr(&unread)
+    );
+    let undenoised = run(700_000, "b");
+    assert!(!undenoised.status.success());
+    assert!(
+        stderr(&undenoised).contains("denoising black.png (8192x8192) needs about"),
+        "{}",
+        stderr(&undenoised)
+    );
+    let denoised = run(1_400_000, "c");
+    assert!(denoised.status.success(), "{}", stderr(&denoised));
+    let clean = edge_runtime::Image::load(dir.path().join("c/black.png")).expect("denoised");
+    assert_eq!((clean.width(), clean.height()), (8192, 8192));
+}
+
 /// A second Ctrl-C quits at once and keeps nothing: neither `--out` nor a temporary file cut
 /// inside a frame. Frame 1 (a slow model: ~1 s a frame here) is still being denoised when both
 /// signals arrive. Native x86_64 only: under qemu-user the slow model would take minutes.

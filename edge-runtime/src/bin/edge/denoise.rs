@@ -333,10 +333,11 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
                 continue;
             }
         };
-        let image = match args.add_noise {
-            Some(sigma) => with_noise(&original, sigma, index as u64)?,
-            None => original.clone(),
+        let noisy_image = match args.add_noise {
+            Some(sigma) => Some(with_noise(&original, sigma, index as u64)?),
+            None => None,
         };
+        let image = noisy_image.as_ref().unwrap_or(&original);
         let size = (image.width(), image.height());
         let denoiser = match plans.entry(size) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -351,8 +352,21 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
                 })?,
             ),
         };
+        // The clean image (f32), its 8-bit copy and the file's encoder, next to the denoiser's
+        // tensors: more than the process can get is said here, not found by the OOM killer.
+        let needed = (size.0 * size.1) as u64 * 6 + denoiser.tensor_bytes();
+        if let Some(available) = edge_runtime::available_bytes().filter(|&a| needed > a) {
+            bail!(
+                "denoising {} ({}x{}) needs about {} MiB more, and this process can get {} MiB",
+                file.display(),
+                size.0,
+                size.1,
+                needed >> 20,
+                available >> 20
+            );
+        }
         let clean = denoiser
-            .denoise(&image)
+            .denoise(image)
             .with_context(|| format!("denoising {}", file.display()))?;
         clean.save(&target)?;
         if let Some(noisy_path) = noisy.get(index) {
@@ -361,7 +375,7 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
                 "{} -> {} ({:.2} dB) and {} ({:.2} dB), PSNR against the original",
                 file.display(),
                 noisy_path.display(),
-                psnr(&image, &original),
+                psnr(image, &original),
                 target.display(),
                 psnr(&clean, &original)
             );
