@@ -296,12 +296,19 @@ impl Denoiser {
     /// Denoises a grayscale image of the frame size.
     ///
     /// # Errors
-    /// [`Error::PixelCount`] for an image of another size, [`Error::Inference`] if tract fails
-    /// or the model's output is not finite.
+    /// [`Error::PixelCount`] for an image of another size, [`Error::Memory`] when its output and
+    /// a run's tensors need more memory than the process can get, [`Error::Inference`] if tract
+    /// fails or the model's output is not finite.
     pub fn denoise(&self, image: &Image) -> Result<Image, Error> {
         if (image.width(), image.height()) != (self.width, self.height) {
             return Err(self.size_error(image.width() * image.height()));
         }
+        // The clean image's f32 pixels next to a run's tensors: too many for the memory is an
+        // error here, not the kernel's OOM killer (or an abort under `ulimit -v`) later.
+        let output = (self.width * self.height) as u64 * 4;
+        crate::memory::ensure_fits(output.saturating_add(self.tensor_bytes), || {
+            format!("denoising a {}x{} image", self.width, self.height)
+        })?;
         let mut pixels = vec![0.0; self.width * self.height];
         self.run(
             image.pixels().len(),

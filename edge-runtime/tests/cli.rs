@@ -716,7 +716,7 @@ fn an_unreadable_image_is_skipped_and_reported() {
     assert!(clean.join("a.png").is_file() && clean.join("c.pgm").is_file());
     assert!(!clean.join("b.png").exists());
     // Only unreadable images: said so, and no output folder is left.
-    let out = edge(
+    fails_with(
         dir.path(),
         &[
             "denoise",
@@ -726,14 +726,9 @@ fn an_unreadable_image_is_skipped_and_reported() {
             "--out",
             "none",
         ],
+        "none of the 1 image(s) could be read",
     );
-    assert!(!out.status.success());
-    let message = stderr(&out);
-    assert!(
-        message.contains("none of the 1 image(s) could be read"),
-        "{message}"
-    );
-    assert!(!dir.path().join("none").exists(), "{message}");
+    assert!(!dir.path().join("none").exists());
 
     // --out must be a folder for images; the stream's options are refused with them.
     std::fs::write(dir.path().join("keep.png"), b"old").expect("a file");
@@ -1401,7 +1396,7 @@ fn a_frame_too_large_for_memory_whole_is_denoised_in_strips() {
 /// An image file too large for the memory the process may have is said to be so, reading it or
 /// denoising it, instead of an abort; with enough for the strips (not for the whole frame's
 /// 4.6 GB of tensors) it is denoised. An all-black 8192x8192 PNG (a 65 KB file): under 300 MB of
-/// address space it cannot be read, under 700 MB not denoised, under 1.4 GB it is denoised.
+/// address space it cannot be read, under 600 MB not denoised, under 1.4 GB it is denoised.
 /// Native x86_64 only, as above.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[test]
@@ -1433,10 +1428,10 @@ fn an_image_too_large_for_memory_is_an_error_not_an_abort() {
         "{}",
         stderr(&unread)
     );
-    let undenoised = run(700_000, "b");
+    let undenoised = run(600_000, "b");
     assert!(!undenoised.status.success());
     assert!(
-        stderr(&undenoised).contains("denoising black.png (8192x8192) needs about"),
+        stderr(&undenoised).contains("denoising a 8192x8192 image needs at least"),
         "{}",
         stderr(&undenoised)
     );

@@ -352,19 +352,6 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
                 })?,
             ),
         };
-        // The clean image (f32), its 8-bit copy and the file's encoder, next to the denoiser's
-        // tensors: more than the process can get is said here, not found by the OOM killer.
-        let needed = (size.0 * size.1) as u64 * 6 + denoiser.tensor_bytes();
-        if let Some(available) = edge_runtime::available_bytes().filter(|&a| needed > a) {
-            bail!(
-                "denoising {} ({}x{}) needs about {} MiB more, and this process can get {} MiB",
-                file.display(),
-                size.0,
-                size.1,
-                needed >> 20,
-                available >> 20
-            );
-        }
         let clean = denoiser
             .denoise(image)
             .with_context(|| format!("denoising {}", file.display()))?;
