@@ -328,31 +328,8 @@ fn device(
     }
 }
 
-/// Tells glibc's allocator to keep freed large buffers for reuse instead of returning them to
-/// the kernel. Burn's `flex` backend allocates every activation and gradient of a step afresh
-/// (a few MB each at batch 128); by default glibc maps such buffers with `mmap` and unmaps them
-/// on free, so each step page-faults them in again (~8% of a conv AE step under `perf`,
-/// 6.6x more page faults). Kept, they are reused: the process holds on to its peak heap instead.
-/// BENCHMARKS.md has the before/after; the `edge` binary does the same for tract.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn keep_freed_buffers() {
-    // SAFETY: `mallopt` only sets allocator parameters; it is called first thing in `main`,
-    // before any other thread exists. The trim threshold is only set once the mmap threshold was
-    // accepted (setting either turns off glibc's adaptive thresholds; one without the other would
-    // be worse than the defaults).
-    unsafe {
-        if libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20) == 1 {
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-        }
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_buffers() {}
-
 fn main() -> anyhow::Result<()> {
-    keep_freed_buffers();
+    host_memory::keep_freed_buffers();
     let cli = Cli::parse();
     // The whole command runs on a worker of flex's thread pool, not beside it (see
     // BENCHMARKS.md): the parallel sections then take the pool's other workers, and no idle

@@ -62,7 +62,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    keep_freed_buffers();
+    host_memory::keep_freed_buffers();
     match Cli::parse().command {
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),
@@ -99,29 +99,6 @@ fn positive(text: &str) -> Result<f32, String> {
         _ => Err(format!("`{text}` is not a positive number")),
     }
 }
-
-/// Tells glibc's allocator to keep freed large buffers for reuse instead of returning them to
-/// the kernel. tract allocates its big per-call buffers (a convolution's im2col patches: ~30 MB
-/// for a batch of 64 digits, a few MB for a 640x480 frame) afresh on every call; by default glibc
-/// maps each with `mmap` and unmaps it on free, so every call page-faults its buffers in again
-/// (a quarter of the time of a batch-64 decode under `perf`). Kept, they are reused: the process
-/// holds on to its peak heap instead.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn keep_freed_buffers() {
-    // SAFETY: `mallopt` only sets allocator parameters; it is called first thing in `main`,
-    // before any other thread exists. The trim threshold is only set once the mmap threshold was
-    // accepted (setting either turns off glibc's adaptive thresholds; one without the other would
-    // be worse than the defaults).
-    unsafe {
-        if libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20) == 1 {
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-        }
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_buffers() {}
 
 #[cfg(test)]
 mod tests {
