@@ -8,13 +8,16 @@
 //! - [`training`]: the training loop, on one device or data parallel (a batch's shards on
 //!   several GPUs, or at once on the CPU's cores);
 //! - [`optim`]: Adam, fused into one pass per parameter on the CPU;
-//! - [`run`]: the run directory (config, weights, metrics) and how to load it back.
+//! - [`run`]: the run directory (config, weights, metrics) and how to load it back;
+//! - [`memory`]: what a training step allocates, measured, so a batch too large for the machine
+//!   is refused before the run starts.
 //!
 //! Training runs on Burn's `flex` CPU backend by default; the `cuda` and `wgpu` features add GPU
 //! devices.
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod memory;
 pub mod model;
 pub mod natural;
 pub mod optim;

@@ -328,6 +328,11 @@ fn device(
     }
 }
 
+// Every allocation counted, so that `train` can measure what a step takes before it commits to a
+// batch size (`trainer::memory`).
+#[global_allocator]
+static ALLOCATOR: trainer::memory::CountingAllocator = trainer::memory::CountingAllocator;
+
 fn main() -> anyhow::Result<()> {
     host_memory::keep_freed_buffers();
     let cli = Cli::parse();

@@ -422,6 +422,16 @@ impl Source {
         Ok(Source::Mnist { train, test })
     }
 
+    /// What a training example is, for messages: an image, or a photograph's patch.
+    fn example_noun(&self, plural: bool) -> &'static str {
+        match (self, plural) {
+            (Source::Mnist { .. }, false) => "image",
+            (Source::Mnist { .. }, true) => "images",
+            (Source::Photos { .. }, false) => "patch",
+            (Source::Photos { .. }, true) => "patches",
+        }
+    }
+
     /// Examples in a training epoch.
     fn examples_per_epoch(&self) -> usize {
         match self {
@@ -534,6 +544,7 @@ pub fn throughput(
     };
     let pools = shard_pools(&devices)?;
     let mut model = init_model(&config.model, config.seed, device);
+    ensure_batch_fits(&model, (&source, config), (&devices, &pools))?;
     let mut optim = adam();
     let mut noise = SplitMix64(config.seed);
     let size = config.batch_size.max(1);
@@ -722,6 +733,111 @@ pub fn shard_pools(devices: &[Device]) -> anyhow::Result<Vec<rayon::ThreadPool>>
         .collect()
 }
 
+/// The smallest batch whose training step [`ensure_batch_fits`] measures; each next is twice the
+/// last, up to half the run's batch. Runs with batches under four times this (two probes) are
+/// not checked: their steps take a few hundred MB at most (the camera denoiser's, whose patches
+/// take ~1 MiB each, the most).
+const FIRST_PROBE: usize = 128;
+
+/// Refuses a batch size whose training step would allocate more memory than the process can get
+/// ([`host_memory::available_bytes`]), before the run starts: on the CPU, whose memory is the
+/// process's (a GPU's is its backend's to manage), and only where the allocations are counted
+/// ([`crate::memory::CountingAllocator`], which the `trainer` binary installs).
+///
+/// Burn allocates a step's activations and gradients as it goes, so they are measured: the
+/// gradients of probe batches of 128, 256, ... examples, up to half the run's batch, are computed
+/// exactly as training computes them and dropped, and the most bytes the two largest held at once
+/// are extrapolated linearly to the run's batch, plus Adam's two moments. (Small batches do not
+/// lie on the line: a dense layer's matrix products change strategy with their size, which is
+/// why the probes go up to half the batch; the probes of the convolutional families lie on it
+/// exactly.) The probing stops early once the next probe alone would take half the memory. The
+/// model, the data order and the run's random streams are left as they were (the probes draw
+/// from a stream of their own), so a run trains the same with or without the check. The figure
+/// is an estimate: the allocator's own overhead and fragmentation come on top.
+fn ensure_batch_fits(
+    model: &Model,
+    (source, config): (&Source, &TrainingConfig),
+    (devices, pools): (&[Device], &[rayon::ThreadPool]),
+) -> anyhow::Result<()> {
+    let batch = config.batch_size.min(source.examples_per_epoch());
+    let on_host = devices.iter().all(|d| *d == Device::flex().autodiff());
+    if !on_host || batch < 4 * FIRST_PROBE {
+        return Ok(());
+    }
+    let Some(available) = host_memory::available_bytes() else {
+        return Ok(());
+    };
+    // A stream of its own: the run's are left where they are.
+    let mut noise = SplitMix64(!config.seed);
+    let mut probe = |examples: usize| {
+        let chunk: Vec<usize> = (0..examples).collect();
+        let (done, peak) = crate::memory::peak_during(|| {
+            gradients(
+                model,
+                (source, config),
+                &chunk,
+                &mut noise,
+                (devices, pools),
+            )
+            .map(drop)
+        });
+        done.map(|()| peak.map(|peak| (examples, peak)))
+    };
+    // A first, small step is not measured: it allocates what every step after it reuses (flex's
+    // thread-local scratch), which would bend the line.
+    probe(FIRST_PROBE / 4)?;
+    let mut probes: Vec<(usize, u64)> = Vec::new();
+    let mut size = FIRST_PROBE;
+    while size <= batch / 2 {
+        if let [.., small, large] = probes[..] {
+            let next = crate::memory::extrapolate([small, large], size).unwrap_or(0);
+            if next > available / 2 {
+                break;
+            }
+        }
+        let Some(measured) = probe(size)? else {
+            return Ok(()); // not counting
+        };
+        probes.push(measured);
+        size *= 2;
+    }
+    let [.., small, large] = probes[..] else {
+        return Ok(());
+    };
+    let Some(tensors) = crate::memory::extrapolate([small, large], batch) else {
+        return Ok(());
+    };
+    // Adam's first and second moments, one f32 of each per parameter, made at the first step.
+    let moments = 2 * 4 * model.num_params() as u64;
+    let needed = tensors.saturating_add(moments);
+    if needed > available {
+        // The tensors alone are counted: what would fit leaves the allocator half the memory
+        // (under `ulimit -v` a batch whose tensors take three quarters of it failed).
+        let per_example = (large.1.saturating_sub(small.1) / (large.0 - small.0) as u64).max(1);
+        let fits = (large.0 as u64)
+            .saturating_add(
+                (available / 2).saturating_sub(large.1.saturating_add(moments)) / per_example,
+            )
+            .min(batch as u64 - 1);
+        bail!(
+            "a training step on batches of {batch} {examples} needs about {} of memory for its \
+             tensors alone (measured on batches of {} and {}: {} more for each {example}), more \
+             than the {} this process can get (free memory and swap, within its cgroup and \
+             `ulimit -v` limits); try --batch-size {} or less (tensors in half the memory, the \
+             rest left to the allocator)",
+            host_memory::human(needed),
+            small.0,
+            large.0,
+            host_memory::human(per_example),
+            host_memory::human(available),
+            fits.max(1),
+            examples = source.example_noun(true),
+            example = source.example_noun(false),
+        );
+    }
+    Ok(())
+}
+
 /// What [`train`] tells its caller while it runs.
 #[derive(Debug, Clone, Copy)]
 pub enum Progress<'a> {
@@ -892,12 +1008,7 @@ fn run_epochs(
     // The checks `load_config` makes of a saved run, for a configuration built in code too.
     config.validate().map_err(anyhow::Error::msg)?;
     let source = Source::load(config, data_dir)?;
-    if start.is_none() {
-        // Only once the data has loaded, so a run that cannot start leaves nothing behind.
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        save_config(config, out)?;
-    }
-
+    let fresh = start.is_none();
     let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
     let Some(device) = devices.first().cloned() else {
         bail!("no device to train on");
@@ -919,6 +1030,13 @@ fn run_epochs(
             (model, done, csv)
         }
     };
+    ensure_batch_fits(&model, (&source, config), (&devices, &pools))?;
+    if fresh {
+        // Only once the data has loaded and the batch is known to fit, so a run that cannot
+        // start leaves nothing behind.
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        save_config(config, out)?;
+    }
     let mut optim = adam();
     if done > 0 {
         // Adam's moments as they were after the last completed epoch, when the run has them.
