@@ -243,12 +243,7 @@ fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
     // The header's size, checked before the pixel buffer is allocated: a few bytes of PNG can
     // announce gigabytes.
     let (width, height) = (reader.info().width, reader.info().height);
-    let max = crate::MAX_FRAME_SIDE;
-    if width as usize > max || height as usize > max {
-        return Err(format!(
-            "a {width}x{height} image: each side must be at most {max} pixels"
-        ));
-    }
+    check_sides(width as usize, height as usize)?;
     // Deflate packs at most 1,032 bytes into one, so pixel data this file cannot hold is a
     // corrupt PNG, found before the buffer is allocated and zeroed (up to 1 GiB at 16384^2 RGBA).
     let raw = reader.info().raw_bytes();
@@ -261,16 +256,7 @@ fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
     let size = reader
         .output_buffer_size()
         .ok_or_else(|| "image too large".to_string())?;
-    // The decoding buffer, the luma and the f32 pixels `Image::load` makes of them: more than
-    // the process can get is said here, not found by the kernel's OOM killer later.
-    let needed = (size as u64).saturating_add(5 * u64::from(width) * u64::from(height));
-    if let Some(available) = crate::available_bytes().filter(|&available| needed > available) {
-        return Err(format!(
-            "a {width}x{height} image needs {} to read, more than the {} this process can get",
-            crate::memory::human(needed),
-            crate::memory::human(available)
-        ));
-    }
+    check_memory(width as usize, height as usize, size)?;
     let mut buf = Vec::new();
     buf.try_reserve_exact(size)
         .map_err(|_| format!("a {width}x{height} image does not fit in memory"))?;
@@ -288,6 +274,33 @@ fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
         .map(luma)
         .collect();
     Ok((info.width as usize, info.height as usize, gray))
+}
+
+/// Refuses an image with a side longer than [`crate::MAX_FRAME_SIDE`].
+fn check_sides(width: usize, height: usize) -> Result<(), String> {
+    let max = crate::MAX_FRAME_SIDE;
+    if width > max || height > max {
+        return Err(format!(
+            "a {width}x{height} image: each side must be at most {max} pixels"
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an image whose reading takes more memory than the process can get: `buffer` bytes to
+/// decode it into, then the luma and the f32 pixels [`Image::load`] makes of them (5 bytes a
+/// pixel). Said here, not found by the kernel's OOM killer later.
+fn check_memory(width: usize, height: usize, buffer: usize) -> Result<(), String> {
+    let pixels = (width as u64).saturating_mul(height as u64);
+    let needed = (buffer as u64).saturating_add(pixels.saturating_mul(5));
+    if let Some(available) = crate::available_bytes().filter(|&available| needed > available) {
+        return Err(format!(
+            "a {width}x{height} image needs {} to read, more than the {} this process can get",
+            crate::memory::human(needed),
+            crate::memory::human(available)
+        ));
+    }
+    Ok(())
 }
 
 /// Width, height and pixels of a binary PGM with maxval <= 255 (scaled to 0..=255).
@@ -345,9 +358,8 @@ fn decode_pgm(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
     if width == 0 || height == 0 {
         return Err(format!("PGM is {width}x{height}: no pixels"));
     }
-    let pixels = width
-        .checked_mul(height)
-        .ok_or_else(|| "PGM too large".to_string())?;
+    check_sides(width, height)?;
+    let pixels = width * height;
     let body = bytes.get(i + 1..).unwrap_or_default();
     if body.len() < pixels {
         return Err(format!(
@@ -355,6 +367,8 @@ fn decode_pgm(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
             body.len()
         ));
     }
+    // The file is read already; its pixels are copied (scaled to 0..=255), then made f32.
+    check_memory(width, height, 0)?;
     let scale = |p: u8| ((p.min(maxval as u8) as usize * 255 + maxval / 2) / maxval) as u8;
     Ok((
         width,
@@ -589,6 +603,29 @@ mod tests {
             let err = decode_pgm(bytes).expect_err("no pixels");
             assert!(err.contains("no pixels"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_pgm_is_held_to_the_sides_a_png_is() {
+        // Before: read whole (a side of 100,000 and its 10^10 pixels would have been asked of
+        // the file), then to be refused by the denoiser.
+        let side = crate::MAX_FRAME_SIDE + 1;
+        let mut bytes = format!("P5\n{side} 1\n255\n").into_bytes();
+        bytes.resize(bytes.len() + side, 7);
+        let err = decode_pgm(&bytes).expect_err("too wide");
+        assert!(
+            err.contains(&format!("a {side}x1 image: each side must be at most")),
+            "{err}"
+        );
+        let huge = format!("P5 {} {} 255\n", usize::MAX, usize::MAX);
+        let err = decode_pgm(huge.as_bytes()).expect_err("too large");
+        assert!(err.contains("each side must be at most"), "{err}");
+        let mut fits = b"P5\n4 2\n255\n".to_vec();
+        fits.extend([0, 255, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            decode_pgm(&fits),
+            Ok((4, 2, vec![0, 255, 1, 2, 3, 4, 5, 6]))
+        );
     }
 
     #[test]
