@@ -89,8 +89,10 @@ if ! gpu_test; then
 fi
 
 stage "test aarch64 and armv7 (qemu-user)"
-cargo test --release --target aarch64-unknown-linux-gnu -p edge-runtime --features v4l2
-cargo test --release --target armv7-unknown-linux-gnueabihf -p edge-runtime
+# host-memory's /proc and cgroup parsers too: the edge runtime reads its limits through them.
+cargo test --release --target aarch64-unknown-linux-gnu -p edge-runtime -p host-memory \
+  --features edge-runtime/v4l2
+cargo test --release --target armv7-unknown-linux-gnueabihf -p edge-runtime -p host-memory
 
 stage "done"
 cat target/stage-times.txt
