@@ -89,10 +89,10 @@ if ! gpu_test; then
 fi
 
 stage "test aarch64 and armv7 (qemu-user)"
-# host-memory's /proc and cgroup parsers too: the edge runtime reads its limits through them.
-cargo test --release --target aarch64-unknown-linux-gnu -p edge-runtime -p host-memory \
+# machine's /proc and cgroup parsers too: the edge runtime reads its limits through them.
+cargo test --release --target aarch64-unknown-linux-gnu -p edge-runtime -p machine \
   --features edge-runtime/v4l2
-cargo test --release --target armv7-unknown-linux-gnueabihf -p edge-runtime -p host-memory
+cargo test --release --target armv7-unknown-linux-gnueabihf -p edge-runtime -p machine
 
 stage "done"
 cat target/stage-times.txt

@@ -418,7 +418,9 @@ impl ImageFormat {
 ///
 /// The bytes go to a hidden temporary file in the same directory, are synced, and the temporary
 /// file is renamed over `path` (a rename within one file system is atomic on POSIX). The
-/// temporary file is removed if anything fails. The parent directory must exist.
+/// temporary file is removed if anything fails. The parent directory must exist. A link is
+/// followed (the file it names is replaced; the link stays), and a device or a pipe
+/// (`/dev/null`, a FIFO) is written into, not replaced ([`machine::destination`]).
 ///
 /// # Errors
 /// [`Error::Write`] when `path` has no file name or any step fails.
@@ -427,6 +429,17 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), Error> {
         path: path.into(),
         source,
     };
+    let target = match machine::destination(path) {
+        machine::Destination::Replace(target) => target,
+        machine::Destination::WriteInto => {
+            return OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(contents))
+                .map_err(fail);
+        }
+    };
+    let path = target.as_path();
     let Some(file_name) = path.file_name() else {
         return Err(fail(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -626,6 +639,24 @@ mod tests {
             decode_pgm(&fits),
             Ok((4, 2, vec![0, 255, 1, 2, 3, 4, 5, 6]))
         );
+    }
+
+    #[test]
+    fn atomic_write_through_a_link_replaces_its_file_and_keeps_the_link() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (file, link) = (dir.path().join("real.f32"), dir.path().join("link.f32"));
+        fs::write(&file, b"old").expect("seed file");
+        std::os::unix::fs::symlink("real.f32", &link).expect("link");
+        write_atomically(&link, b"new").expect("write");
+        assert!(fs::symlink_metadata(&link).expect("link").is_symlink());
+        assert_eq!(fs::read(&file).expect("read back"), b"new");
+        // No temporary file left beside either.
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["link.f32", "real.f32"]);
     }
 
     #[test]

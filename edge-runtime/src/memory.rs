@@ -1,5 +1,5 @@
 //! What a plan's tensors need, checked against what memory the process can still get
-//! ([`host_memory::available_bytes`]), so that a frame too large for the machine is an error at
+//! ([`machine::available_bytes`]), so that a frame too large for the machine is an error at
 //! load time instead of the kernel's OOM killer ending the process without a word.
 
 use tract_onnx::prelude::*;
@@ -7,7 +7,7 @@ use tract_onnx::tract_core::model::memory::eval_tmp_memory_usage;
 use tract_onnx::tract_core::ops::konst::Const;
 
 use crate::Error;
-pub(crate) use host_memory::{available_bytes, human};
+pub(crate) use machine::{available_bytes, human};
 
 /// The most bytes the plan's tensors hold at once while it runs: at each step, the outputs of
 /// the steps before it that a later step still reads, its inputs and its own outputs (tract frees

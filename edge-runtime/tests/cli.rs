@@ -1504,3 +1504,131 @@ fn a_second_interrupt_quits_at_once_and_keeps_nothing() {
     assert!(!dir.path().join("out.y8").exists(), "the output was kept");
     assert!(temporary().is_none(), "a temporary file was left");
 }
+
+/// An output path that names the model, an input or another output is refused before anything
+/// is written: each would have been replaced, the model by pixels, an image by a CSV.
+#[test]
+fn outputs_never_overwrite_inputs_or_each_other() {
+    let dir = workspace();
+    let path = |name: &str| dir.path().join(name);
+    common::write_model(&path("encoder.onnx"), &common::encoder_model());
+    common::write_model(&path("upscaler.onnx"), &common::upscaler_model());
+    edge_runtime::Image::new(SIDE, SIDE, vec![0.5; PIXELS])
+        .expect("image")
+        .save(path("a.png"))
+        .expect("write");
+    std::fs::write(path("z.csv"), "0,0\n").expect("latents");
+    let before = |name: &str| std::fs::read(path(name)).expect("read");
+    let (decoder, encoder, image, latents) = (
+        before("decoder.onnx"),
+        before("encoder.onnx"),
+        before("a.png"),
+        before("z.csv"),
+    );
+    let generate = ["generate", "--model", "decoder.onnx", "--latent", "0,0"];
+    let cases: [(Vec<&str>, &str); 6] = [
+        (
+            [&generate[..], &["--raw", "decoder.onnx"]].concat(),
+            "--raw decoder.onnx is a file this command reads",
+        ),
+        (
+            [&generate[..], &["--out", "a.png", "--raw", "./a.png"]].concat(),
+            "--raw and --out name the same file, ./a.png",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                "decoder.onnx",
+                "--latents",
+                "z.csv",
+                "--raw",
+                "z.csv",
+            ],
+            "--raw z.csv is a file this command reads",
+        ),
+        (
+            vec![
+                "encode",
+                "--model",
+                "encoder.onnx",
+                "--out",
+                "a.png",
+                "a.png",
+            ],
+            "--out a.png is a file this command reads",
+        ),
+        (
+            vec![
+                "encode",
+                "--model",
+                "encoder.onnx",
+                "--out",
+                "encoder.onnx",
+                "a.png",
+            ],
+            "--out encoder.onnx is a file this command reads",
+        ),
+        // An image-to-image model is not an encoder: its "latents" would be pixels.
+        (
+            vec!["encode", "--model", "upscaler.onnx", "a.png"],
+            "not a latent vector [1, N]: it is not an encoder",
+        ),
+    ];
+    for (args, message) in cases {
+        fails_with(dir.path(), &args, message);
+    }
+    assert_eq!(before("decoder.onnx"), decoder);
+    assert_eq!(before("encoder.onnx"), encoder);
+    assert_eq!(before("a.png"), image);
+    assert_eq!(before("z.csv"), latents);
+}
+
+/// Output to a reader that has gone (`| head`) ends the program quietly, with SIGPIPE's status,
+/// and to a full device with an error; neither panics.
+#[test]
+fn a_closed_or_full_stdout_is_no_panic() {
+    let dir = workspace();
+    let mut child = edge_command()
+        .current_dir(dir.path())
+        .args([
+            "generate",
+            "--model",
+            "decoder.onnx",
+            "--random",
+            "200",
+            "--out",
+            "d.png",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run edge");
+    drop(child.stdout.take()); // the reader goes before the first line
+    let out = child.wait_with_output().expect("edge");
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        return; // no /dev/full here
+    };
+    let out = edge_command()
+        .current_dir(dir.path())
+        .args([
+            "generate",
+            "--model",
+            "decoder.onnx",
+            "--latent",
+            "0,0",
+            "--out",
+            "d.png",
+        ])
+        .stdout(full)
+        .output()
+        .expect("run edge");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("writing to stdout: No space left on device"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -100,14 +100,16 @@ fn main() -> anyhow::Result<()> {
         .max()
         .unwrap_or(0)
         .max("file".len());
-    println!("{:<name_width$}  {:>9}  checked", "file", "bytes");
+    machine::outln!("{:<name_width$}  {:>9}  checked", "file", "bytes");
     for file in &report.files {
-        println!(
+        machine::outln!(
             "{:<name_width$}  {:>9}  {}",
-            file.file, file.bytes, file.checked
+            file.file,
+            file.bytes,
+            file.checked
         );
     }
-    println!("wrote {} (and report.json)", cli.out.display());
+    machine::outln!("wrote {} (and report.json)", cli.out.display());
     Ok(())
 }
 

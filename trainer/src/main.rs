@@ -334,7 +334,7 @@ fn device(
 static ALLOCATOR: trainer::memory::CountingAllocator = trainer::memory::CountingAllocator;
 
 fn main() -> anyhow::Result<()> {
-    host_memory::keep_freed_buffers();
+    machine::keep_freed_buffers();
     let cli = Cli::parse();
     // The whole command runs on a worker of flex's thread pool, not beside it (see
     // BENCHMARKS.md): the parallel sections then take the pool's other workers, and no idle
@@ -382,9 +382,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     if devices > 1 { "s" } else { "" }
                 ),
             };
-            println!(
+            machine::outln!(
                 "{:<16} {:>10} {:>14}  (batch {}, {} Adam steps, {on})",
-                "family", "latent", "examples/s", args.batch_size, args.batches,
+                "family",
+                "latent",
+                "examples/s",
+                args.batch_size,
+                args.batches,
             );
             for family in families {
                 let model = ModelConfig::default_for(family).context("a known family")?;
@@ -393,7 +397,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let config = TrainingConfig::new(model).with_batch_size(args.batch_size);
                 let rate =
                     training::throughput(&config, &data, args.batches as usize, &on_devices)?;
-                println!("{family:<16} {latent:>10} {rate:>14.0}");
+                machine::outln!("{family:<16} {latent:>10} {rate:>14.0}");
             }
         }
         Command::Eval(args) => {
@@ -460,22 +464,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            println!(
+            machine::outln!(
                 "{:>10} {:>12} {:>10} {:>12}",
-                "components", "PCA MSE", "PCA PSNR", "run MSE"
+                "components",
+                "PCA MSE",
+                "PCA PSNR",
+                "run MSE"
             );
             for &k in &args.components {
                 let mse = pca.reconstruction_mse(&rows, k);
                 let ours = run
                     .filter(|(latent, _)| *latent == k)
                     .map_or(String::from("-"), |(_, mse)| format!("{mse:.5}"));
-                println!(
+                machine::outln!(
                     "{k:>10} {mse:>12.5} {:>9.2}dB {ours:>12}",
                     10.0 * (1.0 / mse).log10()
                 );
             }
         }
         Command::Sample(args) => {
+            // The samples are one PNG: any other name (the run's own model.bpk, config.json)
+            // would be replaced by it.
+            if let Some(out) = &args.out {
+                let png = out
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+                anyhow::ensure!(
+                    png,
+                    "--out {} is not a .png file name: the samples are written as one PNG image",
+                    out.display()
+                );
+            }
             let device = Device::flex();
             let (config, model) =
                 trainer::run::load_run(&args.run, &device).context("loading the run")?;
@@ -499,7 +518,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let out = args.out.unwrap_or_else(|| args.run.join("samples.png"));
             trainer::run::write_atomic(&out, &canvas.png()?)?;
-            println!("wrote {} ({} samples)", out.display(), args.count);
+            machine::outln!("wrote {} ({} samples)", out.display(), args.count);
         }
         Command::Pictures(args) => {
             let out = args.out.unwrap_or_else(|| args.run.join("pictures"));
@@ -508,7 +527,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let written = pictures::write_pictures(&args.run, &data, &out, &Device::flex())
                 .context("drawing the run")?;
             for path in written {
-                println!("wrote {}", path.display());
+                machine::outln!("wrote {}", path.display());
             }
         }
         Command::Train(args) => {
@@ -703,7 +722,7 @@ const COLLAPSED_KL: f64 = 0.05;
 /// Prints `trainer eval`'s report.
 fn print_evaluation(run: &std::path::Path, model: &ModelConfig, e: &training::Evaluation) {
     use trainer::model::LossKind;
-    println!(
+    machine::outln!(
         "{} ({}): {} test images",
         run.display(),
         model.family(),
@@ -715,35 +734,37 @@ fn print_evaluation(run: &std::path::Path, model: &ModelConfig, e: &training::Ev
         LossKind::SseKl => "squared error summed over 784 pixels",
         LossKind::Mse => "squared error, mean over pixels",
     };
-    println!("loss            {:>9.4} per image", e.loss);
+    machine::outln!("loss            {:>9.4} per image", e.loss);
     if model.is_variational() {
-        println!(
+        machine::outln!(
             "  reconstruction {:>8.4} ({reconstruction})",
             e.reconstruction
         );
-        println!("  KL             {:>8.4}", e.kl);
+        machine::outln!("  KL             {:>8.4}", e.kl);
         if let Some(sampled) = e.sampled_loss {
-            println!(
+            machine::outln!(
                 "  sampled        {sampled:>8.4} (the loss with one latent sample per image, \
                  not the mean: Keras' validation loss)"
             );
         }
         // Both VAE losses, whichever this one was trained on, to compare VAEs.
-        println!(
+        machine::outln!(
             "  MSE x 784 + KL {:>8.4} (the lesson's FC VAE loss)",
             e.output.mse * 784.0 + e.kl
         );
-        println!(
+        machine::outln!(
             "  BCE + KL       {:>8.4} (summed over pixels: the Bernoulli negative ELBO, nats)",
             e.bce + e.kl
         );
     } else {
-        println!("  ({reconstruction})");
+        machine::outln!("  ({reconstruction})");
     }
     let row = |name: &str, q: &training::Quality| {
-        println!(
+        machine::outln!(
             "{name:<15} MSE {:.5}  PSNR {:>6.2} dB  SSIM {:.4}",
-            q.mse, q.psnr_db, q.ssim
+            q.mse,
+            q.psnr_db,
+            q.ssim
         );
     };
     row("output", &e.output);
@@ -758,18 +779,24 @@ fn print_evaluation(run: &std::path::Path, model: &ModelConfig, e: &training::Ev
 
 /// Prints `trainer eval`'s report for the camera denoiser.
 fn print_camera_evaluation(run: &std::path::Path, rows: &[training::CameraEvaluation]) {
-    println!(
+    machine::outln!(
         "{} (camera-denoiser): held-out photographs, 8-bit noisy frames",
         run.display()
     );
-    println!(
+    machine::outln!(
         "{:<14} {:>6} {:>10} {:>10}",
-        "image", "sigma", "noisy dB", "ours dB"
+        "image",
+        "sigma",
+        "noisy dB",
+        "ours dB"
     );
     for r in rows {
-        println!(
+        machine::outln!(
             "{:<14} {:>6} {:>10.2} {:>10.2}",
-            r.image, r.sigma, r.noisy_psnr_db, r.denoised_psnr_db
+            r.image,
+            r.sigma,
+            r.noisy_psnr_db,
+            r.denoised_psnr_db
         );
     }
     let mut sigmas: Vec<f32> = rows.iter().map(|r| r.sigma).collect();
@@ -780,7 +807,7 @@ fn print_camera_evaluation(run: &std::path::Path, rows: &[training::CameraEvalua
         let mean = |f: fn(&training::CameraEvaluation) -> f64| {
             of.iter().map(|r| f(r)).sum::<f64>() / of.len() as f64
         };
-        println!(
+        machine::outln!(
             "{:<14} {:>6} {:>10.2} {:>10.2}",
             "mean",
             sigma,

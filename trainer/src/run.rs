@@ -248,12 +248,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// beside it (`.<name>.tmp-<pid>`), synced, and once all are written each renamed into place
 /// and its directory synced. A failure while writing (a full disk, a directory in a file's
 /// place) removes the temporary files and leaves the files already there as they were; a
-/// failed rename removes the temporary files not yet renamed. An error names the file.
+/// failed rename removes the temporary files not yet renamed. An error names the file. A link is
+/// followed (the file it names is replaced; the link stays), and a device or a pipe (`/dev/null`,
+/// a FIFO) is written into as it is, after the others ([`machine::destination`]).
 pub fn write_all_atomic(files: &[(PathBuf, &[u8])]) -> std::io::Result<()> {
-    let temporary = |path: &Path| {
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-    };
+    // A link's file is replaced, not the link; a device or a pipe (`/dev/null`, a FIFO) is
+    // written into last, as it is (a file renamed over it would take its place).
+    let mut staged: Vec<(PathBuf, &[u8])> = Vec::with_capacity(files.len());
+    let mut into: Vec<(&PathBuf, &[u8])> = Vec::new();
+    for (path, bytes) in files {
+        match machine::destination(path) {
+            machine::Destination::Replace(target) => staged.push((target, bytes)),
+            machine::Destination::WriteInto => into.push((path, bytes)),
+        }
+    }
+    let files = &staged[..];
+    let temporary = |path: &Path| machine::temporary_path(path);
+    for (path, _) in files {
+        machine::remove_stale_temporaries(path);
+    }
     let named = |path: &Path, e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
     };
@@ -287,6 +300,13 @@ pub fn write_all_atomic(files: &[(PathBuf, &[u8])]) -> std::io::Result<()> {
         // file system that cannot sync a directory has still renamed the file.
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
         let _ = fs::File::open(dir.unwrap_or(Path::new("."))).and_then(|d| d.sync_all());
+    }
+    for (path, bytes) in into {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(bytes))
+            .map_err(|e| named(path, e))?;
     }
     Ok(())
 }

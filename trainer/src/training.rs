@@ -740,7 +740,7 @@ pub fn shard_pools(devices: &[Device]) -> anyhow::Result<Vec<rayon::ThreadPool>>
 const FIRST_PROBE: usize = 128;
 
 /// Refuses a batch size whose training step would allocate more memory than the process can get
-/// ([`host_memory::available_bytes`]), before the run starts: on the CPU, whose memory is the
+/// ([`machine::available_bytes`]), before the run starts: on the CPU, whose memory is the
 /// process's (a GPU's is its backend's to manage), and only where the allocations are counted
 /// ([`crate::memory::CountingAllocator`], which the `trainer` binary installs).
 ///
@@ -764,7 +764,7 @@ fn ensure_batch_fits(
     if !on_host || batch < 4 * FIRST_PROBE {
         return Ok(());
     }
-    let Some(available) = host_memory::available_bytes() else {
+    let Some(available) = machine::available_bytes() else {
         return Ok(());
     };
     // A stream of its own: the run's are left where they are.
@@ -825,11 +825,11 @@ fn ensure_batch_fits(
              than the {} this process can get (free memory and swap, within its cgroup and \
              `ulimit -v` limits); try --batch-size {} or less (tensors in half the memory, the \
              rest left to the allocator)",
-            host_memory::human(needed),
+            machine::human(needed),
             small.0,
             large.0,
-            host_memory::human(per_example),
-            host_memory::human(available),
+            machine::human(per_example),
+            machine::human(available),
             fits.max(1),
             examples = source.example_noun(true),
             example = source.example_noun(false),

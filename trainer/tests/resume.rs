@@ -581,3 +581,44 @@ fn a_missing_optimizer_state_is_reported_on_resume() {
     assert_eq!(afresh(&runs[0]), Vec::<usize>::new());
     assert_eq!(afresh(&runs[1]), [1]);
 }
+
+/// `sample --out` names the PNG it writes: any other name, such as the run's own weights, is
+/// refused (the weights had been replaced by the PNG).
+#[test]
+fn samples_are_never_written_over_the_runs_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    train_a_short_dense_run(&run);
+    let weights = std::fs::read(run.join("model.bpk")).expect("weights");
+    for name in ["model.bpk", "config.json"] {
+        let target = run.join(name);
+        let out = trainer()
+            .args(["sample", run.to_str().expect("utf-8"), "--out"])
+            .arg(&target)
+            .output()
+            .expect("trainer");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains("is not a .png file name"), "{stderr}");
+    }
+    assert_eq!(
+        std::fs::read(run.join("model.bpk")).expect("weights"),
+        weights
+    );
+    let out = trainer()
+        .args([
+            "sample",
+            run.to_str().expect("utf-8"),
+            "--count",
+            "2",
+            "--out",
+        ])
+        .arg(run.join("two.PNG"))
+        .output()
+        .expect("trainer");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

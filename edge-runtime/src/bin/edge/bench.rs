@@ -49,9 +49,14 @@ pub(crate) struct BenchArgs {
 
 /// The `bench` table's header; `input` names the second column, `rate` the last.
 fn print_header(input: &str, rate: &str) {
-    println!(
+    machine::outln!(
         "{:<12} {input:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {rate:>10}",
-        "runtime", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms"
+        "runtime",
+        "runs",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "mean ms"
     );
 }
 
@@ -59,7 +64,7 @@ fn print_header(input: &str, rate: &str) {
 /// handles `items` digits or frames.
 fn print_row(runtime: &str, input: &str, stats: &bench::Stats, items: usize) {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    println!(
+    machine::outln!(
         "{runtime:<12} {input:>8} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>10.1}",
         stats.runs,
         ms(stats.p50),
@@ -73,7 +78,7 @@ fn print_row(runtime: &str, input: &str, stats: &bench::Stats, items: usize) {
 /// `bench` for a denoiser: frames of each size, noisy gray values, with tract (and ORT).
 fn bench_denoiser(args: &BenchArgs) -> Result<()> {
     let (runs, warmup) = (args.runs as usize, args.warmup as usize);
-    println!(
+    machine::outln!(
         "{}: denoiser, batch 1, {runs} timed frames after {warmup}",
         args.model.display()
     );
@@ -92,7 +97,7 @@ fn bench_denoiser(args: &BenchArgs) -> Result<()> {
         }
         if denoiser.strip_rows() < height {
             // The whole frame's tensors do not fit in the memory: tract runs it in strips.
-            println!(
+            machine::outln!(
                 "  (tract: {width}x{height} in strips of {} rows, the whole frame would not fit \
                  in memory)",
                 denoiser.strip_rows()
@@ -139,7 +144,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     let d = decoder.latent_dim();
     // The same latents for every runtime: samples of the prior, cycled.
     let latents = latents::random_normal(64, d, 0);
-    println!(
+    machine::outln!(
         "{}: latent {d} -> {}x{} image, {runs} timed calls after {warmup}",
         args.model.display(),
         decoder.image_size().0,

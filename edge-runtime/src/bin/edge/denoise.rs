@@ -125,8 +125,9 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
     let to_stdout = out.as_os_str() == "-";
     let special = !to_stdout && std::fs::metadata(&out).is_ok_and(|m| !m.is_file());
     let temporary = (!to_stdout && !special).then(|| {
-        let name = out.file_name().unwrap_or_default().to_string_lossy();
-        out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+        // What streams killed before their rename left behind (`kill -9`) goes first.
+        machine::remove_stale_temporaries(&out);
+        machine::temporary_path(&out)
     });
     if temporary.is_some() {
         let same = std::fs::canonicalize(args.input())
@@ -358,7 +359,7 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
         clean.save(&target)?;
         if let Some(noisy_path) = noisy.get(index) {
             image.save(noisy_path)?;
-            println!(
+            machine::outln!(
                 "{} -> {} ({:.2} dB) and {} ({:.2} dB), PSNR against the original",
                 file.display(),
                 noisy_path.display(),
@@ -367,7 +368,7 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
                 psnr(&clean, &original)
             );
         } else {
-            println!("{} -> {}", file.display(), target.display());
+            machine::outln!("{} -> {}", file.display(), target.display());
         }
     }
     if skipped == files.len() {

@@ -55,6 +55,49 @@ pub(crate) fn targets(files: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// Refuses outputs that name a file the command reads (its model, an input), or one file twice:
+/// each `(flag, path)` of `outputs` against `inputs` and the outputs before it. Paths are
+/// compared as the files they name (links and `..` resolved; a file not there yet by its folder).
+pub(crate) fn distinct_outputs(outputs: &[(&str, &Path)], inputs: &[&Path]) -> Result<()> {
+    let read: std::collections::HashSet<PathBuf> = inputs
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let mut written: Vec<(&str, PathBuf)> = Vec::new();
+    for &(flag, path) in outputs {
+        let Some(file) = resolved(path) else {
+            continue; // its folder is missing: `folder_of` says so
+        };
+        if read.contains(&file) {
+            bail!(
+                "{flag} {} is a file this command reads: writing it would destroy it",
+                path.display()
+            );
+        }
+        if let Some((other, _)) = written.iter().find(|(_, f)| *f == file) {
+            bail!(
+                "{flag} and {other} name the same file, {}: one would overwrite the other",
+                path.display()
+            );
+        }
+        written.push((flag, file));
+    }
+    Ok(())
+}
+
+/// The file `path` names, canonical: itself where it exists, else its folder's canonical path
+/// and its name. `None` when neither is there.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(path).ok().or_else(|| {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        Some(
+            std::fs::canonicalize(dir.unwrap_or(Path::new(".")))
+                .ok()?
+                .join(path.file_name()?),
+        )
+    })
+}
+
 /// The files that exist, as canonical paths (to tell whether an output would overwrite one).
 pub(crate) fn canonical(files: &[PathBuf]) -> std::collections::HashSet<PathBuf> {
     files

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
 use edge_runtime::{Decoder, Image, ImageFormat, latents, write_atomically};
 
-use crate::files::folder_of;
+use crate::files::{distinct_outputs, folder_of};
 use crate::positive;
 
 pub(crate) const GENERATE_EXAMPLES: &str = "\
@@ -232,14 +232,24 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
     for path in every_path {
         folder_of(path)?;
     }
+    let outputs: Vec<(&str, &Path)> = digit_paths
+        .iter()
+        .map(|path| ("--out", path.as_path()))
+        .chain(sheet.as_ref().map(|(path, _)| ("--sheet", path.as_path())))
+        .chain(args.raw.as_deref().map(|path| ("--raw", path)))
+        .collect();
+    let inputs: Vec<&Path> = std::iter::once(args.model.as_path())
+        .chain(args.latents.as_deref())
+        .collect();
+    distinct_outputs(&outputs, &inputs)?;
 
     for (image, path) in images.iter().zip(&digit_paths) {
         image.save(path).context("writing an image")?;
-        println!("wrote {}", path.display());
+        machine::outln!("wrote {}", path.display());
     }
     if let Some((path, tiled)) = sheet {
         tiled.save(path).context("writing the contact sheet")?;
-        println!("wrote {} ({} digits)", path.display(), images.len());
+        machine::outln!("wrote {} ({} digits)", path.display(), images.len());
     }
     if let Some(raw) = &args.raw {
         let bytes: Vec<u8> = images
@@ -248,7 +258,7 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
             .flat_map(|v| v.to_le_bytes())
             .collect();
         write_atomically(raw, &bytes).context("writing raw pixels")?;
-        println!("wrote {}", raw.display());
+        machine::outln!("wrote {}", raw.display());
     }
     Ok(())
 }

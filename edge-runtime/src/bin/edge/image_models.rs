@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use edge_runtime::{Decoder, Image, OnnxModel, write_atomically};
 
-use crate::files::{image_files, targets};
+use crate::files::{distinct_outputs, image_files, targets};
 use crate::positive;
 
 #[derive(Debug, Args)]
@@ -81,8 +81,23 @@ fn image_input(model: &OnnxModel, path: &Path) -> Result<(usize, usize)> {
 pub(crate) fn encode(args: &EncodeArgs) -> Result<()> {
     let model = OnnxModel::load(&args.model, None).context("loading the encoder")?;
     let size = image_input(&model, &args.model)?;
+    // An encoder's first output is the latent vector, [1, N]; an image out (a denoiser, an
+    // upscaler) is another kind of model.
+    if let Some(shape) = model.output_shapes().first().filter(|s| s.len() != 2) {
+        bail!(
+            "{} gives {shape:?}, not a latent vector [1, N]: it is not an encoder",
+            args.model.display()
+        );
+    }
+    let files = image_files(&args.images, "encode")?;
+    if let Some(out) = &args.out {
+        let inputs: Vec<&Path> = std::iter::once(args.model.as_path())
+            .chain(files.iter().map(PathBuf::as_path))
+            .collect();
+        distinct_outputs(&[("--out", out)], &inputs)?;
+    }
     let mut csv = String::new();
-    for file in image_files(&args.images, "encode")? {
+    for file in files {
         let image = load_sized(&file, size)?;
         let outputs = model
             .run(image.pixels())
@@ -93,7 +108,7 @@ pub(crate) fn encode(args: &EncodeArgs) -> Result<()> {
     }
     match &args.out {
         Some(path) => write_atomically(path, csv.as_bytes())?,
-        None => print!("{csv}"),
+        None => machine::out!("{csv}"),
     }
     Ok(())
 }
@@ -166,7 +181,7 @@ pub(crate) fn upscale(args: &UpscaleArgs) -> Result<()> {
             .with_context(|| format!("upscaling {}", file.display()))?;
         let pixels = outputs.swap_remove(0);
         Image::new(w, h, pixels)?.save(&target)?;
-        println!("{} -> {} ({w}x{h})", file.display(), target.display());
+        machine::outln!("{} -> {} ({w}x{h})", file.display(), target.display());
     }
     Ok(())
 }
@@ -181,7 +196,7 @@ pub(crate) fn anomaly(args: &AnomalyArgs) -> Result<()> {
             decoder.image_size()
         );
     }
-    println!("{:>10}  image", "score");
+    machine::outln!("{:>10}  image", "score");
     let mut flagged = 0;
     let files = image_files(&args.images, "score")?;
     for file in &files {
@@ -227,14 +242,14 @@ pub(crate) fn anomaly(args: &AnomalyArgs) -> Result<()> {
         } else {
             String::new()
         };
-        println!(
+        machine::outln!(
             "{score:>10.5}  {}{looks_like}{}",
             file.display(),
             if flag { "  ANOMALY" } else { "" }
         );
     }
     if let Some(threshold) = args.threshold {
-        println!("{flagged} of {} above {threshold}", files.len());
+        machine::outln!("{flagged} of {} above {threshold}", files.len());
     }
     Ok(())
 }

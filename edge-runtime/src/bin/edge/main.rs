@@ -62,7 +62,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    host_memory::keep_freed_buffers();
+    machine::keep_freed_buffers();
     match Cli::parse().command {
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),
