@@ -66,13 +66,16 @@ pub fn prune_optimizer_checkpoints(dir: &Path, keep: usize) {
     }
 }
 
-/// Adam's state after `epoch`, if the run has it.
+/// Adam's state after `epoch` for `model` (the run's weights), if the run has it.
 ///
 /// # Errors
-/// A checkpoint that exists but does not parse.
+/// A checkpoint that exists but does not parse, holds the state of other parameters than
+/// `model`'s (Burn would drop it without a word and start Adam afresh), or holds a NaN or an
+/// infinity (training would stop at a NaN loss and blame the learning rate).
 pub fn load_optimizer(
     dir: &Path,
     epoch: usize,
+    model: &Model,
 ) -> Result<Option<burn::optim::OptimizerRecord>, RunError> {
     let path = dir.join(optimizer_file(epoch));
     let bytes = match fs::read(&path) {
@@ -80,12 +83,61 @@ pub fn load_optimizer(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(RunError::Io { path, source }),
     };
+    let damaged = |reason: String| RunError::Optimizer {
+        path: path.clone(),
+        reason,
+    };
+    check_optimizer_state(&bytes, model).map_err(damaged)?;
     burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
         .map(Some)
-        .map_err(|e| RunError::Weights {
-            path,
-            reason: e.to_string(),
-        })
+        .map_err(|e| damaged(e.to_string()))
+}
+
+/// Checks that Adam's saved state (burnpack bytes) is `model`'s: one state for each of its
+/// parameters, matched by Burn's parameter ids (which the weights file keeps), and finite.
+fn check_optimizer_state(bytes: &[u8], model: &Model) -> Result<(), String> {
+    struct Ids(std::collections::BTreeSet<u64>);
+    impl burn::module::ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            self.0.insert(param.id.val());
+        }
+    }
+    let mut ids = Ids(Default::default());
+    model.visit(&mut ids);
+    let reader = burn_pack::Reader::from_bytes(burn_pack::Bytes::from_bytes_vec(bytes.to_vec()))
+        .map_err(|e| e.to_string())?;
+    // Burn writes each parameter's rank as the scalar `<id>.__rank`.
+    let saved: std::collections::BTreeSet<u64> = reader
+        .scalars()
+        .keys()
+        .filter_map(|key| key.strip_suffix(".__rank")?.parse().ok())
+        .collect();
+    if saved != ids.0 {
+        let shared = saved.intersection(&ids.0).count();
+        return Err(format!(
+            "it holds Adam's state for {} parameters, {shared} of them among the {} of \
+             {WEIGHTS_FILE}: it is another run's; move it away to resume with Adam afresh",
+            saved.len(),
+            ids.0.len()
+        ));
+    }
+    for tensor in reader.into_tensors().map_err(|e| e.to_string())? {
+        let (name, dtype, _, _, data) = tensor.into_parts().map_err(|e| e.to_string())?;
+        let finite = match dtype {
+            burn_pack::DType::F32 => data
+                .chunks_exact(4)
+                .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+            _ => true,
+        };
+        if !finite {
+            // Named `<parameter id>.<field>`: the field says which of Adam's moments it is.
+            let field = name
+                .split_once('.')
+                .map_or(name.as_str(), |(_, field)| field);
+            return Err(format!("its {field} holds a NaN or an infinity"));
+        }
+    }
+    Ok(())
 }
 
 /// Everything a training run was configured with.
@@ -227,6 +279,14 @@ pub enum RunError {
         path: PathBuf,
         /// The family named there.
         family: String,
+    },
+    /// An optimizer checkpoint is corrupt or not the run's.
+    #[error("cannot resume Adam from {path}: {reason}")]
+    Optimizer {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The weights file is corrupt or does not fit the model.
     #[error("cannot load weights {path}: {reason}")]

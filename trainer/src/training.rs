@@ -1040,7 +1040,7 @@ fn run_epochs(
     let mut optim = adam();
     if done > 0 {
         // Adam's moments as they were after the last completed epoch, when the run has them.
-        match load_optimizer(out, done)? {
+        match load_optimizer(out, done, &model)? {
             Some(record) => optim = optim.load_record(record),
             None => report(Progress::AdamAfresh { epoch: done }),
         }

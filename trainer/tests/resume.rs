@@ -582,6 +582,41 @@ fn a_missing_optimizer_state_is_reported_on_resume() {
     assert_eq!(afresh(&runs[1]), [1]);
 }
 
+/// Adam's saved state of another run (Burn would drop it without a word and start afresh) or
+/// with a NaN in it (training would stop at a NaN loss and blame the learning rate) is refused
+/// when the run is resumed, and the run is left as it was.
+#[test]
+fn another_runs_or_a_damaged_optimizer_state_is_refused_on_resume() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = trainer::data::bundled_dir();
+    let runs = ["ours", "other", "damaged"].map(|name| {
+        let run = dir.path().join(name);
+        train_a_short_dense_run(&run);
+        run
+    });
+    let state = |run: &std::path::Path| run.join("optimizer-1.bpk");
+    std::fs::copy(state(&runs[1]), state(&runs[0])).expect("copy");
+    // The moments are the file's last bytes: write a NaN over one of them.
+    let mut bytes = std::fs::read(state(&runs[2])).expect("read");
+    let end = bytes.len();
+    bytes[end - 8..end - 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(state(&runs[2]), &bytes).expect("write");
+    for (run, message) in [
+        (&runs[0], "it is another run's"),
+        (&runs[2], "holds a NaN or an infinity"),
+    ] {
+        let before = std::fs::read_to_string(run.join("metrics.csv")).expect("metrics");
+        let err = trainer::training::resume(run, &data, &[Device::flex()], Some(2), |_| {})
+            .expect_err("refused");
+        let err = format!("{err:#}");
+        assert!(err.contains(message), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(run.join("metrics.csv")).expect("metrics"),
+            before
+        );
+    }
+}
+
 /// `sample --out` names the PNG it writes: any other name, such as the run's own weights, is
 /// refused (the weights had been replaced by the PNG).
 #[test]
