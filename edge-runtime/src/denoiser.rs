@@ -133,6 +133,19 @@ impl Denoiser {
                     declared.shape
                 )));
             }
+            // A model made for one size (the MNIST denoising AE: 28x28 digits) is named as such,
+            // not by its output's shape coming out wrong for another.
+            let side = |i: usize| match declared.shape.dims().nth(i).and_then(|d| d.concretize()) {
+                Some(TDim::Val(v)) => usize::try_from(v).ok(),
+                _ => None,
+            };
+            if let (Some(h), Some(w)) = (side(2), side(3))
+                && (w, h) != (width, height)
+            {
+                return Err(not_a_denoiser(format!(
+                    "it takes {w}x{h} images only, not {width}x{height}"
+                )));
+            }
         }
         let border = match crate::onnx::metadata_count(&model, "reflect_padding") {
             None => 0,

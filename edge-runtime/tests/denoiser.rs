@@ -385,6 +385,16 @@ fn a_model_that_is_not_a_denoiser_is_refused() {
             if reason.contains("a denoiser takes gray frames [N, 1, H, W]")),
         "{err}"
     );
+    // A model made for one size: named as such for another (its output had come out wrong).
+    let digits = dir.path().join("digits.onnx");
+    write_model(&digits, &common::box_blur_model_for(28, 28));
+    Denoiser::load(&digits, 28, 28).expect("its own size");
+    let err = Denoiser::load(&digits, 64, 48).expect_err("another size");
+    assert!(
+        err.to_string()
+            .contains("it takes 28x28 images only, not 64x48"),
+        "{err}"
+    );
     let missing = Denoiser::load(dir.path().join("none.onnx"), 8, 8).expect_err("missing");
     assert!(matches!(missing, Error::ReadModel { .. }), "{missing}");
 }

@@ -522,6 +522,15 @@ pub fn write_pictures(
     device: &Device,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let (config, model) = load_run(run_dir, device).context("loading the run")?;
+    // The metrics are read before the folder is made: a damaged file leaves nothing behind.
+    let metrics = run_dir.join("metrics.csv");
+    let curves = if metrics.exists() {
+        let text = std::fs::read_to_string(&metrics)
+            .with_context(|| format!("reading {}", metrics.display()))?;
+        Some(loss_curves(&parse_metrics(&text)?))
+    } else {
+        None
+    };
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut written = Vec::new();
     let mut save = |name: &str, canvas: &Canvas| -> anyhow::Result<()> {
@@ -530,11 +539,8 @@ pub fn write_pictures(
         written.push(path);
         Ok(())
     };
-    let metrics = run_dir.join("metrics.csv");
-    if metrics.exists() {
-        let text = std::fs::read_to_string(&metrics)
-            .with_context(|| format!("reading {}", metrics.display()))?;
-        save("loss_curves.png", &loss_curves(&parse_metrics(&text)?))?;
+    if let Some(curves) = curves {
+        save("loss_curves.png", &curves)?;
     }
     if let crate::model::ModelConfig::CameraDenoiser(_) = config.model {
         save("denoised.png", &camera_crops(&model, data_dir, device)?)?;

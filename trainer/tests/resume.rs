@@ -552,6 +552,10 @@ fn a_damaged_metrics_row_is_refused_by_resume() {
             .expect_err("a damaged row");
     assert!(format!("{err:#}").contains("is damaged"), "{err:#}");
     assert_eq!(std::fs::read_to_string(&metrics).expect("metrics"), damaged);
+    // `pictures` refuses it too, before it makes its folder.
+    let pictures = dir.path().join("pictures");
+    trainer::pictures::write_pictures(&run, &data, &pictures, &device).expect_err("damaged");
+    assert!(!pictures.exists(), "an empty pictures folder was left");
 }
 
 /// A resumed run tells its caller when Adam's saved state is missing (it then starts afresh,

@@ -177,11 +177,24 @@ fn f32_tensor(name: &str, dims: &[usize], values: Vec<f32>) -> TensorProto {
 /// `noisy: f32 [batch, 1, height, width]`, every axis but the channel symbolic, like the
 /// exporter's `denoiser.onnx`.
 pub fn box_blur_model() -> ModelProto {
+    box_blur_with(None)
+}
+
+/// The same blur declared for `(height, width)` frames only, as the MNIST denoising AE's
+/// `denoiser.onnx` is for 28x28 digits.
+pub fn box_blur_model_for(height: usize, width: usize) -> ModelProto {
+    box_blur_with(Some((height, width)))
+}
+
+fn box_blur_with(size: Option<(usize, usize)>) -> ModelProto {
     let symbol = |name: &str| Dimension {
         value: Some(dimension::Value::DimParam(name.into())),
         ..Default::default()
     };
-    let dims = [symbol("batch"), fixed(1), symbol("height"), symbol("width")];
+    let dims = match size {
+        None => [symbol("batch"), fixed(1), symbol("height"), symbol("width")],
+        Some((h, w)) => [symbol("batch"), fixed(1), fixed(h), fixed(w)],
+    };
     let mut conv = node("Conv", &["noisy", "W"], "denoised");
     conv.attribute = vec![tract_onnx::pb::AttributeProto {
         name: "pads".into(),
