@@ -477,11 +477,22 @@ pub fn load_config(dir: &Path) -> Result<TrainingConfig, RunError> {
             family: family.into(),
         });
     }
-    let config: TrainingConfig =
-        serde_json::from_value(raw.clone()).map_err(|e| RunError::Config {
+    let config: TrainingConfig = serde_json::from_value(raw.clone()).map_err(|e| {
+        // serde names no path for a wrong value inside the model's settings: say it is there,
+        // and for which family (a hand-edited family whose fields are another's, say).
+        let in_model = raw
+            .get("model")
+            .is_some_and(|model| serde_json::from_value::<ModelConfig>(model.clone()).is_err());
+        let reason = match (in_model, family) {
+            (true, Some(family)) => format!("model ({family}): {e}"),
+            (true, None) => format!("model: {e}"),
+            _ => e.to_string(),
+        };
+        RunError::Config {
             path: path.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        }
+    })?;
     // A field this build does not know (a newer trainer's setting) would otherwise be dropped
     // without a word, and the run resumed or evaluated without it.
     let known = serde_json::to_value(&config).map_err(|e| RunError::Config {
@@ -637,5 +648,19 @@ mod tests {
         let back: TrainingConfig = serde_json::from_str(&json).expect("parses");
         assert_eq!(back.model, ModelConfig::ConvVae(wide));
         assert_eq!(back.model.loss_kind(), LossKind::SseKl);
+    }
+
+    #[test]
+    fn a_wrong_value_in_the_model_settings_is_said_to_be_there() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A conv VAE's settings under another family's name (edited by hand).
+        let mut config = serde_json::to_value(TrainingConfig::new(ModelConfig::ConvVae(
+            crate::model::ConvVaeConfig::new(),
+        )))
+        .expect("serialises");
+        config["model"]["family"] = "dense-ae".into();
+        fs::write(dir.path().join(CONFIG_FILE), config.to_string()).expect("write");
+        let err = load_config(dir.path()).expect_err("not a dense AE's settings");
+        assert!(err.to_string().contains(": model (dense-ae): "), "{err}");
     }
 }
