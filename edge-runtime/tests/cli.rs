@@ -693,6 +693,7 @@ fn an_unreadable_image_is_skipped_and_reported() {
     image.save(photos.join("a.png")).expect("png");
     std::fs::write(photos.join("b.png"), b"\x89PNG\r\n").expect("truncated png");
     image.save(photos.join("c.pgm")).expect("pgm");
+    std::os::unix::fs::symlink("gone.png", photos.join("d.png")).expect("broken link");
     let args = [
         "denoise",
         "--model",
@@ -710,6 +711,10 @@ fn an_unreadable_image_is_skipped_and_reported() {
     );
     assert!(
         message.contains("1 of 3 images could not be read"),
+        "{message}"
+    );
+    assert!(
+        message.contains("skipped: photos/d.png is not a readable file"),
         "{message}"
     );
     let clean = dir.path().join("clean");

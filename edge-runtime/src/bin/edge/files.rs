@@ -14,7 +14,16 @@ pub(crate) fn image_files(inputs: &[PathBuf], verb: &str) -> Result<Vec<PathBuf>
             let mut found: Vec<PathBuf> = std::fs::read_dir(input)
                 .with_context(|| format!("reading folder {}", input.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && ImageFormat::from_path(p).is_ok())
+                .filter(|p| ImageFormat::from_path(p).is_ok())
+                .filter(|p| {
+                    // An image's name on something that is not a file (a broken link, a
+                    // folder) is said, not passed over.
+                    let file = p.is_file();
+                    if !file {
+                        eprintln!("skipped: {} is not a readable file", p.display());
+                    }
+                    file
+                })
                 .collect();
             found.sort();
             files.extend(found);
