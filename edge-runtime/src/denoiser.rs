@@ -133,20 +133,18 @@ impl Denoiser {
                     declared.shape
                 )));
             }
-            // A model made for one size (the MNIST denoising AE: 28x28 digits) is named as such,
-            // not by its output's shape coming out wrong for another.
+        }
+        // A model made for one size (the MNIST denoising AE: 28x28 digits) is named as such, not
+        // by its output's shape coming out wrong for another.
+        let fixed_size = {
+            use tract_onnx::tract_hir::infer::Factoid;
+            let declared = model.input_fact(0).map_err(prepare_failed)?;
             let side = |i: usize| match declared.shape.dims().nth(i).and_then(|d| d.concretize()) {
                 Some(TDim::Val(v)) => usize::try_from(v).ok(),
                 _ => None,
             };
-            if let (Some(h), Some(w)) = (side(2), side(3))
-                && (w, h) != (width, height)
-            {
-                return Err(not_a_denoiser(format!(
-                    "it takes {w}x{h} images only, not {width}x{height}"
-                )));
-            }
-        }
+            side(3).zip(side(2))
+        };
         let border = match crate::onnx::metadata_count(&model, "reflect_padding") {
             None => 0,
             Some(count) => count.filter(|&b| b <= MAX_REFLECT_PADDING).ok_or_else(|| {
@@ -156,6 +154,15 @@ impl Denoiser {
                 ))
             })?,
         };
+        if let Some((w, h)) = fixed_size
+            && (w, h) != (width + 2 * border, height + 2 * border)
+        {
+            // The model sees the frame with its mirrored border.
+            let (w, h) = (w.saturating_sub(2 * border), h.saturating_sub(2 * border));
+            return Err(not_a_denoiser(format!(
+                "it takes {w}x{h} images only, not {width}x{height}"
+            )));
+        }
         // The plan for `rows` frame rows at a time, its context mirrored onto every side.
         let plan_for = |rows: usize| -> Result<(Arc<TypedRunnableModel>, u64), Error> {
             let (padded_width, padded_height) = (width + 2 * border, rows + 2 * border);

@@ -1594,7 +1594,10 @@ fn outputs_never_overwrite_inputs_or_each_other() {
 #[test]
 fn a_closed_or_full_stdout_is_no_panic() {
     let dir = workspace();
-    let mut child = edge_command()
+    // A pipe whose reader has gone before the program starts.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = edge_command()
         .current_dir(dir.path())
         .args([
             "generate",
@@ -1605,12 +1608,9 @@ fn a_closed_or_full_stdout_is_no_panic() {
             "--out",
             "d.png",
         ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+        .stdout(writer)
+        .output()
         .expect("run edge");
-    drop(child.stdout.take()); // the reader goes before the first line
-    let out = child.wait_with_output().expect("edge");
     assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {

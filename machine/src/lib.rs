@@ -73,12 +73,21 @@ fn cgroup_room(groups: &str, root: &Path) -> Option<u64> {
     for line in groups.lines() {
         let mut fields = line.splitn(3, ':');
         let (_, controllers, path) = (fields.next(), fields.next()?, fields.next()?);
-        let (mount, limit, usage) = match controllers {
-            "" => (root.to_path_buf(), "memory.max", "memory.current"),
+        // The usage counts the group's page cache, of which the kernel reclaims the inactive
+        // files' before it runs out (a container that has just built or copied data would
+        // otherwise look full): that part is subtracted, as container tools do.
+        let (mount, limit, usage, reclaimable) = match controllers {
+            "" => (
+                root.to_path_buf(),
+                "memory.max",
+                "memory.current",
+                "inactive_file",
+            ),
             c if c.split(',').any(|c| c == "memory") => (
                 root.join(c),
                 "memory.limit_in_bytes",
                 "memory.usage_in_bytes",
+                "total_inactive_file",
             ),
             _ => continue,
         };
@@ -90,7 +99,11 @@ fn cgroup_room(groups: &str, root: &Path) -> Option<u64> {
                 fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
             };
             if let (Some(limit), Some(usage)) = (read(limit), read(usage)) {
-                let left = limit.saturating_sub(usage);
+                let cache = fs::read_to_string(dir.join("memory.stat"))
+                    .ok()
+                    .and_then(|stat| stat_field(&stat, reclaimable))
+                    .unwrap_or(0);
+                let left = limit.saturating_sub(usage.saturating_sub(cache));
                 room = Some(room.map_or(left, |r| r.min(left)));
             }
             if dir == mount || !dir.pop() {
@@ -99,6 +112,14 @@ fn cgroup_room(groups: &str, root: &Path) -> Option<u64> {
         }
     }
     room
+}
+
+/// `key value` in a cgroup's `memory.stat`.
+fn stat_field(stat: &str, key: &str) -> Option<u64> {
+    stat.lines().find_map(|line| {
+        let (name, value) = line.split_once(' ')?;
+        (name == key).then(|| value.trim().parse().ok())?
+    })
 }
 
 /// `bytes` in the unit that suits it, e.g. `1.5 GiB`, for messages.
@@ -158,15 +179,22 @@ pub enum Destination {
 /// What writing a file at `path` should do: see [`Destination`]. A folder, or a path that cannot
 /// be looked at, is left to the writer's own error.
 pub fn destination(path: &Path) -> Destination {
+    let linked = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
     match fs::metadata(path) {
-        Ok(m) if m.is_file() => {
-            let linked = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-            match linked.then(|| fs::canonicalize(path).ok()).flatten() {
-                Some(target) => Destination::Replace(target),
-                None => Destination::Replace(path.to_path_buf()),
-            }
+        Ok(m) if !m.is_file() && !m.is_dir() => Destination::WriteInto,
+        // A link to a file or a folder: its target (a rename over a folder then fails, as it
+        // should, instead of replacing the link).
+        Ok(_) if linked => {
+            Destination::Replace(fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
         }
-        Ok(m) if !m.is_dir() => Destination::WriteInto,
+        // A link to nothing yet: the file it names, made.
+        Err(_) if linked => match fs::read_link(path) {
+            Ok(target) => Destination::Replace(
+                path.parent()
+                    .map_or(target.clone(), |dir| dir.join(&target)),
+            ),
+            Err(_) => Destination::Replace(path.to_path_buf()),
+        },
         _ => Destination::Replace(path.to_path_buf()),
     }
 }
@@ -215,12 +243,16 @@ pub fn remove_stale_temporaries(path: &Path) {
 
 /// Whether process `pid` runs: `/proc/<pid>/stat` is there and its state is not a zombie's (a
 /// killed process whose parent has not collected it yet).
+/// Only a process that is certainly gone counts as gone: one whose `stat` cannot be read for
+/// another reason (`/proc` mounted with `hidepid`, another PID namespace) may be running.
 fn running(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // `pid (command) state ...`; the command may hold spaces and parentheses.
-        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-        !state.is_some_and(|s| s.starts_with('Z'))
-    })
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
 }
 
 /// Writes a command's output to stdout. Where the reader is gone (a closed pipe: `| head`) the
@@ -302,6 +334,19 @@ mod tests {
             cgroup_room("0::/system.slice/edge.service\n", root.path()),
             Some(600_000)
         );
+        // The inactive page cache counts as room: the kernel reclaims it first.
+        write(
+            "system.slice/edge.service/memory.stat",
+            "anon 5\ninactive_file 50000\n",
+        );
+        write(
+            "system.slice/memory.stat",
+            "inactive_file 300000\nactive_file 7\n",
+        );
+        assert_eq!(
+            cgroup_room("0::/system.slice/edge.service\n", root.path()),
+            Some(900_000)
+        );
         // v1, the group's path not under the mount (a container's namespace): the mount's own.
         write("memory/memory.limit_in_bytes", "5000\n");
         write("memory/memory.usage_in_bytes", "1000\n");
@@ -324,6 +369,20 @@ mod tests {
         let target = fs::canonicalize(&file).unwrap();
         assert_eq!(destination(&link), Destination::Replace(target));
         assert_eq!(destination(Path::new("/dev/null")), Destination::WriteInto);
+        // A link to a folder: the folder (the writer's rename then fails); a dangling link: the
+        // file it names.
+        let folder = dir.path().join("folder");
+        fs::create_dir(&folder).unwrap();
+        let to_folder = dir.path().join("to-folder.png");
+        std::os::unix::fs::symlink("folder", &to_folder).unwrap();
+        let folder = fs::canonicalize(&folder).unwrap();
+        assert_eq!(destination(&to_folder), Destination::Replace(folder));
+        let dangling = dir.path().join("dangling.png");
+        std::os::unix::fs::symlink("new.png", &dangling).unwrap();
+        assert_eq!(
+            destination(&dangling),
+            Destination::Replace(dir.path().join("new.png"))
+        );
         assert_eq!(
             destination(dir.path()),
             Destination::Replace(dir.path().to_path_buf())

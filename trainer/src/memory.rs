@@ -4,8 +4,8 @@
 //!
 //! Burn does not say what a step will allocate, so it is measured: the `trainer` binary counts
 //! every allocation through [`CountingAllocator`], and [`peak_during`] reports the most bytes a
-//! piece of work held at once. [`crate::training`] runs two small probe batches and extrapolates
-//! to the run's batch size.
+//! piece of work held at once. [`crate::training`] measures steps of 128, 256, ... examples up
+//! to half the run's batch and extrapolates the two largest to it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{
@@ -82,6 +82,13 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 }
 
+/// Whether [`CountingAllocator`] is the global allocator: a measured allocation was counted.
+pub fn counting() -> bool {
+    peak_during(|| std::hint::black_box(Vec::<u8>::with_capacity(64)))
+        .1
+        .is_some()
+}
+
 /// Runs `work` and returns its result with the most bytes held at once while it ran, above what
 /// was held when it started: `None` when [`CountingAllocator`] is not the global allocator.
 /// Allocations by other threads meanwhile count too (the work's own thread pool is the point);
@@ -132,5 +139,6 @@ mod tests {
         // The unit tests run on the system allocator.
         let (len, peak) = peak_during(|| vec![0u8; 1 << 20].len());
         assert_eq!((len, peak), (1 << 20, None));
+        assert!(!counting());
     }
 }

@@ -93,8 +93,8 @@ pub fn load_optimizer(
         .map_err(|e| damaged(e.to_string()))
 }
 
-/// Checks that Adam's saved state (burnpack bytes) is `model`'s: one state for each of its
-/// parameters, matched by Burn's parameter ids (which the weights file keeps), and finite.
+/// Checks that Adam's saved state (burnpack bytes) is `model`'s: states of its parameters only,
+/// matched by Burn's parameter ids (which the weights file keeps), and finite.
 fn check_optimizer_state(bytes: &[u8], model: &Model) -> Result<(), String> {
     struct Ids(std::collections::BTreeSet<u64>);
     impl burn::module::ModuleVisitor for Ids {
@@ -112,7 +112,9 @@ fn check_optimizer_state(bytes: &[u8], model: &Model) -> Result<(), String> {
         .keys()
         .filter_map(|key| key.strip_suffix(".__rank")?.parse().ok())
         .collect();
-    if saved != ids.0 {
+    // Adam keeps state only for parameters that had a gradient, so it may hold fewer than the
+    // model, never others (another run's parameters have other random ids).
+    if saved.is_empty() || !saved.is_subset(&ids.0) {
         let shared = saved.intersection(&ids.0).count();
         return Err(format!(
             "it holds Adam's state for {} parameters, {shared} of them among the {} of \

@@ -753,7 +753,10 @@ const FIRST_PROBE: usize = 128;
 /// exactly.) The probing stops early once the next probe alone would take half the memory. The
 /// model, the data order and the run's random streams are left as they were (the probes draw
 /// from a stream of their own), so a run trains the same with or without the check. The figure
-/// is an estimate: the allocator's own overhead and fragmentation come on top.
+/// is an estimate of the tensors alone: the allocator's own overhead and fragmentation come on
+/// top (about half as much again, BENCHMARKS.md), so a batch is refused only where even its
+/// tensors cannot fit, and one whose tensors take most of the memory may still fail; the
+/// batch size the refusal suggests puts them in half of it.
 fn ensure_batch_fits(
     model: &Model,
     (source, config): (&Source, &TrainingConfig),
@@ -761,7 +764,7 @@ fn ensure_batch_fits(
 ) -> anyhow::Result<()> {
     let batch = config.batch_size.min(source.examples_per_epoch());
     let on_host = devices.iter().all(|d| *d == Device::flex().autodiff());
-    if !on_host || batch < 4 * FIRST_PROBE {
+    if !on_host || batch < 4 * FIRST_PROBE || !crate::memory::counting() {
         return Ok(());
     }
     let Some(available) = machine::available_bytes() else {

@@ -121,13 +121,18 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
     // after a Ctrl-C, every frame read before it. A failed write removes the file, as does a
     // failure before the first frame was written (an existing output stays as it was). An existing
     // output that is not a regular file (a FIFO, /dev/null, a device) is written in place:
-    // renaming over it would replace it.
+    // renaming over it would replace it; a link's file is replaced, the link stays.
     let to_stdout = out.as_os_str() == "-";
-    let special = !to_stdout && std::fs::metadata(&out).is_ok_and(|m| !m.is_file());
-    let temporary = (!to_stdout && !special).then(|| {
+    let destination = (!to_stdout).then(|| machine::destination(&out));
+    let special = destination == Some(machine::Destination::WriteInto);
+    let renamed_to = match destination {
+        Some(machine::Destination::Replace(file)) => Some(file),
+        _ => None,
+    };
+    let temporary = renamed_to.as_deref().map(|file| {
         // What streams killed before their rename left behind (`kill -9`) goes first.
-        machine::remove_stale_temporaries(&out);
-        machine::temporary_path(&out)
+        machine::remove_stale_temporaries(file);
+        machine::temporary_path(file)
     });
     if temporary.is_some() {
         let same = std::fs::canonicalize(args.input())
@@ -183,7 +188,8 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
             std::fs::File::open(tmp)
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("syncing {}", tmp.display()))?;
-            std::fs::rename(tmp, &out)
+            let file = renamed_to.as_deref().unwrap_or(&out);
+            std::fs::rename(tmp, file)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
         } else {
             std::fs::remove_file(tmp).ok();
