@@ -6,6 +6,9 @@
 //!   later). `edge` checks a plan's tensors against it, `trainer` a training batch's
 //!   allocations;
 //! - glibc's allocator settings ([`keep_freed_buffers`]);
+//! - where an atomic write of a file goes ([`destination`]: a link's file; a device or a pipe
+//!   written into, not replaced) and the temporary files of writes killed before their rename
+//!   ([`temporary_path`], [`remove_stale_temporaries`]);
 //! - a command's output on stdout that ends the program quietly when the reader has gone
 //!   ([`outln!`], [`print_stdout`]) instead of panicking as `println!` does.
 
@@ -14,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 /// Bytes this process can still allocate and use: the free memory and swap (`MemAvailable` +
 /// `SwapFree` of `/proc/meminfo`), no more than is left under its cgroup's memory limit (v1 or
-/// v2, with the swap) or its address-space limit (`ulimit -v`). `None` where none of these can
+/// v2, with the swap; the group's inactive page cache counts as room) or its address-space
+/// limit (`ulimit -v`). `None` where none of these can
 /// be read (not Linux).
 pub fn available_bytes() -> Option<u64> {
     let meminfo = fs::read_to_string("/proc/meminfo").ok();

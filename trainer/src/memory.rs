@@ -104,16 +104,30 @@ pub fn peak_during<R>(work: impl FnOnce() -> R) -> (R, Option<u64>) {
     (result, (COUNTED.load(Relaxed) > 0).then_some(peak))
 }
 
-/// What a batch of `batch` examples is expected to hold at once, from the peaks measured on two
-/// smaller batches (`(examples, bytes)`, the second the larger): the line through them. `None`
-/// when the probes are not two different sizes below `batch`.
-pub fn extrapolate(probes: [(usize, u64); 2], batch: usize) -> Option<u64> {
-    let [(small, small_peak), (large, large_peak)] = probes;
-    if small >= large || large >= batch {
+/// The bytes each further example adds, from the peaks measured on smaller batches
+/// (`(examples, bytes)`, in increasing size): the slope of the line through the last two, or
+/// for one probe its bytes per example (which counts its fixed part too: an upper bound).
+/// `None` without probes or for probes out of order.
+pub fn per_example(probes: &[(usize, u64)]) -> Option<u64> {
+    match *probes {
+        [.., (small, small_peak), (large, large_peak)] if small < large => {
+            Some(large_peak.saturating_sub(small_peak) / (large - small) as u64)
+        }
+        [(only, peak)] if only > 0 => Some(peak.div_ceil(only as u64)),
+        _ => None,
+    }
+}
+
+/// What a batch of `batch` examples is expected to hold at once, from the peaks measured on
+/// smaller batches ([`per_example`]): the largest probe's peak plus the slope for each further
+/// example. `None` without a usable probe below `batch`.
+pub fn extrapolate(probes: &[(usize, u64)], batch: usize) -> Option<u64> {
+    let &(large, large_peak) = probes.last()?;
+    if large >= batch {
         return None;
     }
-    let per_example = large_peak.saturating_sub(small_peak) / (large - small) as u64;
-    Some(large_peak.saturating_add(per_example.saturating_mul((batch - large) as u64)))
+    let slope = per_example(probes)?;
+    Some(large_peak.saturating_add(slope.saturating_mul((batch - large) as u64)))
 }
 
 #[cfg(test)]
@@ -125,13 +139,20 @@ mod tests {
         // 1 MB fixed (weights' gradients) + 300 kB an example.
         let peak = |n: u64| 1_000_000 + 300_000 * n;
         assert_eq!(
-            extrapolate([(16, peak(16)), (32, peak(32))], 60_000),
+            extrapolate(&[(8, 1), (16, peak(16)), (32, peak(32))], 60_000),
             Some(peak(60_000))
         );
-        assert_eq!(extrapolate([(16, peak(16)), (32, peak(32))], 32), None);
-        assert_eq!(extrapolate([(32, peak(32)), (16, peak(16))], 100), None);
+        assert_eq!(extrapolate(&[(16, peak(16)), (32, peak(32))], 32), None);
+        assert_eq!(extrapolate(&[(32, peak(32)), (16, peak(16))], 100), None);
+        assert_eq!(extrapolate(&[], 100), None);
+        // One probe: its bytes per example, fixed part included (more than the line's).
+        assert_eq!(per_example(&[(16, peak(16))]), Some(362_500));
+        assert_eq!(
+            extrapolate(&[(16, peak(16))], 32),
+            Some(peak(16) + 16 * 362_500)
+        );
         // A probe that allocated less at the larger size (a reused buffer) gives no growth.
-        assert_eq!(extrapolate([(16, 500), (32, 400)], 100), Some(400));
+        assert_eq!(extrapolate(&[(16, 500), (32, 400)], 100), Some(400));
     }
 
     #[test]

@@ -792,11 +792,10 @@ fn ensure_batch_fits(
     let mut probes: Vec<(usize, u64)> = Vec::new();
     let mut size = FIRST_PROBE;
     while size <= batch / 2 {
-        if let [.., small, large] = probes[..] {
-            let next = crate::memory::extrapolate([small, large], size).unwrap_or(0);
-            if next > available / 2 {
-                break;
-            }
+        // No probe that would take half the memory itself (after the first: a machine that
+        // cannot take even that is judged on it).
+        if crate::memory::extrapolate(&probes, size).is_some_and(|next| next > available / 2) {
+            break;
         }
         let Some(measured) = probe(size)? else {
             return Ok(()); // not counting
@@ -804,10 +803,11 @@ fn ensure_batch_fits(
         probes.push(measured);
         size *= 2;
     }
-    let [.., small, large] = probes[..] else {
-        return Ok(());
-    };
-    let Some(tensors) = crate::memory::extrapolate([small, large], batch) else {
+    let (Some(tensors), Some(per_example), Some(&(large, large_peak))) = (
+        crate::memory::extrapolate(&probes, batch),
+        crate::memory::per_example(&probes),
+        probes.last(),
+    ) else {
         return Ok(());
     };
     // Adam's first and second moments, one f32 of each per parameter, made at the first step.
@@ -816,24 +816,25 @@ fn ensure_batch_fits(
     if needed > available {
         // The tensors alone are counted: what would fit leaves the allocator half the memory
         // (under `ulimit -v` a batch whose tensors take three quarters of it failed).
-        let per_example = (large.1.saturating_sub(small.1) / (large.0 - small.0) as u64).max(1);
-        let fits = (large.0 as u64)
-            .saturating_add(
-                (available / 2).saturating_sub(large.1.saturating_add(moments)) / per_example,
-            )
-            .min(batch as u64 - 1);
+        let per_example = per_example.max(1);
+        // Where the line through the probes meets half the memory (below the largest probe
+        // too, when even that took more).
+        let room = i128::from(available / 2) - i128::from(large_peak) - i128::from(moments);
+        let fits = (large as i128 + room / i128::from(per_example)).clamp(1, batch as i128 - 1);
+        let measured = match probes[..] {
+            [.., (small, _), _] => format!("measured on batches of {small} and {large}"),
+            _ => format!("measured on a batch of {large}, which is all there was room for"),
+        };
         bail!(
             "a training step on batches of {batch} {examples} needs about {} of memory for its \
-             tensors alone (measured on batches of {} and {}: {} more for each {example}), more \
-             than the {} this process can get (free memory and swap, within its cgroup and \
-             `ulimit -v` limits); try --batch-size {} or less (tensors in half the memory, the \
-             rest left to the allocator)",
+             tensors alone ({measured}: {} more for each {example}), more than the {} this \
+             process can get (free memory and swap, within its cgroup and `ulimit -v` limits); \
+             try --batch-size {} or less (tensors in half the memory, the rest left to the \
+             allocator)",
             machine::human(needed),
-            small.0,
-            large.0,
             machine::human(per_example),
             machine::human(available),
-            fits.max(1),
+            fits,
             examples = source.example_noun(true),
             example = source.example_noun(false),
         );
