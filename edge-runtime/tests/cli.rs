@@ -18,6 +18,15 @@ fn workspace() -> tempfile::TempDir {
     dir
 }
 
+/// [`workspace`] with the test encoder and upscaler beside the decoder, as `encoder.onnx` and
+/// `upscaler.onnx`.
+fn image_models_workspace() -> tempfile::TempDir {
+    let dir = workspace();
+    common::write_model(&dir.path().join("encoder.onnx"), &common::encoder_model());
+    common::write_model(&dir.path().join("upscaler.onnx"), &common::upscaler_model());
+    dir
+}
+
 /// Runs `edge` with `args` in `dir`.
 fn edge(dir: &Path, args: &[&str]) -> Output {
     edge_command()
@@ -886,10 +895,8 @@ fn a_stream_into_a_fifo_stays_a_fifo() {
 
 #[test]
 fn encode_upscale_and_anomaly_run_their_models() {
-    let dir = workspace();
+    let dir = image_models_workspace();
     let path = |name: &str| dir.path().join(name);
-    common::write_model(&path("encoder.onnx"), &common::encoder_model());
-    common::write_model(&path("upscaler.onnx"), &common::upscaler_model());
     std::fs::create_dir(path("digits")).expect("mkdir");
     let digit: Vec<f32> = (0..PIXELS)
         .map(|j| ((j * 13) % 256) as f32 / 255.0)
@@ -1514,10 +1521,8 @@ fn a_second_interrupt_quits_at_once_and_keeps_nothing() {
 /// is written: each would have been replaced, the model by pixels, an image by a CSV.
 #[test]
 fn outputs_never_overwrite_inputs_or_each_other() {
-    let dir = workspace();
+    let dir = image_models_workspace();
     let path = |name: &str| dir.path().join(name);
-    common::write_model(&path("encoder.onnx"), &common::encoder_model());
-    common::write_model(&path("upscaler.onnx"), &common::upscaler_model());
     edge_runtime::Image::new(SIDE, SIDE, vec![0.5; PIXELS])
         .expect("image")
         .save(path("a.png"))
@@ -1594,42 +1599,25 @@ fn outputs_never_overwrite_inputs_or_each_other() {
 #[test]
 fn a_closed_or_full_stdout_is_no_panic() {
     let dir = workspace();
+    let generate = |latents: &[&str], stdout: std::process::Stdio| {
+        edge_command()
+            .current_dir(dir.path())
+            .args(["generate", "--model", "decoder.onnx", "--out", "d.png"])
+            .args(latents)
+            .stdout(stdout)
+            .output()
+            .expect("run edge")
+    };
     // A pipe whose reader has gone before the program starts.
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
-    let out = edge_command()
-        .current_dir(dir.path())
-        .args([
-            "generate",
-            "--model",
-            "decoder.onnx",
-            "--random",
-            "200",
-            "--out",
-            "d.png",
-        ])
-        .stdout(writer)
-        .output()
-        .expect("run edge");
+    let out = generate(&["--random", "200"], writer.into());
     assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
         return; // no /dev/full here
     };
-    let out = edge_command()
-        .current_dir(dir.path())
-        .args([
-            "generate",
-            "--model",
-            "decoder.onnx",
-            "--latent",
-            "0,0",
-            "--out",
-            "d.png",
-        ])
-        .stdout(full)
-        .output()
-        .expect("run edge");
+    let out = generate(&["--latent", "0,0"], full.into());
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("writing to stdout: No space left on device"),
