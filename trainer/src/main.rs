@@ -118,7 +118,7 @@ struct SampleArgs {
     /// Conditional models: the digit to draw [default: the ten digits, one per column].
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
     digit: Option<u8>,
-    /// The PNG to write (default: `<run>/samples.png`).
+    /// The PNG to write, named `.png` (default: `<run>/samples.png`).
     #[arg(long)]
     out: Option<PathBuf>,
 }
