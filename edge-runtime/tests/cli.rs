@@ -865,7 +865,7 @@ fn an_interrupted_stream_keeps_the_frames_read_before_it() {
 
 /// A stream written to something that is not a regular file (here a FIFO, like /dev/null or
 /// a pipe to another program) is written in place: renaming a temporary file over it would
-/// replace it.
+/// replace it. Through a link, the link's file is written.
 #[cfg(unix)]
 #[test]
 fn a_stream_into_a_fifo_stays_a_fifo() {
@@ -891,6 +891,19 @@ fn a_stream_into_a_fifo_stays_a_fifo() {
     assert_eq!(reader.join().expect("reader").len(), frames.len());
     let kind = std::fs::metadata(&fifo).expect("still there").file_type();
     assert!(kind.is_fifo(), "{kind:?}");
+
+    // A link's file is replaced, and the link stays; a folder is refused before the stream.
+    std::os::unix::fs::symlink("real.y8", dir.path().join("link.y8")).expect("link");
+    let args = [&GRAY_STREAM[..], &["--input", "in.y8", "--out", "link.y8"]].concat();
+    let out = edge(dir.path(), &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let link = std::fs::symlink_metadata(dir.path().join("link.y8")).expect("link");
+    assert!(link.is_symlink());
+    let written = std::fs::read(dir.path().join("real.y8")).expect("the link's file");
+    assert_eq!(written.len(), frames.len());
+    std::fs::create_dir(dir.path().join("folder")).expect("mkdir");
+    let args = [&GRAY_STREAM[..], &["--input", "in.y8", "--out", "folder"]].concat();
+    fails_with(dir.path(), &args, "--out folder is a folder");
 }
 
 #[test]

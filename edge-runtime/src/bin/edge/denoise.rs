@@ -142,6 +142,13 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
         if same {
             bail!("--out {} is also the input", out.display());
         }
+        // Said now, not by the rename after the whole stream.
+        if out.is_dir() {
+            bail!(
+                "--out {} is a folder: name the file to write",
+                out.display()
+            );
+        }
         folder_of(&out)?;
     }
     let stop = stop_on_interrupt();
