@@ -120,26 +120,21 @@ impl Denoiser {
             )));
         }
         // A model declared for other inputs (a decoder's latent vectors) is named as such here,
-        // not by tract's shape analysis failing deep inside it.
-        {
+        // not by tract's shape analysis failing deep inside it; one made for one size (the MNIST
+        // denoising AE: 28x28 digits), below, not by its output's shape coming out wrong.
+        let fixed_size = {
             use tract_onnx::tract_hir::infer::Factoid;
             let declared = model.input_fact(0).map_err(prepare_failed)?;
+            let dim = |i: usize| declared.shape.dims().nth(i).and_then(|d| d.concretize());
             let rank = declared.shape.rank().concretize();
-            let channels = declared.shape.dims().nth(1).and_then(|d| d.concretize());
-            let gray = !matches!(channels, Some(TDim::Val(c)) if c != 1);
+            let gray = !matches!(dim(1), Some(TDim::Val(c)) if c != 1);
             if rank.is_some_and(|r| r != 4) || !gray {
                 return Err(not_a_denoiser(format!(
                     "its input is declared as {:?}, a denoiser takes gray frames [N, 1, H, W]",
                     declared.shape
                 )));
             }
-        }
-        // A model made for one size (the MNIST denoising AE: 28x28 digits) is named as such, not
-        // by its output's shape coming out wrong for another.
-        let fixed_size = {
-            use tract_onnx::tract_hir::infer::Factoid;
-            let declared = model.input_fact(0).map_err(prepare_failed)?;
-            let side = |i: usize| match declared.shape.dims().nth(i).and_then(|d| d.concretize()) {
+            let side = |i: usize| match dim(i) {
                 Some(TDim::Val(v)) => usize::try_from(v).ok(),
                 _ => None,
             };

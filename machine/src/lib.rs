@@ -193,10 +193,7 @@ pub fn destination(path: &Path) -> Destination {
         }
         // A link to nothing yet: the file it names, made.
         Err(_) if linked => match fs::read_link(path) {
-            Ok(target) => Destination::Replace(
-                path.parent()
-                    .map_or(target.clone(), |dir| dir.join(&target)),
-            ),
+            Ok(target) => Destination::Replace(path.parent().unwrap_or(path).join(target)),
             Err(_) => Destination::Replace(path.to_path_buf()),
         },
         _ => Destination::Replace(path.to_path_buf()),
@@ -245,10 +242,9 @@ pub fn remove_stale_temporaries(path: &Path) {
     }
 }
 
-/// Whether process `pid` runs: `/proc/<pid>/stat` is there and its state is not a zombie's (a
-/// killed process whose parent has not collected it yet).
-/// Only a process that is certainly gone counts as gone: one whose `stat` cannot be read for
-/// another reason (`/proc` mounted with `hidepid`, another PID namespace) may be running.
+/// Whether process `pid` may be running: unless its `/proc/<pid>/stat` is missing or says it is
+/// a zombie (killed, its parent not having collected it yet). A `stat` that cannot be read for
+/// another reason (`/proc` mounted with `hidepid`) counts as running.
 fn running(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // `pid (command) state ...`; the command may hold spaces and parentheses.
