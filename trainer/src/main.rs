@@ -680,6 +680,27 @@ fn reporter(epochs: usize, vae: bool) -> impl FnMut(training::Progress) {
                 return;
             }
             training::Progress::Epoch(m) => m,
+            training::Progress::CheckingMemory { batch } => {
+                eprintln!(
+                    "checking that batches of {batch} fit in memory: a few smaller training \
+                     steps, measured (the model is left as it is)"
+                );
+                return;
+            }
+            training::Progress::MemoryChecked {
+                batch,
+                needed,
+                available,
+                seconds,
+            } => {
+                eprintln!(
+                    "a step on batches of {batch} needs about {} for its tensors and Adam's \
+                     moments, of the {} this process can get (checked in {seconds:.1} s)",
+                    machine::human(needed),
+                    machine::human(available)
+                );
+                return;
+            }
             training::Progress::AdamAfresh { epoch } => {
                 eprintln!(
                     "warning: optimizer-{epoch}.bpk is missing: Adam starts afresh from epoch \

@@ -544,7 +544,7 @@ pub fn throughput(
     };
     let pools = shard_pools(&devices)?;
     let mut model = init_model(&config.model, config.seed, device);
-    ensure_batch_fits(&model, (&source, config), (&devices, &pools))?;
+    ensure_batch_fits(&model, (&source, config), (&devices, &pools), &mut |_| {})?;
     let mut optim = adam();
     let mut noise = SplitMix64(config.seed);
     let size = config.batch_size.max(1);
@@ -756,11 +756,14 @@ const FIRST_PROBE: usize = 128;
 /// is an estimate of the tensors alone: the allocator's own overhead and fragmentation come on
 /// top (about half as much again, BENCHMARKS.md), so a batch is refused only where even its
 /// tensors cannot fit, and one whose tensors take most of the memory may still fail; the
-/// batch size the refusal suggests puts them in half of it.
+/// batch size the refusal suggests puts them in half of it. The probes take about as long as
+/// one step of the run's batch; `report` hears when they start and what they found
+/// ([`Progress::CheckingMemory`], [`Progress::MemoryChecked`]).
 fn ensure_batch_fits(
     model: &Model,
     (source, config): (&Source, &TrainingConfig),
     (devices, pools): (&[Device], &[rayon::ThreadPool]),
+    report: &mut dyn FnMut(Progress),
 ) -> anyhow::Result<()> {
     let batch = config.batch_size.min(source.examples_per_epoch());
     let on_host = devices.iter().all(|d| *d == Device::flex().autodiff());
@@ -770,6 +773,8 @@ fn ensure_batch_fits(
     let Some(available) = machine::available_bytes() else {
         return Ok(());
     };
+    report(Progress::CheckingMemory { batch });
+    let started = Instant::now();
     // A stream of its own: the run's are left where they are.
     let mut noise = SplitMix64(!config.seed);
     let mut probe = |examples: usize| {
@@ -839,6 +844,12 @@ fn ensure_batch_fits(
             example = source.example_noun(false),
         );
     }
+    report(Progress::MemoryChecked {
+        batch,
+        needed,
+        available,
+        seconds: started.elapsed().as_secs_f64(),
+    });
     Ok(())
 }
 
@@ -866,6 +877,24 @@ pub enum Progress<'a> {
     AdamAfresh {
         /// The last completed epoch.
         epoch: usize,
+    },
+    /// Before the first epoch: a batch large enough to be checked against the memory (at least
+    /// 512 examples, on the CPU, in the `trainer` binary) is being measured with a few smaller
+    /// training steps, which leave the model as it is.
+    CheckingMemory {
+        /// Examples per batch.
+        batch: usize,
+    },
+    /// The batch fits: a step's tensors and Adam's moments need about `needed` bytes.
+    MemoryChecked {
+        /// Examples per batch.
+        batch: usize,
+        /// Bytes a step's tensors and Adam's moments need, estimated.
+        needed: u64,
+        /// Bytes this process can get ([`machine::available_bytes`]).
+        available: u64,
+        /// How long the check took.
+        seconds: f64,
     },
 }
 
@@ -1034,7 +1063,7 @@ fn run_epochs(
             (model, done, csv)
         }
     };
-    ensure_batch_fits(&model, (&source, config), (&devices, &pools))?;
+    ensure_batch_fits(&model, (&source, config), (&devices, &pools), &mut report)?;
     if fresh {
         // Only once the data has loaded and the batch is known to fit, so a run that cannot
         // start leaves nothing behind.

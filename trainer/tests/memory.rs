@@ -95,7 +95,8 @@ fn losses(run: &Path) -> Vec<String> {
 }
 
 /// The probe steps draw from a stream of their own and leave the model alone: the binary (which
-/// measures) trains what the library (which cannot, without the counting allocator) trains.
+/// measures, and says so) trains what the library (which cannot, without the counting
+/// allocator) trains.
 #[test]
 fn measuring_the_batch_leaves_the_run_as_it_was() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -115,10 +116,14 @@ fn measuring_the_batch_leaves_the_run_as_it_was() {
         measured.to_str().expect("utf-8"),
     ];
     let out = trainer(None, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The user is told of the check's pause before the first epoch, and what it found.
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("checking that batches of 512 fit in memory")
+            && stderr.contains("a step on batches of 512 needs about")
+            && stderr.contains("this process can get (checked in"),
+        "{stderr}"
     );
     let config = trainer::run::load_config(&measured).expect("config");
     // On as many threads as the binary had, as it runs: the whole command in the pool.
