@@ -157,6 +157,11 @@ fn train_export_and_run_everywhere() {
             training::Progress::AdamAfresh { .. } => {
                 panic!("a fresh run has no Adam state to miss")
             }
+            // The library is not counting allocations (the `trainer` binary does).
+            training::Progress::CheckingMemory { .. }
+            | training::Progress::MemoryChecked { .. } => {
+                panic!("a batch of 16 is not checked against the memory")
+            }
             training::Progress::Epoch(m) => {
                 eprintln!(
                     "epoch {}: train {:.2} test {:.2} ({:.0} img/s)",
