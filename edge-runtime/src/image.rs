@@ -1,10 +1,8 @@
 //! Grayscale images as a decoder produces them, and their PNG / PGM writers.
 
-use std::ffi::OsString;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::Error;
 
@@ -414,69 +412,22 @@ impl ImageFormat {
 }
 
 /// Replaces `path` with `contents` so that readers see either the old file or the complete new
-/// one, never a partial write.
+/// one, never a partial write ([`machine::write_file`]).
 ///
 /// The bytes go to a hidden temporary file in the same directory, are synced, and the temporary
-/// file is renamed over `path` (a rename within one file system is atomic on POSIX). The
-/// temporary file is removed if anything fails. The parent directory must exist. A link is
-/// followed (the file it names is replaced; the link stays), and a device or a pipe
-/// (`/dev/null`, a FIFO) is written into, not replaced ([`machine::destination`]).
+/// file is renamed over `path` (a rename within one file system is atomic on POSIX); the
+/// temporary file is removed if anything fails, and the first write into a folder removes those
+/// that killed processes left there. The parent directory must exist. A link is followed (the
+/// file it names is replaced; the link stays), and a device or a pipe (`/dev/null`, a FIFO) is
+/// written into, not replaced ([`machine::destination`]).
 ///
 /// # Errors
 /// [`Error::Write`] when `path` has no file name or any step fails.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), Error> {
-    let fail = |source| Error::Write {
-        path: path.into(),
-        source,
-    };
-    let target = match machine::destination(path) {
-        machine::Destination::Replace(target) => target,
-        machine::Destination::WriteInto => {
-            return OpenOptions::new()
-                .write(true)
-                .open(path)
-                .and_then(|mut f| f.write_all(contents))
-                .map_err(fail);
-        }
-    };
-    let path = target.as_path();
-    let Some(file_name) = path.file_name() else {
-        return Err(fail(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "path has no file name",
-        )));
-    };
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    // Unique among live processes (pid) and among threads of this one (counter).
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = dir.join(tmp_name);
-
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        // Best effort: the original error is the one worth reporting.
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(fail)
+    machine::write_file(path, contents).map_err(|e| Error::Write {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use serde::Serialize;
 use trainer::{
     data::{Mnist, Split},
     model::{ConvVae, Model, ModelConfig, one_hot, with_condition},
-    run::{load_run, write_all_atomic},
+    run::load_run,
 };
 
 /// Largest difference allowed between Burn and a float ONNX runtime on the same latent, in
@@ -329,7 +329,7 @@ pub fn export_run_with_progress(
         .map(|(file, bytes)| (out_dir.join(&file.file), bytes.as_slice()))
         .chain([(out_dir.join("report.json"), json.as_bytes())])
         .collect();
-    write_all_atomic(&files)?;
+    machine::write_files(&files)?;
     progress(Progress {
         step: steps,
         steps,

@@ -6,14 +6,22 @@
 //!   later). `edge` checks a plan's tensors against it, `trainer` a training batch's
 //!   allocations;
 //! - glibc's allocator settings ([`keep_freed_buffers`]);
-//! - where an atomic write of a file goes ([`destination`]: a link's file; a device or a pipe
-//!   written into, not replaced) and the temporary files of writes killed before their rename
-//!   ([`temporary_path`], [`remove_stale_temporaries`]);
+//! - files written atomically, one or a set ([`write_file`], [`write_files`]): where the bytes
+//!   go ([`destination`]: a link's file; a device or a pipe written into, not replaced), and the
+//!   temporary files of writes killed before their rename ([`temporary_path`],
+//!   [`remove_stale_temporaries`]);
 //! - a command's output on stdout that ends the program quietly when the reader has gone
 //!   ([`outln!`], [`print_stdout`]) instead of panicking as `println!` does.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+mod files;
+
+pub use files::{
+    Destination, WriteError, destination, remove_stale_temporaries, temporary_path, write_file,
+    write_files,
+};
 
 /// Bytes this process can still allocate and use: the free memory and swap (`MemAvailable` +
 /// `SwapFree` of `/proc/meminfo`), no more than is left under its cgroup's memory limit (v1 or
@@ -169,92 +177,6 @@ pub fn keep_freed_buffers() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn keep_freed_buffers() {}
 
-/// Where the bytes for a file at a path should go ([`destination`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    /// A regular file, or nothing yet: replaced atomically (a temporary file renamed over it) at
-    /// this path, which is the file a symbolic link names, so that the link stays a link.
-    Replace(PathBuf),
-    /// A device, a pipe or a socket (`/dev/null`, a FIFO a reader waits on): written into as
-    /// it is. A file renamed over it would put a plain file in its place.
-    WriteInto,
-}
-
-/// What writing a file at `path` should do: see [`Destination`]. A folder, or a path that cannot
-/// be looked at, is left to the writer's own error.
-pub fn destination(path: &Path) -> Destination {
-    let linked = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-    match fs::metadata(path) {
-        Ok(m) if !m.is_file() && !m.is_dir() => Destination::WriteInto,
-        // A link to a file or a folder: its target (a rename over a folder then fails, as it
-        // should, instead of replacing the link).
-        Ok(_) if linked => {
-            Destination::Replace(fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
-        }
-        // A link to nothing yet: the file it names, made.
-        Err(_) if linked => match fs::read_link(path) {
-            Ok(target) => Destination::Replace(path.parent().unwrap_or(path).join(target)),
-            Err(_) => Destination::Replace(path.to_path_buf()),
-        },
-        _ => Destination::Replace(path.to_path_buf()),
-    }
-}
-
-/// The name of the temporary file a write of `path` goes to before it is renamed over it:
-/// `.<name>.tmp-<pid>` beside it, hidden. [`remove_stale_temporaries`] knows the pattern.
-pub fn temporary_path(path: &Path) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Removes the temporary files of `path` ([`temporary_path`]) that writes killed before their
-/// rename left behind (`kill -9`, a power cut): those of processes that no longer run. Those of
-/// a live process (this one's included) are its writes in progress and are left alone, and so is
-/// everything on a system without `/proc` to tell. Best effort: nothing here is an error.
-pub fn remove_stale_temporaries(path: &Path) {
-    let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else {
-        return;
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let prefix = format!(".{}.tmp-", name.to_string_lossy());
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let file = entry.file_name();
-        let Some(pid) = file
-            .to_str()
-            .and_then(|f| f.strip_prefix(&prefix))
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !running(pid) && entry.file_type().is_ok_and(|t| t.is_file()) {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Whether process `pid` may be running: unless its `/proc/<pid>/stat` is missing or says it is
-/// a zombie (killed, its parent not having collected it yet). A `stat` that cannot be read for
-/// another reason (`/proc` mounted with `hidepid`) counts as running.
-fn running(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // `pid (command) state ...`; the command may hold spaces and parentheses.
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
-    }
-}
-
 /// Writes a command's output to stdout. Where the reader is gone (a closed pipe: `| head`) the
 /// process ends quietly with status 141, as a C tool ends on SIGPIPE (Rust ignores the signal,
 /// and `println!` panics on the error instead); any other write error (a full disk) is said on
@@ -355,60 +277,6 @@ mod tests {
             Some(4000)
         );
         assert_eq!(cgroup_room("1:cpu:/\n", root.path()), None);
-    }
-
-    #[test]
-    fn links_devices_and_files_have_their_destinations() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let file = dir.path().join("a.png");
-        assert_eq!(destination(&file), Destination::Replace(file.clone()));
-        fs::write(&file, b"x").unwrap();
-        assert_eq!(destination(&file), Destination::Replace(file.clone()));
-        let link = dir.path().join("link.png");
-        std::os::unix::fs::symlink(&file, &link).unwrap();
-        let target = fs::canonicalize(&file).unwrap();
-        assert_eq!(destination(&link), Destination::Replace(target));
-        assert_eq!(destination(Path::new("/dev/null")), Destination::WriteInto);
-        // A link to a folder: the folder (the writer's rename then fails); a dangling link: the
-        // file it names.
-        let folder = dir.path().join("folder");
-        fs::create_dir(&folder).unwrap();
-        let to_folder = dir.path().join("to-folder.png");
-        std::os::unix::fs::symlink("folder", &to_folder).unwrap();
-        let folder = fs::canonicalize(&folder).unwrap();
-        assert_eq!(destination(&to_folder), Destination::Replace(folder));
-        let dangling = dir.path().join("dangling.png");
-        std::os::unix::fs::symlink("new.png", &dangling).unwrap();
-        assert_eq!(
-            destination(&dangling),
-            Destination::Replace(dir.path().join("new.png"))
-        );
-        assert_eq!(
-            destination(dir.path()),
-            Destination::Replace(dir.path().to_path_buf())
-        );
-    }
-
-    #[test]
-    fn only_the_temporary_files_of_processes_gone_are_removed() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let out = dir.path().join("out.y8");
-        let mine = temporary_path(&out);
-        // No process has this id (the kernel's limit is at most 2^22).
-        let gone = dir.path().join(".out.y8.tmp-4294967");
-        let others = [".other.y8.tmp-4294967", ".out.y8.tmp-x", "out.y8"];
-        for file in [&mine, &gone] {
-            fs::write(file, b"partial").unwrap();
-        }
-        for file in others {
-            fs::write(dir.path().join(file), b"keep").unwrap();
-        }
-        remove_stale_temporaries(&out);
-        assert!(mine.exists(), "a write in progress was removed");
-        assert!(!gone.exists());
-        for file in others {
-            assert!(dir.path().join(file).exists(), "{file} was removed");
-        }
     }
 
     #[test]

@@ -517,7 +517,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &device,
             )?;
             let out = args.out.unwrap_or_else(|| args.run.join("samples.png"));
-            trainer::run::write_atomic(&out, &canvas.png()?)?;
+            machine::write_file(&out, &canvas.png()?)?;
             machine::outln!("wrote {} ({} samples)", out.display(), args.count);
         }
         Command::Pictures(args) => {

@@ -11,7 +11,7 @@ use burn::prelude::*;
 use crate::{
     data::{Mnist, SIDE, Split},
     model::{Corruption, Model, with_condition},
-    run::{load_run, write_atomic},
+    run::load_run,
     training::tensor_values,
 };
 
@@ -535,7 +535,7 @@ pub fn write_pictures(
     let mut written = Vec::new();
     let mut save = |name: &str, canvas: &Canvas| -> anyhow::Result<()> {
         let path = out_dir.join(name);
-        write_atomic(&path, &canvas.png()?)?;
+        machine::write_file(&path, &canvas.png()?)?;
         written.push(path);
         Ok(())
     };

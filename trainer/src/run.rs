@@ -6,12 +6,11 @@
 //! - `metrics.csv`: one row per epoch;
 //! - `optimizer-<epoch>.bpk`: Adam's state after that epoch (burnpack), for an exact resume.
 //!
-//! Every file is written atomically (temporary file in the same directory, then rename), so an
-//! interrupted run never leaves half a file behind.
+//! Every file is written atomically ([`machine::write_file`]: a temporary file beside it, then
+//! a rename), so an interrupted run never leaves half a file behind.
 
 use std::{
     fs,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -45,7 +44,7 @@ pub fn save_optimizer(
         .to_record()
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("cannot serialise the optimizer state: {e}"))?;
-    write_atomic(&dir.join(optimizer_file(epoch)), &bytes)?;
+    machine::write_file(&dir.join(optimizer_file(epoch)), &bytes)?;
     Ok(())
 }
 
@@ -300,79 +299,6 @@ pub enum RunError {
     },
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
-/// renamed over `path`. An error names `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_all_atomic(&[(path.to_path_buf(), bytes)])
-}
-
-/// Writes every file or, as far as the file system allows, none: each into a temporary file
-/// beside it (`.<name>.tmp-<pid>`), synced, and once all are written each renamed into place
-/// and its directory synced. A failure while writing (a full disk, a directory in a file's
-/// place) removes the temporary files and leaves the files already there as they were; a
-/// failed rename removes the temporary files not yet renamed. An error names the file. A link is
-/// followed (the file it names is replaced; the link stays), and a device or a pipe (`/dev/null`,
-/// a FIFO) is written into as it is, after the others ([`machine::destination`]).
-pub fn write_all_atomic(files: &[(PathBuf, &[u8])]) -> std::io::Result<()> {
-    // A link's file is replaced, not the link; a device or a pipe (`/dev/null`, a FIFO) is
-    // written into last, as it is (a file renamed over it would take its place).
-    let mut staged: Vec<(PathBuf, &[u8])> = Vec::with_capacity(files.len());
-    let mut into: Vec<(&PathBuf, &[u8])> = Vec::new();
-    for (path, bytes) in files {
-        match machine::destination(path) {
-            machine::Destination::Replace(target) => staged.push((target, bytes)),
-            machine::Destination::WriteInto => into.push((path, bytes)),
-        }
-    }
-    let files = &staged[..];
-    let temporary = |path: &Path| machine::temporary_path(path);
-    for (path, _) in files {
-        machine::remove_stale_temporaries(path);
-    }
-    let named = |path: &Path, e: std::io::Error| {
-        std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
-    };
-    let write = |path: &Path, bytes: &[u8]| -> std::io::Result<()> {
-        // A directory in a file's place would stop its rename half-way through the set.
-        if path.is_dir() {
-            return Err(std::io::Error::other("a directory is in the way"));
-        }
-        let mut f = fs::File::create(temporary(path))?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    for (i, (path, bytes)) in files.iter().enumerate() {
-        if let Err(e) = write(path, bytes) {
-            for (written, _) in &files[..=i] {
-                fs::remove_file(temporary(written)).ok();
-            }
-            return Err(named(path, e));
-        }
-    }
-    for (i, (path, _)) in files.iter().enumerate() {
-        if let Err(e) = fs::rename(temporary(path), path) {
-            // The files renamed so far stay (new); the rest keep their old contents, and none
-            // of their temporary files is left behind.
-            for (waiting, _) in &files[i..] {
-                fs::remove_file(temporary(waiting)).ok();
-            }
-            return Err(named(path, e));
-        }
-        // The rename itself on disk too (a crash right after it could otherwise undo it); a
-        // file system that cannot sync a directory has still renamed the file.
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-        let _ = fs::File::open(dir.unwrap_or(Path::new("."))).and_then(|d| d.sync_all());
-    }
-    for (path, bytes) in into {
-        fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .and_then(|mut f| f.write_all(bytes))
-            .map_err(|e| named(path, e))?;
-    }
-    Ok(())
-}
-
 /// Name of the weights after `epoch` while they wait for the epoch's metrics row.
 pub fn staged_weights_file(epoch: usize) -> String {
     format!("model-{epoch}.bpk")
@@ -387,7 +313,7 @@ pub fn stage_weights(model: &Model, epoch: usize, dir: &Path) -> anyhow::Result<
         .into_record()
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("cannot serialise weights: {e}"))?;
-    write_atomic(&dir.join(staged_weights_file(epoch)), &bytes)?;
+    machine::write_file(&dir.join(staged_weights_file(epoch)), &bytes)?;
     Ok(())
 }
 
@@ -401,7 +327,7 @@ pub fn commit_weights(dir: &Path, epoch: usize) -> anyhow::Result<()> {
 /// Settles the weights of a run stopped between saving an epoch's weights and renaming them:
 /// the staged weights of the last epoch `metrics.csv` records (`done`) become the run's, any
 /// other staged weights (an epoch not recorded as done) are deleted, and so are the temporary
-/// files of writes it was killed in ([`write_atomic`]'s `.<name>.tmp-<pid>`).
+/// files of writes it was killed in ([`machine::temporary_path`]'s `.<name>.tmp-<pid>-<n>`).
 ///
 /// # Errors
 /// Staged weights of epoch `done` that do not load as the run's model (written whole by
@@ -443,7 +369,7 @@ pub fn settle_staged_weights(dir: &Path, done: usize) -> anyhow::Result<()> {
 /// Saves the configuration into `dir` atomically.
 pub fn save_config(config: &TrainingConfig, dir: &Path) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(config)?;
-    write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
+    machine::write_file(&dir.join(CONFIG_FILE), json.as_bytes())?;
     Ok(())
 }
 

@@ -25,7 +25,7 @@ use crate::{
     run::{
         METRICS_FILE, TrainingConfig, WEIGHTS_FILE, commit_weights, load_config, load_optimizer,
         load_run, prune_optimizer_checkpoints, save_config, save_optimizer, settle_staged_weights,
-        stage_weights, write_atomic,
+        stage_weights,
     },
 };
 
@@ -1155,7 +1155,7 @@ fn run_epochs(
         save_optimizer(&optim, epoch, out)?;
         stage_weights(&model.valid(), epoch, out)?;
         metrics_csv.push_str(&m.csv_row());
-        write_atomic(&out.join(METRICS_FILE), metrics_csv.as_bytes())?;
+        machine::write_file(&out.join(METRICS_FILE), metrics_csv.as_bytes())?;
         commit_weights(out, epoch)?;
         prune_optimizer_checkpoints(out, epoch);
         report(Progress::Epoch(&m));

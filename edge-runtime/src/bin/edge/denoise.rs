@@ -131,7 +131,8 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
     };
     let temporary = renamed_to.as_deref().map(|file| {
         // What streams killed before their rename left behind (`kill -9`) goes first.
-        machine::remove_stale_temporaries(file);
+        let folder = file.parent().filter(|dir| !dir.as_os_str().is_empty());
+        machine::remove_stale_temporaries(folder.unwrap_or(Path::new(".")));
         machine::temporary_path(file)
     });
     if temporary.is_some() {
