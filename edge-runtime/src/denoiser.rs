@@ -308,7 +308,7 @@ impl Denoiser {
         )
     }
 
-    /// Denoises a grayscale image of the frame size.
+    /// Denoises a grayscale image of the frame size into one of the same [`crate::Depth`].
     ///
     /// # Errors
     /// [`Error::PixelCount`] for an image of another size, [`Error::Memory`] when its output and
@@ -335,7 +335,7 @@ impl Denoiser {
                 }
             },
         )?;
-        Image::new(self.width, self.height, pixels)
+        Ok(Image::new(self.width, self.height, pixels)?.with_depth(image.depth()))
     }
 
     fn size_error(&self, actual: usize) -> Error {

@@ -15,6 +15,18 @@ pub struct Image {
     width: usize,
     height: usize,
     pixels: Vec<f32>,
+    depth: Depth,
+}
+
+/// Bits per gray level in an image file: what [`Image::load`] found, and what [`Image::save`]
+/// writes, so that a 16-bit photograph comes out of `edge denoise` with its 16 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Depth {
+    /// 0..=255.
+    #[default]
+    Eight,
+    /// 0..=65535 (a PNG of bit depth 16, a PGM with a maxval above 255).
+    Sixteen,
 }
 
 impl Image {
@@ -34,7 +46,20 @@ impl Image {
             width,
             height,
             pixels,
+            depth: Depth::Eight,
         })
+    }
+
+    /// The bits per gray level its file is written with (8 unless set, or read from a 16-bit
+    /// file).
+    pub fn depth(&self) -> Depth {
+        self.depth
+    }
+
+    /// The same image, written with `depth` bits per gray level.
+    #[must_use]
+    pub fn with_depth(self, depth: Depth) -> Self {
+        Self { depth, ..self }
     }
 
     /// Number of columns.
@@ -111,8 +136,9 @@ impl Image {
         Image::new(sheet_w, sheet_h, pixels)
     }
 
-    /// Reads an 8-bit PNG (gray, gray + alpha, RGB or RGBA; color becomes BT.601 luma) or a
-    /// binary PGM (`P5`, maxval up to 255), chosen by the extension, as values in `[0, 1]`.
+    /// Reads a PNG (gray, gray + alpha, RGB or RGBA, 1 to 16 bits; color becomes BT.601 luma) or
+    /// a binary PGM (`P5`, maxval up to 65535), chosen by the extension, as values in `[0, 1]`.
+    /// A 16-bit file gives an image of [`Depth::Sixteen`].
     ///
     /// # Errors
     /// [`Error::ReadImage`] when the file cannot be read or is not a valid image of its format,
@@ -125,12 +151,11 @@ impl Image {
             reason,
         };
         let bytes = fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let (width, height, gray) = match format {
+        let (width, height, pixels, depth) = match format {
             ImageFormat::Png => decode_png(&bytes).map_err(bad)?,
             ImageFormat::Pgm => decode_pgm(&bytes).map_err(bad)?,
         };
-        let pixels = gray.iter().map(|&p| p as f32 / 255.0).collect();
-        Self::new(width, height, pixels)
+        Ok(Self::new(width, height, pixels)?.with_depth(depth))
     }
 
     /// 8-bit gray levels: `round(clamp(v, 0, 1) * 255)` per pixel (NaN becomes 0).
@@ -142,7 +167,16 @@ impl Image {
             .collect()
     }
 
-    /// The image as an 8-bit grayscale PNG file.
+    /// 16-bit gray levels: `round(clamp(v, 0, 1) * 65535)` per pixel (NaN becomes 0), each as
+    /// two bytes, most significant first (as PNG and PGM store them).
+    fn to_gray16_be(&self) -> Vec<u8> {
+        self.pixels
+            .iter()
+            .flat_map(|v| ((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_be_bytes())
+            .collect()
+    }
+
+    /// The image as a grayscale PNG file of its [`Depth`].
     ///
     /// # Errors
     /// [`io::Error`] when the PNG encoder refuses the image (a side of 0 or beyond `u32`).
@@ -154,23 +188,34 @@ impl Image {
         let mut out = Vec::new();
         let mut encoder = png::Encoder::new(&mut out, side(self.width)?, side(self.height)?);
         encoder.set_color(png::ColorType::Grayscale);
-        encoder.set_depth(png::BitDepth::Eight);
+        let data = match self.depth {
+            Depth::Eight => {
+                encoder.set_depth(png::BitDepth::Eight);
+                self.to_gray8()
+            }
+            Depth::Sixteen => {
+                encoder.set_depth(png::BitDepth::Sixteen);
+                self.to_gray16_be()
+            }
+        };
         let mut writer = encoder.write_header().map_err(io::Error::other)?;
-        writer
-            .write_image_data(&self.to_gray8())
-            .map_err(io::Error::other)?;
+        writer.write_image_data(&data).map_err(io::Error::other)?;
         writer.finish().map_err(io::Error::other)?;
         Ok(out)
     }
 
-    /// The image as a binary PGM (`P5`, maxval 255) file.
+    /// The image as a binary PGM (`P5`) file: maxval 255, or 65535 for [`Depth::Sixteen`].
     pub fn encode_pgm(&self) -> Vec<u8> {
-        let mut out = format!("P5\n{} {}\n255\n", self.width, self.height).into_bytes();
-        out.extend(self.to_gray8());
+        let (maxval, data) = match self.depth {
+            Depth::Eight => (255, self.to_gray8()),
+            Depth::Sixteen => (65535, self.to_gray16_be()),
+        };
+        let mut out = format!("P5\n{} {}\n{maxval}\n", self.width, self.height).into_bytes();
+        out.extend(data);
         out
     }
 
-    /// Writes an 8-bit grayscale PNG, atomically (see [`write_atomically`]).
+    /// Writes a grayscale PNG of the image's [`Depth`], atomically (see [`write_atomically`]).
     ///
     /// # Errors
     /// [`Error::Write`] when the file cannot be encoded or written.
@@ -231,10 +276,11 @@ fn png_message(e: &png::DecodingError) -> String {
     plain
 }
 
-/// Width, height and 8-bit luma of a PNG.
-fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
+/// Width, height, luma in `[0, 1]` and depth of a PNG.
+fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>, Depth), String> {
     let mut decoder = png::Decoder::new(io::Cursor::new(bytes));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    // Palettes and depths under 8 bits become 8-bit samples; 16-bit samples stay 16-bit.
+    decoder.set_transformations(png::Transformations::EXPAND);
     let mut reader = decoder
         .read_info()
         .map_err(|e| format!("not a PNG: {}", png_message(&e)))?;
@@ -263,15 +309,28 @@ fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
         .next_frame(&mut buf)
         .map_err(|e| format!("corrupt PNG: {}", png_message(&e)))?;
     let channels = info.color_type.samples();
-    let luma = |p: &[u8]| match channels {
-        1 | 2 => p[0],
-        _ => (0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32).round() as u8,
+    let sixteen = info.bit_depth == png::BitDepth::Sixteen;
+    let (bytes_per_sample, top, depth) = if sixteen {
+        (2, 65535.0, Depth::Sixteen)
+    } else {
+        (1, 255.0, Depth::Eight)
     };
+    // Each pixel's gray level at the file's own depth (rounded, for color), scaled to [0, 1].
     let gray = buf[..info.buffer_size()]
-        .chunks_exact(channels)
-        .map(luma)
+        .chunks_exact(channels * bytes_per_sample)
+        .map(|p| {
+            let sample = |i: usize| match sixteen {
+                true => f32::from(u16::from_be_bytes([p[2 * i], p[2 * i + 1]])),
+                false => f32::from(p[i]),
+            };
+            let level = match channels {
+                1 | 2 => sample(0),
+                _ => (0.299 * sample(0) + 0.587 * sample(1) + 0.114 * sample(2)).round(),
+            };
+            level / top
+        })
         .collect();
-    Ok((info.width as usize, info.height as usize, gray))
+    Ok((info.width as usize, info.height as usize, gray, depth))
 }
 
 /// Refuses an image with a side longer than [`crate::MAX_FRAME_SIDE`].
@@ -286,11 +345,10 @@ fn check_sides(width: usize, height: usize) -> Result<(), String> {
 }
 
 /// Refuses an image whose reading takes more memory than the process can get: `buffer` bytes to
-/// decode it into, then the luma and the f32 pixels [`Image::load`] makes of them (5 bytes a
-/// pixel). Said here, not found by the kernel's OOM killer later.
+/// decode it into, then the f32 gray levels [`Image::load`] makes of them (4 bytes a pixel). Said here, not found by the kernel's OOM killer later.
 fn check_memory(width: usize, height: usize, buffer: usize) -> Result<(), String> {
     let pixels = (width as u64).saturating_mul(height as u64);
-    let needed = (buffer as u64).saturating_add(pixels.saturating_mul(5));
+    let needed = (buffer as u64).saturating_add(pixels.saturating_mul(4));
     if let Some(available) = crate::available_bytes().filter(|&available| needed > available) {
         return Err(format!(
             "a {width}x{height} image needs {} to read, more than the {} this process can get",
@@ -301,8 +359,9 @@ fn check_memory(width: usize, height: usize, buffer: usize) -> Result<(), String
     Ok(())
 }
 
-/// Width, height and pixels of a binary PGM with maxval <= 255 (scaled to 0..=255).
-fn decode_pgm(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
+/// Width, height, pixels in `[0, 1]` and depth of a binary PGM: one byte a pixel for a maxval up
+/// to 255, two (most significant first) up to 65535.
+fn decode_pgm(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>, Depth), String> {
     // Header: "P5", width, height, maxval, separated by whitespace (and `#` comments), then
     // exactly one whitespace byte before the pixels.
     if !bytes.starts_with(b"P5") {
@@ -348,39 +407,52 @@ fn decode_pgm(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
         number(&fields[2], "height")?,
         number(&fields[3], "maxval")?,
     );
-    if !(1..=255).contains(&maxval) {
-        return Err(format!(
-            "PGM maxval {maxval} is not 1..=255 (16-bit PGM is not supported)"
-        ));
+    if !(1..=65535).contains(&maxval) {
+        return Err(format!("PGM maxval {maxval} is not 1..=65535"));
     }
     if width == 0 || height == 0 {
         return Err(format!("PGM is {width}x{height}: no pixels"));
     }
     check_sides(width, height)?;
     let pixels = width * height;
+    let wide = maxval > 255;
+    let sample_bytes = if wide { 2 } else { 1 };
     let body = bytes.get(i + 1..).unwrap_or_default();
-    if body.len() < pixels {
+    if body.len() / sample_bytes < pixels {
         return Err(format!(
             "PGM has {} of its {width}x{height} = {pixels} pixels",
-            body.len()
+            body.len() / sample_bytes
         ));
     }
-    // The file is read already; its pixels are copied (scaled to 0..=255), then made f32.
+    // The file is read already; its pixels are scaled to the full range of their depth
+    // (0..=255 or 0..=65535, rounded, as the 8-bit PGMs always were), then made f32.
     check_memory(width, height, 0)?;
-    let scale = |p: u8| ((p.min(maxval as u8) as usize * 255 + maxval / 2) / maxval) as u8;
-    Ok((
-        width,
-        height,
-        body[..pixels].iter().map(|&p| scale(p)).collect(),
-    ))
+    let (top, depth) = if wide {
+        (65535, Depth::Sixteen)
+    } else {
+        (255, Depth::Eight)
+    };
+    let scale = |p: usize| ((p.min(maxval) * top + maxval / 2) / maxval) as f32 / top as f32;
+    let gray = if wide {
+        body[..2 * pixels]
+            .chunks_exact(2)
+            .map(|b| scale(usize::from(u16::from_be_bytes([b[0], b[1]]))))
+            .collect()
+    } else {
+        body[..pixels]
+            .iter()
+            .map(|&p| scale(usize::from(p)))
+            .collect()
+    };
+    Ok((width, height, gray, depth))
 }
 
 /// The image file formats this crate writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
-    /// 8-bit grayscale PNG.
+    /// Grayscale PNG, 8 or 16 bits per pixel.
     Png,
-    /// Binary PGM (`P5`), 8 bits per pixel.
+    /// Binary PGM (`P5`), 8 or 16 bits per pixel.
     Pgm,
 }
 
@@ -586,10 +658,55 @@ mod tests {
         assert!(err.contains("each side must be at most"), "{err}");
         let mut fits = b"P5\n4 2\n255\n".to_vec();
         fits.extend([0, 255, 1, 2, 3, 4, 5, 6]);
+        let levels = [0, 255, 1, 2, 3, 4, 5, 6].map(|p: u8| f32::from(p) / 255.0);
+        assert_eq!(decode_pgm(&fits), Ok((4, 2, levels.to_vec(), Depth::Eight)));
+    }
+
+    /// A 16-bit image: levels 8-bit files cannot hold.
+    fn sample16() -> Image {
+        let levels = [0u16, 1, 257, 32768, 65534, 65535];
+        Image::new(3, 2, levels.map(|l| f32::from(l) / 65535.0).to_vec())
+            .expect("3x2")
+            .with_depth(Depth::Sixteen)
+    }
+
+    #[test]
+    fn sixteen_bit_images_keep_their_sixteen_bits() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for name in ["deep.png", "deep.pgm"] {
+            let path = dir.path().join(name);
+            sample16().save(&path).expect("write");
+            let back = Image::load(&path).expect("read back");
+            assert_eq!(back.depth(), Depth::Sixteen, "{name}");
+            assert_eq!(back.to_gray16_be(), sample16().to_gray16_be(), "{name}");
+        }
+        let pgm = fs::read(dir.path().join("deep.pgm")).expect("pgm");
+        assert!(pgm.starts_with(b"P5\n3 2\n65535\n\x00\x00\x00\x01\x01\x01"));
+        // A PGM of another wide maxval is scaled to the full 16 bits; one byte short is an error.
+        let mut odd = b"P5\n2 1\n1000\n".to_vec();
+        odd.extend([0x03, 0xe8, 0x01, 0xf4]);
+        let (.., gray, depth) = decode_pgm(&odd).expect("maxval 1000");
         assert_eq!(
-            decode_pgm(&fits),
-            Ok((4, 2, vec![0, 255, 1, 2, 3, 4, 5, 6]))
+            (gray, depth),
+            (vec![1.0, 32768.0 / 65535.0], Depth::Sixteen)
         );
+        let err = decode_pgm(&odd[..odd.len() - 1]).expect_err("short");
+        assert!(err.contains("PGM has 1 of its 2x1 = 2 pixels"), "{err}");
+        // 16-bit color: its luma, at 16 bits.
+        let mut rgb = Vec::new();
+        let mut encoder = png::Encoder::new(&mut rgb, 2, 1);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Sixteen);
+        let mut writer = encoder.write_header().expect("header");
+        let white_red: Vec<u8> = [65535u16, 65535, 65535, 1000, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        writer.write_image_data(&white_red).expect("pixels");
+        writer.finish().expect("finish");
+        let (.., gray, depth) = decode_png(&rgb).expect("rgb16");
+        assert_eq!(depth, Depth::Sixteen);
+        assert_eq!(gray, vec![1.0, 299.0 / 65535.0]);
     }
 
     #[test]

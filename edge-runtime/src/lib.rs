@@ -59,6 +59,6 @@ mod onnx;
 pub use decoder::Decoder;
 pub use denoiser::{Denoiser, MAX_FRAME_SIDE};
 pub use error::{Error, TractFailure};
-pub use image::{Image, ImageFormat, write_atomically};
+pub use image::{Depth, Image, ImageFormat, write_atomically};
 pub use machine::available_bytes;
 pub use model::OnnxModel;

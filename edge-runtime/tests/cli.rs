@@ -596,6 +596,9 @@ fn denoise_pipes_a_raw_stream_and_denoises_image_folders() {
     let image = edge_runtime::Image::new(w, h, vec![0.5; w * h]).expect("image");
     image.save(photos.join("a.png")).expect("png");
     image.save(photos.join("b.pgm")).expect("pgm");
+    // A 16-bit image comes out with its 16 bits.
+    let deep = image.clone().with_depth(edge_runtime::Depth::Sixteen);
+    deep.save(photos.join("c.png")).expect("16-bit png");
     let out = edge(
         dir.path(),
         &[
@@ -614,7 +617,13 @@ fn denoise_pipes_a_raw_stream_and_denoises_image_folders() {
         // The middle of a uniform image stays; the zero-padded corner darkens to 4/9.
         assert_eq!(clean.to_gray8()[w + 1], 128);
         assert_eq!(clean.to_gray8()[0], 57);
+        assert_eq!(clean.depth(), edge_runtime::Depth::Eight);
     }
+    let clean = edge_runtime::Image::load(dir.path().join("clean/c.png")).expect("c.png");
+    assert_eq!(clean.depth(), edge_runtime::Depth::Sixteen);
+    // 0.5 x 4/9 at 16 bits: a level 8 bits round away.
+    let corner = clean.pixels()[0] * 65535.0;
+    assert!((corner - 14563.3).abs() < 1.0, "{corner}");
     let denoise = ["denoise", "--model", "blur.onnx"];
     fails_with(dir.path(), &denoise, "no images to denoise");
 
@@ -1446,10 +1455,11 @@ fn an_image_too_large_for_memory_is_an_error_not_an_abort() {
             &format!("denoise --model {} black.png --out {out}", model.display()),
         )
     };
+    // 64 MiB of 8-bit samples to decode into, then 4 bytes a pixel of f32 gray levels.
     let unread = run(300_000, "a");
     assert!(!unread.status.success());
     assert!(
-        stderr(&unread).contains("a 8192x8192 image needs 384.0 MiB to read"),
+        stderr(&unread).contains("a 8192x8192 image needs 320.0 MiB to read"),
         "{}",
         stderr(&unread)
     );

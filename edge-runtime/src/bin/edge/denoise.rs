@@ -30,7 +30,8 @@ Examples:
   edge denoise --model denoiser.onnx --size 640x480 --device /dev/video0 --format gray8 \\
     --frames 100 > clean.y8
 
-  # Image files (PNG or PGM; color PNGs become grayscale), or every image in a folder:
+  # Image files (PNG or PGM, 8 or 16 bits, written back at their depth; color PNGs become
+  # grayscale), or every image in a folder:
   edge denoise --model denoiser.onnx photo.png scans/ --out denoised/";
 
 #[derive(Debug, Args)]
@@ -419,7 +420,7 @@ fn with_noise(image: &Image, sigma: f32, seed: u64) -> Result<Image> {
         .zip(noise)
         .map(|(&p, n)| (p * 255.0 + sigma * n).round().clamp(0.0, 255.0) / 255.0)
         .collect();
-    Ok(Image::new(image.width(), image.height(), pixels)?)
+    Ok(Image::new(image.width(), image.height(), pixels)?.with_depth(image.depth()))
 }
 
 /// PSNR of the 8-bit pixels of `a` against `b`, in dB.

@@ -180,7 +180,10 @@ pub(crate) fn upscale(args: &UpscaleArgs) -> Result<()> {
             .run(image.pixels())
             .with_context(|| format!("upscaling {}", file.display()))?;
         let pixels = outputs.swap_remove(0);
-        Image::new(w, h, pixels)?.save(&target)?;
+        // At the input's depth: a 16-bit image comes out with its 16 bits.
+        Image::new(w, h, pixels)?
+            .with_depth(image.depth())
+            .save(&target)?;
         machine::outln!("{} -> {} ({w}x{h})", file.display(), target.display());
     }
     Ok(())
