@@ -170,10 +170,11 @@ impl Image {
     /// 16-bit gray levels: `round(clamp(v, 0, 1) * 65535)` per pixel (NaN becomes 0), each as
     /// two bytes, most significant first (as PNG and PGM store them).
     fn to_gray16_be(&self) -> Vec<u8> {
-        self.pixels
-            .iter()
-            .flat_map(|v| ((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_be_bytes())
-            .collect()
+        let mut bytes = Vec::with_capacity(2 * self.pixels.len());
+        for v in &self.pixels {
+            bytes.extend(((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_be_bytes());
+        }
+        bytes
     }
 
     /// The image as a grayscale PNG file of its [`Depth`].
@@ -345,7 +346,8 @@ fn check_sides(width: usize, height: usize) -> Result<(), String> {
 }
 
 /// Refuses an image whose reading takes more memory than the process can get: `buffer` bytes to
-/// decode it into, then the f32 gray levels [`Image::load`] makes of them (4 bytes a pixel). Said here, not found by the kernel's OOM killer later.
+/// decode it into, then the f32 gray levels [`Image::load`] makes of them (4 bytes a pixel).
+/// Said here, not found by the kernel's OOM killer later.
 fn check_memory(width: usize, height: usize, buffer: usize) -> Result<(), String> {
     let pixels = (width as u64).saturating_mul(height as u64);
     let needed = (buffer as u64).saturating_add(pixels.saturating_mul(4));
@@ -707,6 +709,34 @@ mod tests {
         let (.., gray, depth) = decode_png(&rgb).expect("rgb16");
         assert_eq!(depth, Depth::Sixteen);
         assert_eq!(gray, vec![1.0, 299.0 / 65535.0]);
+        // 16-bit gray with alpha: the gray sample; 2-bit gray: 8-bit levels.
+        let png_of = |color, depth, width, data: &[u8]| {
+            let mut file = Vec::new();
+            let mut encoder = png::Encoder::new(&mut file, width, 1);
+            encoder.set_color(color);
+            encoder.set_depth(depth);
+            let mut writer = encoder.write_header().expect("header");
+            writer.write_image_data(data).expect("pixels");
+            writer.finish().expect("finish");
+            file
+        };
+        let alpha = png_of(
+            png::ColorType::GrayscaleAlpha,
+            png::BitDepth::Sixteen,
+            1,
+            &[1, 2, 0, 0],
+        );
+        let (.., gray, depth) = decode_png(&alpha).expect("gray + alpha 16");
+        assert_eq!((gray, depth), (vec![258.0 / 65535.0], Depth::Sixteen));
+        let two_bits = png_of(
+            png::ColorType::Grayscale,
+            png::BitDepth::Two,
+            4,
+            &[0b0001_1011],
+        );
+        let (.., gray, depth) = decode_png(&two_bits).expect("2-bit gray");
+        assert_eq!(depth, Depth::Eight);
+        assert_eq!(gray, [0, 85, 170, 255].map(|l| l as f32 / 255.0).to_vec());
     }
 
     #[test]

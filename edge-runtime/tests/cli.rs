@@ -1049,6 +1049,29 @@ fn encode_upscale_and_anomaly_run_their_models() {
         (px[0], px[1], px[2], px[28], px[783]),
         (0, 0, 1, 0, 13 * 14 + 13)
     );
+    assert_eq!(up.depth(), edge_runtime::Depth::Eight);
+    // A 16-bit image comes out with its 16 bits: a level 8-bit files do not have survives.
+    std::fs::create_dir(path("deep")).expect("mkdir");
+    edge_runtime::Image::new(14, 14, vec![1.0 / 65535.0; 196])
+        .expect("image")
+        .with_depth(edge_runtime::Depth::Sixteen)
+        .save(path("deep/x.png"))
+        .expect("write");
+    let out = edge(
+        dir.path(),
+        &[
+            "upscale",
+            "--model",
+            "upscaler.onnx",
+            "deep",
+            "--out",
+            "up16",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let up = edge_runtime::Image::load(path("up16/x.png")).expect("upscaled");
+    assert_eq!(up.depth(), edge_runtime::Depth::Sixteen);
+    assert_eq!(up.pixels()[783] * 65535.0, 1.0);
 
     // A 28x28 image is not an upscaler input: a clear error naming it.
     let out = edge(

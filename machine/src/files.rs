@@ -50,7 +50,7 @@ pub fn temporary_path(path: &Path) -> PathBuf {
 }
 
 /// The folder a file at `path` is in (`.` for a bare name).
-fn folder(path: &Path) -> &Path {
+pub fn parent_folder(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -58,13 +58,17 @@ fn folder(path: &Path) -> &Path {
 }
 
 /// Removes the temporary files ([`temporary_path`]) in `dir` that writes killed before their
-/// rename left behind (`kill -9`, a power cut): those of processes that no longer run. Those of
-/// a live process (this one's included) are its writes in progress and are left alone, and so is
-/// everything on a system without `/proc` to tell. Best effort: nothing here is an error.
+/// rename left behind (`kill -9`, a power cut): this user's files of processes that no longer
+/// run. Those of a live process (this one's included) are its writes in progress and are left
+/// alone, and so is everything on a system without `/proc` to tell, and every other user's file
+/// (under `hidepid=2` their processes cannot be seen). A process of another PID namespace (a
+/// container) writing into the same folder as the same user is not told apart. Best effort:
+/// nothing here is an error.
 pub fn remove_stale_temporaries(dir: &Path) {
-    if !Path::new("/proc/self").exists() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(me) = fs::metadata("/proc/self").map(|m| m.uid()) else {
         return;
-    }
+    };
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
@@ -73,16 +77,18 @@ pub fn remove_stale_temporaries(dir: &Path) {
         let Some(pid) = file.to_str().and_then(temporary_pid) else {
             continue;
         };
-        if !running(pid) && entry.file_type().is_ok_and(|t| t.is_file()) {
+        let mine = entry.metadata().is_ok_and(|m| m.is_file() && m.uid() == me);
+        if mine && !running(pid) {
             let _ = fs::remove_file(entry.path());
         }
     }
 }
 
-/// The process id in a temporary file's name (`.<name>.tmp-<pid>-<n>`), if it is one.
+/// The process id in a temporary file's name (`.<name>.tmp-<pid>-<n>`, or `.<name>.tmp-<pid>`
+/// as builds before the counter named them), if it is one.
 fn temporary_pid(file: &str) -> Option<u32> {
     let (name, tail) = file.strip_prefix('.')?.rsplit_once(".tmp-")?;
-    let (pid, n) = tail.split_once('-')?;
+    let (pid, n) = tail.split_once('-').unwrap_or((tail, "0"));
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     (!name.is_empty() && digits(n)).then_some(())?;
     pid.parse().ok().filter(|_| digits(pid))
@@ -93,7 +99,7 @@ fn temporary_pid(file: &str) -> Option<u32> {
 /// files are there before this one starts, and no later write of this one leaves any).
 fn remove_stale_temporaries_once(path: &Path) {
     static DONE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-    let dir = folder(path);
+    let dir = parent_folder(path);
     let mut done = DONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !done.iter().any(|d| d == dir) {
         done.push(dir.to_path_buf());
@@ -125,8 +131,10 @@ pub struct WriteError {
 }
 
 impl fmt::Display for WriteError {
+    /// `cannot write <path>`; the cause is the error's [`source`](std::error::Error::source)
+    /// (anyhow prints it below, `{:#}` after a colon).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "writing {}: {}", self.path.display(), self.source)
+        write!(f, "cannot write {}", self.path.display())
     }
 }
 
@@ -161,7 +169,16 @@ pub fn write_files(files: &[(PathBuf, &[u8])]) -> Result<(), WriteError> {
     let mut staged: Vec<(PathBuf, PathBuf, &Path, &[u8])> = Vec::with_capacity(files.len());
     let mut into: Vec<(&PathBuf, &[u8])> = Vec::new();
     for (path, bytes) in files {
+        let failed = |source| WriteError {
+            path: path.clone(),
+            source,
+        };
         match destination(path) {
+            // Checked before anything is read or written (`/`, `..`, an empty path).
+            Destination::Replace(target) if target.file_name().is_none() => {
+                let no_name = io::Error::new(io::ErrorKind::InvalidInput, "no file name");
+                return Err(failed(no_name));
+            }
             Destination::Replace(target) => {
                 remove_stale_temporaries_once(&target);
                 staged.push((temporary_path(&target), target, path, bytes));
@@ -201,7 +218,7 @@ pub fn write_files(files: &[(PathBuf, &[u8])]) -> Result<(), WriteError> {
         }
         // The rename itself on disk too (a crash right after it could otherwise undo it); a
         // file system that cannot sync a folder has still renamed the file.
-        let _ = fs::File::open(folder(path)).and_then(|d| d.sync_all());
+        let _ = fs::File::open(parent_folder(path)).and_then(|d| d.sync_all());
     }
     for (path, bytes) in into {
         fs::OpenOptions::new()
@@ -255,10 +272,15 @@ mod tests {
         let out = dir.path().join("out.y8");
         let mine = temporary_path(&out);
         // No process has this id (the kernel's limit is at most 2^22).
-        let gone = [".out.y8.tmp-4294967-0", ".other.png.tmp-4294967-12"];
+        // Also the name before the counter (`.<name>.tmp-<pid>`).
+        let gone = [
+            ".out.y8.tmp-4294967-0",
+            ".other.png.tmp-4294967-12",
+            ".out.y8.tmp-4294967",
+        ];
         let others = [
             ".out.y8.tmp-x-0",
-            ".out.y8.tmp-4294967",
+            ".out.y8.tmp-4294967-",
             ".tmp-4294967-0",
             "out.y8.tmp-4294967-0",
             "out.y8",
@@ -286,7 +308,7 @@ mod tests {
         fs::create_dir(&b).unwrap();
         let err = write_files(&[(a.clone(), b"new a"), (b.clone(), b"new b")]).unwrap_err();
         assert_eq!(err.path, b);
-        assert!(err.to_string().starts_with("writing "), "{err}");
+        assert_eq!(err.to_string(), format!("cannot write {}", b.display()));
         assert_eq!(fs::read(&a).unwrap(), b"old a");
         fs::remove_dir(&b).unwrap();
         write_files(&[(a.clone(), b"new a"), (b.clone(), b"new b")]).unwrap();
@@ -300,6 +322,15 @@ mod tests {
         assert_eq!(fs::read(&b).unwrap(), b"through the link");
         write_file(Path::new("/dev/null"), b"gone").unwrap();
         assert!(!fs::metadata("/dev/null").unwrap().is_file());
+        // A path without a file name is refused before anything is read or written.
+        for nameless in ["/", "", ".."] {
+            let err = write_file(Path::new(nameless), b"x").unwrap_err();
+            assert_eq!(
+                err.source.kind(),
+                io::ErrorKind::InvalidInput,
+                "{nameless:?}"
+            );
+        }
         // Nothing is left behind but the files.
         let mut names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()

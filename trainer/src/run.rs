@@ -327,7 +327,8 @@ pub fn commit_weights(dir: &Path, epoch: usize) -> anyhow::Result<()> {
 /// Settles the weights of a run stopped between saving an epoch's weights and renaming them:
 /// the staged weights of the last epoch `metrics.csv` records (`done`) become the run's, any
 /// other staged weights (an epoch not recorded as done) are deleted, and so are the temporary
-/// files of writes it was killed in ([`machine::temporary_path`]'s `.<name>.tmp-<pid>-<n>`).
+/// files of writes killed processes left ([`machine::remove_stale_temporaries`]); a live
+/// process's (a `trainer sample` writing into the run) are left to it.
 ///
 /// # Errors
 /// Staged weights of epoch `done` that do not load as the run's model (written whole by
@@ -343,15 +344,12 @@ pub fn settle_staged_weights(dir: &Path, done: usize) -> anyhow::Result<()> {
             );
         }
     }
+    machine::remove_stale_temporaries(dir);
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(());
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(".tmp-") {
-            fs::remove_file(entry.path()).ok();
-            continue;
-        }
         let epoch = name
             .strip_prefix("model-")
             .and_then(|rest| rest.strip_suffix(".bpk"))

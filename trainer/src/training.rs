@@ -756,8 +756,9 @@ const FIRST_PROBE: usize = 128;
 /// is an estimate of the tensors alone: the allocator's own overhead and fragmentation come on
 /// top (about half as much again, BENCHMARKS.md), so a batch is refused only where even its
 /// tensors cannot fit, and one whose tensors take most of the memory may still fail; the
-/// batch size the refusal suggests puts them in half of it. The probes take about as long as
-/// one step of the run's batch; `report` hears when they start and what they found
+/// batch size the refusal suggests puts them in half of it. The probes' examples add up to half
+/// to one batch (less time than one step: 6.1 s for the conv AE at 8,192, whose step takes
+/// ~10 s); `report` hears when they start and what they found
 /// ([`Progress::CheckingMemory`], [`Progress::MemoryChecked`]).
 fn ensure_batch_fits(
     model: &Model,
@@ -879,8 +880,9 @@ pub enum Progress<'a> {
         epoch: usize,
     },
     /// Before the first epoch: a batch large enough to be checked against the memory (at least
-    /// 512 examples, on the CPU, in the `trainer` binary) is being measured with a few smaller
-    /// training steps, which leave the model as it is.
+    /// 512 examples, on the CPU, in the `trainer` binary, where the memory left can be read:
+    /// Linux) is being measured with a few smaller training steps, which leave the model as it
+    /// is.
     CheckingMemory {
         /// Examples per batch.
         batch: usize,

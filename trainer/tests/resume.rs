@@ -383,7 +383,7 @@ fn a_run_killed_around_an_epochs_metrics_row_resumes_from_the_epoch_the_row_says
     // Killed after epoch 2's weights were written, before its metrics row.
     copy("optimizer-2.bpk", &before_row, "optimizer-2.bpk");
     std::fs::write(before_row.join("model-2.bpk"), b"cut short").expect("write");
-    std::fs::write(before_row.join(".model-2.bpk.tmp-99999"), b"cut").expect("write");
+    std::fs::write(before_row.join(".model-2.bpk.tmp-4294967-0"), b"cut").expect("write");
     for stopped in [&after_row, &before_row] {
         training::resume(
             stopped,
@@ -394,7 +394,7 @@ fn a_run_killed_around_an_epochs_metrics_row_resumes_from_the_epoch_the_row_says
         )
         .expect("resumes");
         assert!(!stopped.join("model-2.bpk").exists());
-        assert!(!stopped.join(".model-2.bpk.tmp-99999").exists());
+        assert!(!stopped.join(".model-2.bpk.tmp-4294967-0").exists());
         assert_eq!(epochs_done(stopped), [1, 2]);
     }
     // The first continues from epoch 2's weights, not epoch 1's.

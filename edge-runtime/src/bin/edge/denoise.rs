@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use edge_runtime::frames::{self, FrameFormat};
-use edge_runtime::{Denoiser, Image, ImageFormat, latents};
+use edge_runtime::{Denoiser, Depth, Image, ImageFormat, latents};
 
 use crate::files::{canonical, folder_of, image_files, targets};
 use crate::signals::{delete_on_second_interrupt, interruptible, stop_on_interrupt};
@@ -130,13 +130,8 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
         Some(machine::Destination::Replace(file)) => Some(file),
         _ => None,
     };
-    let temporary = renamed_to.as_deref().map(|file| {
-        // What streams killed before their rename left behind (`kill -9`) goes first.
-        let folder = file.parent().filter(|dir| !dir.as_os_str().is_empty());
-        machine::remove_stale_temporaries(folder.unwrap_or(Path::new(".")));
-        machine::temporary_path(file)
-    });
-    if temporary.is_some() {
+    let temporary = renamed_to.as_deref().map(machine::temporary_path);
+    if let Some(file) = &renamed_to {
         let same = std::fs::canonicalize(args.input())
             .ok()
             .zip(std::fs::canonicalize(&out).ok())
@@ -152,6 +147,8 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
             );
         }
         folder_of(&out)?;
+        // What streams killed before their rename left behind (`kill -9`) goes first.
+        machine::remove_stale_temporaries(machine::parent_folder(file));
     }
     let stop = stop_on_interrupt();
     let reader = stream_reader(args, (width, height), stop)?;
@@ -408,8 +405,8 @@ fn noisy_path(target: &Path) -> Result<PathBuf> {
     )))
 }
 
-/// `image` plus Gaussian noise of standard deviation `sigma` (8-bit units), seeded, rounded and
-/// clipped to 8 bits as a camera frame would be.
+/// `image` plus Gaussian noise of standard deviation `sigma` (8-bit units), seeded and clipped;
+/// an 8-bit image's rounded to its levels, as a camera frame would be.
 fn with_noise(image: &Image, sigma: f32, seed: u64) -> Result<Image> {
     let noise = latents::random_normal(1, image.pixels().len(), seed)
         .pop()
@@ -418,7 +415,14 @@ fn with_noise(image: &Image, sigma: f32, seed: u64) -> Result<Image> {
         .pixels()
         .iter()
         .zip(noise)
-        .map(|(&p, n)| (p * 255.0 + sigma * n).round().clamp(0.0, 255.0) / 255.0)
+        .map(|(&p, n)| {
+            let level = (p * 255.0 + sigma * n).clamp(0.0, 255.0);
+            // An 8-bit image stays on its 256 levels; a 16-bit one is written at its own.
+            match image.depth() {
+                Depth::Eight => level.round() / 255.0,
+                Depth::Sixteen => level / 255.0,
+            }
+        })
         .collect();
     Ok(Image::new(image.width(), image.height(), pixels)?.with_depth(image.depth()))
 }
