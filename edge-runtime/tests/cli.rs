@@ -913,6 +913,22 @@ fn a_stream_into_a_fifo_stays_a_fifo() {
     std::fs::create_dir(dir.path().join("folder")).expect("mkdir");
     let args = [&GRAY_STREAM[..], &["--input", "in.y8", "--out", "folder"]].concat();
     fails_with(dir.path(), &args, "--out folder is a folder");
+
+    // An input without a frame (a camera pipeline that failed) is an error, and an earlier
+    // output stays as it was, to a file or to stdout.
+    std::fs::write(dir.path().join("empty.y8"), b"").expect("empty input");
+    for out in ["link.y8", "-"] {
+        let args = [&GRAY_STREAM[..], &["--input", "empty.y8", "--out", out]].concat();
+        fails_with(
+            dir.path(),
+            &args,
+            "the input ended before its first frame (a 10x6 frame is 60 bytes): nothing was written",
+        );
+    }
+    assert_eq!(
+        written,
+        std::fs::read(dir.path().join("real.y8")).expect("kept")
+    );
 }
 
 #[test]

@@ -120,7 +120,8 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
     // a failed run never leaves half a frame. After a short final frame, or a frame that could
     // not be read or denoised, the frames before it are kept (renamed) and the error reported;
     // after a Ctrl-C, every frame read before it. A failed write removes the file, as does a
-    // failure before the first frame was written (an existing output stays as it was). An existing
+    // failure or an end of the input before the first frame was written (an existing output
+    // stays as it was; an input without a frame is an error, to a file or not). An existing
     // output that is not a regular file (a FIFO, /dev/null, a device) is written in place:
     // renaming over it would replace it; a link's file is replaced, the link stays.
     let to_stdout = out.as_os_str() == "-";
@@ -180,10 +181,10 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
     if let Some(tmp) = &temporary {
         // Kept whenever every frame before the failure was written whole (a short last frame,
         // a frame that failed to denoise or to be read) and there was one; a failed write
-        // leaves a broken file.
+        // leaves a broken file. A stream of no frames leaves an existing output as it was.
         use edge_runtime::Error::{Frame, ReadFrame, ShortFrame};
         let keep = match &result {
-            Ok(_) => true,
+            Ok(summary) => summary.frames > 0,
             Err(ShortFrame { index, .. } | Frame { index, .. } | ReadFrame { index, .. }) => {
                 *index > 0
             }
@@ -202,6 +203,13 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
         }
     }
     match result {
+        // An input that ends before its first frame is most likely a camera pipeline that
+        // failed (`rpicam-vid ... | edge denoise ...`): said, with a failing status.
+        Ok(summary) if summary.frames == 0 && !summary.stopped => bail!(
+            "the input ended before its first frame (a {width}x{height} frame is {} bytes): \
+             nothing was written",
+            args.format().frame_bytes(width, height)
+        ),
         Ok(summary) => {
             // A frame too large for the memory whole is denoised in strips: say so.
             let strips = match denoiser.strip_rows() {
