@@ -248,6 +248,23 @@ impl Image {
             ImageFormat::Pgm => self.write_pgm(path),
         }
     }
+
+    /// The bytes [`Image::save`] would write to `path`: a PNG or a PGM, chosen by its extension.
+    /// For writing several files as one set ([`machine::write_files`]).
+    ///
+    /// # Errors
+    /// [`Error::UnknownImageFormat`] for any other extension, [`Error::Write`] when the PNG
+    /// encoder refuses the image.
+    pub fn encode_for(&self, path: impl AsRef<Path>) -> Result<Vec<u8>, Error> {
+        let path = path.as_ref();
+        match ImageFormat::from_path(path)? {
+            ImageFormat::Png => self.encode_png().map_err(|source| Error::Write {
+                path: path.into(),
+                source,
+            }),
+            ImageFormat::Pgm => Ok(self.encode_pgm()),
+        }
+    }
 }
 
 /// Deflate's largest compression ratio (a 258-byte match in one code of at least 2 bits).

@@ -308,6 +308,37 @@ fn bad_inputs_fail_clearly() {
         std::fs::read(dir.path().join("keep.png")).expect("keep.png"),
         b"old"
     );
+    // The outputs are one set: a folder where the sheet should go stops the run before any
+    // digit is written (the digits came first, and were written, before the set).
+    std::fs::write(dir.path().join("keep_0.png"), b"old").expect("old output");
+    std::fs::create_dir(dir.path().join("sheet.png")).expect("mkdir");
+    let args = [
+        "generate",
+        "--model",
+        "decoder.onnx",
+        "--latent",
+        "0,0",
+        "--latent",
+        "1,1",
+        "--out",
+        "keep.png",
+        "--sheet",
+        "sheet.png",
+    ];
+    fails_with(dir.path(), &args, "0: cannot write sheet.png");
+    fails_with(dir.path(), &args, "1: a folder is in the way");
+    assert_eq!(
+        std::fs::read(dir.path().join("keep_0.png")).expect("keep_0.png"),
+        b"old"
+    );
+    assert!(!dir.path().join("keep_1.png").exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
     // A file where the output's folder should be is named.
     let args = [
         "generate",

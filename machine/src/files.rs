@@ -157,7 +157,8 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
 /// beside it ([`temporary_path`]), synced, and once all are written each renamed into place and
 /// its folder synced. A failure while writing (a full disk, a folder in a file's place) removes
 /// the temporary files and leaves the files already there as they were; a failed rename removes
-/// the temporary files not yet renamed. A link is followed (the file it names is replaced; the
+/// the temporary files not yet renamed. Each folder is synced once, after its renames: a set of
+/// a thousand images in one folder costs a thousand file syncs and one folder sync. A link is followed (the file it names is replaced; the
 /// link stays), and a device or a pipe (`/dev/null`, a FIFO) is written into as it is, after the
 /// others ([`destination`]). The first write into a folder removes the temporary files that
 /// killed processes left there ([`remove_stale_temporaries`]).
@@ -207,6 +208,8 @@ pub fn write_files(files: &[(PathBuf, &[u8])]) -> Result<(), WriteError> {
             return Err(failed(named, e));
         }
     }
+    // The folders the renames change, each synced once when they are done.
+    let mut folders: Vec<&Path> = Vec::new();
     for (i, (temporary, path, named, _)) in staged.iter().enumerate() {
         if let Err(e) = fs::rename(temporary, path) {
             // The files renamed so far stay (new); the rest keep their old contents, and none
@@ -214,12 +217,15 @@ pub fn write_files(files: &[(PathBuf, &[u8])]) -> Result<(), WriteError> {
             for (waiting, ..) in &staged[i..] {
                 fs::remove_file(waiting).ok();
             }
+            sync_folders(&folders);
             return Err(failed(named, e));
         }
-        // The rename itself on disk too (a crash right after it could otherwise undo it); a
-        // file system that cannot sync a folder has still renamed the file.
-        let _ = fs::File::open(parent_folder(path)).and_then(|d| d.sync_all());
+        let folder = parent_folder(path);
+        if !folders.contains(&folder) {
+            folders.push(folder);
+        }
     }
+    sync_folders(&folders);
     for (path, bytes) in into {
         fs::OpenOptions::new()
             .write(true)
@@ -228,6 +234,14 @@ pub fn write_files(files: &[(PathBuf, &[u8])]) -> Result<(), WriteError> {
             .map_err(|e| failed(path, e))?;
     }
     Ok(())
+}
+
+/// Puts the renames into `folders` on disk too (a crash right after a rename could otherwise
+/// undo it). A file system that cannot sync a folder has still renamed the files: not an error.
+fn sync_folders(folders: &[&Path]) {
+    for folder in folders {
+        let _ = fs::File::open(folder).and_then(|d| d.sync_all());
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
-use edge_runtime::{Decoder, Image, ImageFormat, latents, write_atomically};
+use edge_runtime::{Decoder, Image, ImageFormat, latents};
 
 use crate::files::{distinct_outputs, folder_of};
 use crate::positive;
@@ -243,13 +243,14 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
         .collect();
     distinct_outputs(&outputs, &inputs)?;
 
+    // Every output encoded, then written as one set: all of them or, when the disk fills or a
+    // folder is in a file's way, none (the files there before stay as they were).
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::with_capacity(outputs.len());
     for (image, path) in images.iter().zip(&digit_paths) {
-        image.save(path).context("writing an image")?;
-        machine::outln!("wrote {}", path.display());
+        files.push((path.clone(), image.encode_for(path)?));
     }
-    if let Some((path, tiled)) = sheet {
-        tiled.save(path).context("writing the contact sheet")?;
-        machine::outln!("wrote {} ({} digits)", path.display(), images.len());
+    if let Some((path, tiled)) = &sheet {
+        files.push((path.to_path_buf(), tiled.encode_for(path)?));
     }
     if let Some(raw) = &args.raw {
         let bytes: Vec<u8> = images
@@ -257,7 +258,20 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
             .flat_map(Image::pixels)
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        write_atomically(raw, &bytes).context("writing raw pixels")?;
+        files.push((raw.clone(), bytes));
+    }
+    let set: Vec<(PathBuf, &[u8])> = files
+        .iter()
+        .map(|(path, bytes)| (path.clone(), bytes.as_slice()))
+        .collect();
+    machine::write_files(&set).context("writing the outputs")?;
+    for path in &digit_paths {
+        machine::outln!("wrote {}", path.display());
+    }
+    if let Some((path, _)) = &sheet {
+        machine::outln!("wrote {} ({} digits)", path.display(), images.len());
+    }
+    if let Some(raw) = &args.raw {
         machine::outln!("wrote {}", raw.display());
     }
     Ok(())
