@@ -1408,6 +1408,18 @@ fn a_noisy_copy_may_not_overwrite_another_output() {
         stderr(&output)
     );
     assert!(!dir.path().join("out/a.png").exists());
+    // An image and its noisy copy are written as a pair: a folder where the copy should go
+    // leaves the denoised image unwritten too.
+    std::fs::remove_file(dir.path().join("in/a_noisy.png")).expect("rm");
+    std::fs::create_dir_all(dir.path().join("out/a_noisy.png")).expect("mkdir");
+    let output = edge(dir.path(), &args);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("cannot write out/a_noisy.png"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!dir.path().join("out/a.png").exists());
 }
 
 /// `edge ARGS` (a shell command line: arguments and redirections) in `dir` with its address space

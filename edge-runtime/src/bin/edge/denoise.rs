@@ -376,9 +376,14 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
         let clean = denoiser
             .denoise(image)
             .with_context(|| format!("denoising {}", file.display()))?;
-        clean.save(&target)?;
+        // The denoised image and its noisy copy as a pair: both or neither.
+        let mut pair = vec![(target.clone(), clean.encode_for(&target)?)];
         if let Some(noisy_path) = noisy.get(index) {
-            image.save(noisy_path)?;
+            pair.push((noisy_path.clone(), image.encode_for(noisy_path)?));
+        }
+        let pair: Vec<(PathBuf, &[u8])> = pair.iter().map(|(p, b)| (p.clone(), &b[..])).collect();
+        machine::write_files(&pair)?;
+        if let Some(noisy_path) = noisy.get(index) {
             machine::outln!(
                 "{} -> {} ({:.2} dB) and {} ({:.2} dB), PSNR against the original",
                 file.display(),
