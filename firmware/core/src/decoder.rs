@@ -204,10 +204,11 @@ impl Requant {
             (((product + self.round) >> 32) as i32) >> (self.n - 32)
         } else {
             // A crafted blob: the result can exceed i32 (small n) and the zero point is not
-            // folded in; saturate instead.
-            ((product + self.round) >> self.n)
-                .clamp(i32::MIN as i64, i32::MAX as i64)
-                .saturating_add(self.zero_point as i64) as i32
+            // folded in; added in i64 (`n >= 1` keeps the shifted sum within +-2^62), then
+            // saturated, so a result past i32 stays on its side of the range (cut to i32 after
+            // the addition, it had wrapped to the other end).
+            (((product + self.round) >> self.n) + self.zero_point as i64)
+                .clamp(i32::MIN as i64, i32::MAX as i64) as i32
         };
         // `clamp(-128, 127)` is one `ssat`; `low` is at least -128.
         y.clamp(-128, 127).max(self.low) as i8
@@ -1224,7 +1225,7 @@ mod tests {
             let fin = |acc: i32, o: usize| {
                 let (_, m, s) = l.channel(o);
                 let v = ((acc as i64 * m as i64) as f64 / 2f64.powi(31 - s) + 0.5).floor() as i32;
-                (v + zp).clamp(if l.relu { zp } else { -128 }, 127)
+                (v as i64 + zp as i64).clamp(if l.relu { zp } else { -128 } as i64, 127) as i32
             };
             let y: Vec<i32> = match l.kind {
                 LayerKind::Dense => (0..l.output.c as usize)
@@ -1575,5 +1576,12 @@ mod tests {
         assert_eq!(r.apply(3584), 4);
         assert_eq!(r.apply(-3584), -3);
         assert_eq!(r.apply(-3585), -4);
+        // The slow path (n = 21, outside FOLDED): a result of 2^31 plus a zero point of 1
+        // saturates to 127, and -2^31 - 1 to -128 (they had wrapped to the other end).
+        (r.round, r.n) = (Requant::round(21, 1), 21);
+        r.zero_point = 1;
+        assert_eq!(r.apply(1 << 22), 127);
+        (r.round, r.zero_point) = (Requant::round(21, -1), -1);
+        assert_eq!(r.apply(-(1 << 22)), -128);
     }
 }

@@ -193,7 +193,12 @@ impl<'a> Layer<'a> {
     /// `(bias, multiplier, shift)` of output channel `o`, or `None` past the layer's
     /// `C_out` channels.
     pub fn params(&self, o: usize) -> Option<(i32, i32, i32)> {
-        (o < self.output.c as usize).then(|| self.channel(o))
+        if o >= self.output.c as usize {
+            return None;
+        }
+        // Read with bounds: `output` is a public field a caller may have changed.
+        let p = self.params.get(o * 12..)?.get(..12)?;
+        Some((read_i32(p, 0), read_i32(p, 4), read_i32(p, 8)))
     }
 
     /// [`Layer::params`] of a channel the caller knows to exist (`o < C_out`, as in every loop
@@ -806,6 +811,18 @@ mod writer {
                     reason: "parameter count differs from output channels",
                 });
             }
+            let expected = match l.kind {
+                LayerKind::Dense => l.input.len().checked_mul(c_out),
+                LayerKind::Conv { kernel: k, .. } => {
+                    (l.input.c as usize * c_out).checked_mul(k as usize * k as usize)
+                }
+            };
+            if expected != Some(l.weights.len()) {
+                return Err(Error::BadLayer {
+                    index: i as u16,
+                    reason: "weight count differs from the layer's shape",
+                });
+            }
             let weights_at = base + data.len();
             data.extend(l.weights.iter().map(|&w| w as u8));
             align4(&mut data);
@@ -824,13 +841,7 @@ mod writer {
                 } => (KIND_CONV, kernel, padding, upsample),
             };
             let folded_at = if kind == KIND_CONV {
-                let (c_in, n) = (l.input.c as usize, k as usize * k as usize);
-                if l.weights.len() != c_out * c_in * n {
-                    return Err(Error::BadLayer {
-                        index: i as u16,
-                        reason: "weight count differs from the layer's shape",
-                    });
-                }
+                let c_in = l.input.c as usize;
                 align4(&mut data);
                 let at = base + data.len();
                 crate::fold::append_folded((k, pad, up), c_in, c_out, &l.weights, &mut data);
@@ -882,6 +893,12 @@ pub(crate) mod tests {
 
     /// A 2 -> 4 dense layer, then a 1->1 channel 3x3 conv over the 2x2 map upsampled to 4x4.
     pub(crate) fn tiny_blob() -> Vec<u8> {
+        let (layers, table) = tiny_model();
+        write(2, 0.05, &layers, &table).expect("valid blob")
+    }
+
+    /// [`tiny_blob`]'s layers and output table.
+    fn tiny_model() -> ([LayerSpec; 2], [u8; TABLE_LEN]) {
         let (m, s) = quantize_multiplier(0.01).expect("multiplier");
         let dense = LayerSpec {
             kind: LayerKind::Dense,
@@ -915,7 +932,31 @@ pub(crate) mod tests {
         for (i, t) in table.iter_mut().enumerate() {
             *t = i as u8;
         }
-        write(2, 0.05, &[dense, conv], &table).expect("valid blob")
+        ([dense, conv], table)
+    }
+
+    #[test]
+    fn the_writer_refuses_weights_that_do_not_fit_the_shape() {
+        // One weight missing or one too many, in the dense layer and in the conv: a dense
+        // layer's short weights had been written, the parser then reading the next section as
+        // its weights.
+        for (index, more) in [(0, false), (0, true), (1, false), (1, true)] {
+            let (mut layers, table) = tiny_model();
+            let weights = &mut layers[index].weights;
+            if more {
+                weights.push(1);
+            } else {
+                weights.pop();
+            }
+            assert_eq!(
+                write(2, 0.05, &layers, &table).err(),
+                Some(Error::BadLayer {
+                    index: index as u16,
+                    reason: "weight count differs from the layer's shape",
+                }),
+                "layer {index}, one more: {more}"
+            );
+        }
     }
 
     /// `blob` with its CRC recomputed: how a crafted blob passes the CRC check.
@@ -1214,6 +1255,12 @@ pub(crate) mod tests {
         assert!(l.params(c - 1).is_some());
         assert_eq!(l.params(c), None);
         assert_eq!(l.params(usize::MAX), None);
+        // `output` is a public field: a layer told it has more channels than its parameters
+        // hold answers None, not a panic.
+        let mut wider = l;
+        wider.output.c = 1000;
+        assert_eq!(wider.params(999), None);
+        assert_eq!(wider.params(c - 1), l.params(c - 1));
     }
 
     #[test]

@@ -315,11 +315,32 @@ fn clip_to(bounds: &Rectangle, x0: i64, y0: i64, x1: i64, y1: i64) -> Option<Rec
 /// Draws `text` in the 6x10 ASCII mono font with the top of its first line at `top_left`.
 ///
 /// Lines are separated by `\n` (10 pixels apart); only the glyph strokes are drawn, lit
-/// ([`BinaryColor::On`]). Characters outside ASCII are drawn as `?`.
+/// ([`BinaryColor::On`]). Characters outside ASCII are drawn as `?`. A caption wholly outside
+/// the target, or one whose box would run past the largest `i32` coordinate, draws nothing.
 pub fn draw_caption<D>(target: &mut D, text: &str, top_left: Point) -> Result<(), D::Error>
 where
     D: DrawTarget<Color = BinaryColor>,
 {
+    // The caption's box, in i64: the font's layout steps by plain i32 additions, which would
+    // overflow next to i32::MAX.
+    let (mut rows, mut columns, mut line) = (1i64, 0i64, 0i64);
+    for b in text.bytes() {
+        if b == b'\n' {
+            (rows, line) = (rows + 1, 0);
+        } else if b & 0xc0 != 0x80 {
+            // A character's first byte (not a UTF-8 continuation byte).
+            line += 1;
+            columns = columns.max(line);
+        }
+    }
+    let size = FONT_6X10.character_size;
+    let (x0, y0) = (i64::from(top_left.x), i64::from(top_left.y));
+    let x1 = x0 + columns * i64::from(size.width);
+    let y1 = y0 + rows * i64::from(size.height);
+    let past_i32 = x1 > i64::from(i32::MAX) || y1 > i64::from(i32::MAX);
+    if past_i32 || clip_to(&target.bounding_box(), x0, y0, x1, y1).is_none() {
+        return Ok(());
+    }
     let style = MonoTextStyle::new(&FONT_6X10, BinaryColor::On);
     Text::with_baseline(text, top_left, style, Baseline::Top).draw(target)?;
     Ok(())
@@ -564,6 +585,23 @@ mod tests {
             area.bottom_right()
                 .is_some_and(|p| p.x < 2 + 12 && p.y < 3 + 20)
         );
+        // Partly outside: the part inside is drawn.
+        let mut display = MockDisplay::<BinaryColor>::new();
+        display.set_allow_out_of_bounds_drawing(true);
+        draw_caption(&mut display, "#1\nz0", Point::new(-6, -10)).expect("mock draw");
+        assert!(display.affected_area().size.width > 0);
+        // Wholly outside, or next to i32's limits (the font's layout would overflow there):
+        // nothing drawn, no panic.
+        for far in [
+            Point::new(0, i32::MAX - 5),
+            Point::new(i32::MAX - 3, 0),
+            Point::new(i32::MIN, i32::MIN),
+            Point::new(64, 0),
+        ] {
+            let mut display = MockDisplay::<BinaryColor>::new();
+            draw_caption(&mut display, "#1\nz0", far).expect("mock draw");
+            assert_eq!(display.affected_area().size, Size::zero(), "{far:?}");
+        }
     }
 
     #[test]
