@@ -962,6 +962,44 @@ fn a_stream_into_a_fifo_stays_a_fifo() {
     );
 }
 
+/// A stream's output file may not be a file the run reads: its input (by name, through a hard
+/// link, or as the file stdin is redirected from) or its model. Each is refused before a frame
+/// is read, and left as it was.
+#[cfg(unix)]
+#[test]
+fn a_stream_never_overwrites_its_input_or_its_model() {
+    let dir = workspace();
+    let path = |name: &str| dir.path().join(name);
+    common::write_model(&path("blur.onnx"), &common::box_blur_model());
+    let frames: Vec<u8> = (0..2 * 60).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(path("in.y8"), &frames).expect("frames");
+    std::fs::hard_link(path("in.y8"), path("link.y8")).expect("hard link");
+    let model = std::fs::read(path("blur.onnx")).expect("model");
+    for (input, out, message) in [
+        (Some("in.y8"), "in.y8", "--out in.y8 is also the input"),
+        (Some("in.y8"), "link.y8", "--out link.y8 is also the input"),
+        (None, "in.y8", "--out in.y8 is also the input (stdin)"),
+        (Some("in.y8"), "blur.onnx", "--out blur.onnx is the model"),
+    ] {
+        let mut args = GRAY_STREAM.to_vec();
+        if let Some(input) = input {
+            args.extend(["--input", input]);
+        }
+        args.extend(["--out", out]);
+        let stdin = std::fs::File::open(path("in.y8")).expect("open");
+        let output = edge_command()
+            .current_dir(dir.path())
+            .args(&args)
+            .stdin(stdin)
+            .output()
+            .expect("run edge");
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(stderr(&output).contains(message), "{}", stderr(&output));
+        assert_eq!(std::fs::read(path("in.y8")).expect("input"), frames);
+        assert_eq!(std::fs::read(path("blur.onnx")).expect("model"), model);
+    }
+}
+
 #[test]
 fn encode_upscale_and_anomaly_run_their_models() {
     let dir = image_models_workspace();
@@ -1629,7 +1667,13 @@ fn outputs_never_overwrite_inputs_or_each_other() {
         before("z.csv"),
     );
     let generate = ["generate", "--model", "decoder.onnx", "--latent", "0,0"];
-    let cases: [(Vec<&str>, &str); 6] = [
+    // A link to a file not there yet names the file it would make.
+    std::os::unix::fs::symlink("new.png", path("link.f32")).expect("symlink");
+    let cases: [(Vec<&str>, &str); 7] = [
+        (
+            [&generate[..], &["--out", "new.png", "--raw", "link.f32"]].concat(),
+            "--raw and --out name the same file, link.f32",
+        ),
         (
             [&generate[..], &["--raw", "decoder.onnx"]].concat(),
             "--raw decoder.onnx is a file this command reads",
@@ -1707,6 +1751,20 @@ fn a_closed_or_full_stdout_is_no_panic() {
     let out = generate(&["--random", "200"], writer.into());
     assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    // The same for a denoised frame stream written to stdout.
+    common::write_model(&dir.path().join("blur.onnx"), &common::box_blur_model());
+    std::fs::write(dir.path().join("in.y8"), vec![7u8; 3 * 60]).expect("frames");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = edge_command()
+        .current_dir(dir.path())
+        .args(GRAY_STREAM)
+        .args(["--input", "in.y8"])
+        .stdout(writer)
+        .output()
+        .expect("run edge");
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
     let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
         return; // no /dev/full here
     };

@@ -97,6 +97,44 @@ pub(crate) struct DenoiseArgs {
     threads: u32,
 }
 
+/// Refuses a stream's output file `file` (`--out out`) that is a file the run reads: its input,
+/// also when that is stdin redirected from the file (`< clean.y8`), or its model. The same
+/// device and inode, so links and other names of one file are caught too.
+fn refuse_to_overwrite_what_is_read(args: &DenoiseArgs, file: &Path, out: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(file) else {
+        return Ok(()); // not there yet: nothing to destroy
+    };
+    let same = |m: &std::fs::Metadata| m.dev() == target.dev() && m.ino() == target.ino();
+    let input = if args.device.is_some() {
+        None
+    } else if args.input() == Path::new("-") {
+        use std::os::fd::AsFd;
+        std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .and_then(|fd| std::fs::File::from(fd).metadata().ok())
+    } else {
+        std::fs::metadata(args.input()).ok()
+    };
+    if input.is_some_and(|m| same(&m)) {
+        let stdin = if args.input() == Path::new("-") {
+            " (stdin)"
+        } else {
+            ""
+        };
+        bail!("--out {} is also the input{stdin}", out.display());
+    }
+    if std::fs::metadata(&args.model).is_ok_and(|m| same(&m)) {
+        bail!(
+            "--out {} is the model: writing it would destroy it",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 impl DenoiseArgs {
     /// `--format`, or its default.
     fn format(&self) -> FrameFormat {
@@ -133,13 +171,7 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
     };
     let temporary = renamed_to.as_deref().map(machine::temporary_path);
     if let Some(file) = &renamed_to {
-        let same = std::fs::canonicalize(args.input())
-            .ok()
-            .zip(std::fs::canonicalize(&out).ok())
-            .is_some_and(|(a, b)| a == b);
-        if same {
-            bail!("--out {} is also the input", out.display());
-        }
+        refuse_to_overwrite_what_is_read(args, file, &out)?;
         // Said now, not by the rename after the whole stream.
         if out.is_dir() {
             bail!(
@@ -227,6 +259,13 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
                 std::process::exit(130);
             }
             Ok(())
+        }
+        // A reader of stdout that has gone (`| head -c ...`) ends the run quietly, with
+        // SIGPIPE's status, as the other commands' output does (`machine::outln!`).
+        Err(edge_runtime::Error::Stream { source, .. })
+            if to_stdout && source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            std::process::exit(141)
         }
         Err(e) => Err(e).context("denoising the frame stream"),
     }

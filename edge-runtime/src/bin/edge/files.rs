@@ -95,8 +95,14 @@ pub(crate) fn distinct_outputs(outputs: &[(&str, &Path)], inputs: &[&Path]) -> R
 }
 
 /// The file `path` names, canonical: itself where it exists, else its folder's canonical path
-/// and its name. `None` when neither is there.
+/// and its name; for a link to nothing yet, the file the link names (which a write makes).
+/// `None` when neither is there.
 fn resolved(path: &Path) -> Option<PathBuf> {
+    let path = match machine::destination(path) {
+        machine::Destination::Replace(file) => file,
+        machine::Destination::WriteInto => path.to_path_buf(),
+    };
+    let path = path.as_path();
     std::fs::canonicalize(path).ok().or_else(|| {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         Some(
