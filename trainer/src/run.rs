@@ -48,19 +48,27 @@ pub fn save_optimizer(
     Ok(())
 }
 
+/// The epochs of the optimizer checkpoints in `dir` ([`optimizer_file`]), in no order.
+pub fn optimizer_epochs(dir: &Path) -> Vec<usize> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("optimizer-")
+                .and_then(|rest| rest.strip_suffix(".bpk"))
+                .and_then(|n| n.parse::<usize>().ok())
+        })
+        .collect()
+}
+
 /// Removes optimizer checkpoints of epochs other than `keep`.
 pub fn prune_optimizer_checkpoints(dir: &Path, keep: usize) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let epoch = name
-            .strip_prefix("optimizer-")
-            .and_then(|rest| rest.strip_suffix(".bpk"))
-            .and_then(|n| n.parse::<usize>().ok());
-        if epoch.is_some_and(|e| e != keep) {
-            fs::remove_file(entry.path()).ok();
+    for epoch in optimizer_epochs(dir) {
+        if epoch != keep {
+            fs::remove_file(dir.join(optimizer_file(epoch))).ok();
         }
     }
 }

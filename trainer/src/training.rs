@@ -970,6 +970,27 @@ pub fn resume(
         ),
         _ => {}
     }
+    // A run writes epoch N's optimizer checkpoint before its metrics row and removes the one
+    // before only after it, so the checkpoint of the last epoch recorded is there whenever a
+    // later one is. A later one alone: metrics.csv is older than the weights (an older copy
+    // put back), and resuming would train the weights on as if they were that epoch's.
+    if recorded > 0 && !out.join(crate::run::optimizer_file(recorded)).exists() {
+        let later = crate::run::optimizer_epochs(out)
+            .into_iter()
+            .filter(|&e| e > recorded)
+            .max();
+        if let Some(later) = later {
+            bail!(
+                "{} records {recorded} epoch{} but {} is there, not {}: the run is damaged \
+                 (its metrics older than its weights), and resuming would train on from the \
+                 wrong epoch",
+                metrics_path.display(),
+                if recorded == 1 { "" } else { "s" },
+                out.join(crate::run::optimizer_file(later)).display(),
+                crate::run::optimizer_file(recorded)
+            );
+        }
+    }
     // Killed before its first completed epoch: nothing to keep, start the configured run afresh.
     if recorded == 0 {
         let mut config = load_config(out).context("reading the run to resume")?;

@@ -190,6 +190,24 @@ fn a_run_with_weights_but_no_metrics_or_the_reverse_is_refused_and_left_alone() 
         assert!(message.contains("damaged"), "{message}");
         assert!(files(&damaged) == before, "{missing}: the run was changed");
     }
+    // Metrics older than the weights: epoch 1 recorded, but only epoch 2's optimizer
+    // checkpoint there (as when an older metrics.csv is put back over a longer run's).
+    let damaged = dir.path().join("metrics-behind");
+    std::fs::create_dir(&damaged).expect("dir");
+    for (name, bytes) in files(&run) {
+        let name = name.to_string_lossy().replace("optimizer-1", "optimizer-2");
+        std::fs::write(damaged.join(name), bytes).expect("copy");
+    }
+    let before = files(&damaged);
+    let err = training::resume(&damaged, &bundled_dir(), devices, Some(3), |_| {})
+        .expect_err("a damaged run");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("optimizer-2.bpk is there, not optimizer-1.bpk"),
+        "{message}"
+    );
+    assert!(message.contains("damaged"), "{message}");
+    assert!(files(&damaged) == before, "the run was changed");
 }
 
 #[test]

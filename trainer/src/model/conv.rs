@@ -368,6 +368,14 @@ impl CameraDenoiserConfig {
         if self.patch == 0 || self.patches_per_epoch == 0 {
             return Err("patch size and patches per epoch must be at least 1".into());
         }
+        // A tap further out than the patch reads only the zero padding, which the convolution
+        // would still allocate: a patch of 48 with a dilation of 100,000 asked for 160 GB.
+        if let Some(&d) = self.dilations.iter().find(|&&d| d >= self.patch) {
+            return Err(format!(
+                "a dilation of {d} reaches past the {}-pixel training patch: each dilation must be smaller than the patch (--patch)",
+                self.patch
+            ));
+        }
         if self.patch <= 2 * self.loss_margin() {
             return Err(format!(
                 "a {}-pixel patch has no interior to score: the loss leaves out {} pixels along each edge",

@@ -786,4 +786,27 @@ mod tests {
         assert!(err.contains("no interior"), "{err}");
         assert_eq!(CameraDenoiserConfig::new().loss_margin(), 0);
     }
+
+    #[test]
+    fn a_dilation_may_not_reach_past_the_patch() {
+        let config = CameraDenoiserConfig::new().with_patch(48);
+        assert!(
+            config
+                .clone()
+                .with_dilations(vec![1, 47])
+                .validate()
+                .is_ok()
+        );
+        for dilations in [vec![1, 48], vec![100_000, 1]] {
+            let err = config
+                .clone()
+                .with_dilations(dilations.clone())
+                .validate()
+                .unwrap_err();
+            assert!(
+                err.contains("reaches past the 48-pixel training patch"),
+                "{dilations:?}: {err}"
+            );
+        }
+    }
 }
