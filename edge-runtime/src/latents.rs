@@ -156,7 +156,9 @@ pub fn grid(side: usize, span: f32) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// `steps` vectors from `from` to `to` (both included), evenly spaced on the straight line.
+/// `steps` vectors from `from` to `to` (both included), evenly spaced on the straight line:
+/// `from * (1 - t) + to * t`, which stays finite for any finite ends (`from + (to - from) * t`
+/// overflowed to NaN for ends of opposite sign near f32's limits).
 ///
 /// # Errors
 /// [`Error::MorphLengths`] when the two vectors differ in length.
@@ -174,7 +176,10 @@ pub fn morph(from: &[f32], to: &[f32], steps: usize) -> Result<Vec<Vec<f32>>, Er
             } else {
                 i as f32 / (steps - 1) as f32
             };
-            from.iter().zip(to).map(|(a, b)| a + (b - a) * t).collect()
+            from.iter()
+                .zip(to)
+                .map(|(a, b)| a * (1.0 - t) + b * t)
+                .collect()
         })
         .collect())
 }
@@ -270,6 +275,9 @@ mod tests {
     fn morph_includes_both_ends() {
         let m = morph(&[0.0, 1.0], &[1.0, -1.0], 3).expect("same lengths");
         assert_eq!(m, vec![vec![0.0, 1.0], vec![0.5, 0.0], vec![1.0, -1.0]]);
+        // Ends near f32's limits: finite all along, the ends exactly as given.
+        let far = morph(&[-3e38, 0.0], &[3e38, 0.0], 3).expect("same lengths");
+        assert_eq!(far, vec![vec![-3e38, 0.0], vec![0.0, 0.0], vec![3e38, 0.0]]);
         assert!(matches!(
             morph(&[0.0], &[1.0, 2.0], 3),
             Err(Error::MorphLengths { from: 1, to: 2 })

@@ -146,15 +146,25 @@ impl Latent {
 }
 
 impl fmt::Display for Latent {
+    /// The values, comma-separated; past [`Latent::SHOWN`] of them, those and the count (an
+    /// error about a latent of a million values names it in one line).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, v) in self.0.iter().enumerate() {
+        for (i, v) in self.0.iter().take(Self::SHOWN).enumerate() {
             if i > 0 {
                 f.write_str(",")?;
             }
             write!(f, "{v}")?;
         }
+        if self.0.len() > Self::SHOWN {
+            write!(f, ",... ({} values)", self.0.len())?;
+        }
         Ok(())
     }
+}
+
+impl Latent {
+    /// Values a [`Latent`] shows when displayed.
+    const SHOWN: usize = 8;
 }
 
 /// Options that only make sense with another one.
@@ -386,6 +396,13 @@ mod tests {
         assert_eq!(Latent::parse("1,abc"), Err("`abc` is not a number".into()));
         assert_eq!(Latent::parse("1,,2"), Err("empty value in the list".into()));
         assert!(Latent::parse("").is_err());
+    }
+
+    #[test]
+    fn a_long_latent_is_shown_in_short() {
+        assert_eq!(Latent(vec![0.5, -1.0]).to_string(), "0.5,-1");
+        let long = Latent((0..2_000_000).map(|i| i as f32).collect());
+        assert_eq!(long.to_string(), "0,1,2,3,4,5,6,7,... (2000000 values)");
     }
 
     #[test]
