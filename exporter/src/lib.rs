@@ -235,6 +235,8 @@ pub fn export_run_with_progress(
     options: &ExportOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> anyhow::Result<Report> {
+    // Said now, not after the exports and their checks.
+    machine::check_output_folder(out_dir)?;
     let device = Device::flex();
     let (config, model) = load_run(run_dir, &device)?;
     let data = trainer::training::data_dir(&config, options.data_dir.clone());

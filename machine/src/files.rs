@@ -121,6 +121,24 @@ fn running(pid: u32) -> bool {
     }
 }
 
+/// Checks, before a command does its work, that `dir` can be the folder it writes its files
+/// into: a folder, or nothing yet (made when the files are written).
+///
+/// # Errors
+/// [`WriteError`] naming `dir` when a file (or anything but a folder) is there.
+pub fn check_output_folder(dir: &Path) -> Result<(), WriteError> {
+    match fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(WriteError {
+            path: dir.to_path_buf(),
+            source: io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "it is a file, not a folder to write into",
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A file [`write_files`] could not write, and why.
 #[derive(Debug)]
 pub struct WriteError {
@@ -165,11 +183,12 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
 ///
 /// # Errors
 /// [`WriteError`] naming the first file that failed.
-pub fn write_files(files: &[(PathBuf, &[u8])]) -> Result<(), WriteError> {
+pub fn write_files<B: AsRef<[u8]>>(files: &[(PathBuf, B)]) -> Result<(), WriteError> {
     // (temporary file, file it becomes, file as named, bytes)
     let mut staged: Vec<(PathBuf, PathBuf, &Path, &[u8])> = Vec::with_capacity(files.len());
     let mut into: Vec<(&PathBuf, &[u8])> = Vec::new();
     for (path, bytes) in files {
+        let bytes = bytes.as_ref();
         let failed = |source| WriteError {
             path: path.clone(),
             source,
@@ -311,6 +330,18 @@ mod tests {
         for file in others {
             assert!(dir.path().join(file).exists(), "{file} was removed");
         }
+    }
+
+    #[test]
+    fn an_output_folder_may_be_a_folder_or_nothing_yet() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert!(check_output_folder(dir.path()).is_ok());
+        assert!(check_output_folder(&dir.path().join("not-yet")).is_ok());
+        let file = dir.path().join("a-file");
+        fs::write(&file, b"x").unwrap();
+        let err = check_output_folder(&file).unwrap_err();
+        assert_eq!(err.path, file);
+        assert_eq!(err.source.kind(), io::ErrorKind::NotADirectory);
     }
 
     #[test]

@@ -19,8 +19,8 @@ use std::path::Path;
 mod files;
 
 pub use files::{
-    Destination, WriteError, destination, parent_folder, remove_stale_temporaries, temporary_path,
-    write_file, write_files,
+    Destination, WriteError, check_output_folder, destination, parent_folder,
+    remove_stale_temporaries, temporary_path, write_file, write_files,
 };
 
 /// Bytes this process can still allocate and use: the free memory and swap (`MemAvailable` +

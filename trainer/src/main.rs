@@ -623,6 +623,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_train_subset(args.train_subset)
                 .with_test_subset(args.test_subset)
                 .with_data(args.data.map(std::path::absolute).transpose()?);
+            machine::check_output_folder(&out)?;
             if out.join(trainer::run::CONFIG_FILE).exists() {
                 anyhow::bail!(
                     "{} already holds a run: `trainer resume {0}` continues it; to start over, \

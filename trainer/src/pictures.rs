@@ -521,6 +521,7 @@ pub fn write_pictures(
     out_dir: &Path,
     device: &Device,
 ) -> anyhow::Result<Vec<PathBuf>> {
+    machine::check_output_folder(out_dir)?;
     let (config, model) = load_run(run_dir, device).context("loading the run")?;
     // The metrics are read before the folder is made: a damaged file leaves nothing behind.
     let metrics = run_dir.join("metrics.csv");
@@ -531,12 +532,11 @@ pub fn write_pictures(
     } else {
         None
     };
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let mut written = Vec::new();
+    // Every picture drawn first, then all written as one set: a failure part-way (a folder
+    // where a picture goes, a full disk) leaves the pictures already there as they were.
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     let mut save = |name: &str, canvas: &Canvas| -> anyhow::Result<()> {
-        let path = out_dir.join(name);
-        machine::write_file(&path, &canvas.png()?)?;
-        written.push(path);
+        files.push((out_dir.join(name), canvas.png()?));
         Ok(())
     };
     if let Some(curves) = curves {
@@ -544,7 +544,7 @@ pub fn write_pictures(
     }
     if let crate::model::ModelConfig::CameraDenoiser(_) = config.model {
         save("denoised.png", &camera_crops(&model, data_dir, device)?)?;
-        return Ok(written);
+        return write_pictures_set(out_dir, files);
     }
     let test = Mnist::load(data_dir, Split::Test).context("loading the test images")?;
 
@@ -592,7 +592,18 @@ pub fn write_pictures(
             &samples(&model, latent, count, 0, None, device)?,
         )?;
     }
-    Ok(written)
+    write_pictures_set(out_dir, files)
+}
+
+/// Makes `out_dir` and writes `files` into it, all or none ([`machine::write_files`]); their
+/// paths.
+fn write_pictures_set(
+    out_dir: &Path,
+    files: Vec<(PathBuf, Vec<u8>)>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    machine::write_files(&files)?;
+    Ok(files.into_iter().map(|(path, _)| path).collect())
 }
 
 /// Noisy / denoised / clean rows of 128x128 crops of the held-out photographs at each of the

@@ -576,6 +576,39 @@ fn a_damaged_metrics_row_is_refused_by_resume() {
     assert!(!pictures.exists(), "an empty pictures folder was left");
 }
 
+/// `pictures` writes its pictures as one set: a folder where one of them goes leaves those
+/// already there as they were. A file named as the pictures' folder is said before any drawing.
+#[test]
+fn pictures_are_written_all_or_none() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let device = Device::flex();
+    let data = trainer::data::bundled_dir();
+    train_a_short_dense_run(&run);
+    let pictures = dir.path().join("pictures");
+    std::fs::create_dir_all(pictures.join("reconstructions.png")).expect("mkdir");
+    std::fs::write(pictures.join("loss_curves.png"), b"old").expect("old picture");
+    let err = trainer::pictures::write_pictures(&run, &data, &pictures, &device)
+        .expect_err("a folder in the way");
+    assert!(
+        format!("{err:#}").contains("cannot write")
+            && format!("{err:#}").contains("reconstructions.png"),
+        "{err:#}"
+    );
+    assert_eq!(
+        std::fs::read(pictures.join("loss_curves.png")).expect("kept"),
+        b"old"
+    );
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").expect("file");
+    let err = trainer::pictures::write_pictures(&run, &data, &file, &device)
+        .expect_err("a file as the folder");
+    assert!(
+        format!("{err:#}").contains("it is a file, not a folder to write into"),
+        "{err:#}"
+    );
+}
+
 /// A resumed run tells its caller when Adam's saved state is missing (it then starts afresh,
 /// and the run cannot end as the straight one would), and only then.
 #[test]

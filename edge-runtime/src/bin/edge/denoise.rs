@@ -420,7 +420,6 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
         if let Some(noisy_path) = noisy.get(index) {
             pair.push((noisy_path.clone(), image.encode_for(noisy_path)?));
         }
-        let pair: Vec<(PathBuf, &[u8])> = pair.iter().map(|(p, b)| (p.clone(), &b[..])).collect();
         machine::write_files(&pair)?;
         if let Some(noisy_path) = noisy.get(index) {
             machine::outln!(

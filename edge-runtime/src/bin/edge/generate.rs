@@ -270,11 +270,7 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
             .collect();
         files.push((raw.clone(), bytes));
     }
-    let set: Vec<(PathBuf, &[u8])> = files
-        .iter()
-        .map(|(path, bytes)| (path.clone(), bytes.as_slice()))
-        .collect();
-    machine::write_files(&set).context("writing the outputs")?;
+    machine::write_files(&files).context("writing the outputs")?;
     for path in &digit_paths {
         machine::outln!("wrote {}", path.display());
     }
