@@ -52,9 +52,11 @@ pub fn read_file(path: &Path) -> Result<Vec<Vec<f32>>, Error> {
     };
     let format = LatentFormat::from_path(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    // A byte-order mark, as some editors and spreadsheets start a UTF-8 file with, is no value.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let latents = match format {
-        LatentFormat::Csv => parse_csv(&text),
-        LatentFormat::Json => parse_json(&text),
+        LatentFormat::Csv => parse_csv(text),
+        LatentFormat::Json => parse_json(text),
     }
     .map_err(fail)?;
     check_uniform(&latents).map_err(fail)?;
@@ -243,6 +245,11 @@ mod tests {
         let missing = read_file(&dir.path().join("none.csv")).expect_err("missing");
         assert!(missing.to_string().contains("none.csv"));
         assert!(read_file(&dir.path().join("z.txt")).is_err());
+        // A UTF-8 byte-order mark first, as spreadsheets write: not part of the first value.
+        std::fs::write(&csv, "\u{feff}1,2\n").expect("write");
+        assert_eq!(read_file(&csv).expect("reads"), vec![vec![1.0, 2.0]]);
+        std::fs::write(&json, "\u{feff}[[1, 2]]").expect("write");
+        assert_eq!(read_file(&json).expect("reads"), vec![vec![1.0, 2.0]]);
     }
 
     #[test]

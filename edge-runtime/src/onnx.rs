@@ -61,6 +61,23 @@ pub(crate) fn read(path: &Path) -> Result<InferenceModel, Error> {
             parsed.unresolved_inputs
         )));
     }
+    // A NaN or infinite weight (a training that diverged, a damaged file): tract's ReLU reads
+    // NaN as 0, so such a model would make a plausible picture, not an error.
+    for node in parsed.model.nodes() {
+        let Some(constant) = node.op_as::<tract_onnx::tract_core::ops::konst::Const>() else {
+            continue;
+        };
+        let Ok(values) = constant.val().to_plain_array_view::<f32>() else {
+            continue; // not f32 (integers are always finite)
+        };
+        if let Some((at, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(parse_error(anyhow::anyhow!(
+                "its constant `{}` holds {v} (value {at} of {}): a model's weights must be finite",
+                node.name,
+                values.len()
+            )));
+        }
+    }
     Ok(parsed.model)
 }
 

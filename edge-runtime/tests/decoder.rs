@@ -183,6 +183,24 @@ fn a_graph_output_nothing_produces_is_rejected() {
     assert!(message.contains("is not produced by any node"), "{message}");
 }
 
+#[test]
+fn a_weight_that_is_not_a_number_is_refused_at_load_time() {
+    // tract's ReLU and Max read NaN as 0: a diverged model would draw a plausible picture.
+    for (value, shown) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf")] {
+        let model = edited(|g| {
+            let b = g.initializer.iter_mut().find(|t| t.name == "b").expect("b");
+            b.float_data[5] = value;
+        });
+        let err = load(&model).expect_err("a NaN weight");
+        assert!(matches!(err, Error::ParseModel { .. }), "{err}");
+        let message = format!("{:#}", anyhow::Error::new(err));
+        assert!(
+            message.contains(&format!("holds {shown} (value 5 of 784)")),
+            "{message}"
+        );
+    }
+}
+
 /// Loading `model` fails with [`Error::NotADecoder`] whose message contains `needle`.
 fn assert_not_a_decoder(model: &ModelProto, needle: &str) {
     let err = load(model).expect_err("not a decoder");

@@ -122,7 +122,7 @@ fn span(text: &str) -> Result<f32, String> {
     positive(text)
         .ok()
         .filter(|&v| v <= 1000.0)
-        .ok_or_else(|| format!("`{text}` is not a half-width from 0 to 1000"))
+        .ok_or_else(|| format!("`{text}` is not a half-width above 0 and at most 1000"))
 }
 
 /// A latent vector parsed from the command line.
@@ -275,7 +275,8 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
         machine::outln!("wrote {}", path.display());
     }
     if let Some((path, _)) = &sheet {
-        machine::outln!("wrote {} ({} digits)", path.display(), images.len());
+        let digits = if images.len() == 1 { "digit" } else { "digits" };
+        machine::outln!("wrote {} ({} {digits})", path.display(), images.len());
     }
     if let Some(raw) = &args.raw {
         machine::outln!("wrote {}", raw.display());
