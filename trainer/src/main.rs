@@ -352,15 +352,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let total = args.epochs.unwrap_or(config.epochs);
             eprintln!("resuming {}", args.run.display());
             let data = training::data_dir(&config, args.data);
+            let mut report = reporter(total, config.model.is_variational());
+            let mut epochs_run = 0;
             training::resume(
                 &args.run,
                 &data,
                 &args.hardware.devices()?,
                 args.epochs,
-                reporter(total, config.model.is_variational()),
+                |progress| {
+                    if let training::Progress::Epoch(_) = progress {
+                        epochs_run += 1;
+                    }
+                    report(progress)
+                },
             )
             .context("training failed")?;
-            eprintln!("wrote {}", args.run.display());
+            if epochs_run == 0 {
+                // A finished run: nothing was trained or written.
+                eprintln!(
+                    "{} has done its {total} epoch{} already: nothing to train (--epochs N \
+                     with a larger N trains on)",
+                    args.run.display(),
+                    if total == 1 { "" } else { "s" }
+                );
+            } else {
+                eprintln!("wrote {}", args.run.display());
+            }
         }
         Command::Bench(args) => {
             let families: Vec<&str> = if args.families.is_empty() {

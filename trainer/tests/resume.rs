@@ -137,6 +137,28 @@ fn a_run_killed_before_its_first_checkpoint_starts_afresh() {
     assert_eq!(epochs_done(&run), [1]);
 }
 
+/// Resuming a run that has done its epochs trains nothing and says so (it had said "wrote").
+#[test]
+fn resuming_a_finished_run_says_there_is_nothing_to_train() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    train_a_short_dense_run(&run);
+    let weights = std::fs::read(run.join("model.bpk")).expect("weights");
+    let out = trainer().arg("resume").arg(&run).output().expect("resume");
+    assert!(out.status.success());
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("has done its 1 epoch already: nothing to train"),
+        "{message}"
+    );
+    assert!(!message.contains("wrote"), "{message}");
+    assert_eq!(
+        std::fs::read(run.join("model.bpk")).expect("weights"),
+        weights
+    );
+    assert_eq!(epochs_done(&run), [1]);
+}
+
 #[test]
 fn resuming_a_missing_run_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("temp dir");
