@@ -68,7 +68,7 @@ pub(crate) fn read(path: &Path) -> Result<InferenceModel, Error> {
             continue;
         };
         let Ok(values) = constant.val().to_plain_array_view::<f32>() else {
-            continue; // not f32 (integers are always finite)
+            continue; // not f32: integers are always finite; our exporters write f32 weights
         };
         if let Some((at, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(parse_error(anyhow::anyhow!(

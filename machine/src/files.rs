@@ -176,9 +176,9 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
 /// its folder synced. A failure while writing (a full disk, a folder in a file's place) removes
 /// the temporary files and leaves the files already there as they were; a failed rename removes
 /// the temporary files not yet renamed. Each folder is synced once, after its renames: a set of
-/// a thousand images in one folder costs a thousand file syncs and one folder sync. A link is followed (the file it names is replaced; the
-/// link stays), and a device or a pipe (`/dev/null`, a FIFO) is written into as it is, after the
-/// others ([`destination`]). The first write into a folder removes the temporary files that
+/// a thousand images in one folder costs a thousand file syncs and one folder sync. A link is
+/// followed (the file it names is replaced; the link stays), and a device or a pipe
+/// (`/dev/null`, a FIFO) is written into as it is, after the others ([`destination`]). The first write into a folder removes the temporary files that
 /// killed processes left there ([`remove_stale_temporaries`]).
 ///
 /// # Errors

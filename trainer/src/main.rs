@@ -210,7 +210,7 @@ struct TrainArgs {
     /// the pixels [default: conv-vae bce, fc-vae sse (the lesson's)].
     #[arg(long, value_enum)]
     reconstruction: Option<Loss>,
-    /// Camera denoiser: dilation of each 3x3 layer, comma-separated [default: 1,2,4,2,1].
+    /// Camera denoiser: dilation of each 3x3 layer (1 to 64), comma-separated [default: 1,2,4,2,1].
     #[arg(long, value_delimiter = ',')]
     dilations: Option<Vec<usize>>,
     /// Camera denoiser: training patches per epoch [default: 16384].
@@ -368,7 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .context("training failed")?;
             if epochs_run == 0 {
-                // A finished run: nothing was trained or written.
+                // A finished run: nothing was trained.
                 eprintln!(
                     "{} has done its {total} epoch{} already: nothing to train (--epochs N \
                      with a larger N trains on)",

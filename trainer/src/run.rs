@@ -48,8 +48,9 @@ pub fn save_optimizer(
     Ok(())
 }
 
-/// The epochs of the optimizer checkpoints in `dir` ([`optimizer_file`]), in no order.
-pub fn optimizer_epochs(dir: &Path) -> Vec<usize> {
+/// The optimizer checkpoints in `dir` ([`optimizer_file`]): each one's epoch and path, in no
+/// order.
+pub fn optimizer_checkpoints(dir: &Path) -> Vec<(usize, PathBuf)> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -57,18 +58,20 @@ pub fn optimizer_epochs(dir: &Path) -> Vec<usize> {
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("optimizer-")
+            let epoch = name
+                .strip_prefix("optimizer-")
                 .and_then(|rest| rest.strip_suffix(".bpk"))
-                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| n.parse::<usize>().ok())?;
+            Some((epoch, entry.path()))
         })
         .collect()
 }
 
 /// Removes optimizer checkpoints of epochs other than `keep`.
 pub fn prune_optimizer_checkpoints(dir: &Path, keep: usize) {
-    for epoch in optimizer_epochs(dir) {
+    for (epoch, path) in optimizer_checkpoints(dir) {
         if epoch != keep {
-            fs::remove_file(dir.join(optimizer_file(epoch))).ok();
+            fs::remove_file(path).ok();
         }
     }
 }

@@ -932,8 +932,9 @@ pub fn train(
 ///
 /// # Errors
 /// A missing or unreadable run, weights without a metrics row or metrics without weights (a
-/// damaged run, left as it is), a `metrics.csv` that does not count epochs 1, 2, ... in order,
-/// or `epochs` below the epochs already done.
+/// damaged run, left as it is), an optimizer checkpoint two or more epochs past the last one
+/// `metrics.csv` records (its metrics older than its weights), a `metrics.csv` that does not
+/// count epochs 1, 2, ... in order, or `epochs` below the epochs already done.
 pub fn resume(
     out: &Path,
     data_dir: &Path,
@@ -970,26 +971,23 @@ pub fn resume(
         ),
         _ => {}
     }
-    // A run writes epoch N's optimizer checkpoint before its metrics row and removes the one
-    // before only after it, so the checkpoint of the last epoch recorded is there whenever a
-    // later one is. A later one alone: metrics.csv is older than the weights (an older copy
-    // put back), and resuming would train the weights on as if they were that epoch's.
-    if recorded > 0 && !out.join(crate::run::optimizer_file(recorded)).exists() {
-        let later = crate::run::optimizer_epochs(out)
-            .into_iter()
-            .filter(|&e| e > recorded)
-            .max();
-        if let Some(later) = later {
-            bail!(
-                "{} records {recorded} epoch{} but {} is there, not {}: the run is damaged \
-                 (its metrics older than its weights), and resuming would train on from the \
-                 wrong epoch",
-                metrics_path.display(),
-                if recorded == 1 { "" } else { "s" },
-                out.join(crate::run::optimizer_file(later)).display(),
-                crate::run::optimizer_file(recorded)
-            );
-        }
+    // A run writes epoch N's optimizer checkpoint before its metrics row and removes the older
+    // ones after it, so an interrupted run holds no checkpoint past the epoch after the last
+    // one recorded. One further on: metrics.csv is older than the weights (an older copy put
+    // back), and resuming would train the weights on as if they were that epoch's. (One epoch
+    // further on is what an interruption leaves too, so only two or more are told apart.)
+    let later = crate::run::optimizer_checkpoints(out)
+        .into_iter()
+        .filter(|&(e, _)| e > recorded + 1)
+        .max();
+    if let Some((_, later)) = later {
+        bail!(
+            "{} records {recorded} epoch{} but {} is there: the run is damaged (its metrics \
+             older than its weights), and resuming would train on from the wrong epoch",
+            metrics_path.display(),
+            if recorded == 1 { "" } else { "s" },
+            later.display(),
+        );
     }
     // Killed before its first completed epoch: nothing to keep, start the configured run afresh.
     if recorded == 0 {

@@ -191,7 +191,7 @@ impl<'a> Layer<'a> {
     }
 
     /// `(bias, multiplier, shift)` of output channel `o`, or `None` past the layer's
-    /// `C_out` channels.
+    /// `C_out` channels (or past its parameters, for a layer whose `output` was changed).
     pub fn params(&self, o: usize) -> Option<(i32, i32, i32)> {
         if o >= self.output.c as usize {
             return None;

@@ -310,6 +310,10 @@ pub struct CameraDenoiser {
     convs: Vec<Conv2d>,
 }
 
+/// The largest dilation [`CameraDenoiserConfig::validate`] accepts: a 3x3 tap 64 pixels away,
+/// beyond the default 48-pixel training patch, and a padding any frame can still afford.
+pub const MAX_DILATION: usize = 64;
+
 impl CameraDenoiserConfig {
     /// Pixels each output pixel sees on every side: [`CameraDenoiser::context`] of the model
     /// this builds.
@@ -368,12 +372,11 @@ impl CameraDenoiserConfig {
         if self.patch == 0 || self.patches_per_epoch == 0 {
             return Err("patch size and patches per epoch must be at least 1".into());
         }
-        // A tap further out than the patch reads only the zero padding, which the convolution
-        // would still allocate: a patch of 48 with a dilation of 100,000 asked for 160 GB.
-        if let Some(&d) = self.dilations.iter().find(|&&d| d >= self.patch) {
+        // Each convolution pads its input by its dilation: a dilation of 100,000 asked for
+        // 160 GB for a 48-pixel patch (and aborted), in training and on every photograph.
+        if let Some(&d) = self.dilations.iter().find(|&&d| d > MAX_DILATION) {
             return Err(format!(
-                "a dilation of {d} reaches past the {}-pixel training patch: each dilation must be smaller than the patch (--patch)",
-                self.patch
+                "a dilation of {d} is more than {MAX_DILATION}: each convolution pads its input by its dilation on every side"
             ));
         }
         if self.patch <= 2 * self.loss_margin() {

@@ -262,8 +262,10 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
         }
         // A reader of stdout that has gone (`| head -c ...`) ends the run quietly, with
         // SIGPIPE's status, as the other commands' output does (`machine::outln!`).
-        Err(edge_runtime::Error::Stream { source, .. })
-            if to_stdout && source.kind() == std::io::ErrorKind::BrokenPipe =>
+        Err(edge_runtime::Error::Stream { what, source })
+            if to_stdout
+                && what.starts_with("writing")
+                && source.kind() == std::io::ErrorKind::BrokenPipe =>
         {
             std::process::exit(141)
         }
