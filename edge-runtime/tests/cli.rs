@@ -1438,25 +1438,17 @@ fn a_noisy_copy_may_not_overwrite_another_output() {
         "--out",
         "out",
     ];
-    let output = edge(dir.path(), &args);
-    assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("a_noisy.png would overwrite another image"),
-        "{}",
-        stderr(&output)
+    fails_with(
+        dir.path(),
+        &args,
+        "a_noisy.png would overwrite another image",
     );
     assert!(!dir.path().join("out/a.png").exists());
     // An image and its noisy copy are written as a pair: a folder where the copy should go
     // leaves the denoised image unwritten too.
     std::fs::remove_file(dir.path().join("in/a_noisy.png")).expect("rm");
     std::fs::create_dir_all(dir.path().join("out/a_noisy.png")).expect("mkdir");
-    let output = edge(dir.path(), &args);
-    assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("cannot write out/a_noisy.png"),
-        "{}",
-        stderr(&output)
-    );
+    fails_with(dir.path(), &args, "cannot write out/a_noisy.png");
     assert!(!dir.path().join("out/a.png").exists());
 }
 

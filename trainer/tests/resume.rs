@@ -216,12 +216,17 @@ fn a_run_with_weights_but_no_metrics_or_the_reverse_is_refused_and_left_alone() 
     // checkpoint there (as when an older metrics.csv is put back over a longer run's; one
     // epoch further on is what an interruption between the checkpoint and the metrics row
     // leaves, and resumes).
-    let damaged = dir.path().join("metrics-behind");
-    std::fs::create_dir(&damaged).expect("dir");
-    for (name, bytes) in files(&run) {
-        let name = name.to_string_lossy().replace("optimizer-1", "optimizer-3");
-        std::fs::write(damaged.join(name), bytes).expect("copy");
-    }
+    // A copy of the run named `to`, its optimizer checkpoint renamed to `checkpoint`'s.
+    let copy_with_checkpoint = |to: &str, checkpoint: &str| {
+        let copy = dir.path().join(to);
+        std::fs::create_dir(&copy).expect("dir");
+        for (name, bytes) in files(&run) {
+            let name = name.to_string_lossy().replace("optimizer-1", checkpoint);
+            std::fs::write(copy.join(name), bytes).expect("copy");
+        }
+        copy
+    };
+    let damaged = copy_with_checkpoint("metrics-behind", "optimizer-3");
     let before = files(&damaged);
     let err = training::resume(&damaged, &bundled_dir(), devices, Some(3), |_| {})
         .expect_err("a damaged run");
@@ -233,12 +238,7 @@ fn a_run_with_weights_but_no_metrics_or_the_reverse_is_refused_and_left_alone() 
     assert!(files(&damaged) == before, "the run was changed");
     // Epoch 2's checkpoint without epoch 1's: a run without its recorded checkpoint,
     // interrupted after the next epoch's checkpoint and before its metrics row. It resumes.
-    let interrupted = dir.path().join("interrupted");
-    std::fs::create_dir(&interrupted).expect("dir");
-    for (name, bytes) in files(&run) {
-        let name = name.to_string_lossy().replace("optimizer-1", "optimizer-2");
-        std::fs::write(interrupted.join(name), bytes).expect("copy");
-    }
+    let interrupted = copy_with_checkpoint("interrupted", "optimizer-2");
     training::resume(&interrupted, &bundled_dir(), devices, Some(2), |_| {})
         .expect("an interrupted run resumes");
 }
