@@ -791,6 +791,7 @@ fn an_unreadable_image_is_skipped_and_reported() {
         (["--out", "-"], "--out - (stdout) is for a raw stream"),
         (["--format", "gray8"], "cannot be used with"),
         (["--input", "in.y8"], "cannot be used with"),
+        (["--threads", "4"], "cannot be used with"),
     ] {
         let args = [
             &["denoise", "--model", "blur.onnx", "photos/a.png"][..],

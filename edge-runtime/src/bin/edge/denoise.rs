@@ -93,7 +93,13 @@ pub(crate) struct DenoiseArgs {
     add_noise: Option<f32>,
 
     /// Worker threads for a stream (frames in flight, written in order).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    // Clap's conflicts ignore the default: only a --threads given with images is refused.
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=64),
+        conflicts_with = "images"
+    )]
     threads: u32,
 }
 
