@@ -963,9 +963,9 @@ fn a_stream_into_a_fifo_stays_a_fifo() {
     );
 }
 
-/// A stream's output file may not be a file the run reads: its input (by name, through a hard
-/// link, or as the file stdin is redirected from) or its model. Each is refused before a frame
-/// is read, and left as it was.
+/// A stream's output file, or the file stdout goes to, may not be a file the run reads: its
+/// input (by name, through a hard link, or as the file stdin is redirected from) or its model.
+/// Each is refused before a frame is read, and left as it was.
 #[cfg(unix)]
 #[test]
 fn a_stream_never_overwrites_its_input_or_its_model() {
@@ -999,6 +999,45 @@ fn a_stream_never_overwrites_its_input_or_its_model() {
         assert_eq!(std::fs::read(path("in.y8")).expect("input"), frames);
         assert_eq!(std::fs::read(path("blur.onnx")).expect("model"), model);
     }
+    // The same for stdout (`--out -`, the default) appending to one of them (`>> in.y8`): the
+    // stream would read its own frames back for ever.
+    for (input, stdout, message) in [
+        (Some("in.y8"), "in.y8", "stdout is also the input"),
+        (None, "link.y8", "stdout is also the input (stdin)"),
+        (Some("in.y8"), "blur.onnx", "stdout is the model"),
+    ] {
+        let mut args = GRAY_STREAM.to_vec();
+        if let Some(input) = input {
+            args.extend(["--input", input]);
+        }
+        let appended = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path(stdout))
+            .expect("open for appending");
+        let output = edge_command()
+            .current_dir(dir.path())
+            .args(&args)
+            .stdin(std::fs::File::open(path("in.y8")).expect("open"))
+            .stdout(appended)
+            .output()
+            .expect("run edge");
+        assert!(!output.status.success(), "{args:?} > {stdout} succeeded");
+        assert!(stderr(&output).contains(message), "{}", stderr(&output));
+        assert_eq!(std::fs::read(path("in.y8")).expect("input"), frames);
+        assert_eq!(std::fs::read(path("blur.onnx")).expect("model"), model);
+    }
+    // A regular file that is neither is written as before.
+    let output = edge_command()
+        .current_dir(dir.path())
+        .args([&GRAY_STREAM[..], &["--input", "in.y8"]].concat())
+        .stdout(std::fs::File::create(path("clean.y8")).expect("create"))
+        .output()
+        .expect("run edge");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read(path("clean.y8")).expect("output").len(),
+        frames.len()
+    );
 }
 
 #[test]

@@ -103,24 +103,22 @@ pub(crate) struct DenoiseArgs {
     threads: u32,
 }
 
-/// Refuses a stream's output file `file` (`--out out`) that is a file the run reads: its input,
-/// also when that is stdin redirected from the file (`< clean.y8`), or its model. The same
-/// device and inode, so links and other names of one file are caught too.
-fn refuse_to_overwrite_what_is_read(args: &DenoiseArgs, file: &Path, out: &Path) -> Result<()> {
+/// Refuses a stream's output (`written`: its metadata; `name`: how the user named it) that is a
+/// file the run reads: its input, also when that is stdin redirected from the file (`<
+/// clean.y8`), or its model. The same device and inode, so links and other names of one file
+/// are caught too, as is stdout appending to the input (`>> clip.y8`), which would read its own
+/// frames back for ever.
+fn refuse_to_overwrite_what_is_read(
+    args: &DenoiseArgs,
+    written: &std::fs::Metadata,
+    name: &str,
+) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(target) = std::fs::metadata(file) else {
-        return Ok(()); // not there yet: nothing to destroy
-    };
-    let same = |m: &std::fs::Metadata| m.dev() == target.dev() && m.ino() == target.ino();
+    let same = |m: &std::fs::Metadata| m.dev() == written.dev() && m.ino() == written.ino();
     let input = if args.device.is_some() {
         None
     } else if args.input() == Path::new("-") {
-        use std::os::fd::AsFd;
-        std::io::stdin()
-            .as_fd()
-            .try_clone_to_owned()
-            .ok()
-            .and_then(|fd| std::fs::File::from(fd).metadata().ok())
+        descriptor_metadata(&std::io::stdin())
     } else {
         std::fs::metadata(args.input()).ok()
     };
@@ -130,15 +128,18 @@ fn refuse_to_overwrite_what_is_read(args: &DenoiseArgs, file: &Path, out: &Path)
         } else {
             ""
         };
-        bail!("--out {} is also the input{stdin}", out.display());
+        bail!("{name} is also the input{stdin}");
     }
     if std::fs::metadata(&args.model).is_ok_and(|m| same(&m)) {
-        bail!(
-            "--out {} is the model: writing it would destroy it",
-            out.display()
-        );
+        bail!("{name} is the model: writing it would destroy it");
     }
     Ok(())
+}
+
+/// The metadata of the file behind one of the process's standard streams.
+fn descriptor_metadata(stream: &impl std::os::fd::AsFd) -> Option<std::fs::Metadata> {
+    let fd = stream.as_fd().try_clone_to_owned().ok()?;
+    std::fs::File::from(fd).metadata().ok()
 }
 
 impl DenoiseArgs {
@@ -176,8 +177,18 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
         _ => None,
     };
     let temporary = renamed_to.as_deref().map(machine::temporary_path);
+    if to_stdout {
+        // Only a regular file can be the input or the model (`> clip.y8`, `>> clip.y8`).
+        if let Some(stdout) = descriptor_metadata(&std::io::stdout()).filter(|m| m.is_file()) {
+            refuse_to_overwrite_what_is_read(args, &stdout, "stdout")?;
+        }
+    }
     if let Some(file) = &renamed_to {
-        refuse_to_overwrite_what_is_read(args, file, &out)?;
+        // Not there yet: nothing to destroy.
+        if let Ok(written) = std::fs::metadata(file) {
+            let name = format!("--out {}", out.display());
+            refuse_to_overwrite_what_is_read(args, &written, &name)?;
+        }
         // Said now, not by the rename after the whole stream.
         if out.is_dir() {
             bail!(
