@@ -40,7 +40,9 @@ impl Decoder {
     /// - [`Error::ReadModel`]: the file is missing or unreadable;
     /// - [`Error::ParseModel`]: it is not an ONNX model tract understands (garbage, truncated);
     /// - [`Error::NotADecoder`]: wrong number of inputs/outputs, wrong rank, type or sizes;
-    /// - [`Error::PrepareModel`]: tract cannot type or optimise the graph for `[1, D]`.
+    /// - [`Error::PrepareModel`]: tract cannot type or optimise the graph for `[1, D]`;
+    /// - [`Error::Memory`]: one decode (its tensors, latent and image) needs more memory than
+    ///   the process can get.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
         let model = crate::onnx::read(path)?;
@@ -85,6 +87,19 @@ impl Decoder {
         let (height, width) =
             image_size_of(output).map_err(|reason| not_a_decoder(format!("output 0 {reason}")))?;
         let plan = model.into_runnable().map_err(prepare_failed)?;
+        // One decode's tensors, its latent and its image: a declared size can be anything.
+        let latent_and_image = (latent_dim as u64)
+            .saturating_add((height as u64).saturating_mul(width as u64))
+            .saturating_mul(4);
+        let needed = crate::memory::plan_tensor_bytes(&plan)
+            .unwrap_or(0)
+            .saturating_add(latent_and_image);
+        crate::memory::ensure_fits(needed, || {
+            format!(
+                "{} ({latent_dim} latent values -> {width}x{height} image)",
+                path.display()
+            )
+        })?;
         let state = Mutex::new(plan.spawn().map_err(prepare_failed)?);
         Ok(Self {
             plan,

@@ -1507,6 +1507,43 @@ fn edge_with_memory_limit(dir: &Path, kib: u64, args: &str) -> Output {
         .expect("run sh")
 }
 
+/// A decoder whose declared latent is too large for the memory is refused at load, and one
+/// whose images are too large for the digits asked for before any is decoded: errors, not
+/// aborts (a 4 TiB latent had been allocated, and failed, drawing `--random 1`). The small
+/// version of each runs.
+#[test]
+fn a_decoder_too_large_for_memory_is_an_error() {
+    let dir = workspace();
+    let path = |name: &str| dir.path().join(name);
+    common::write_model(
+        &path("wide.onnx"),
+        &common::mean_spread_decoder_model(1 << 40, 2),
+    );
+    common::write_model(
+        &path("big.onnx"),
+        &common::mean_spread_decoder_model(2, 16384),
+    );
+    common::write_model(
+        &path("small.onnx"),
+        &common::mean_spread_decoder_model(2, 4),
+    );
+    let generate = |model: &'static str, n: &'static str| {
+        [
+            "generate", "--model", model, "--random", n, "--out", "d.png",
+        ]
+    };
+    fails_with(dir.path(), &generate("wide.onnx", "1"), "needs at least");
+    fails_with(
+        dir.path(),
+        &generate("big.onnx", "10000"),
+        "10000 digits of 16384x16384 need about",
+    );
+    assert!(!path("d.png").exists() && !path("d_0.png").exists());
+    let out = edge(dir.path(), &generate("small.onnx", "2"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(path("d_0.png").is_file() && path("d_1.png").is_file());
+}
+
 /// A stream whose frame buffers and workers' tensors need more memory than the process may have
 /// is an error before any frame is read, not an abort (here a 2.8 GiB address-space limit
 /// against nine 402 MB frames of 16384x16384 YUV 4:2:0 and four workers holding two 1 GiB

@@ -277,6 +277,45 @@ pub fn sqrt_model() -> ModelProto {
     opset13(graph)
 }
 
+/// A "decoder" of any declared latent and image size, holding no weights: the mean of its
+/// latent `z: f32 [1, latent]`, spread over an `f32 [1, 1, side, side]` image. For sizes too
+/// large to run.
+pub fn mean_spread_decoder_model(latent: usize, side: usize) -> ModelProto {
+    let mut mean = node("ReduceMean", &["z"], "m");
+    mean.attribute = vec![tract_onnx::pb::AttributeProto {
+        name: "axes".into(),
+        r#type: tract_onnx::pb::attribute_proto::AttributeType::Ints as i32,
+        ints: vec![1],
+        ..Default::default()
+    }];
+    let int64s = |name: &str, values: Vec<i64>| TensorProto {
+        name: name.into(),
+        dims: vec![values.len() as i64],
+        data_type: DataType::Int64 as i32,
+        int64_data: values,
+        ..Default::default()
+    };
+    let graph = GraphProto {
+        name: "mean_spread".into(),
+        node: vec![
+            mean,
+            node("Reshape", &["m", "pixel"], "p"),
+            node("Expand", &["p", "image_shape"], "image"),
+        ],
+        initializer: vec![
+            int64s("pixel", vec![1, 1, 1, 1]),
+            int64s("image_shape", vec![1, 1, side as i64, side as i64]),
+        ],
+        input: vec![f32_value("z", &[fixed(1), fixed(latent)])],
+        output: vec![f32_value(
+            "image",
+            &[fixed(1), fixed(1), fixed(side), fixed(side)],
+        )],
+        ..Default::default()
+    };
+    opset13(graph)
+}
+
 /// What [`box_blur_model`] makes of an 8-bit frame, rounded to 8 bits, computed in f64.
 pub fn box_blur_reference(frame: &[u8], width: usize, height: usize) -> Vec<u8> {
     box_blur(frame, width, height, false)

@@ -35,6 +35,8 @@ Examples:
 
 /// Most digits one `generate` decodes.
 const MAX_DIGITS: u32 = 10_000;
+/// Digits in a `--morph` without `--steps`.
+const DEFAULT_STEPS: u32 = 8;
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["latent", "latents", "random", "grid", "morph"])))]
@@ -198,6 +200,35 @@ fn check_companions(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a run whose digits (kept until all are decoded, with their latents and a sheet) need
+/// more memory than the process can get: said, not ended by the kernel's OOM killer. Only a
+/// decoder with huge images or latents gets near it: 10,000 MNIST digits take ~35 MB.
+fn check_memory(args: &GenerateArgs, decoder: &Decoder) -> Result<()> {
+    let digits = match (args.random, args.grid, !args.morph.is_empty()) {
+        (Some(n), _, _) => u64::from(n),
+        (_, Some(n), _) => u64::from(n).saturating_mul(u64::from(n)),
+        (_, _, true) => u64::from(args.steps.unwrap_or(DEFAULT_STEPS)),
+        // Given ones: counted when read, at most MAX_DIGITS.
+        _ => u64::from(MAX_DIGITS),
+    };
+    let (width, height) = decoder.image_size();
+    let image = (width as u64).saturating_mul(height as u64);
+    let copies = if args.sheet.is_some() { 2 } else { 1 };
+    let needed = digits
+        .min(u64::from(MAX_DIGITS))
+        .saturating_mul(image.saturating_mul(copies) + decoder.latent_dim() as u64)
+        .saturating_mul(4);
+    if let Some(available) = edge_runtime::available_bytes().filter(|&a| needed > a) {
+        bail!(
+            "{digits} digits of {width}x{height} need about {} MB of memory, more than the {} MB \
+             this process can get",
+            needed / 1_000_000,
+            available / 1_000_000
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
     check_companions(args)?;
     // Check the cheap things before loading the model.
@@ -205,6 +236,7 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
         ImageFormat::from_path(path).context("checking the output file name")?;
     }
     let decoder = Decoder::load(&args.model).context("loading the decoder")?;
+    check_memory(args, &decoder)?;
     let (latents, natural_columns) = latents(args, &decoder)?;
     if latents.len() > MAX_DIGITS as usize {
         bail!("{} latents: at most {MAX_DIGITS} per run", latents.len());
@@ -353,7 +385,7 @@ fn styles(args: &GenerateArgs, dim: usize) -> Result<(Vec<Vec<f32>>, usize)> {
         return Ok((latents::grid(side as usize, span), side as usize));
     }
     if let [from, to] = args.morph.as_slice() {
-        let steps = args.steps.unwrap_or(8) as usize;
+        let steps = args.steps.unwrap_or(DEFAULT_STEPS) as usize;
         let latents = latents::morph(&from.0, &to.0, steps).context("--morph")?;
         return Ok((latents, steps));
     }
