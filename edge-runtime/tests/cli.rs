@@ -1490,6 +1490,15 @@ fn a_noisy_copy_may_not_overwrite_another_output() {
     std::fs::create_dir_all(dir.path().join("out/a_noisy.png")).expect("mkdir");
     fails_with(dir.path(), &args, "cannot write out/a_noisy.png");
     assert!(!dir.path().join("out/a.png").exists());
+    // `a.png` and `a.PNG` are two images, and their noisy copies two files (both had been
+    // `a_noisy.png`, the second replacing the first).
+    std::fs::remove_dir_all(dir.path().join("out")).expect("rm");
+    std::fs::copy(dir.path().join("in/a.png"), dir.path().join("in/a.PNG")).expect("copy");
+    let out = edge(dir.path(), &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in ["a.png", "a.PNG", "a_noisy.png", "a_noisy.PNG"] {
+        assert!(dir.path().join("out").join(name).is_file(), "out/{name}");
+    }
 }
 
 /// `edge ARGS` (a shell command line: arguments and redirections) in `dir` with its address space

@@ -391,9 +391,9 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
         None => Vec::new(),
     };
     let inputs = canonical(files);
-    for path in &noisy {
+    for (i, path) in noisy.iter().enumerate() {
         let input = std::fs::canonicalize(path).is_ok_and(|p| inputs.contains(&p));
-        if targets.contains(path) || input {
+        if targets.contains(path) || noisy[..i].contains(path) || input {
             bail!(
                 "the noisy copy {} would overwrite another image: rename it or choose another --out folder",
                 path.display()
@@ -466,13 +466,14 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
 }
 
 /// Where `denoise --add-noise` writes the noisy copy of the image denoised into `target`:
-/// `<name>_noisy.<ext>` beside it.
+/// `<name>_noisy.<ext>` beside it, `<ext>` spelled as the target's (`a.PNG` and `a.png` are two
+/// files on Linux, and so are their copies).
 fn noisy_path(target: &Path) -> Result<PathBuf> {
-    Ok(target.with_file_name(format!(
-        "{}_noisy.{}",
-        target.file_stem().unwrap_or_default().to_string_lossy(),
-        ImageFormat::from_path(target)?.extension()
-    )))
+    ImageFormat::from_path(target)?;
+    let mut name = target.file_stem().unwrap_or_default().to_os_string();
+    name.push("_noisy.");
+    name.push(target.extension().unwrap_or_default());
+    Ok(target.with_file_name(name))
 }
 
 /// `image` plus Gaussian noise of standard deviation `sigma` (8-bit units), seeded and clipped;
