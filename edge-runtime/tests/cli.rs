@@ -1248,7 +1248,40 @@ fn encode_upscale_and_anomaly_run_their_models() {
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("odd.pgm is 7x6"), "{}", stderr(&out));
-    assert!(!path("up_odd/odd.pgm").exists());
+    // The output folder the failed run made is gone again (it had been left behind empty).
+    assert!(!path("up_odd").exists());
+    assert!(!path("upscaled").exists(), "left by the 28x28 image's run");
+    // A file as --out is said before any image is read.
+    fails_with(
+        dir.path(),
+        &[
+            "upscale",
+            "--model",
+            "upscaler.onnx",
+            "low",
+            "--out",
+            "odd.pgm",
+        ],
+        "--out odd.pgm is a file: image files are upscaled into a folder",
+    );
+
+    // anomaly: an encoder and a decoder whose latents differ are refused before any image.
+    common::write_model(
+        &path("decoder3.onnx"),
+        &common::mean_spread_decoder_model(3, SIDE),
+    );
+    fails_with(
+        dir.path(),
+        &[
+            "anomaly",
+            "--encoder",
+            "encoder.onnx",
+            "--decoder",
+            "decoder3.onnx",
+            "digits",
+        ],
+        "the encoder makes latents of 2 values, the decoder takes 3",
+    );
 }
 
 /// A conditional decoder (trained: `tests/fixtures/conditional`) draws the digit `--digit` asks

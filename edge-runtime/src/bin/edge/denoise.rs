@@ -9,7 +9,7 @@ use clap::Args;
 use edge_runtime::frames::{self, FrameFormat};
 use edge_runtime::{Denoiser, Depth, Image, ImageFormat, latents};
 
-use crate::files::{canonical, folder_of, image_files, targets};
+use crate::files::{canonical, folder_of, image_files, into_output_folder, targets};
 use crate::signals::{delete_on_second_interrupt, interruptible, stop_on_interrupt};
 use crate::{parse_size, positive};
 
@@ -360,20 +360,7 @@ fn denoise_images(args: &DenoiseArgs) -> Result<()> {
             "--out - (stdout) is for a raw stream (--size): image files are denoised into a folder"
         );
     }
-    if out.exists() && !out.is_dir() {
-        bail!(
-            "--out {} is a file: image files are denoised into a folder",
-            out.display()
-        );
-    }
-    let created = !out.exists();
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let result = denoise_files(args, &files, &out);
-    if result.is_err() && created {
-        // Only if nothing was written into it (`remove_dir` leaves a folder with files).
-        std::fs::remove_dir(&out).ok();
-    }
-    result
+    into_output_folder(&out, "denoised", |out| denoise_files(args, &files, out))
 }
 
 /// `denoise_images` once its output folder `out` exists: each of `files` denoised into it. An

@@ -37,6 +37,33 @@ pub(crate) fn image_files(inputs: &[PathBuf], verb: &str) -> Result<Vec<PathBuf>
     Ok(files)
 }
 
+/// Runs `write` with the output folder `out` of images that are `verb`ed into it: refused first
+/// when it is a file (or stdout's `-`), made when missing, and removed again when `write` fails
+/// having written nothing into it.
+pub(crate) fn into_output_folder(
+    out: &Path,
+    verb: &str,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    if out.as_os_str() == "-" {
+        bail!("--out - (stdout): image files are {verb} into a folder");
+    }
+    if out.exists() && !out.is_dir() {
+        bail!(
+            "--out {} is a file: image files are {verb} into a folder",
+            out.display()
+        );
+    }
+    let created = !out.exists();
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let result = write(out);
+    if result.is_err() && created {
+        // Only if nothing was written into it (`remove_dir` leaves a folder with files).
+        std::fs::remove_dir(out).ok();
+    }
+    result
+}
+
 /// Where each of `files` is written in the folder `out` (under its own file name), refusing to
 /// overwrite an input or to write two inputs to one file.
 pub(crate) fn targets(files: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
@@ -45,7 +72,10 @@ pub(crate) fn targets(files: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     files
         .iter()
         .map(|file| {
-            let target = out.join(file.file_name().context("an image file has a name")?);
+            let name = file
+                .file_name()
+                .with_context(|| format!("{} names no file to write into --out", file.display()))?;
+            let target = out.join(name);
             if !taken.insert(target.clone()) {
                 bail!(
                     "two inputs named {} would both be written to {}",

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use edge_runtime::{Decoder, Image, OnnxModel, write_atomically};
 
-use crate::files::{distinct_outputs, image_files, targets};
+use crate::files::{distinct_outputs, image_files, into_output_folder, targets};
 use crate::positive;
 
 #[derive(Debug, Args)]
@@ -123,10 +123,22 @@ pub(crate) fn upscale(args: &UpscaleArgs) -> Result<()> {
         let model = OnnxModel::load(&args.model, None).context("loading the upscaler")?;
         models.push((image_input(&model, &args.model)?, model));
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let files = image_files(&args.images, "upscale")?;
-    for (file, target) in files.iter().zip(targets(&files, &args.out)?) {
+    into_output_folder(&args.out, "upscaled", |out| {
+        upscale_files(args, &files, out, any_size, models)
+    })
+}
+
+/// `upscale` once its output folder `out` exists: each of `files` upscaled into it, by a model
+/// of `models` for its size (made here for each new size when the upscaler takes `any_size`).
+fn upscale_files(
+    args: &UpscaleArgs,
+    files: &[PathBuf],
+    out: &Path,
+    any_size: bool,
+    mut models: Vec<((usize, usize), OnnxModel)>,
+) -> Result<()> {
+    for (file, target) in files.iter().zip(targets(files, out)?) {
         let image = if any_size {
             let image = Image::load(file)?;
             let size = (image.width(), image.height());
@@ -156,7 +168,7 @@ pub(crate) fn upscale(args: &UpscaleArgs) -> Result<()> {
         let Some((_, model)) = models.iter().find(|(s, _)| *s == size) else {
             bail!("no upscaler for {}x{}", size.0, size.1);
         };
-        let [_, _, h, w] = model
+        let [1, 1, h, w] = model
             .output_shapes()
             .first()
             .map(Vec::as_slice)
@@ -197,6 +209,23 @@ pub(crate) fn anomaly(args: &AnomalyArgs) -> Result<()> {
         bail!(
             "the decoder makes {:?} images, the encoder takes {size:?}",
             decoder.image_size()
+        );
+    }
+    // Said once, before the first image: the encoder's latent must be the decoder's (less a
+    // conditional decoder's one-hot digit).
+    let style = decoder.latent_dim() - decoder.classes();
+    let encoded: usize = encoder
+        .output_shapes()
+        .first()
+        .map_or(0, |s| s.iter().product());
+    if encoded != style {
+        let digit = match decoder.classes() {
+            0 => String::new(),
+            classes => format!(" (and a one-hot digit of {classes})"),
+        };
+        bail!(
+            "the encoder makes latents of {encoded} values, the decoder takes {style}{digit}: \
+             they are not from one run"
         );
     }
     machine::outln!("{:>10}  image", "score");
