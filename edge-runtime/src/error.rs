@@ -240,3 +240,23 @@ pub enum Error {
         source: io::Error,
     },
 }
+
+/// `text` as an error message quotes it: whole up to 40 characters, else its first 40 and an
+/// ellipsis (a token of a broken file can be megabytes long).
+pub(crate) fn excerpt(text: &str) -> String {
+    const MAX: usize = 40;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn excerpt_shortens_long_text_on_a_character_boundary() {
+        assert_eq!(super::excerpt("1.5x"), "1.5x");
+        let long = "\u{e9}".repeat(100);
+        assert_eq!(super::excerpt(&long), format!("{}...", "\u{e9}".repeat(40)));
+    }
+}

@@ -409,7 +409,10 @@ fn decode_pgm(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>, Depth), String> {
         if start == i {
             return Err("truncated PGM header".into());
         }
-        fields.push(String::from_utf8_lossy(&bytes[start..i]).into_owned());
+        // Quoted by the errors below: a field of a broken file can be megabytes long.
+        fields.push(crate::error::excerpt(&String::from_utf8_lossy(
+            &bytes[start..i],
+        )));
     }
     if fields[0] != "P5" {
         return Err(format!(
@@ -649,6 +652,13 @@ mod tests {
         );
         let err = decode_pgm(b"P").expect_err("one byte");
         assert!(err.contains("starts with \"P\""), "{err}");
+    }
+
+    #[test]
+    fn a_long_pgm_field_is_quoted_short() {
+        let bytes = format!("P5 {} 1 255\n", "9".repeat(100_000));
+        let err = decode_pgm(bytes.as_bytes()).expect_err("bad width");
+        assert!(err.starts_with("bad PGM width") && err.len() < 100, "{err}");
     }
 
     #[test]

@@ -75,8 +75,10 @@ fn parse_csv(text: &str) -> Result<Vec<Vec<f32>>, String> {
             .split(',')
             .map(|v| {
                 let v = v.trim();
-                v.parse::<f32>()
-                    .map_err(|_| format!("line {}: `{v}` is not a number", number + 1))
+                v.parse::<f32>().map_err(|_| {
+                    let v = crate::error::excerpt(v);
+                    format!("line {}: `{v}` is not a number", number + 1)
+                })
             })
             .collect::<Result<Vec<f32>, String>>()?;
         latents.push(vector);
@@ -199,6 +201,11 @@ mod tests {
             Err("line 2: `x` is not a number".into())
         );
         assert_eq!(parse_csv("1,,2"), Err("line 1: `` is not a number".into()));
+        let long = parse_csv(&"x".repeat(100_000)).expect_err("not a number");
+        assert!(
+            long.ends_with("...` is not a number") && long.len() < 100,
+            "{long}"
+        );
     }
 
     #[test]
