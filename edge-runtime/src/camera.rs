@@ -350,6 +350,10 @@ mod device {
         }
     }
 
+    /// Consecutive buffers the driver may flag as corrupt before reading fails (about 3 s at
+    /// 30 frames/s).
+    const MAX_CORRUPT_IN_A_ROW: u32 = 100;
+
     impl Read for Camera {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             if self.read == self.frame.len() {
@@ -365,7 +369,9 @@ mod device {
                     frame,
                     ..
                 } = self;
-                // A buffer the driver flags as corrupt is skipped.
+                // A buffer the driver flags as corrupt is skipped; a camera that flags every one
+                // is an error, not a loop that only a second Ctrl-C ends.
+                let mut corrupt = 0;
                 while !stream.dequeue(|view| {
                     if view.is_error() {
                         return Ok(false);
@@ -373,7 +379,18 @@ mod device {
                     convert(&view, *pixels, *size, *bytes_per_line, *out, frame)
                         .map(|()| true)
                         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-                })? {}
+                })? {
+                    corrupt += 1;
+                    if corrupt == MAX_CORRUPT_IN_A_ROW {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "the camera flagged {MAX_CORRUPT_IN_A_ROW} frames in a row as \
+                                 corrupt"
+                            ),
+                        ));
+                    }
+                }
                 self.read = 0;
                 self.left = self.left.map(|n| n - 1);
             }
