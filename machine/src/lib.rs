@@ -188,9 +188,18 @@ pub fn print_stdout(args: std::fmt::Arguments) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(141);
         }
-        eprintln!("Error: writing to stdout: {e}");
+        print_stderr(format_args!("Error: writing to stdout: {e}\n"));
         std::process::exit(1);
     }
+}
+
+/// Writes progress and diagnostics to stderr, ignoring a failure to: a closed or full stderr
+/// (`2>&1 | head`, a log file on a full disk) must not stop a command whose work and output do
+/// not depend on it (`eprintln!` panics there, which had ended trainings mid-run). For
+/// binaries: use [`errln!`] / [`err!`].
+pub fn print_stderr(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_fmt(args);
 }
 
 /// `println!` for a command's output, through [`print_stdout`]: no panic when stdout is gone.
@@ -209,6 +218,26 @@ macro_rules! outln {
 macro_rules! out {
     ($($arg:tt)*) => {
         $crate::print_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` for progress and diagnostics, through [`print_stderr`]: no panic when stderr is
+/// gone.
+#[macro_export]
+macro_rules! errln {
+    () => {
+        $crate::print_stderr(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::print_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprint!` through [`print_stderr`]: no panic when stderr is gone.
+#[macro_export]
+macro_rules! err {
+    ($($arg:tt)*) => {
+        $crate::print_stderr(format_args!($($arg)*))
     };
 }
 

@@ -350,7 +350,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resume(args) => {
             let config = trainer::run::load_config(&args.run).context("reading the run")?;
             let total = args.epochs.unwrap_or(config.epochs);
-            eprintln!("resuming {}", args.run.display());
+            machine::errln!("resuming {}", args.run.display());
             let data = training::data_dir(&config, args.data);
             let mut report = reporter(total, config.model.is_variational());
             let mut epochs_run = 0;
@@ -369,14 +369,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .context("training failed")?;
             if epochs_run == 0 {
                 // A finished run: nothing was trained.
-                eprintln!(
+                machine::errln!(
                     "{} has done its {total} epoch{} already: nothing to train (--epochs N \
                      with a larger N trains on)",
                     args.run.display(),
                     if total == 1 { "" } else { "s" }
                 );
             } else {
-                eprintln!("wrote {}", args.run.display());
+                machine::errln!("wrote {}", args.run.display());
             }
         }
         Command::Bench(args) => {
@@ -460,7 +460,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let k_max = args.components.iter().copied().max().unwrap_or(2);
             let start = std::time::Instant::now();
             let pca = trainer::pca::Pca::fit_images(&train, k_max, &device)?;
-            eprintln!(
+            machine::errln!(
                 "fitted {k_max} components to {} training images in {:.1}s",
                 train.len(),
                 start.elapsed().as_secs_f64()
@@ -472,7 +472,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some((config, model, latent)) => {
                     let e = training::evaluate_images(&model, &config.model, &test, 500, &device)?;
                     if config.model.classes() > 0 {
-                        eprintln!(
+                        machine::errln!(
                             "note: a conditional model's decoder is also told each image's digit, \
                              so its {latent}-d code is not compared like for like with PCA's"
                         );
@@ -648,7 +648,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     out.display()
                 );
             }
-            eprintln!("training {} into {}", args.family, out.display());
+            machine::errln!("training {} into {}", args.family, out.display());
             let data = training::data_dir(&config, None);
             let vae = config.model.is_variational();
             let fresh = !out.exists();
@@ -661,7 +661,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::fs::remove_dir_all(&out).ok();
             }
             trained.context("training failed")?;
-            eprintln!("wrote {}", out.display());
+            machine::errln!("wrote {}", out.display());
         }
     }
     Ok(())
@@ -688,7 +688,7 @@ fn reporter(epochs: usize, vae: bool) -> impl FnMut(training::Progress) {
                 if interactive && (done == batches || last_bar.elapsed().as_millis() >= 200) {
                     last_bar = std::time::Instant::now();
                     let filled = 30 * done / batches.max(1);
-                    eprint!(
+                    machine::err!(
                         "\repoch {epoch:>3}/{} [{}{}] {done}/{batches}  loss {loss:.2}  {images_per_second:.0} img/s ",
                         epochs,
                         "=".repeat(filled),
@@ -699,7 +699,7 @@ fn reporter(epochs: usize, vae: bool) -> impl FnMut(training::Progress) {
             }
             training::Progress::Epoch(m) => m,
             training::Progress::CheckingMemory { batch } => {
-                eprintln!(
+                machine::errln!(
                     "checking that batches of {batch} fit in memory: a few smaller training \
                      steps, measured (the model is left as it is)"
                 );
@@ -711,7 +711,7 @@ fn reporter(epochs: usize, vae: bool) -> impl FnMut(training::Progress) {
                 available,
                 seconds,
             } => {
-                eprintln!(
+                machine::errln!(
                     "a step on batches of {batch} needs about {} for its tensors and Adam's \
                      moments, of the {} this process can get (checked in {seconds:.1} s)",
                     machine::human(needed),
@@ -720,7 +720,7 @@ fn reporter(epochs: usize, vae: bool) -> impl FnMut(training::Progress) {
                 return;
             }
             training::Progress::AdamAfresh { epoch } => {
-                eprintln!(
+                machine::errln!(
                     "warning: optimizer-{epoch}.bpk is missing: Adam starts afresh from epoch \
                      {epoch}'s weights, so the run will not end as an uninterrupted one would"
                 );
@@ -728,9 +728,9 @@ fn reporter(epochs: usize, vae: bool) -> impl FnMut(training::Progress) {
             }
         };
         if interactive {
-            eprint!("\r{}\r", " ".repeat(100));
+            machine::err!("\r{}\r", " ".repeat(100));
         }
-        eprintln!(
+        machine::errln!(
             "epoch {:>3}  train {:.4} (rec {:.4} kl {:.3})  test {:.4} (rec {:.4} kl {:.3})  mse {:.5}  {:.0} img/s  {:.1}s",
             m.epoch,
             m.train_loss,
@@ -744,12 +744,13 @@ fn reporter(epochs: usize, vae: bool) -> impl FnMut(training::Progress) {
             m.seconds
         );
         if vae && m.test_kl < COLLAPSED_KL {
-            eprintln!(
+            machine::errln!(
                 "warning: KL {:.4} at epoch {}: the latent carries no information (the decoder \
                  ignores it; with --reconstruction sse often saturated sigmoid outputs that no \
                  longer learn); a learning-rate warm-up (--warmup-steps 469, one epoch at \
                  batch 128) or a lower --lr usually avoids it",
-                m.test_kl, m.epoch
+                m.test_kl,
+                m.epoch
             );
         }
     }

@@ -131,7 +131,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     // Without the feature `--ort-dylib` does not exist, and the variable would go unread.
     #[cfg(not(feature = "ort"))]
     if std::env::var_os("ORT_DYLIB_PATH").is_some() {
-        eprintln!(
+        machine::errln!(
             "note: ORT_DYLIB_PATH is set, but this `edge` was built without the `ort` feature: \
              timing tract only (build with `--features ort` for ONNX Runtime beside it)"
         );

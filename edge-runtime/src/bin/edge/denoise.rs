@@ -265,7 +265,7 @@ pub(crate) fn run(args: &DenoiseArgs) -> Result<()> {
                 rows if rows < height => format!(", in strips of {rows} rows"),
                 _ => String::new(),
             };
-            eprintln!(
+            machine::errln!(
                 "denoised {} frames of {width}x{height}{strips} in {seconds:.2}s ({:.1} frames/s){}",
                 summary.frames,
                 summary.frames as f64 / seconds.max(1e-9),
@@ -302,7 +302,7 @@ fn stream_reader(
         {
             let camera =
                 edge_runtime::camera::Camera::open(device, size, args.format(), args.frames)?;
-            eprintln!(
+            machine::errln!(
                 "camera {}: {}x{} frames in {:?}",
                 device.display(),
                 size.0,
@@ -394,7 +394,7 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
         let original = match Image::load(file) {
             Ok(image) => image,
             Err(e) => {
-                eprintln!("skipped: {e}");
+                machine::errln!("skipped: {e}");
                 skipped += 1;
                 continue;
             }

@@ -20,7 +20,7 @@ pub(crate) fn image_files(inputs: &[PathBuf], verb: &str) -> Result<Vec<PathBuf>
                     // folder) is said, not passed over.
                     let file = p.is_file();
                     if !file {
-                        eprintln!("skipped: {} is not a readable file", p.display());
+                        machine::errln!("skipped: {} is not a readable file", p.display());
                     }
                     file
                 })

@@ -1,0 +1,30 @@
+//! The `trainer` binary's own behaviour around its output streams.
+
+use std::process::Command;
+
+/// A stderr that cannot be written (a full device, a pipe whose reader is gone: `2>&1 | head`)
+/// does not stop a training: its progress lines are dropped, its run is whole. `eprintln!` had
+/// panicked there (status 101) after the epochs the reader took.
+#[test]
+fn a_full_or_closed_stderr_does_not_stop_training() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut stderrs: Vec<(&str, std::process::Stdio)> = vec![("closed pipe", writer.into())];
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        stderrs.push(("/dev/full", full.into()));
+    }
+    for (i, (what, stderr)) in stderrs.into_iter().enumerate() {
+        let run = dir.path().join(format!("run{i}"));
+        let status = Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(["train", "dense-ae", "--epochs", "3", "--batch-size", "32"])
+            .args(["--train-subset", "64", "--test-subset", "32", "--out"])
+            .arg(&run)
+            .stderr(stderr)
+            .status()
+            .expect("run trainer");
+        assert!(status.success(), "stderr {what}: {status}");
+        let metrics = std::fs::read_to_string(run.join("metrics.csv")).expect("metrics.csv");
+        assert_eq!(metrics.lines().count(), 1 + 3, "stderr {what}: {metrics}");
+    }
+}
