@@ -648,6 +648,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     out.display()
                 );
             }
+            // What is left of a run whose config is gone would be overwritten all the same.
+            if let Some(file) = trainer::run::file_of_a_run(&out) {
+                anyhow::bail!(
+                    "{} holds {}, a file of a run: to start over, delete it or give another --out",
+                    out.display(),
+                    file.file_name().unwrap_or_default().to_string_lossy()
+                );
+            }
             machine::errln!("training {} into {}", args.family, out.display());
             let data = training::data_dir(&config, None);
             let vae = config.model.is_variational();

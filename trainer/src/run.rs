@@ -67,6 +67,21 @@ pub fn optimizer_checkpoints(dir: &Path) -> Vec<(usize, PathBuf)> {
         .collect()
 }
 
+/// The first file of a run (or of what is left of one) found in `dir`: its config, weights,
+/// metrics, or an optimizer checkpoint. `train` refuses such a folder, which it would overwrite.
+pub fn file_of_a_run(dir: &Path) -> Option<PathBuf> {
+    [CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.exists())
+        .or_else(|| {
+            optimizer_checkpoints(dir)
+                .into_iter()
+                .next()
+                .map(|(_, p)| p)
+        })
+}
+
 /// Removes optimizer checkpoints of epochs other than `keep`.
 pub fn prune_optimizer_checkpoints(dir: &Path, keep: usize) {
     for (epoch, path) in optimizer_checkpoints(dir) {

@@ -28,3 +28,33 @@ fn a_full_or_closed_stderr_does_not_stop_training() {
         assert_eq!(metrics.lines().count(), 1 + 3, "stderr {what}: {metrics}");
     }
 }
+
+/// `train` into a folder with what is left of a run (its config gone, say) is refused and the
+/// files are left as they were: it had overwritten the weights and the metrics.
+#[test]
+fn train_refuses_a_folder_with_files_of_a_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let train = || {
+        Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(["train", "dense-ae", "--epochs", "1", "--batch-size", "32"])
+            .args(["--train-subset", "64", "--test-subset", "32", "--out"])
+            .arg(&run)
+            .output()
+            .expect("run trainer")
+    };
+    assert!(train().status.success());
+    std::fs::remove_file(run.join("config.json")).expect("rm config");
+    let weights = std::fs::read(run.join("model.bpk")).expect("weights");
+    let again = train();
+    assert!(!again.status.success());
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        message.contains("holds model.bpk, a file of a run"),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read(run.join("model.bpk")).expect("weights"),
+        weights
+    );
+}
