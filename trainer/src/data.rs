@@ -25,7 +25,8 @@ const LABELS_MAGIC: u32 = 0x0000_0801;
 #[non_exhaustive]
 pub enum DataError {
     /// Reading a file failed.
-    #[error("cannot read {path}: {source}")]
+    // The I/O error is the source: anyhow prints it below ("Caused by"), not twice.
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -51,7 +52,7 @@ pub enum DataError {
         file: String,
     },
     /// The gzip stream is corrupt or truncated.
-    #[error("{path} is not a valid gzip file: {source}")]
+    #[error("{path} is not a valid gzip file")]
     Gzip {
         /// The file.
         path: PathBuf,

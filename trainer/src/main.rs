@@ -640,6 +640,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_train_subset(args.train_subset)
                 .with_test_subset(args.test_subset)
                 .with_data(args.data.map(std::path::absolute).transpose()?);
+            // Bad settings are said as such, before anything is made (not as "training failed").
+            config.validate().map_err(anyhow::Error::msg)?;
             machine::check_output_folder(&out)?;
             if out.join(trainer::run::CONFIG_FILE).exists() {
                 anyhow::bail!(

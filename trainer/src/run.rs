@@ -276,7 +276,8 @@ pub const MAX_BATCH_SIZE: usize = 1 << 16;
 #[non_exhaustive]
 pub enum RunError {
     /// The directory or one of its files is missing or unreadable.
-    #[error("cannot read {path}: {source}")]
+    // The I/O error is the source: anyhow prints it below ("Caused by"), not twice.
+    #[error("cannot read {path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -364,10 +365,12 @@ pub fn settle_staged_weights(dir: &Path, done: usize) -> anyhow::Result<()> {
     if done > 0 && staged.exists() {
         let config = load_config(dir)?;
         if let Err(e) = load_weights(&staged, &config.model, &Device::flex()) {
-            anyhow::bail!(
-                "{e}: these staged weights of epoch {done} were to replace {}; nothing was changed",
+            // The cause below it (anyhow's chain keeps the I/O error under a read error).
+            return Err(anyhow::Error::new(e).context(format!(
+                "the staged weights of epoch {done}, {}, were to replace {}; nothing was changed",
+                staged.display(),
                 dir.join(WEIGHTS_FILE).display()
-            );
+            )));
         }
     }
     machine::remove_stale_temporaries(dir);
@@ -415,7 +418,19 @@ pub fn load_config(dir: &Path) -> Result<TrainingConfig, RunError> {
             reason: "not a JSON object".into(),
         });
     }
-    let found = raw.get("format").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    // No `format` at all: a run from before the field.
+    let found = match raw.get("format") {
+        None => 0,
+        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) => n,
+            None => {
+                return Err(RunError::Config {
+                    path,
+                    reason: format!("`format` is {v}, not a run format number"),
+                });
+            }
+        },
+    };
     if found != RUN_FORMAT {
         return Err(RunError::Version { path, found });
     }

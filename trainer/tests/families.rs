@@ -252,6 +252,18 @@ fn bad_run_directories_are_clear_errors() {
     .expect("write");
     let err = load_run(&run, &device).expect_err("old format");
     assert!(err.to_string().contains("run format 1"), "{err}");
+    // A format that is not a number is said so (it had been read as format 0).
+    std::fs::write(
+        run.join("config.json"),
+        json.replace("\"format\": 2", "\"format\": \"2\""),
+    )
+    .expect("write");
+    let err = load_run(&run, &device).expect_err("format as a string");
+    assert!(
+        err.to_string()
+            .contains("`format` is \"2\", not a run format number"),
+        "{err}"
+    );
     // JSON that is not an object at all is no format.
     std::fs::write(run.join("config.json"), "[]").expect("write");
     let err = load_run(&run, &device).expect_err("not an object");
