@@ -237,6 +237,9 @@ pub fn export_run_with_progress(
 ) -> anyhow::Result<Report> {
     // Said now, not after the exports and their checks.
     machine::check_output_folder(out_dir)?;
+    if let Some(dylib) = options.ort_dylib.as_deref() {
+        onnx::load_ort(dylib)?;
+    }
     let device = Device::flex();
     let (config, model) = load_run(run_dir, &device)?;
     let data = trainer::training::data_dir(&config, options.data_dir.clone());

@@ -913,6 +913,15 @@ pub fn verify_denoiser(
         .collect())
 }
 
+/// Loads ONNX Runtime from `dylib` for the checks to come, so that a library that cannot be
+/// loaded is said before the work that needs it.
+///
+/// # Errors
+/// The library cannot be loaded, or another one was loaded before.
+pub fn load_ort(dylib: &Path) -> anyhow::Result<()> {
+    ort_environment(dylib).map(|_| ())
+}
+
 /// The process's ONNX Runtime environment. ORT allows one per process, so it is created on
 /// first use from `dylib` and shared; asking for another library later is an error.
 fn ort_environment(dylib: &Path) -> anyhow::Result<&'static ort::environment::Environment> {

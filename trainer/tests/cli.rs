@@ -58,3 +58,22 @@ fn train_refuses_a_folder_with_files_of_a_run() {
         weights
     );
 }
+
+/// A bad setting given to `train` is said as itself before anything is made.
+#[test]
+fn a_bad_setting_is_said_before_training() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["train", "dense-ae", "--epochs", "0", "--out"])
+        .arg(&run)
+        .output()
+        .expect("run trainer");
+    assert!(!out.status.success());
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.starts_with("Error: epochs must be at least 1"),
+        "{message}"
+    );
+    assert!(!run.exists());
+}
