@@ -1069,6 +1069,14 @@ fn encode_upscale_and_anomaly_run_their_models() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let csv = std::fs::read_to_string(path("z.csv")).expect("csv");
+    // `--out -` is stdout, as its help says, not a file named `-`.
+    let out = edge(
+        dir.path(),
+        &["encode", "--model", "encoder.onnx", "digits", "--out", "-"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), csv);
+    assert!(!path("-").exists());
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 4, "{csv}");
     assert!(

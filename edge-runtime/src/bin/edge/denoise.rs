@@ -78,7 +78,11 @@ pub(crate) struct DenoiseArgs {
     device: Option<PathBuf>,
 
     /// With --device: stop after this many frames [default: run until Ctrl-C].
-    #[arg(long, requires = "device")]
+    #[arg(
+        long,
+        requires = "device",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     frames: Option<usize>,
 
     /// Stream: output file or `-` for stdout [default: -]. Images: output folder [default:

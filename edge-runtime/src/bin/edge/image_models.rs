@@ -18,7 +18,7 @@ pub(crate) struct EncodeArgs {
     /// Image files (.png, .pgm) or folders of them.
     #[arg(value_name = "IMAGE", required = true)]
     images: Vec<PathBuf>,
-    /// CSV file to write [default: stdout].
+    /// CSV file to write, or `-` for stdout [default: -].
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
 }
@@ -90,7 +90,9 @@ pub(crate) fn encode(args: &EncodeArgs) -> Result<()> {
         );
     }
     let files = image_files(&args.images, "encode")?;
-    if let Some(out) = &args.out {
+    // `--out -` is stdout, as for `denoise`'s stream (not a file named `-`).
+    let out = args.out.as_deref().filter(|out| out.as_os_str() != "-");
+    if let Some(out) = out {
         let inputs: Vec<&Path> = std::iter::once(args.model.as_path())
             .chain(files.iter().map(PathBuf::as_path))
             .collect();
@@ -106,7 +108,7 @@ pub(crate) fn encode(args: &EncodeArgs) -> Result<()> {
         let values: Vec<String> = latent.iter().map(|v| format!("{v}")).collect();
         csv.push_str(&format!("# {}\n{}\n", file.display(), values.join(",")));
     }
-    match &args.out {
+    match out {
         Some(path) => write_atomically(path, csv.as_bytes())?,
         None => machine::out!("{csv}"),
     }
