@@ -50,7 +50,8 @@ impl Denoiser {
     /// or, when the whole frame's tensors would take more than half the memory the process can
     /// get ([`crate::available_bytes`]), in strips of rows that take at most a quarter of it
     /// (each strip with the model's context above and below it, so the pixels come out as the
-    /// whole frame's would; [`Denoiser::load_in_strips`]).
+    /// whole frame's would; [`Denoiser::load_in_strips`]). A model without `reflect_padding`
+    /// metadata (its context unknown) is always run on whole frames.
     ///
     /// # Errors
     /// - [`Error::FrameSize`]: a side of 0 or above [`MAX_FRAME_SIDE`];
@@ -60,7 +61,8 @@ impl Denoiser {
     ///   to `MAX_REFLECT_PADDING` (1,024);
     /// - [`Error::PrepareModel`]: tract cannot type or optimise it for that size (e.g. a model
     ///   with a fixed size other than the frame's).
-    /// - [`Error::Memory`]: even a strip of one row needs more memory than the process can get.
+    /// - [`Error::Memory`]: even a strip of one row (a whole frame, for a model without
+    ///   `reflect_padding`) needs more memory than the process can get.
     pub fn load(path: impl AsRef<Path>, width: usize, height: usize) -> Result<Self, Error> {
         Self::load_with(path.as_ref(), width, height, Strips::Fit { workers: 1 })
     }
@@ -87,8 +89,10 @@ impl Denoiser {
     /// the frame's height denoises it whole.
     ///
     /// # Errors
-    /// As [`Denoiser::load`], and [`Error::Memory`] when a strip of `rows` needs more memory
-    /// than the process can get.
+    /// As [`Denoiser::load`], [`Error::Memory`] when a strip of `rows` needs more memory than
+    /// the process can get, and [`Error::NotADecoder`] for strips shorter than the frame of a
+    /// model without `reflect_padding` metadata (its reach unknown, its strips would not join
+    /// like the whole frame).
     pub fn load_in_strips(
         path: impl AsRef<Path>,
         width: usize,
@@ -140,15 +144,28 @@ impl Denoiser {
             };
             side(3).zip(side(2))
         };
-        let border = match crate::onnx::metadata_count(&model, "reflect_padding") {
-            None => 0,
-            Some(count) => count.filter(|&b| b <= MAX_REFLECT_PADDING).ok_or_else(|| {
+        // Without `reflect_padding` the model's reach is unknown: a frame is then denoised whole
+        // (strips would read zero padding where their neighbours' rows are, and show seams).
+        let reach = match crate::onnx::metadata_count(&model, "reflect_padding") {
+            None => None,
+            Some(count) => Some(count.filter(|&b| b <= MAX_REFLECT_PADDING).ok_or_else(|| {
                 not_a_denoiser(format!(
                     "its metadata `reflect_padding` is not a pixel count up to \
                          {MAX_REFLECT_PADDING}"
                 ))
-            })?,
+            })?),
         };
+        let border = reach.unwrap_or(0);
+        if let Strips::Rows(rows) = strips
+            && rows < height
+            && reach.is_none()
+        {
+            return Err(not_a_denoiser(
+                "it has no `reflect_padding` metadata (the exporter's reach of the network), so \
+                 its strips would not join like the whole frame: denoise whole frames"
+                    .into(),
+            ));
+        }
         if let Some((w, h)) = fixed_size
             && (w, h) != (width + 2 * border, height + 2 * border)
         {
@@ -188,7 +205,9 @@ impl Denoiser {
             Strips::Fit { .. } => height,
         };
         let (mut plan, mut tensor_bytes) = plan_for(rows)?;
-        if let Strips::Fit { workers } = strips {
+        if let Strips::Fit { workers } = strips
+            && reach.is_some()
+        {
             // Each worker's share of the memory.
             let share = crate::memory::available_bytes().map(|a| a / workers as u64);
             let fitting = rows_that_fit(tensor_bytes, height + 2 * border, border, share);

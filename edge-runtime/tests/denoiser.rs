@@ -518,3 +518,20 @@ fn a_frame_the_model_turns_into_nan_stops_the_stream_after_the_frames_before_it(
         assert_eq!(out, vec![136u8; 5 * w * h], "{threads} threads");
     }
 }
+
+/// A model without `reflect_padding` metadata has no known reach: its strips would read zero
+/// padding where the rows next to them are, so it is never split (asked for strips, it says
+/// why); whole frames, or strips as tall as the frame, are fine.
+#[test]
+fn a_model_without_its_reach_is_not_split_into_strips() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("blur.onnx");
+    common::write_model(&path, &common::box_blur_model());
+    let (w, h) = (10, 6);
+    let two = NonZeroUsize::new(2).expect("rows");
+    let err = Denoiser::load_in_strips(&path, w, h, two).expect_err("strips of an unknown reach");
+    assert!(err.to_string().contains("no `reflect_padding`"), "{err}");
+    let tall = NonZeroUsize::new(h).expect("rows");
+    let whole = Denoiser::load_in_strips(&path, w, h, tall).expect("the frame's height");
+    assert_eq!(whole.strip_rows(), h);
+}
