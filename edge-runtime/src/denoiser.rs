@@ -330,12 +330,17 @@ impl Denoiser {
     /// Denoises a grayscale image of the frame size into one of the same [`crate::Depth`].
     ///
     /// # Errors
-    /// [`Error::PixelCount`] for an image of another size, [`Error::Memory`] when its output and
+    /// [`Error::ImageSize`] for an image of another size, [`Error::Memory`] when its output and
     /// a run's tensors need more memory than the process can get, [`Error::Inference`] if tract
     /// fails or the model's output is not finite.
     pub fn denoise(&self, image: &Image) -> Result<Image, Error> {
         if (image.width(), image.height()) != (self.width, self.height) {
-            return Err(self.size_error(image.width() * image.height()));
+            return Err(Error::ImageSize {
+                width: image.width(),
+                height: image.height(),
+                frame_width: self.width,
+                frame_height: self.height,
+            });
         }
         // The clean image's f32 pixels next to a run's tensors: too many for the memory is an
         // error here, not the kernel's OOM killer (or an abort under `ulimit -v`) later.

@@ -124,6 +124,21 @@ pub enum Error {
         actual: usize,
     },
 
+    /// An image of another size than the frames a [`crate::Denoiser`] was loaded for.
+    #[error(
+        "a {width}x{height} image given to a denoiser made for {frame_width}x{frame_height} frames"
+    )]
+    ImageSize {
+        /// The image's width.
+        width: usize,
+        /// The image's height.
+        height: usize,
+        /// The frames' width.
+        frame_width: usize,
+        /// The frames' height.
+        frame_height: usize,
+    },
+
     /// A file of latent vectors could not be read or parsed.
     #[error("cannot read latents from {path}: {reason}")]
     LatentFile {

@@ -315,11 +315,14 @@ fn images_are_denoised_and_bad_files_are_errors() {
             "{name}"
         );
     }
+    // 4x6 has the 24 pixels of a 6x4 frame: named by its size (a pixel count said nothing).
     let wrong = Image::new(4, 6, vec![0.0; 24]).expect("image");
-    assert!(matches!(
-        denoiser.denoise(&wrong),
-        Err(Error::PixelCount { .. })
-    ));
+    let err = denoiser.denoise(&wrong).expect_err("another size");
+    assert!(matches!(err, Error::ImageSize { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "a 4x6 image given to a denoiser made for 6x4 frames"
+    );
     let cut = dir.path().join("cut.pgm");
     std::fs::write(&cut, b"P5\n6 4\n255\n0123").expect("write");
     let err = Image::load(&cut).expect_err("truncated");
