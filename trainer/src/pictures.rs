@@ -528,7 +528,9 @@ pub fn write_pictures(
     let curves = if metrics.exists() {
         let text = std::fs::read_to_string(&metrics)
             .with_context(|| format!("reading {}", metrics.display()))?;
-        Some(loss_curves(&parse_metrics(&text)?))
+        // No epoch recorded, no curves (not an empty chart).
+        let points = parse_metrics(&text)?;
+        (!points.is_empty()).then(|| loss_curves(&points))
     } else {
         None
     };

@@ -607,6 +607,12 @@ fn a_damaged_metrics_row_is_refused_by_resume() {
     let pictures = dir.path().join("pictures");
     trainer::pictures::write_pictures(&run, &data, &pictures, &device).expect_err("damaged");
     assert!(!pictures.exists(), "an empty pictures folder was left");
+    // A header and no epoch: no loss curves (an empty chart had been drawn), the rest drawn.
+    std::fs::write(&metrics, format!("{header}\n")).expect("write");
+    let written =
+        trainer::pictures::write_pictures(&run, &data, &pictures, &device).expect("pictures");
+    assert!(!written.is_empty());
+    assert!(!pictures.join("loss_curves.png").exists());
 }
 
 /// `pictures` writes its pictures as one set: a folder where one of them goes leaves those
