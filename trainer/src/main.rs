@@ -385,6 +385,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 args.families.iter().map(String::as_str).collect()
             };
+            // Every family's settings checked before the table's first line.
+            let configs = families
+                .iter()
+                .map(|family| {
+                    let model = ModelConfig::default_for(family).context("a known family")?;
+                    let config = TrainingConfig::new(model).with_batch_size(args.batch_size);
+                    config.validate().map_err(anyhow::Error::msg)?;
+                    Ok((*family, config))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let on_devices = args.hardware.devices()?;
             let Hardware { backend, devices } = args.hardware;
             let threads = rayon::current_num_threads();
@@ -407,11 +417,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 args.batch_size,
                 args.batches,
             );
-            for family in families {
-                let model = ModelConfig::default_for(family).context("a known family")?;
-                let latent = model.latent().map_or("-".into(), |l| l.to_string());
-                let data = training::bundled_data_dir(&model);
-                let config = TrainingConfig::new(model).with_batch_size(args.batch_size);
+            for (family, config) in configs {
+                let latent = config.model.latent().map_or("-".into(), |l| l.to_string());
+                let data = training::bundled_data_dir(&config.model);
                 let rate =
                     training::throughput(&config, &data, args.batches as usize, &on_devices)?;
                 machine::outln!("{family:<16} {latent:>10} {rate:>14.0}");
