@@ -77,3 +77,23 @@ fn a_bad_setting_is_said_before_training() {
     );
     assert!(!run.exists());
 }
+
+/// `bench` checks its settings before its table: no header above an error.
+#[test]
+fn bench_checks_its_settings_before_printing() {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["bench", "dense-ae", "--batch-size", "0"])
+        .output()
+        .expect("run trainer");
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("batch_size must be at least 1"),
+        "{message}"
+    );
+}
