@@ -280,7 +280,7 @@ pub fn sqrt_model() -> ModelProto {
 /// A "decoder" of any declared latent and image size, holding no weights: the mean of its
 /// latent `z: f32 [1, latent]`, spread over an `f32 [1, 1, side, side]` image. For sizes too
 /// large to run.
-pub fn mean_spread_decoder_model(latent: usize, side: usize) -> ModelProto {
+pub fn mean_spread_decoder_model(latent: i64, side: usize) -> ModelProto {
     let mut mean = node("ReduceMean", &["z"], "m");
     mean.attribute = vec![tract_onnx::pb::AttributeProto {
         name: "axes".into(),
@@ -306,7 +306,16 @@ pub fn mean_spread_decoder_model(latent: usize, side: usize) -> ModelProto {
             int64s("pixel", vec![1, 1, 1, 1]),
             int64s("image_shape", vec![1, 1, side as i64, side as i64]),
         ],
-        input: vec![f32_value("z", &[fixed(1), fixed(latent)])],
+        input: vec![f32_value(
+            "z",
+            &[
+                fixed(1),
+                Dimension {
+                    value: Some(dimension::Value::DimValue(latent)),
+                    ..Default::default()
+                },
+            ],
+        )],
         output: vec![f32_value(
             "image",
             &[fixed(1), fixed(1), fixed(side), fixed(side)],
