@@ -97,3 +97,36 @@ fn bench_checks_its_settings_before_printing() {
         "{message}"
     );
 }
+
+/// A warm-up longer than the run is refused before anything is made (its learning rate would
+/// never reach `--lr`: the run had trained at ~0 and exited 0).
+#[test]
+fn a_warmup_longer_than_the_run_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let train = |warmup: &str| {
+        Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(["train", "dense-ae", "--epochs", "1", "--batch-size", "32"])
+            .args([
+                "--train-subset",
+                "64",
+                "--test-subset",
+                "32",
+                "--warmup-steps",
+                warmup,
+            ])
+            .arg("--out")
+            .arg(&run)
+            .output()
+            .expect("run trainer")
+    };
+    let out = train("3");
+    assert!(!out.status.success());
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("--warmup-steps 3 is more than the run's 2 optimisation steps"),
+        "{message}"
+    );
+    assert!(!run.exists());
+    assert!(train("2").status.success());
+}
