@@ -33,7 +33,8 @@ export_run() {
 export_run runs/conv-vae out/conv-vae
 
 # A 10x10 walk over the 2-d latent plane (z0 and z1 from -2 to 2) as one contact sheet, 16 samples
-# of the prior, and a morph; then the same 5x5 corner of the plane as single digit files.
+# of the prior, and a morph; then a 5x5 grid over the plane's centre (-1.5 to 1.5) as single digit
+# files.
 edge=target/release/edge
 model=out/conv-vae/decoder.onnx
 $edge generate --model $model --grid 10 --span 2 --sheet out/conv-vae/latent_grid.png

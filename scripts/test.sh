@@ -17,8 +17,9 @@ stage() {
 mkdir -p target
 : > target/stage-times.txt
 
-# A cold build of every stage needs about 8 GB under target/ (BENCHMARKS.md, CI section); say so
-# up front rather than failing with a linker's "No space left on device" half an hour in.
+# A build of every stage leaves about 6 GB under target/ and the firmware crates' own (5.5 GB +
+# 0.7 GB after many warm rehearsals, session 31); say so up front rather than failing with a
+# linker's "No space left on device" half an hour in.
 free_kb=$(df -Pk target | awk 'NR == 2 { print $4 }')
 echo "disk: $((free_kb / 1024 / 1024)) GiB free for target/"
 if [ "$free_kb" -lt $((10 * 1024 * 1024)) ]; then
