@@ -54,7 +54,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/measure-$board.XXXXXX")
 cp "$model" "$work/model.q8"
 cp "$latents" "$work/latents.f32"
 set +e
-(cd "$work" && "${qemu[@]}" -nographic -icount shift=0 \
+(cd "$work" && timeout 600 "${qemu[@]}" -nographic -icount shift=0 \
     -semihosting-config enable=on,target=native -kernel "$elf" -append --measure) \
     | defmt-print -e "$elf" >"$work/log.txt"
 status=${PIPESTATUS[0]}
@@ -66,6 +66,12 @@ if [[ $status -ne 0 ]]; then
 fi
 
 echo "board: $board ($target), outputs and log in $work"
+if ! grep -q 'calibration' "$work/log.txt"; then
+    # The firmware measures only with --measure on its command line (a warning in the log says
+    # why it could not read it).
+    echo "the firmware did not measure (no calibration line in $work/log.txt)" >&2
+    exit 1
+fi
 grep -m1 'calibration' "$work/log.txt" | sed 's/^INFO  //'
 awk '
 /MACs per digit/ {

@@ -69,7 +69,10 @@ pub fn run_qemu_firmware(board: Board, dir: &Path) -> String {
         .env("DECODE_MODEL", dir.join("model.q8"))
         .args(["build", "--release", "--quiet", "--target", board.target()]));
     let elf = fw.join(format!("target/{}/release/decode", board.target()));
-    let out = Command::new("qemu-system-arm")
+    // A firmware that locks up is not ended by QEMU: `timeout` ends it (status 124), a failure
+    // here instead of a CI job that hangs. A decode run takes seconds.
+    let out = Command::new("timeout")
+        .args(["300", "qemu-system-arm"])
         .args(board.qemu_args())
         .args([
             "-nographic",

@@ -15,6 +15,8 @@
 
 // Linked for its `critical-section` implementation (single core), which the defmt logger uses;
 // without this line a binary that does not use `cortex_m` itself fails to link.
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use cortex_m as _;
 use cortex_m_rt::{ExceptionFrame, exception};
 use cortex_m_semihosting::debug;
@@ -38,8 +40,24 @@ pub fn exit_failure() -> ! {
     }
 }
 
+/// Set by the first panic or fault: one inside the logger (re-entered by the handler's own log
+/// line) would otherwise recurse until the stack overflows and the core locks up, which QEMU
+/// does not end.
+static FAILING: AtomicBool = AtomicBool::new(false);
+
+/// Ends QEMU at once when a panic or fault is already being handled; else marks it so.
+fn first_failure() {
+    // Load and store: thumbv6m has no atomic swap; one core, and a nested failure is all this
+    // guards against.
+    if FAILING.load(Ordering::Relaxed) {
+        exit_failure();
+    }
+    FAILING.store(true, Ordering::Relaxed);
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    first_failure();
     defmt::error!("panicked: {}", defmt::Display2Format(info));
     exit_failure()
 }
@@ -52,6 +70,7 @@ fn defmt_panic() -> ! {
 
 #[exception]
 unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+    first_failure();
     defmt::error!(
         "HardFault: pc={=u32:#010x} lr={=u32:#010x}",
         frame.pc(),
@@ -62,6 +81,7 @@ unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
 
 #[exception]
 unsafe fn DefaultHandler(irqn: i16) {
+    first_failure();
     defmt::error!("unexpected exception or interrupt {=i16}", irqn);
     exit_failure()
 }
