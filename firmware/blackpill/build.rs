@@ -15,6 +15,34 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from("../golden/model.q8"));
     fs::copy(&model, out.join("model.q8"))
         .unwrap_or_else(|e| panic!("model {}: {e} (set DECODE_MODEL)", model.display()));
+    check_model(&model);
     println!("cargo::rerun-if-changed={}", model.display());
     println!("cargo::rerun-if-changed=build.rs");
+}
+
+/// Fails the build for a model this firmware cannot run: one the parser rejects, one that does
+/// not draw a 28x28 digit, or one that needs more working memory than the decoder's arena
+/// (flashed, it would only stop at its first frame).
+fn check_model(path: &std::path::Path) {
+    use firmware_core::{decoder, q8::Model};
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("model {}: {e}", path.display()));
+    let model = Model::parse(&bytes)
+        .unwrap_or_else(|e| panic!("model {} is not a q8 decoder: {e:?}", path.display()));
+    let shape = model.output_shape();
+    if shape.len() != decoder::IMAGE_PIXELS {
+        panic!(
+            "model {} draws {}x{} images; this firmware shows 28x28 digits",
+            path.display(),
+            shape.w,
+            shape.h
+        );
+    }
+    if model.working_bytes() > decoder::SCRATCH_BYTES {
+        panic!(
+            "model {} needs {} bytes of working memory; the decoder has {}",
+            path.display(),
+            model.working_bytes(),
+            decoder::SCRATCH_BYTES
+        );
+    }
 }

@@ -29,6 +29,8 @@ static MODEL: &[u8] = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/model.
 const MORPH_STEPS: usize = 12;
 /// Pause after each frame, in milliseconds.
 const FRAME_PAUSE_MS: u32 = 40;
+/// The button is looked at every this many milliseconds of the pause: a short tap is seen.
+const BUTTON_POLL_MS: u32 = 5;
 /// Core clock: the Black Pill's 25 MHz crystal, multiplied up to the F411's maximum.
 const SYSCLK_MHZ: u32 = 100;
 
@@ -157,16 +159,27 @@ fn main() -> ! {
             }
             frame = frame.wrapping_add(1);
 
-            // A press starts a morph from this digit to a new one.
-            let pressed = button.is_low();
-            let new_press = pressed && !was_pressed;
-            was_pressed = pressed;
+            // The pause, watching the button: a press starts a morph from this digit to a new
+            // one. With a conditional model that is the digit this morph was heading for (in a
+            // new style), so a press skips none of 0 to 9.
+            let mut new_press = false;
+            for _ in 0..FRAME_PAUSE_MS / BUTTON_POLL_MS {
+                let pressed = button.is_low();
+                new_press |= pressed && !was_pressed;
+                was_pressed = pressed;
+                if new_press {
+                    break;
+                }
+                delay.delay_ms(BUTTON_POLL_MS);
+            }
             if new_press {
                 defmt::info!("button: new digit");
                 to[..dim].copy_from_slice(&z[..dim]);
+                if let Some(classes) = core::num::NonZeroUsize::new(model.classes()) {
+                    digit = ((usize::from(digit) + classes.get() - 1) % classes) as u8;
+                }
                 break;
             }
-            delay.delay_ms(FRAME_PAUSE_MS);
         }
     }
 }
