@@ -130,3 +130,25 @@ fn a_warmup_longer_than_the_run_is_refused() {
     assert!(!run.exists());
     assert!(train("2").status.success());
 }
+
+/// A VAE's hidden width of 1 is refused before training: its encoder trains but could not be
+/// exported (tract fails to optimise the 1-wide layer after the flattened image).
+#[test]
+fn a_hidden_width_of_one_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for family in ["fc-vae", "conv-vae"] {
+        let run = dir.path().join(family);
+        let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(["train", family, "--hidden", "1", "--epochs", "1", "--out"])
+            .arg(&run)
+            .output()
+            .expect("run trainer");
+        assert!(!out.status.success());
+        assert!(!run.exists());
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            message.contains("hidden width of at least 2, not 1"),
+            "{message}"
+        );
+    }
+}
