@@ -197,6 +197,10 @@ pub struct Report {
     pub q8: Option<quantize::Q8Report>,
     /// The camera denoiser's multiply-accumulates per pixel.
     pub macs_per_pixel: Option<usize>,
+    /// Files of the family a full export (no `--only`) left out, each with why: the int8
+    /// decoder of a conv VAE the firmware cannot hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_exported: Vec<String>,
 }
 
 impl Report {
@@ -271,6 +275,7 @@ pub fn export_run_with_progress(
         files: Vec::new(),
         q8: None,
         macs_per_pixel: None,
+        not_exported: Vec::new(),
     };
     let mut contents: Vec<Vec<u8>> = Vec::new();
     let mut int8: Option<(quantize::QuantizedDecoder, Vec<u8>)> = None;
@@ -300,15 +305,35 @@ pub fn export_run_with_progress(
                     decoder_check = Some(decoder_check_latents(vae, &data, options, &device)?);
                 }
                 let check = decoder_check.clone().context("no check latents")?;
-                if int8.is_none() {
-                    let (quantized, blob, q8) =
-                        quantize_conv_vae(vae, &data, check.clone(), options)?;
-                    report.q8 = Some(q8);
-                    int8 = Some((quantized, blob));
+                if int8.is_none() && report.not_exported.is_empty() {
+                    match quantize_conv_vae(vae, &data, check.clone(), options) {
+                        Ok((quantized, blob, q8)) => {
+                            report.q8 = Some(q8);
+                            int8 = Some((quantized, blob));
+                        }
+                        // A decoder the firmware cannot hold: a full export writes the float
+                        // files and says what it left out; asked for by name, it is an error.
+                        Err(e) => match firmware_misfit(&e) {
+                            Some(why) if options.only.is_none() => {
+                                report.not_exported.push(format!(
+                                    "{} and {}: {why}",
+                                    Kind::Q8.file(),
+                                    Kind::Int8Onnx.file()
+                                ));
+                                continue;
+                            }
+                            Some(why) => bail!(
+                                "{} cannot be exported: {why}; `--only encoder,decoder` exports \
+                                 the float models",
+                                kind.file()
+                            ),
+                            None => return Err(e),
+                        },
+                    }
                 }
-                let (quantized, blob) = int8
-                    .as_ref()
-                    .context("the int8 decoder was not quantized")?;
+                let Some((quantized, blob)) = int8.as_ref() else {
+                    continue; // left out above (both int8 files)
+                };
                 match kind {
                     Kind::Q8 => q8_file(blob, report.q8.as_ref()),
                     _ => export_int8_onnx(run_dir, quantized, blob, check, options)?,
@@ -873,6 +898,28 @@ fn encode(
         })
         .collect();
     Ok(Tensor::cat(means, 0))
+}
+
+/// Why the firmware cannot hold the int8 decoder, when that is what `e` (from
+/// [`quantize_conv_vae`]) says: its input is longer than the q8 format's latent, or it needs
+/// more working memory than the decoder's arena. `None` for any other failure.
+fn firmware_misfit(e: &anyhow::Error) -> Option<String> {
+    use firmware_core::{decoder, q8};
+    e.chain().find_map(|cause| {
+        if let Some(q8::Error::BadHeader("latent size")) = cause.downcast_ref::<q8::Error>() {
+            return Some(format!(
+                "its input is longer than the {} values the firmware's q8 format takes",
+                q8::MAX_LATENT
+            ));
+        }
+        match cause.downcast_ref::<decoder::Error>() {
+            Some(decoder::Error::ScratchTooSmall { needed }) => Some(format!(
+                "it needs {needed} bytes of working memory, the firmware's decoder has {}",
+                decoder::SCRATCH_BYTES
+            )),
+            _ => None,
+        }
+    })
 }
 
 /// The one-hot rows of `digits` for a conditional decoder, `None` for an unconditional one.

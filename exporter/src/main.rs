@@ -109,6 +109,9 @@ fn main() -> anyhow::Result<()> {
             file.checked
         );
     }
+    for note in &report.not_exported {
+        machine::outln!("not exported: {note}");
+    }
     machine::outln!("wrote {} (and report.json)", cli.out.display());
     Ok(())
 }

@@ -206,6 +206,51 @@ fn a_widened_conv_vae_exports_the_same_files() {
     check_conv_vae_export(run, dir.path(), 33);
 }
 
+/// A conv VAE the firmware cannot hold (a latent longer than the q8 format's 64 values, or
+/// channels whose maps outgrow the decoder's 4 KiB arena): a full export writes the float files
+/// and names what it left out, where it had exported nothing; asked for the int8 files by name,
+/// the error says why and what exports the rest.
+#[test]
+fn a_conv_vae_too_large_for_the_firmware_exports_its_float_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let models = [
+        (
+            ConvVaeConfig::new().with_latent(65),
+            "longer than the 64 values",
+        ),
+        (
+            ConvVaeConfig::new().with_channels(Some(9)),
+            "bytes of working memory, the firmware's decoder has 4096",
+        ),
+    ];
+    for (i, (model, why)) in models.into_iter().enumerate() {
+        let run = short_run_of(ModelConfig::ConvVae(model), &dir.path().join(i.to_string()));
+        let out = dir.path().join(format!("out{i}"));
+        let report = export_run(&run, &out, &options()).expect("exports the float files");
+        let written: Vec<Kind> = report.files.iter().map(|f| f.kind).collect();
+        assert_eq!(written, [Kind::Encoder, Kind::Decoder]);
+        assert!(
+            report.not_exported.len() == 1 && report.not_exported[0].contains(why),
+            "{:?}",
+            report.not_exported
+        );
+        assert!(!out.join("decoder.q8").exists());
+        let json = std::fs::read_to_string(out.join("report.json")).expect("report");
+        assert!(json.contains("not_exported"), "{json}");
+        let only_q8 = ExportOptions {
+            only: Some(vec![Kind::Q8]),
+            ..options()
+        };
+        let err = export_run(&run, &dir.path().join("q8"), &only_q8).expect_err("no q8");
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("decoder.q8 cannot be exported") && message.contains(why),
+            "{message}"
+        );
+        assert!(message.contains("`--only encoder,decoder`"), "{message}");
+    }
+}
+
 /// Exports a conv VAE `run` into `dir/out` and checks every file it writes.
 fn check_conv_vae_export(run: PathBuf, dir: &Path, check: usize) {
     let out = dir.join("out");
