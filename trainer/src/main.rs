@@ -210,7 +210,8 @@ struct TrainArgs {
     /// the pixels [default: conv-vae bce, fc-vae sse (the lesson's)].
     #[arg(long, value_enum)]
     reconstruction: Option<Loss>,
-    /// Camera denoiser: dilation of each 3x3 layer (1 to 64), comma-separated [default: 1,2,4,2,1].
+    /// Camera denoiser: dilation of each 3x3 layer (1 to 64), comma-separated, at least two
+    /// layers [default: 1,2,4,2,1].
     #[arg(long, value_delimiter = ',')]
     dilations: Option<Vec<usize>>,
     /// Camera denoiser: training patches per epoch [default: 16384].

@@ -355,6 +355,14 @@ impl CameraDenoiserConfig {
 
     /// Checks the hyper-parameters.
     pub fn validate(&self) -> Result<(), String> {
+        // Each convolution pads its input by its dilation: a dilation of 100,000 asked for
+        // 160 GB for a 48-pixel patch (and aborted), in training and on every photograph. Said
+        // first, so that one dilation too large is named as such.
+        if let Some(&d) = self.dilations.iter().find(|&&d| d > MAX_DILATION) {
+            return Err(format!(
+                "a dilation of {d} is more than {MAX_DILATION}: each convolution pads its input by its dilation on every side"
+            ));
+        }
         if self.dilations.len() < 2 || self.dilations.contains(&0) || self.channels == 0 {
             return Err(format!(
                 "the camera denoiser needs >= 2 layers with dilations >= 1 and >= 1 channel, got dilations {:?} and {} channels",
@@ -372,16 +380,9 @@ impl CameraDenoiserConfig {
         if self.patch == 0 || self.patches_per_epoch == 0 {
             return Err("patch size and patches per epoch must be at least 1".into());
         }
-        // Each convolution pads its input by its dilation: a dilation of 100,000 asked for
-        // 160 GB for a 48-pixel patch (and aborted), in training and on every photograph.
-        if let Some(&d) = self.dilations.iter().find(|&&d| d > MAX_DILATION) {
-            return Err(format!(
-                "a dilation of {d} is more than {MAX_DILATION}: each convolution pads its input by its dilation on every side"
-            ));
-        }
         if self.patch <= 2 * self.loss_margin() {
             return Err(format!(
-                "a {}-pixel patch has no interior to score: the loss leaves out {} pixels along each edge",
+                "a patch of {} pixels has no interior to score: the loss leaves out {} pixels along each edge",
                 self.patch,
                 self.loss_margin()
             ));

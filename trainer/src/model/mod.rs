@@ -808,7 +808,8 @@ mod tests {
                 .validate()
                 .is_ok()
         );
-        for dilations in [vec![1, 65], vec![100_000, 1]] {
+        // A single layer too wide is named for its dilation, not for its layer count.
+        for dilations in [vec![1, 65], vec![100_000, 1], vec![65]] {
             let err = config
                 .clone()
                 .with_dilations(dilations.clone())

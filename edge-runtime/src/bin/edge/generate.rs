@@ -379,7 +379,8 @@ fn styles(args: &GenerateArgs, dim: usize) -> Result<(Vec<Vec<f32>>, usize)> {
     }
     if let Some(side) = args.grid {
         if dim != 2 {
-            bail!("--grid walks the 2-d latent plane, but this decoder takes {dim} values");
+            let values = if dim == 1 { "value" } else { "values" };
+            bail!("--grid walks the 2-d latent plane, but this decoder takes {dim} {values}");
         }
         let span = args.span.unwrap_or(2.0);
         return Ok((latents::grid(side as usize, span), side as usize));
