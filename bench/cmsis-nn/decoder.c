@@ -59,6 +59,20 @@ static void put_i(int32_t v)
     }
 }
 
+/* " (M MACs, x.yy per MAC)" for `count` instructions spent on `macs` multiply-accumulates. */
+static void put_per_mac(uint32_t count, uint32_t macs)
+{
+    uint32_t milli = (uint32_t)((uint64_t)count * 1000u / macs);
+    put(" (");
+    put_u(macs);
+    put(" MACs, ");
+    put_u(milli / 1000);
+    put(".");
+    put_u(milli / 100 % 10);
+    put_u(milli / 10 % 10);
+    put(" per MAC)");
+}
+
 static void __attribute__((noreturn)) exit_with(int status)
 {
     /* SYS_EXIT with ADP_Stopped_ApplicationExit and the status (AArch32 takes one word: the
@@ -293,18 +307,7 @@ int main(void)
         put(stage_names[s]);
         put(": ");
         put_u(instructions(stage_ticks[s]) / DECODES);
-        if (stage_macs[s]) {
-            uint32_t milli = (uint32_t)((uint64_t)instructions(stage_ticks[s]) * 1000u / DECODES /
-                                        stage_macs[s]);
-            put(" (");
-            put_u(stage_macs[s]);
-            put(" MACs, ");
-            put_u(milli / 1000);
-            put(".");
-            put_u(milli / 100 % 10);
-            put_u(milli / 10 % 10);
-            put(" per MAC)");
-        }
+        if (stage_macs[s]) put_per_mac(instructions(stage_ticks[s]) / DECODES, stage_macs[s]);
         put("\n");
     }
 
@@ -321,18 +324,10 @@ int main(void)
                                 wide_out) != ARM_CMSIS_NN_SUCCESS)
         exit_with(1);
     uint32_t wide = instructions(ticks() - start);
-    uint32_t wide_macs = 16 * 16 * WIDE * 9 * WIDE;
-    uint32_t milli = (uint32_t)((uint64_t)wide * 1000u / wide_macs);
     put("for reference, conv 32->32 on 16x16 (not in the decoder): ");
     put_u(wide);
-    put(" (");
-    put_u(wide_macs);
-    put(" MACs, ");
-    put_u(milli / 1000);
-    put(".");
-    put_u(milli / 100 % 10);
-    put_u(milli / 10 % 10);
-    put(" per MAC)\n");
+    put_per_mac(wide, 16 * 16 * WIDE * 9 * WIDE);
+    put("\n");
     exit_with(0);
 }
 
