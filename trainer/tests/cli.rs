@@ -2,6 +2,11 @@
 
 use std::process::Command;
 
+/// The `trainer` binary these tests build.
+fn trainer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_trainer"))
+}
+
 /// A stderr that cannot be written (a full device, a pipe whose reader is gone: `2>&1 | head`)
 /// does not stop a training: its progress lines are dropped, its run is whole. `eprintln!` had
 /// panicked there (status 101) after the epochs the reader took.
@@ -16,7 +21,7 @@ fn a_full_or_closed_stderr_does_not_stop_training() {
     }
     for (i, (what, stderr)) in stderrs.into_iter().enumerate() {
         let run = dir.path().join(format!("run{i}"));
-        let status = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        let status = trainer()
             .args(["train", "dense-ae", "--epochs", "3", "--batch-size", "32"])
             .args(["--train-subset", "64", "--test-subset", "32", "--out"])
             .arg(&run)
@@ -36,7 +41,7 @@ fn train_refuses_a_folder_with_files_of_a_run() {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path().join("run");
     let train = || {
-        Command::new(env!("CARGO_BIN_EXE_trainer"))
+        trainer()
             .args(["train", "dense-ae", "--epochs", "1", "--batch-size", "32"])
             .args(["--train-subset", "64", "--test-subset", "32", "--out"])
             .arg(&run)
@@ -64,7 +69,7 @@ fn train_refuses_a_folder_with_files_of_a_run() {
 fn a_bad_setting_is_said_before_training() {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path().join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+    let out = trainer()
         .args(["train", "dense-ae", "--epochs", "0", "--out"])
         .arg(&run)
         .output()
@@ -81,7 +86,7 @@ fn a_bad_setting_is_said_before_training() {
 /// `bench` checks its settings before its table: no header above an error.
 #[test]
 fn bench_checks_its_settings_before_printing() {
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+    let out = trainer()
         .args(["bench", "dense-ae", "--batch-size", "0"])
         .output()
         .expect("run trainer");
@@ -105,7 +110,7 @@ fn a_warmup_longer_than_the_run_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path().join("run");
     let train = |warmup: &str| {
-        Command::new(env!("CARGO_BIN_EXE_trainer"))
+        trainer()
             .args(["train", "dense-ae", "--epochs", "1", "--batch-size", "32"])
             .args([
                 "--train-subset",
@@ -138,7 +143,7 @@ fn a_hidden_width_of_one_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     for family in ["fc-vae", "conv-vae"] {
         let run = dir.path().join(family);
-        let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        let out = trainer()
             .args(["train", family, "--hidden", "1", "--epochs", "1", "--out"])
             .arg(&run)
             .output()
