@@ -59,17 +59,18 @@ static void put_i(int32_t v)
     }
 }
 
-/* " (M MACs, x.yy per MAC)" for `count` instructions spent on `macs` multiply-accumulates. */
+/* " (M MACs, x.yy per MAC)" for `count` instructions spent on `macs` multiply-accumulates,
+ * rounded to hundredths. */
 static void put_per_mac(uint32_t count, uint32_t macs)
 {
-    uint32_t milli = (uint32_t)((uint64_t)count * 1000u / macs);
+    uint32_t centi = (uint32_t)(((uint64_t)count * 100u + macs / 2) / macs);
     put(" (");
     put_u(macs);
     put(" MACs, ");
-    put_u(milli / 1000);
+    put_u(centi / 100);
     put(".");
-    put_u(milli / 100 % 10);
-    put_u(milli / 10 % 10);
+    put_u(centi / 10 % 10);
+    put_u(centi % 10);
     put(" per MAC)");
 }
 
@@ -269,7 +270,8 @@ int main(void)
 
     /* Calibration: 2 * 100,000 instructions (`subs`, `bne`), less an empty measurement. */
     uint64_t t0 = ticks(), t1 = ticks(), t2 = ticks();
-    __asm__ volatile("1: subs %0, %0, #1\n bne 1b" : : "r"(100000) : "cc");
+    uint32_t loops = 100000;
+    __asm__ volatile("1: subs %0, %0, #1\n bne 1b" : "+r"(loops) : : "cc");
     uint64_t t3 = ticks();
     put("calibration: 200000 instructions measured as ");
     put_u(instructions((t3 - t2) - (t1 - t0)));

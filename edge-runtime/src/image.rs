@@ -409,20 +409,19 @@ fn decode_pgm(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>, Depth), String> {
         if start == i {
             return Err("truncated PGM header".into());
         }
-        // Quoted by the errors below: a field of a broken file can be megabytes long.
-        fields.push(crate::error::excerpt(&String::from_utf8_lossy(
-            &bytes[start..i],
-        )));
+        fields.push(String::from_utf8_lossy(&bytes[start..i]).into_owned());
     }
+    // A field of a broken file can be megabytes long: the errors quote its start.
+    let quoted = |f: &str| crate::error::excerpt(f);
     if fields[0] != "P5" {
         return Err(format!(
             "not a binary PGM (magic {:?}, expected P5)",
-            fields[0]
+            quoted(&fields[0])
         ));
     }
     let number = |f: &str, what: &str| {
         f.parse::<usize>()
-            .map_err(|_| format!("bad PGM {what} {f:?}"))
+            .map_err(|_| format!("bad PGM {what} {:?}", quoted(f)))
     };
     let (width, height, maxval) = (
         number(&fields[1], "width")?,
@@ -659,6 +658,10 @@ mod tests {
         let bytes = format!("P5 {} 1 255\n", "9".repeat(100_000));
         let err = decode_pgm(bytes.as_bytes()).expect_err("bad width");
         assert!(err.starts_with("bad PGM width") && err.len() < 100, "{err}");
+        // Only the message is shortened: a long but valid field (zero-padded) still reads.
+        let padded = format!("P5 {}2 1 255\n\x07\x09", "0".repeat(60));
+        let (width, height, _, _) = decode_pgm(padded.as_bytes()).expect("a 2x1 PGM");
+        assert_eq!((width, height), (2, 1));
     }
 
     #[test]

@@ -29,10 +29,11 @@ fn check_model(path: &std::path::Path) {
     let model = Model::parse(&bytes)
         .unwrap_or_else(|e| panic!("model {} is not a q8 decoder: {e:?}", path.display()));
     let shape = model.output_shape();
-    if shape.len() != decoder::IMAGE_PIXELS {
+    if (shape.c, shape.h, shape.w) != (1, 28, 28) {
         panic!(
-            "model {} draws {}x{} images; this firmware shows 28x28 digits",
+            "model {} draws {} channel(s) of {}x{}; this firmware shows 28x28 gray digits",
             path.display(),
+            shape.c,
             shape.w,
             shape.h
         );

@@ -54,7 +54,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/measure-$board.XXXXXX")
 cp "$model" "$work/model.q8"
 cp "$latents" "$work/latents.f32"
 set +e
-(cd "$work" && timeout 600 "${qemu[@]}" -nographic -icount shift=0 \
+(cd "$work" && timeout --foreground 600 "${qemu[@]}" -nographic -icount shift=0 \
     -semihosting-config enable=on,target=native -kernel "$elf" -append --measure) \
     | defmt-print -e "$elf" >"$work/log.txt"
 status=${PIPESTATUS[0]}

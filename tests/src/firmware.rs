@@ -98,7 +98,7 @@ pub fn run_qemu_firmware(board: Board, dir: &Path) -> String {
     let log = String::from_utf8_lossy(&log.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{board:?} firmware exited with {}; log:\n{log}\nstderr: {}",
+        "{board:?} firmware exited with {} (124: ended by the 300 s timeout); log:\n{log}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );

@@ -614,6 +614,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &["camera-denoiser", "conv-vae"],
             )?;
             given("--hidden", args.hidden.is_some(), &["conv-vae", "fc-vae"])?;
+            // A VAE's hidden layer of width 1 trains, but its encoder (the image flattened into
+            // one value) cannot be exported: tract fails to optimise that layer ("Trying to
+            // substitute a ,F32 by 1,1,F32" in its EinSum codegen). Refused for new runs only:
+            // one trained before still loads (its decoder exports).
+            if args.hidden == Some(1) {
+                anyhow::bail!(
+                    "a {family} needs a hidden width of at least 2, not 1 (its encoder could not \
+                     be run by the edge runtime's tract)"
+                );
+            }
             given("--conditional", args.conditional, &["conv-vae"])?;
             given(
                 "--reconstruction",

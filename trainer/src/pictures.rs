@@ -514,7 +514,7 @@ fn axis_label(value: f32) -> String {
 ///   model: its decoder needs a digit);
 /// - `samples.png` for VAEs (decoded samples of the prior; a conditional model's: ten rows of
 ///   styles, each decoded as the ten digits);
-/// - `loss_curves.png` when `metrics.csv` exists.
+/// - `loss_curves.png` when `metrics.csv` records an epoch.
 pub fn write_pictures(
     run_dir: &Path,
     data_dir: &Path,

@@ -68,18 +68,28 @@ pub fn optimizer_checkpoints(dir: &Path) -> Vec<(usize, PathBuf)> {
 }
 
 /// The first file of a run (or of what is left of one) found in `dir`: its config, weights,
-/// metrics, or an optimizer checkpoint. `train` refuses such a folder, which it would overwrite.
+/// metrics, an optimizer checkpoint or staged weights ([`staged_weights_file`]). `train` refuses
+/// such a folder, which it would overwrite.
 pub fn file_of_a_run(dir: &Path) -> Option<PathBuf> {
-    [CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE]
+    let named = [CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE]
         .iter()
         .map(|name| dir.join(name))
-        .find(|path| path.exists())
-        .or_else(|| {
-            optimizer_checkpoints(dir)
-                .into_iter()
-                .next()
-                .map(|(_, p)| p)
-        })
+        .find(|path| path.exists());
+    let numbered = || {
+        fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|path| {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                ["optimizer-", "model-"].iter().any(|prefix| {
+                    name.strip_prefix(prefix)
+                        .and_then(|rest| rest.strip_suffix(".bpk"))
+                        .is_some_and(|n| n.parse::<usize>().is_ok())
+                })
+            })
+    };
+    named.or_else(numbered)
 }
 
 /// Removes optimizer checkpoints of epochs other than `keep`.

@@ -1070,6 +1070,13 @@ fn run_epochs(
     let pools = shard_pools(&devices)?;
     let mut rng = SplitMix64(config.seed);
     let examples = source.examples_per_epoch();
+    let steps = config.epochs * examples.div_ceil(config.batch_size);
+    if let Some(warmup) = config.warmup_steps.filter(|&w| fresh && w > steps) {
+        bail!(
+            "--warmup-steps {warmup} is more than the run's {steps} optimisation steps: its \
+             learning rate would never reach --lr"
+        );
+    }
     let (mut model, done, mut metrics_csv) = match start {
         None => {
             let model = init_model(&config.model, config.seed, &device);
@@ -1085,13 +1092,6 @@ fn run_epochs(
         }
     };
     ensure_batch_fits(&model, (&source, config), (&devices, &pools), &mut report)?;
-    let steps = config.epochs * examples.div_ceil(config.batch_size);
-    if let Some(warmup) = config.warmup_steps.filter(|&w| fresh && w > steps) {
-        bail!(
-            "--warmup-steps {warmup} is more than the run's {steps} optimisation steps: its \
-             learning rate would never reach --lr"
-        );
-    }
     if fresh {
         // Only once the data has loaded and the batch is known to fit, so a run that cannot
         // start leaves nothing behind.

@@ -62,6 +62,13 @@ fn train_refuses_a_folder_with_files_of_a_run() {
         std::fs::read(run.join("model.bpk")).expect("weights"),
         weights
     );
+    // Staged weights alone (an epoch's, not yet renamed) are a run's file too.
+    for entry in std::fs::read_dir(&run).expect("run") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("rm");
+    }
+    std::fs::write(run.join("model-2.bpk"), &weights).expect("staged");
+    let message = String::from_utf8_lossy(&train().stderr).into_owned();
+    assert!(message.contains("holds model-2.bpk"), "{message}");
 }
 
 /// A bad setting given to `train` is said as itself before anything is made.

@@ -160,8 +160,9 @@ fn main() -> ! {
             frame = frame.wrapping_add(1);
 
             // The pause, watching the button: a press starts a morph from this digit to a new
-            // one. With a conditional model that is the digit this morph was heading for (in a
-            // new style), so a press skips none of 0 to 9.
+            // one. With a conditional model, mid-morph, that is the digit this morph was heading
+            // for (in a new style), so a press skips none of 0 to 9; at its last frame, the
+            // next one.
             let mut new_press = false;
             for _ in 0..FRAME_PAUSE_MS / BUTTON_POLL_MS {
                 let pressed = button.is_low();
@@ -175,7 +176,9 @@ fn main() -> ! {
             if new_press {
                 defmt::info!("button: new digit");
                 to[..dim].copy_from_slice(&z[..dim]);
-                if let Some(classes) = core::num::NonZeroUsize::new(model.classes()) {
+                if let Some(classes) = core::num::NonZeroUsize::new(model.classes())
+                    && step < MORPH_STEPS
+                {
                     digit = ((usize::from(digit) + classes.get() - 1) % classes) as u8;
                 }
                 break;

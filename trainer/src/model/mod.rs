@@ -332,17 +332,6 @@ impl ModelConfig {
             |what: &str, n: usize| sized(what, n, MAX_WIDTH),
             |what: &str, n: usize| sized(what, n, MAX_CHANNELS),
         );
-        // A VAE's hidden layer of width 1 trains, but its encoder (the image flattened into one
-        // value) cannot be exported: tract fails to optimise that layer ("Trying to substitute
-        // a ,F32 by 1,1,F32" in its EinSum codegen). Refused here, before a run is made.
-        let hidden_width = |n: usize| match n {
-            1 => Err(format!(
-                "a {} needs a hidden width of at least 2, not 1 (its encoder could not be run by \
-                 the edge runtime's tract)",
-                self.family()
-            )),
-            n => width("a hidden width", n),
-        };
         match self {
             Self::DenseAe(c) => {
                 width("a latent size", c.latent)?;
@@ -367,12 +356,12 @@ impl ModelConfig {
             },
             Self::FcVae(c) => {
                 width("a latent size", c.latent)?;
-                hidden_width(c.hidden)
+                width("a hidden width", c.hidden)
             }
             Self::ConvVae(c) => {
                 width("a latent size", c.latent)?;
                 channels("channels", c.channels())?;
-                c.hidden.map_or(Ok(()), hidden_width)
+                c.hidden.map_or(Ok(()), |h| width("a hidden width", h))
             }
             Self::CameraDenoiser(c) => {
                 channels("channels", c.channels)?;

@@ -382,6 +382,8 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
         None => Vec::new(),
     };
     let inputs = canonical(files);
+    // (Two noisy copies of one name cannot come from distinct targets now that the extension
+    // is kept as spelled; checked all the same, it costs nothing.)
     for (i, path) in noisy.iter().enumerate() {
         let input = std::fs::canonicalize(path).is_ok_and(|p| inputs.contains(&p));
         if targets.contains(path) || noisy[..i].contains(path) || input {

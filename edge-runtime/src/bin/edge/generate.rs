@@ -200,23 +200,15 @@ fn check_companions(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a run whose digits (kept until all are decoded, with their latents and a sheet) need
-/// more memory than the process can get: said, not ended by the kernel's OOM killer. Only a
-/// decoder with huge images or latents gets near it: 10,000 MNIST digits take ~35 MB.
-fn check_memory(args: &GenerateArgs, decoder: &Decoder) -> Result<()> {
-    let digits = match (args.random, args.grid, !args.morph.is_empty()) {
-        (Some(n), _, _) => u64::from(n),
-        (_, Some(n), _) => u64::from(n).saturating_mul(u64::from(n)),
-        (_, _, true) => u64::from(args.steps.unwrap_or(DEFAULT_STEPS)),
-        // Given ones: counted when read, at most MAX_DIGITS.
-        _ => u64::from(MAX_DIGITS),
-    };
+/// Refuses a run whose `digits` (kept until all are decoded, with a sheet and the raw values
+/// when asked for) need more memory than the process can get: said, not ended by the kernel's
+/// OOM killer. Only a decoder with huge images gets near it: 10,000 MNIST digits take ~35 MB.
+fn check_memory(args: &GenerateArgs, decoder: &Decoder, digits: usize) -> Result<()> {
     let (width, height) = decoder.image_size();
     let image = (width as u64).saturating_mul(height as u64);
-    let copies = if args.sheet.is_some() { 2 } else { 1 };
-    let needed = digits
-        .min(u64::from(MAX_DIGITS))
-        .saturating_mul(image.saturating_mul(copies) + decoder.latent_dim() as u64)
+    let copies = 1 + u64::from(args.sheet.is_some()) + u64::from(args.raw.is_some());
+    let needed = (digits as u64)
+        .saturating_mul(image.saturating_mul(copies))
         .saturating_mul(4);
     if let Some(available) = edge_runtime::available_bytes().filter(|&a| needed > a) {
         bail!(
@@ -235,12 +227,13 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
     for path in [&args.out, &args.sheet].into_iter().flatten() {
         ImageFormat::from_path(path).context("checking the output file name")?;
     }
+    // The decoder's latent size is bounded by its load; the latents are then few and small.
     let decoder = Decoder::load(&args.model).context("loading the decoder")?;
-    check_memory(args, &decoder)?;
     let (latents, natural_columns) = latents(args, &decoder)?;
     if latents.len() > MAX_DIGITS as usize {
         bail!("{} latents: at most {MAX_DIGITS} per run", latents.len());
     }
+    check_memory(args, &decoder, latents.len())?;
     // Decode everything before writing anything: a bad latent leaves no partial output.
     let images = latents
         .iter()
