@@ -305,6 +305,8 @@ pub fn export_run_with_progress(
                     decoder_check = Some(decoder_check_latents(vae, &data, options, &device)?);
                 }
                 let check = decoder_check.clone().context("no check latents")?;
+                // Quantized once for both int8 files; `not_exported` (only ever the int8 pair)
+                // holds the reason when the first of them found the decoder too large.
                 if int8.is_none() && report.not_exported.is_empty() {
                     match quantize_conv_vae(vae, &data, check.clone(), options) {
                         Ok((quantized, blob, q8)) => {
