@@ -92,7 +92,7 @@ fi
 stage "test aarch64 and armv7 (qemu-user)"
 # machine's /proc and cgroup parsers too: the edge runtime reads its limits through them.
 # The CLI tests start `edge` from many test threads at once, each start a fork of qemu-user; once
-# (session 31, after ~60 clean runs) such a forked child hung before its exec, in qemu-user's own
+# (session 31, never seen in the rehearsals before) such a forked child hung before its exec, in qemu-user's own
 # locks, and the stage with it. A stage that has not ended after 10 minutes (it takes about one)
 # is stopped and run again with one test thread; any failed test still fails it.
 qemu_user_tests() {

@@ -140,10 +140,16 @@ fn refuse_to_overwrite_what_is_read(
     Ok(())
 }
 
+/// One of the process's standard streams as a `File` of its own (a duplicated descriptor).
+fn descriptor_file(stream: &impl std::os::fd::AsFd) -> std::io::Result<std::fs::File> {
+    Ok(std::fs::File::from(stream.as_fd().try_clone_to_owned()?))
+}
+
 /// The metadata of the file behind one of the process's standard streams.
 fn descriptor_metadata(stream: &impl std::os::fd::AsFd) -> Option<std::fs::Metadata> {
-    let fd = stream.as_fd().try_clone_to_owned().ok()?;
-    std::fs::File::from(fd).metadata().ok()
+    descriptor_file(stream)
+        .and_then(|file| file.metadata())
+        .ok()
 }
 
 impl DenoiseArgs {
@@ -337,12 +343,7 @@ fn stream_reader(
 /// nothing.
 #[cfg(unix)]
 fn unbuffered_stdin() -> Result<std::fs::File> {
-    use std::os::fd::AsFd;
-    let fd = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .context("reading standard input")?;
-    Ok(std::fs::File::from(fd))
+    descriptor_file(&std::io::stdin()).context("reading standard input")
 }
 
 #[cfg(not(unix))]
@@ -382,11 +383,10 @@ fn denoise_files(args: &DenoiseArgs, files: &[PathBuf], out: &Path) -> Result<()
         None => Vec::new(),
     };
     let inputs = canonical(files);
-    // (Two noisy copies of one name cannot come from distinct targets now that the extension
-    // is kept as spelled; checked all the same, it costs nothing.)
-    for (i, path) in noisy.iter().enumerate() {
+    // (Distinct targets give distinct noisy names: the extension is kept as spelled.)
+    for path in &noisy {
         let input = std::fs::canonicalize(path).is_ok_and(|p| inputs.contains(&p));
-        if targets.contains(path) || noisy[..i].contains(path) || input {
+        if targets.contains(path) || input {
             bail!(
                 "the noisy copy {} would overwrite another image: rename it or choose another --out folder",
                 path.display()

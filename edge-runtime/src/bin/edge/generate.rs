@@ -202,7 +202,8 @@ fn check_companions(args: &GenerateArgs) -> Result<()> {
 
 /// Refuses a run whose `digits` (kept until all are decoded, with a sheet and the raw values
 /// when asked for) need more memory than the process can get: said, not ended by the kernel's
-/// OOM killer. Only a decoder with huge images gets near it: 10,000 MNIST digits take ~35 MB.
+/// OOM killer. Only a decoder with huge images gets near it: 10,000 28x28 digits are 31 MB of
+/// f32 pixels.
 fn check_memory(args: &GenerateArgs, decoder: &Decoder, digits: usize) -> Result<()> {
     let (width, height) = decoder.image_size();
     let image = (width as u64).saturating_mul(height as u64);
