@@ -8,6 +8,7 @@
 //! - [`training`]: the training loop, on one device or data parallel (a batch's shards on
 //!   several GPUs, or at once on the CPU's cores);
 //! - [`optim`]: Adam, fused into one pass per parameter on the CPU;
+//! - [`average`]: the weight averaging of `--ema`;
 //! - [`run`]: the run directory (config, weights, metrics) and how to load it back;
 //! - [`memory`]: what a training step allocates, measured, so a batch too large for the machine
 //!   is refused before the run starts.
@@ -16,6 +17,7 @@
 //! devices.
 #![warn(missing_docs)]
 
+pub mod average;
 pub mod data;
 pub mod memory;
 pub mod model;

@@ -188,6 +188,11 @@ struct TrainArgs {
     /// one batch; 60,000 MNIST images at batch 128 are 469 steps an epoch) [default: none].
     #[arg(long)]
     warmup_steps: Option<usize>,
+    /// Save and evaluate an exponential moving average of the weights, with this decay per
+    /// step (0.999: about the last 1,000 steps), instead of the last step's weights; training
+    /// goes on from the trained ones [default: off].
+    #[arg(long, value_name = "DECAY")]
+    ema: Option<f64>,
     /// Latent size [default: the family's: dense-ae 32, conv AEs 128 (4x4x8), VAEs 2].
     #[arg(long)]
     latent: Option<usize>,
@@ -655,6 +660,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_learning_rate(args.lr)
                 .with_final_learning_rate(args.final_lr)
                 .with_warmup_steps(args.warmup_steps)
+                .with_ema_decay(args.ema)
                 .with_seed(args.seed)
                 .with_train_subset(args.train_subset)
                 .with_test_subset(args.test_subset)
@@ -745,6 +751,14 @@ fn reporter(epochs: usize, vae: bool) -> impl FnMut(training::Progress) {
                      moments, of the {} this process can get (checked in {seconds:.1} s)",
                     machine::human(needed),
                     machine::human(available)
+                );
+                return;
+            }
+            training::Progress::TrainedWeightsMissing { epoch } => {
+                machine::errln!(
+                    "warning: trained-{epoch}.bpk is missing: training goes on from epoch \
+                     {epoch}'s averaged weights, so the run will not end as an uninterrupted one \
+                     would"
                 );
                 return;
             }

@@ -4,7 +4,9 @@
 //!   the model exactly;
 //! - `model.bpk`: the weights in Burn's record format (burnpack);
 //! - `metrics.csv`: one row per epoch;
-//! - `optimizer-<epoch>.bpk`: Adam's state after that epoch (burnpack), for an exact resume.
+//! - `optimizer-<epoch>.bpk`: Adam's state after that epoch (burnpack), for an exact resume;
+//! - `trained-<epoch>.bpk`: with weight averaging (`--ema`), the weights training goes on from
+//!   (`model.bpk` then holds their average), for an exact resume.
 //!
 //! Every file is written atomically ([`machine::write_file`]: a temporary file beside it, then
 //! a rename), so an interrupted run never leaves half a file behind.
@@ -48,28 +50,43 @@ pub fn save_optimizer(
     Ok(())
 }
 
-/// The optimizer checkpoints in `dir` ([`optimizer_file`]): each one's epoch and path, in no
-/// order.
-pub fn optimizer_checkpoints(dir: &Path) -> Vec<(usize, PathBuf)> {
+/// Name of the weights training goes on from after `epoch`, in a run that saves their average
+/// as its weights ([`TrainingConfig::ema_decay`]).
+pub fn trained_weights_file(epoch: usize) -> String {
+    format!("trained-{epoch}.bpk")
+}
+
+/// The epoch of a checkpoint file named `<prefix><epoch>.bpk`.
+fn checkpoint_epoch(name: &str, prefix: &str) -> Option<usize> {
+    name.strip_prefix(prefix)?
+        .strip_suffix(".bpk")?
+        .parse()
+        .ok()
+}
+
+/// The files `<prefix><epoch>.bpk` in `dir`: each one's epoch and path, in no order.
+fn checkpoints(dir: &Path, prefix: &str) -> Vec<(usize, PathBuf)> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let epoch = name
-                .strip_prefix("optimizer-")
-                .and_then(|rest| rest.strip_suffix(".bpk"))
-                .and_then(|n| n.parse::<usize>().ok())?;
+            let epoch = checkpoint_epoch(&entry.file_name().to_string_lossy(), prefix)?;
             Some((epoch, entry.path()))
         })
         .collect()
 }
 
+/// The optimizer checkpoints in `dir` ([`optimizer_file`]): each one's epoch and path, in no
+/// order.
+pub fn optimizer_checkpoints(dir: &Path) -> Vec<(usize, PathBuf)> {
+    checkpoints(dir, "optimizer-")
+}
+
 /// The first file of a run (or of what is left of one) found in `dir`: its config, weights,
-/// metrics, an optimizer checkpoint or staged weights ([`staged_weights_file`]). `train` refuses
-/// such a folder, which it would overwrite.
+/// metrics, an optimizer checkpoint, trained weights ([`trained_weights_file`]) or staged weights
+/// ([`staged_weights_file`]). `train` refuses such a folder, which it would overwrite.
 pub fn file_of_a_run(dir: &Path) -> Option<PathBuf> {
     let named = [CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE]
         .iter()
@@ -82,23 +99,30 @@ pub fn file_of_a_run(dir: &Path) -> Option<PathBuf> {
             .map(|e| e.path())
             .find(|path| {
                 let name = path.file_name().unwrap_or_default().to_string_lossy();
-                ["optimizer-", "model-"].iter().any(|prefix| {
-                    name.strip_prefix(prefix)
-                        .and_then(|rest| rest.strip_suffix(".bpk"))
-                        .is_some_and(|n| n.parse::<usize>().is_ok())
-                })
+                ["optimizer-", "trained-", "model-"]
+                    .iter()
+                    .any(|prefix| checkpoint_epoch(&name, prefix).is_some())
             })
     };
     named.or_else(numbered)
 }
 
-/// Removes optimizer checkpoints of epochs other than `keep`.
-pub fn prune_optimizer_checkpoints(dir: &Path, keep: usize) {
-    for (epoch, path) in optimizer_checkpoints(dir) {
-        if epoch != keep {
-            fs::remove_file(path).ok();
+/// Removes optimizer checkpoints and trained weights ([`trained_weights_file`]) of epochs other
+/// than `keep`.
+pub fn prune_checkpoints(dir: &Path, keep: usize) {
+    for prefix in ["optimizer-", "trained-"] {
+        for (epoch, path) in checkpoints(dir, prefix) {
+            if epoch != keep {
+                fs::remove_file(path).ok();
+            }
         }
     }
+}
+
+/// Saves the weights training goes on from after `epoch` ([`trained_weights_file`]) into `dir`
+/// atomically. Earlier ones stay until [`prune_checkpoints`].
+pub fn save_trained_weights(model: &Model, epoch: usize, dir: &Path) -> anyhow::Result<()> {
+    write_weights(model, &dir.join(trained_weights_file(epoch)))
 }
 
 /// Adam's state after `epoch` for `model` (the run's weights), if the run has it.
@@ -203,6 +227,12 @@ pub struct TrainingConfig {
     /// batch or two, cannot push a model into a dead start.
     #[config(default = "None")]
     pub warmup_steps: Option<usize>,
+    /// Weight averaging: when set, the run's weights (`model.bpk`, evaluated after every
+    /// epoch) are an exponential moving average of the trained weights, with this decay per
+    /// step ([`crate::average`]); training goes on from the trained ones
+    /// ([`trained_weights_file`]).
+    #[config(default = "None")]
+    pub ema_decay: Option<f64>,
     /// Seed of the initialisation, the shuffling and the latent sampling.
     #[config(default = 42)]
     pub seed: u64,
@@ -240,8 +270,8 @@ impl TrainingConfig {
     }
 
     /// Checks what the CLI checks of its flags, for a configuration read from a file: learning
-    /// rates finite and not negative, at least one epoch, image per batch and subset image, and
-    /// the model's own settings ([`ModelConfig::validate`]).
+    /// rates finite and not negative, at least one epoch, image per batch and subset image, an
+    /// averaging decay between 0 and 1, and the model's own settings ([`ModelConfig::validate`]).
     ///
     /// # Errors
     /// What is wrong, in words.
@@ -265,6 +295,11 @@ impl TrainingConfig {
             if n == Some(0) {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        if let Some(decay) = self.ema_decay.filter(|d| !(*d > 0.0 && *d < 1.0)) {
+            return Err(format!(
+                "ema_decay {decay} is not a decay per step (between 0 and 1, both excluded)"
+            ));
         }
         if self.batch_size > MAX_BATCH_SIZE {
             return Err(format!(
@@ -345,12 +380,35 @@ pub fn staged_weights_file(epoch: usize) -> String {
 /// ([`staged_weights_file`]): [`commit_weights`] makes them the run's once `metrics.csv` records
 /// the epoch as done, so the weights and the metrics never disagree about the epochs done.
 pub fn stage_weights(model: &Model, epoch: usize, dir: &Path) -> anyhow::Result<()> {
+    write_weights(model, &dir.join(staged_weights_file(epoch)))
+}
+
+/// The weights training goes on from after `epoch` ([`trained_weights_file`]), if the run has
+/// them.
+///
+/// # Errors
+/// A file that is there but does not load as `model`'s weights.
+pub fn load_trained_weights(
+    dir: &Path,
+    epoch: usize,
+    model: &ModelConfig,
+    device: &Device,
+) -> Result<Option<Model>, RunError> {
+    let path = dir.join(trained_weights_file(epoch));
+    if !path.exists() {
+        return Ok(None);
+    }
+    load_weights(&path, model, device).map(Some)
+}
+
+/// Writes `model`'s weights to `path` atomically.
+fn write_weights(model: &Model, path: &Path) -> anyhow::Result<()> {
     let bytes = model
         .clone()
         .into_record()
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("cannot serialise weights: {e}"))?;
-    machine::write_file(&dir.join(staged_weights_file(epoch)), &bytes)?;
+    machine::write_file(path, &bytes)?;
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use burn::{
 };
 
 use crate::{
+    average::WeightAverage,
     data::{Mnist, SIDE, Split},
     model::{
         CameraDenoiserConfig, Corruption, LossKind, Model, ModelConfig, UpConv, bce_with_logits,
@@ -24,8 +25,8 @@ use crate::{
     rng::SplitMix64,
     run::{
         METRICS_FILE, TrainingConfig, WEIGHTS_FILE, commit_weights, load_config, load_optimizer,
-        load_run, prune_optimizer_checkpoints, save_config, save_optimizer, settle_staged_weights,
-        stage_weights,
+        load_run, load_trained_weights, prune_checkpoints, save_config, save_optimizer,
+        save_trained_weights, settle_staged_weights, stage_weights,
     },
 };
 
@@ -879,6 +880,13 @@ pub enum Progress<'a> {
         /// The last completed epoch.
         epoch: usize,
     },
+    /// A resumed run that averages its weights ([`TrainingConfig::ema_decay`]) has no trained
+    /// weights of its last completed epoch (`trained-<epoch>.bpk`): training goes on from
+    /// their average, so the run will not end bit for bit as an uninterrupted one.
+    TrainedWeightsMissing {
+        /// The last completed epoch.
+        epoch: usize,
+    },
     /// Before the first epoch: a batch large enough to be checked against the memory (at least
     /// 512 examples, on the CPU, in the `trainer` binary, where the memory left can be read:
     /// Linux) is being measured with a few smaller training steps, which leave the model as it
@@ -1091,6 +1099,21 @@ fn run_epochs(
             (model, done, csv)
         }
     };
+    let batches = examples.div_ceil(config.batch_size);
+    // Weight averaging: a resumed run's `model` (its `model.bpk`) is then the average, and
+    // training goes on from the trained weights saved beside it.
+    let mut average = match config.ema_decay {
+        None => None,
+        Some(decay) if done == 0 => Some(WeightAverage::new(decay)),
+        Some(decay) => {
+            let average = WeightAverage::resume(decay, (done * batches) as u64, &model)?;
+            match load_trained_weights(out, done, &config.model, &device)? {
+                Some(trained) => model = trained,
+                None => report(Progress::TrainedWeightsMissing { epoch: done }),
+            }
+            Some(average)
+        }
+    };
     ensure_batch_fits(&model, (&source, config), (&devices, &pools), &mut report)?;
     if fresh {
         // Only once the data has loaded and the batch is known to fit, so a run that cannot
@@ -1115,7 +1138,7 @@ fn run_epochs(
         let mut order: Vec<usize> = (0..examples).collect();
         rng.shuffle(&mut order);
         let mut sums = [0.0; 3];
-        let (batches, mut seen) = (order.len().div_ceil(config.batch_size), 0usize);
+        let mut seen = 0usize;
         for (batch_index, chunk) in order.chunks(config.batch_size).enumerate() {
             let (losses, grads) = gradients(
                 &model,
@@ -1142,6 +1165,9 @@ fn run_epochs(
             let step = (epoch - 1) * batches + batch_index;
             let lr = config.learning_rate_at(step, config.epochs * batches);
             model = optim.step(lr, model, grads);
+            if let Some(average) = average.as_mut() {
+                average.update(&model)?;
+            }
             seen += chunk.len();
             report(Progress::Batch {
                 epoch,
@@ -1152,7 +1178,13 @@ fn run_epochs(
             });
         }
         let train_seconds = start.elapsed().as_secs_f64();
-        let test = source.evaluate(&model.valid(), config, &device)?;
+        let trained = model.valid();
+        // The run's weights: the trained ones, or their average.
+        let weights = match &average {
+            Some(average) => average.weights(trained.clone()),
+            None => trained.clone(),
+        };
+        let test = source.evaluate(&weights, config, &device)?;
         // The last step can leave weights that are no longer finite: keep the last good
         // checkpoint rather than replace it with them.
         if !test.loss.is_finite() {
@@ -1181,12 +1213,18 @@ fn run_epochs(
         // resumes from the previous epoch's weights and optimizer state (both still there); one
         // killed after it, from this epoch's (`resume` finishes the renaming).
         save_optimizer(&optim, epoch, out)?;
-        stage_weights(&model.valid(), epoch, out)?;
+        if average.is_some() {
+            save_trained_weights(&trained, epoch, out)?;
+        }
+        stage_weights(&weights, epoch, out)?;
         metrics_csv.push_str(&m.csv_row());
         machine::write_file(&out.join(METRICS_FILE), metrics_csv.as_bytes())?;
         commit_weights(out, epoch)?;
-        prune_optimizer_checkpoints(out, epoch);
+        prune_checkpoints(out, epoch);
         report(Progress::Epoch(&m));
     }
-    Ok(model.valid())
+    Ok(match &average {
+        Some(average) => average.weights(model.valid()),
+        None => model.valid(),
+    })
 }

@@ -74,20 +74,28 @@ fn train_refuses_a_folder_with_files_of_a_run() {
 /// A bad setting given to `train` is said as itself before anything is made.
 #[test]
 fn a_bad_setting_is_said_before_training() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let run = dir.path().join("run");
-    let out = trainer()
-        .args(["train", "dense-ae", "--epochs", "0", "--out"])
-        .arg(&run)
-        .output()
-        .expect("run trainer");
-    assert!(!out.status.success());
-    let message = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        message.starts_with("Error: epochs must be at least 1"),
-        "{message}"
-    );
-    assert!(!run.exists());
+    for (flags, said) in [
+        (["--epochs", "0"], "Error: epochs must be at least 1"),
+        (["--ema", "1"], "Error: ema_decay 1 is not a decay per step"),
+        (
+            ["--ema", "NaN"],
+            "Error: ema_decay NaN is not a decay per step",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let run = dir.path().join("run");
+        let out = trainer()
+            .args(["train", "dense-ae"])
+            .args(flags)
+            .arg("--out")
+            .arg(&run)
+            .output()
+            .expect("run trainer");
+        assert!(!out.status.success());
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert!(message.starts_with(said), "{message}");
+        assert!(!run.exists());
+    }
 }
 
 /// `bench` checks its settings before its table: no header above an error.

@@ -248,27 +248,116 @@ fn a_resumed_run_ends_exactly_as_the_straight_one() {
     // The dense AE draws no random numbers while training; the denoising AE draws its input
     // noise, the FC VAE its latent samples.
     for family in ["dense-ae", "denoising-ae", "fc-vae"] {
-        resumed_and_straight_runs_end_the_same(family);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (straight, split) = straight_and_resumed(two_short_epochs(family), dir.path());
+        let (a, b) = (evaluate(&straight), evaluate(&split));
+        assert_eq!(
+            a.loss, b.loss,
+            "{family}: resumed run differs from the straight one"
+        );
+        assert_eq!(a.output.mse, b.output.mse, "{family}");
     }
 }
 
-/// 2 epochs straight and 1 + resume 1 give the same weights only if the data order, Adam's
-/// moments and the random draws of the second epoch are restored.
-fn resumed_and_straight_runs_end_the_same(family: &str) {
-    use trainer::{
-        data::{Mnist, Split, bundled_dir},
-        model::ModelConfig,
-        run::TrainingConfig,
-        training,
-    };
-    let config = TrainingConfig::new(ModelConfig::default_for(family).expect("family"))
-        .with_epochs(2)
-        .with_batch_size(64)
-        .with_train_subset(Some(512))
-        .with_test_subset(Some(128));
-    let device = Device::flex();
+/// With weight averaging the run's weights are the average, training goes on from the trained
+/// weights saved beside them (`trained-<epoch>.bpk`, the last epoch's only), and a resumed run
+/// ends as the straight one (up to float rounding: the average is read back from its file).
+#[test]
+fn an_averaging_run_resumes_from_its_trained_weights() {
+    use trainer::training::{self, Progress};
     let dir = tempfile::tempdir().expect("temp dir");
-    let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
+    let config = two_short_epochs("fc-vae").with_ema_decay(Some(0.9));
+    let (straight, split) = straight_and_resumed(config.clone(), dir.path());
+    let names: Vec<String> = std::fs::read_dir(&split)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("trained-"))
+        .collect();
+    assert_eq!(
+        names,
+        ["trained-2.bpk"],
+        "only the last trained weights are kept"
+    );
+    let (a, b) = (evaluate(&straight), evaluate(&split));
+    assert!(
+        (a.loss - b.loss).abs() < 1e-4 * a.loss,
+        "resumed run differs from the straight one: {} vs {}",
+        a.loss,
+        b.loss
+    );
+    // The saved weights are not the trained ones.
+    let device = Device::flex();
+    let trained = trainer::run::load_weights(&split.join("trained-2.bpk"), &config.model, &device)
+        .expect("trained weights load");
+    let trained = training::evaluate_images(&trained, &config.model, &test_images(), 128, &device)
+        .expect("eval");
+    assert_ne!(trained.loss, b.loss);
+
+    // Without its trained weights the run goes on from the average, and says so.
+    let lost = dir.path().join("lost");
+    training::train(
+        &config.clone().with_epochs(1),
+        &trainer::data::bundled_dir(),
+        &lost,
+        std::slice::from_ref(&device),
+        |_| {},
+    )
+    .expect("trains");
+    std::fs::remove_file(lost.join("trained-1.bpk")).expect("remove");
+    let mut seen = Vec::new();
+    training::resume(
+        &lost,
+        &trainer::data::bundled_dir(),
+        std::slice::from_ref(&device),
+        Some(2),
+        |p| {
+            if let Progress::TrainedWeightsMissing { epoch } = p {
+                seen.push(epoch);
+            }
+        },
+    )
+    .expect("resumes");
+    assert_eq!(seen, [1]);
+}
+
+/// Two epochs of `family` on 512 training images (batch 64), tested on 128.
+fn two_short_epochs(family: &str) -> trainer::run::TrainingConfig {
+    trainer::run::TrainingConfig::new(
+        trainer::model::ModelConfig::default_for(family).expect("family"),
+    )
+    .with_epochs(2)
+    .with_batch_size(64)
+    .with_train_subset(Some(512))
+    .with_test_subset(Some(128))
+}
+
+/// The first 128 test images.
+fn test_images() -> trainer::data::Mnist {
+    use trainer::data::{Mnist, Split, bundled_dir};
+    let mut test = Mnist::load(&bundled_dir(), Split::Test).expect("test set");
+    test.truncate(128);
+    test
+}
+
+/// The run in `run` evaluated on [`test_images`].
+fn evaluate(run: &std::path::Path) -> trainer::training::Evaluation {
+    let device = Device::flex();
+    let (config, model) = load_run(run, &device).expect("loads");
+    trainer::training::evaluate_images(&model, &config.model, &test_images(), 128, &device)
+        .expect("eval")
+}
+
+/// `config` trained straight into `dir/straight`, and for one epoch then resumed for the rest
+/// into `dir/split` (checking that only the last optimizer checkpoint is kept). Both end with
+/// the same weights only if the data order, Adam's moments and the random draws of the later
+/// epochs are restored.
+fn straight_and_resumed(
+    config: trainer::run::TrainingConfig,
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use trainer::{data::bundled_dir, training};
+    let device = Device::flex();
+    let (straight, split) = (dir.join("straight"), dir.join("split"));
     training::train(
         &config,
         &bundled_dir(),
@@ -291,7 +380,7 @@ fn resumed_and_straight_runs_end_the_same(family: &str) {
         &split,
         &bundled_dir(),
         std::slice::from_ref(&device),
-        Some(2),
+        Some(config.epochs),
         |_| {},
     )
     .expect("resumes");
@@ -305,19 +394,7 @@ fn resumed_and_straight_runs_end_the_same(family: &str) {
         ["optimizer-2.bpk"],
         "only the last checkpoint is kept"
     );
-
-    let mut test = Mnist::load(&bundled_dir(), Split::Test).expect("test set");
-    test.truncate(128);
-    let eval = |run: &std::path::Path| {
-        let (config, model) = load_run(run, &device).expect("loads");
-        training::evaluate_images(&model, &config.model, &test, 128, &device).expect("eval")
-    };
-    let (a, b) = (eval(&straight), eval(&split));
-    assert_eq!(
-        a.loss, b.loss,
-        "{family}: resumed run differs from the straight one"
-    );
-    assert_eq!(a.output.mse, b.output.mse, "{family}");
+    (straight, split)
 }
 
 #[test]
