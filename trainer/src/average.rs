@@ -34,10 +34,11 @@ pub struct WeightAverage {
 }
 
 impl WeightAverage {
-    /// An average of no steps yet.
+    /// An average of no steps yet, with `decay` per step (below 1).
     pub fn new(decay: f64) -> Self {
         Self {
-            decay,
+            // The sums are blended in f32: the normaliser uses the same decay.
+            decay: f64::from(decay as f32),
             steps: 0,
             sums: HashMap::new(),
         }

@@ -271,7 +271,8 @@ impl TrainingConfig {
 
     /// Checks what the CLI checks of its flags, for a configuration read from a file: learning
     /// rates finite and not negative, at least one epoch, image per batch and subset image, an
-    /// averaging decay between 0 and 1, and the model's own settings ([`ModelConfig::validate`]).
+    /// averaging decay above 0 and at most [`MAX_EMA_DECAY`], and the model's own settings
+    /// ([`ModelConfig::validate`]).
     ///
     /// # Errors
     /// What is wrong, in words.
@@ -296,9 +297,12 @@ impl TrainingConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
-        if let Some(decay) = self.ema_decay.filter(|d| !(*d > 0.0 && *d < 1.0)) {
+        if let Some(decay) = self
+            .ema_decay
+            .filter(|d| !(*d > 0.0 && *d <= MAX_EMA_DECAY))
+        {
             return Err(format!(
-                "ema_decay {decay} is not a decay per step (between 0 and 1, both excluded)"
+                "ema_decay {decay} is not a decay per step (above 0, at most {MAX_EMA_DECAY})"
             ));
         }
         if self.batch_size > MAX_BATCH_SIZE {
@@ -311,6 +315,10 @@ impl TrainingConfig {
         self.model.validate()
     }
 }
+
+/// The largest `ema_decay`: an average over ~100,000 steps, more than any run here takes. (The
+/// average is kept in f32, where a decay much closer to 1 would round to 1.)
+pub const MAX_EMA_DECAY: f64 = 0.99999;
 
 /// The largest batch a run may ask for (`TrainingConfig::batch_size`): a batch's tensors are
 /// allocated whole, and a larger one only asks the allocator for more than a machine has.
