@@ -936,7 +936,11 @@ pub fn train(
 /// The data order of the remaining epochs is the one the uninterrupted run would have used, and
 /// Adam continues from its saved state (`optimizer-<epoch>.bpk`; a run without one starts Adam
 /// afresh, and says so: [`Progress::AdamAfresh`]), and so are the input noise and the VAEs' latent samples (one stream per epoch, from
-/// the seed): a resumed run ends as the uninterrupted one would have, bit for bit.
+/// the seed): a resumed run ends as the uninterrupted one would have, bit for bit. A run that
+/// averages its weights ([`TrainingConfig::ema_decay`]) goes on from its trained weights
+/// (`trained-<epoch>.bpk`; without them from the average, and says so:
+/// [`Progress::TrainedWeightsMissing`]), its average read back from `model.bpk` (the same up to
+/// float rounding).
 ///
 /// # Errors
 /// A missing or unreadable run, weights without a metrics row or metrics without weights (a
