@@ -154,8 +154,9 @@ fn train_export_and_run_everywhere() {
         std::slice::from_ref(&device),
         |p| match p {
             training::Progress::Batch { .. } => batches += 1,
-            training::Progress::AdamAfresh { .. } => {
-                panic!("a fresh run has no Adam state to miss")
+            training::Progress::AdamAfresh { .. }
+            | training::Progress::TrainedWeightsMissing { .. } => {
+                panic!("a fresh run has no Adam state or trained weights to miss")
             }
             // The library is not counting allocations (the `trainer` binary does).
             training::Progress::CheckingMemory { .. }

@@ -9,8 +9,9 @@
 //! each step `i`, decay `d`, divided by the sum of those factors (as Adam corrects its moments),
 //! so it is an average from the first step on, not pulled towards zero.
 //!
-//! The sums are kept in host memory (one `f32` per weight) and updated with rayon's pool; on a
-//! GPU every step reads the weights back to the host.
+//! The sums are kept in host memory, in f64 (one per weight: in f32, a step's share of a weight,
+//! `(1 - d)` times its change, falls below the sum's rounding step at decays near 1), and updated
+//! with rayon's pool; on a GPU every step reads the weights back to the host.
 
 use std::collections::HashMap;
 
@@ -30,26 +31,34 @@ pub struct WeightAverage {
     /// Steps averaged.
     steps: u64,
     /// `sum_i (1 - d) d^(t - i) w_i`, per parameter.
-    sums: HashMap<ParamId, Vec<f32>>,
+    sums: HashMap<ParamId, Vec<f64>>,
 }
 
 impl WeightAverage {
-    /// An average of no steps yet, with `decay` per step (below 1).
-    pub fn new(decay: f64) -> Self {
-        Self {
-            // The sums are blended in f32: the normaliser uses the same decay.
-            decay: f64::from(decay as f32),
+    /// An average of no steps yet, with `decay` per step.
+    ///
+    /// # Errors
+    /// A decay that is not above 0 and below 1.
+    pub fn new(decay: f64) -> anyhow::Result<Self> {
+        if !(decay > 0.0 && decay < 1.0) {
+            anyhow::bail!("a weight average's decay must be above 0 and below 1, not {decay}");
+        }
+        Ok(Self {
+            decay,
             steps: 0,
             sums: HashMap::new(),
-        }
+        })
     }
 
     /// The average of a run that has taken `steps` steps, whose average weights were `average`
     /// (a resumed run's saved weights).
+    ///
+    /// # Errors
+    /// A bad decay ([`WeightAverage::new`]), weights that cannot be read.
     pub fn resume<M: Module>(decay: f64, steps: u64, average: &M) -> anyhow::Result<Self> {
-        let mut this = Self::new(decay);
+        let mut this = Self::new(decay)?;
         this.steps = steps;
-        let scale = this.normaliser() as f32;
+        let scale = this.normaliser();
         let mut read = Read {
             sums: &mut this.sums,
             error: None,
@@ -70,11 +79,41 @@ impl WeightAverage {
         1.0 - self.decay.powi(t)
     }
 
-    /// Adds the weights after one more step.
+    /// Checks that `model` has the averaged parameters: the same ids (Burn's, which the weights
+    /// files keep), each of the same size. Before the first step any model has.
+    ///
+    /// # Errors
+    /// What differs.
+    pub fn check<M: Module>(&self, model: &M) -> anyhow::Result<()> {
+        if self.steps == 0 {
+            return Ok(());
+        }
+        let mut sizes = Sizes(HashMap::new());
+        model.visit(&mut sizes);
+        let ours: HashMap<ParamId, usize> =
+            self.sums.iter().map(|(id, sum)| (*id, sum.len())).collect();
+        if sizes.0 != ours {
+            let shared = sizes.0.keys().filter(|id| ours.contains_key(id)).count();
+            anyhow::bail!(
+                "they have {} parameters, {shared} of them among the {} averaged (or of another \
+                 size): they are another run's",
+                sizes.0.len(),
+                ours.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Adds the weights after one more step: `model` must have the averaged parameters
+    /// ([`WeightAverage::check`]).
+    ///
+    /// # Errors
+    /// Weights that cannot be read, or other parameters than those averaged.
     pub fn update<M: Module>(&mut self, model: &M) -> anyhow::Result<()> {
+        self.check(model)?;
         let mut step = Blend {
             sums: &mut self.sums,
-            decay: self.decay as f32,
+            decay: self.decay,
             error: None,
         };
         model.visit(&mut step);
@@ -94,7 +133,7 @@ impl WeightAverage {
         if self.steps == 0 {
             return model;
         }
-        let scale = (1.0 / self.normaliser()) as f32;
+        let scale = 1.0 / self.normaliser();
         model.map(&mut Write {
             sums: &self.sums,
             scale,
@@ -112,9 +151,18 @@ fn values<const D: usize>(param: &Param<Tensor<D>>) -> anyhow::Result<Vec<f32>> 
         .map_err(|e| anyhow::anyhow!("reading parameter {} back: {e:?}", param.id))
 }
 
+/// Each parameter's number of values ([`WeightAverage::check`]).
+struct Sizes(HashMap<ParamId, usize>);
+
+impl ModuleVisitor for Sizes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.insert(param.id, param.val().shape().num_elements());
+    }
+}
+
 /// Reads average weights into sums ([`WeightAverage::resume`], which scales them).
 struct Read<'a> {
-    sums: &'a mut HashMap<ParamId, Vec<f32>>,
+    sums: &'a mut HashMap<ParamId, Vec<f64>>,
     error: Option<anyhow::Error>,
 }
 
@@ -122,7 +170,8 @@ impl ModuleVisitor for Read<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         match values(param) {
             Ok(v) => {
-                self.sums.insert(param.id, v);
+                self.sums
+                    .insert(param.id, v.into_iter().map(f64::from).collect());
             }
             Err(e) => self.error = Some(e),
         }
@@ -131,8 +180,8 @@ impl ModuleVisitor for Read<'_> {
 
 /// `sum = d * sum + (1 - d) * w` for every parameter ([`WeightAverage::update`]).
 struct Blend<'a> {
-    sums: &'a mut HashMap<ParamId, Vec<f32>>,
-    decay: f32,
+    sums: &'a mut HashMap<ParamId, Vec<f64>>,
+    decay: f64,
     error: Option<anyhow::Error>,
 }
 
@@ -150,9 +199,9 @@ impl ModuleVisitor for Blend<'_> {
             .entry(param.id)
             .or_insert_with(|| vec![0.0; w.len()]);
         let d = self.decay;
-        let blend = |(s, w): (&mut [f32], &[f32])| {
+        let blend = |(s, w): (&mut [f64], &[f32])| {
             for (s, &w) in s.iter_mut().zip(w) {
-                *s = d * *s + (1.0 - d) * w;
+                *s = d * *s + (1.0 - d) * f64::from(w);
             }
         };
         if sum.len() >= 2 * CHUNK {
@@ -167,8 +216,8 @@ impl ModuleVisitor for Blend<'_> {
 
 /// Replaces every averaged parameter's values with its average ([`WeightAverage::weights`]).
 struct Write<'a> {
-    sums: &'a HashMap<ParamId, Vec<f32>>,
-    scale: f32,
+    sums: &'a HashMap<ParamId, Vec<f64>>,
+    scale: f64,
 }
 
 impl ModuleMapper for Write<'_> {
@@ -179,7 +228,7 @@ impl ModuleMapper for Write<'_> {
         let scale = self.scale;
         param.map(|t| {
             let (shape, device, dtype) = (t.shape(), t.device(), t.dtype());
-            let average: Vec<f32> = sum.iter().map(|s| s * scale).collect();
+            let average: Vec<f32> = sum.iter().map(|s| (s * scale) as f32).collect();
             Tensor::from_data(
                 TensorData::new(average, shape).convert_dtype(dtype),
                 &device,
@@ -230,7 +279,7 @@ mod tests {
     #[test]
     fn the_average_is_bias_corrected() {
         let layer = LinearConfig::new(3, 2).init(&Device::flex());
-        let mut average = WeightAverage::new(0.5);
+        let mut average = WeightAverage::new(0.5).unwrap();
         average.update(&filled(&layer, 1.0)).unwrap();
         assert_all(&average.weights(layer.clone()), 1.0);
         average.update(&filled(&layer, 2.0)).unwrap();
@@ -241,11 +290,28 @@ mod tests {
         );
     }
 
+    /// Weights of other parameters than those averaged (another run's: other ids) are refused,
+    /// and so is a decay that is not one.
+    #[test]
+    fn another_models_weights_and_bad_decays_are_refused() {
+        let device = Device::flex();
+        let layer = LinearConfig::new(3, 2).init(&device);
+        let mut average = WeightAverage::new(0.5).unwrap();
+        average.update(&layer).unwrap();
+        let other = LinearConfig::new(3, 2).init(&device);
+        let err = average.update(&other).expect_err("another layer");
+        assert!(err.to_string().contains("another run's"), "{err}");
+        assert!(average.check(&layer).is_ok());
+        for decay in [0.0, 1.0, f64::NAN, -0.5] {
+            assert!(WeightAverage::new(decay).is_err(), "{decay}");
+        }
+    }
+
     /// A run resumed from its saved average goes on as the straight run.
     #[test]
     fn a_resumed_average_goes_on_as_the_straight_one() {
         let layer = LinearConfig::new(40_000, 1).init(&Device::flex());
-        let mut straight = WeightAverage::new(0.9);
+        let mut straight = WeightAverage::new(0.9).unwrap();
         for value in [0.5, -1.0] {
             straight.update(&filled(&layer, value)).unwrap();
         }

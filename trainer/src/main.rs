@@ -189,7 +189,7 @@ struct TrainArgs {
     #[arg(long)]
     warmup_steps: Option<usize>,
     /// Save and evaluate an exponential moving average of the weights, with this decay per
-    /// step (above 0, at most 0.99999; 0.999: about the last 1,000 steps), instead of the last
+    /// step (above 0 and below 1; 0.999: about the last 1,000 steps), instead of the last
     /// step's weights; training goes on from the trained ones [default: off].
     #[arg(long, value_name = "DECAY")]
     ema: Option<f64>,

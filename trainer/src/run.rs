@@ -36,7 +36,7 @@ pub fn optimizer_file(epoch: usize) -> String {
 }
 
 /// Saves Adam's state after `epoch` into `dir` atomically. Earlier checkpoints stay until the
-/// caller has recorded `epoch` as done and calls [`prune_optimizer_checkpoints`].
+/// caller has recorded `epoch` as done and calls [`prune_checkpoints`].
 pub fn save_optimizer(
     optimizer: &burn::optim::ModuleOptimizer,
     epoch: usize,
@@ -271,7 +271,7 @@ impl TrainingConfig {
 
     /// Checks what the CLI checks of its flags, for a configuration read from a file: learning
     /// rates finite and not negative, at least one epoch, image per batch and subset image, an
-    /// averaging decay above 0 and at most [`MAX_EMA_DECAY`], and the model's own settings
+    /// averaging decay above 0 and below 1, and the model's own settings
     /// ([`ModelConfig::validate`]).
     ///
     /// # Errors
@@ -297,12 +297,9 @@ impl TrainingConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
-        if let Some(decay) = self
-            .ema_decay
-            .filter(|d| !(*d > 0.0 && *d <= MAX_EMA_DECAY))
-        {
+        if let Some(decay) = self.ema_decay.filter(|d| !(*d > 0.0 && *d < 1.0)) {
             return Err(format!(
-                "ema_decay {decay} is not a decay per step (above 0, at most {MAX_EMA_DECAY})"
+                "ema_decay {decay} is not a decay per step (above 0 and below 1)"
             ));
         }
         if self.batch_size > MAX_BATCH_SIZE {
@@ -315,10 +312,6 @@ impl TrainingConfig {
         self.model.validate()
     }
 }
-
-/// The largest `ema_decay`: an average over ~100,000 steps, more than any run here takes. (The
-/// average is kept in f32, where a decay much closer to 1 would round to 1.)
-pub const MAX_EMA_DECAY: f64 = 0.99999;
 
 /// The largest batch a run may ask for (`TrainingConfig::batch_size`): a batch's tensors are
 /// allocated whole, and a larger one only asks the allocator for more than a machine has.

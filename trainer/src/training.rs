@@ -26,7 +26,7 @@ use crate::{
     run::{
         METRICS_FILE, TrainingConfig, WEIGHTS_FILE, commit_weights, load_config, load_optimizer,
         load_run, load_trained_weights, prune_checkpoints, save_config, save_optimizer,
-        save_trained_weights, settle_staged_weights, stage_weights,
+        save_trained_weights, settle_staged_weights, stage_weights, trained_weights_file,
     },
 };
 
@@ -1108,11 +1108,20 @@ fn run_epochs(
     // training goes on from the trained weights saved beside it.
     let mut average = match config.ema_decay {
         None => None,
-        Some(decay) if done == 0 => Some(WeightAverage::new(decay)),
+        Some(decay) if done == 0 => Some(WeightAverage::new(decay)?),
         Some(decay) => {
             let average = WeightAverage::resume(decay, (done * batches) as u64, &model)?;
             match load_trained_weights(out, done, &config.model, &device)? {
-                Some(trained) => model = trained,
+                Some(trained) => {
+                    average.check(&trained).with_context(|| {
+                        format!(
+                            "{} are not the trained weights of {}",
+                            out.join(trained_weights_file(done)).display(),
+                            out.join(WEIGHTS_FILE).display()
+                        )
+                    })?;
+                    model = trained;
+                }
                 None => report(Progress::TrainedWeightsMissing { epoch: done }),
             }
             Some(average)

@@ -285,24 +285,53 @@ fn an_averaging_run_resumes_from_its_trained_weights() {
         a.loss,
         b.loss
     );
-    // The saved weights are not the trained ones.
+    // The trained weights went on from `trained-1.bpk` (not from the average): bit for bit the
+    // straight run's. And the saved weights are not the trained ones.
     let device = Device::flex();
-    let trained = trainer::run::load_weights(&split.join("trained-2.bpk"), &config.model, &device)
-        .expect("trained weights load");
-    let trained = training::evaluate_images(&trained, &config.model, &test_images(), 128, &device)
-        .expect("eval");
-    assert_ne!(trained.loss, b.loss);
+    let trained = |run: &std::path::Path| {
+        let weights =
+            trainer::run::load_weights(&run.join("trained-2.bpk"), &config.model, &device)
+                .expect("trained weights load");
+        training::evaluate_images(&weights, &config.model, &test_images(), 128, &device)
+            .expect("eval")
+    };
+    let (trained_straight, trained_split) = (trained(&straight), trained(&split));
+    assert_eq!(trained_straight.loss, trained_split.loss);
+    assert_eq!(trained_straight.output.mse, trained_split.output.mse);
+    assert_ne!(trained_split.loss, b.loss);
 
-    // Without its trained weights the run goes on from the average, and says so.
-    let lost = dir.path().join("lost");
-    training::train(
-        &config.clone().with_epochs(1),
+    // One epoch of `config` at `seed` into `dir/name`.
+    let one_epoch = |name: &str, seed: u64| {
+        let run = dir.path().join(name);
+        training::train(
+            &config.clone().with_epochs(1).with_seed(seed),
+            &trainer::data::bundled_dir(),
+            &run,
+            std::slice::from_ref(&device),
+            |_| {},
+        )
+        .expect("trains");
+        run
+    };
+    // Another run's trained weights (other parameters) are refused, and the run left as it was.
+    let (run, other) = (one_epoch("run", 42), one_epoch("other", 7));
+    std::fs::copy(other.join("trained-1.bpk"), run.join("trained-1.bpk")).expect("copy");
+    let err = training::resume(
+        &run,
         &trainer::data::bundled_dir(),
-        &lost,
         std::slice::from_ref(&device),
+        Some(2),
         |_| {},
     )
-    .expect("trains");
+    .expect_err("another run's trained weights");
+    assert!(
+        format!("{err:#}").contains("are not the trained weights of"),
+        "{err:#}"
+    );
+    assert_eq!(epochs_done(&run), [1]);
+
+    // Without its trained weights the run goes on from the average, and says so.
+    let lost = one_epoch("lost", 42);
     std::fs::remove_file(lost.join("trained-1.bpk")).expect("remove");
     let mut seen = Vec::new();
     training::resume(
