@@ -104,16 +104,16 @@ impl WeightAverage {
         Ok(())
     }
 
-    /// Adds the weights after one more step: `model` must have the averaged parameters
-    /// ([`WeightAverage::check`]).
+    /// Adds the weights after one more step: `model` must have the averaged parameters.
     ///
     /// # Errors
-    /// Weights that cannot be read, or other parameters than those averaged.
+    /// Weights that cannot be read, or a parameter that is not averaged or of another size (the
+    /// whole model is checked once, on resume, by [`WeightAverage::check`]).
     pub fn update<M: Module>(&mut self, model: &M) -> anyhow::Result<()> {
-        self.check(model)?;
         let mut step = Blend {
             sums: &mut self.sums,
             decay: self.decay,
+            first: self.steps == 0,
             error: None,
         };
         model.visit(&mut step);
@@ -182,6 +182,8 @@ impl ModuleVisitor for Read<'_> {
 struct Blend<'a> {
     sums: &'a mut HashMap<ParamId, Vec<f64>>,
     decay: f64,
+    /// The first step: the sums are made (zeros) as the parameters come.
+    first: bool,
     error: Option<anyhow::Error>,
 }
 
@@ -194,10 +196,18 @@ impl ModuleVisitor for Blend<'_> {
                 return;
             }
         };
-        let sum = self
-            .sums
-            .entry(param.id)
-            .or_insert_with(|| vec![0.0; w.len()]);
+        if self.first {
+            self.sums.insert(param.id, vec![0.0; w.len()]);
+        }
+        let Some(sum) = self.sums.get_mut(&param.id).filter(|s| s.len() == w.len()) else {
+            self.error = Some(anyhow::anyhow!(
+                "parameter {} ({} values) is not among those averaged: the weights are another \
+                 run's",
+                param.id,
+                w.len()
+            ));
+            return;
+        };
         let d = self.decay;
         let blend = |(s, w): (&mut [f64], &[f32])| {
             for (s, &w) in s.iter_mut().zip(w) {
