@@ -12,7 +12,9 @@ images per second for each and the Burn / PyTorch ratio per round (the machine i
 ratios from one round). Both run with each thread count of `--threads` (PyTorch through
 `torch.set_num_threads`, Burn's `flex` backend through its rayon pool's `RAYON_NUM_THREADS`; with
 `--shards`, Burn at T > 1 threads trains T shards of each batch at once, `trainer bench --devices
-T`).
+T`). With `--gpu`, Burn trains on its wgpu backend (a trainer built with `--features wgpu`, run
+with `--backend wgpu`) and PyTorch on CUDA, both reading the loss back every step (the trainer
+checks it for NaN every step); `--threads` then sets only the CPU threads feeding them.
 Benchmark only: never run in CI.
 """
 import argparse
@@ -110,10 +112,11 @@ class FcVae(nn.Module):
 MODELS = {"conv-ae": ConvAe, "dense-ae": DenseAe, "fc-vae": FcVae}
 
 
-def torch_rate(family, images, batches, batch_size, threads):
+def torch_rate(family, images, batches, batch_size, threads, gpu):
     torch.set_num_threads(threads)
     torch.manual_seed(42)
-    model = MODELS[family]()
+    device = torch.device("cuda" if gpu else "cpu")
+    model = MODELS[family]().to(device)
     optim = torch.optim.Adam(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(42)
     start = None
@@ -121,17 +124,23 @@ def torch_rate(family, images, batches, batch_size, threads):
         if step == 2:
             start = time.perf_counter()
         idx = rng.integers(0, len(images), batch_size)
-        batch = torch.from_numpy(images[idx].astype(np.float32) / 255.0)
+        batch = torch.from_numpy(images[idx].astype(np.float32) / 255.0).to(device)
         optim.zero_grad()
         loss = model.loss(batch)
         loss.backward()
         optim.step()
+        if gpu:
+            loss.item()
+    if gpu:
+        torch.cuda.synchronize()
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def burn_rate(trainer, family, batches, batch_size, threads, shards):
+def burn_rate(trainer, family, batches, batch_size, threads, shards, gpu):
     command = [trainer, "bench", family, "--batches", str(batches), "--batch-size", str(batch_size)]
-    if shards and threads > 1:
+    if gpu:
+        command += ["--backend", "wgpu"]
+    elif shards and threads > 1:
         command += ["--devices", str(threads)]
     out = subprocess.run(
         command,
@@ -160,10 +169,12 @@ def main():
         action="store_true",
         help="at T > 1 threads, Burn splits each batch into T shards, a thread each (--devices T)",
     )
+    parser.add_argument("--gpu", action="store_true", help="Burn on wgpu, PyTorch on CUDA")
     args = parser.parse_args()
     images = mnist_images()
     threads = [int(t) for t in args.threads.split(",")]
-    print(f"torch {torch.__version__}; batch {args.batch_size}, {args.batches} Adam steps; images/s")
+    where = f"GPU: {torch.cuda.get_device_name()}; " if args.gpu else ""
+    print(f"{where}torch {torch.__version__}; batch {args.batch_size}, {args.batches} Adam steps; images/s")
     header = ["round", "family"]
     for t in threads:
         header += [f"burn {t}t", f"torch {t}t", f"burn/torch {t}t"]
@@ -172,8 +183,8 @@ def main():
         for family in args.families.split(","):
             row = [str(r), family]
             for t in threads:
-                burn = burn_rate(args.trainer, family, args.batches, args.batch_size, t, args.shards)
-                torch_ = torch_rate(family, images, args.batches, args.batch_size, t)
+                burn = burn_rate(args.trainer, family, args.batches, args.batch_size, t, args.shards, args.gpu)
+                torch_ = torch_rate(family, images, args.batches, args.batch_size, t, args.gpu)
                 row += [f"{burn:.0f}", f"{torch_:.0f}", f"{burn / torch_:.2f}"]
             print(" ".join(f"{c:>14}" for c in row), flush=True)
 
