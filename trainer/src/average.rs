@@ -9,42 +9,91 @@
 //! each step `i`, decay `d`, divided by the sum of those factors (as Adam corrects its moments),
 //! so it is an average from the first step on, not pulled towards zero.
 //!
-//! The sums are kept in host memory, in f64 (one per weight: in f32, a step's share of a weight,
-//! `(1 - d)` times its change, falls below the sum's rounding step at decays near 1), and updated
-//! with rayon's pool; on a GPU every step reads the weights back to the host.
+//! In f32, a step's share of a weight, `(1 - d)` times its change, falls below the sum's rounding
+//! step at decays near 1, so the sums are kept more precisely, where the weights are ([`Keep`]):
+//! - on the CPU, in host memory, in f64, updated with rayon's pool;
+//! - on a GPU, on the device, in f32 with a Kahan compensation term (GPUs seldom have f64), so no
+//!   step reads the weights back to the host: that copy halved the FC VAE's training speed on an
+//!   H200 through wgpu (BENCHMARKS.md, "Weight averaging's cost").
 
 use std::collections::HashMap;
 
 use burn::{
     module::{ModuleMapper, ModuleVisitor, Param, ParamId},
     prelude::*,
-    tensor::TensorData,
+    tensor::{DType, TensorData},
 };
 use rayon::prelude::*;
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
 
+/// Where a [`WeightAverage`] keeps its sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// In host memory, in f64.
+    Host,
+    /// On the weights' device, in f32 with a Kahan compensation term.
+    Device,
+}
+
+impl Keep {
+    /// Where the weights are: the host for Burn's `flex` CPU backend, else their device.
+    pub fn for_device(device: &Device) -> Self {
+        if device.clone().inner() == Device::flex() {
+            Self::Host
+        } else {
+            Self::Device
+        }
+    }
+}
+
+/// One parameter's `sum_i (1 - d) d^(t - i) w_i`, flattened.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per parameter: a model has a dozen at most"
+)]
+enum Sum {
+    Host(Vec<f64>),
+    /// On the device: the sum and the part of it the f32 `sum` lost to rounding, with the sign
+    /// flipped (Kahan's compensation).
+    Device {
+        sum: Tensor<1>,
+        lost: Tensor<1>,
+    },
+}
+
+impl Sum {
+    fn len(&self) -> usize {
+        match self {
+            Sum::Host(sum) => sum.len(),
+            Sum::Device { sum, .. } => sum.shape().num_elements(),
+        }
+    }
+}
+
 /// An exponential moving average of a model's weights (see the module's documentation).
 pub struct WeightAverage {
     decay: f64,
+    keep: Keep,
     /// Steps averaged.
     steps: u64,
-    /// `sum_i (1 - d) d^(t - i) w_i`, per parameter.
-    sums: HashMap<ParamId, Vec<f64>>,
+    /// Per parameter.
+    sums: HashMap<ParamId, Sum>,
 }
 
 impl WeightAverage {
-    /// An average of no steps yet, with `decay` per step.
+    /// An average of no steps yet, with `decay` per step, its sums kept as `keep` says.
     ///
     /// # Errors
     /// A decay that is not above 0 and below 1.
-    pub fn new(decay: f64) -> anyhow::Result<Self> {
+    pub fn new(decay: f64, keep: Keep) -> anyhow::Result<Self> {
         if !(decay > 0.0 && decay < 1.0) {
             anyhow::bail!("a weight average's decay must be above 0 and below 1, not {decay}");
         }
         Ok(Self {
             decay,
+            keep,
             steps: 0,
             sums: HashMap::new(),
         })
@@ -55,22 +104,26 @@ impl WeightAverage {
     ///
     /// # Errors
     /// A bad decay ([`WeightAverage::new`]), weights that cannot be read.
-    pub fn resume<M: Module>(decay: f64, steps: u64, average: &M) -> anyhow::Result<Self> {
-        let mut this = Self::new(decay)?;
+    pub fn resume<M: Module>(
+        decay: f64,
+        keep: Keep,
+        steps: u64,
+        average: &M,
+    ) -> anyhow::Result<Self> {
+        let mut this = Self::new(decay, keep)?;
         this.steps = steps;
         let scale = this.normaliser();
         let mut read = Read {
             sums: &mut this.sums,
+            keep,
+            scale,
             error: None,
         };
         average.visit(&mut read);
-        if let Some(e) = read.error {
-            return Err(e);
+        match read.error {
+            Some(e) => Err(e),
+            None => Ok(this),
         }
-        for sum in this.sums.values_mut() {
-            sum.iter_mut().for_each(|w| *w *= scale);
-        }
-        Ok(this)
     }
 
     /// `1 - d^t`: the sum of the factors of the steps averaged.
@@ -113,6 +166,7 @@ impl WeightAverage {
         let mut step = Blend {
             sums: &mut self.sums,
             decay: self.decay,
+            keep: self.keep,
             first: self.steps == 0,
             error: None,
         };
@@ -160,28 +214,48 @@ impl ModuleVisitor for Sizes {
     }
 }
 
-/// Reads average weights into sums ([`WeightAverage::resume`], which scales them).
+/// A parameter's values as a flat f32 tensor on its device, without autodiff.
+fn flat<const D: usize>(param: &Param<Tensor<D>>) -> Tensor<1> {
+    let t = param.val().inner();
+    let n = t.shape().num_elements();
+    t.reshape([n]).cast(DType::F32)
+}
+
+/// Reads average weights, times `scale`, into sums ([`WeightAverage::resume`]).
 struct Read<'a> {
-    sums: &'a mut HashMap<ParamId, Vec<f64>>,
+    sums: &'a mut HashMap<ParamId, Sum>,
+    keep: Keep,
+    scale: f64,
     error: Option<anyhow::Error>,
 }
 
 impl ModuleVisitor for Read<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        match values(param) {
-            Ok(v) => {
-                self.sums
-                    .insert(param.id, v.into_iter().map(f64::from).collect());
+        let sum = match self.keep {
+            Keep::Host => match values(param) {
+                Ok(v) => Sum::Host(v.into_iter().map(|w| f64::from(w) * self.scale).collect()),
+                Err(e) => {
+                    self.error = Some(e);
+                    return;
+                }
+            },
+            Keep::Device => {
+                let sum = flat(param).mul_scalar(self.scale);
+                Sum::Device {
+                    lost: sum.zeros_like(),
+                    sum,
+                }
             }
-            Err(e) => self.error = Some(e),
-        }
+        };
+        self.sums.insert(param.id, sum);
     }
 }
 
 /// `sum = d * sum + (1 - d) * w` for every parameter ([`WeightAverage::update`]).
 struct Blend<'a> {
-    sums: &'a mut HashMap<ParamId, Vec<f64>>,
+    sums: &'a mut HashMap<ParamId, Sum>,
     decay: f64,
+    keep: Keep,
     /// The first step: the sums are made (zeros) as the parameters come.
     first: bool,
     error: Option<anyhow::Error>,
@@ -189,44 +263,69 @@ struct Blend<'a> {
 
 impl ModuleVisitor for Blend<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let w = match values(param) {
-            Ok(w) => w,
-            Err(e) => {
-                self.error = Some(e);
-                return;
-            }
-        };
+        let n = param.val().shape().num_elements();
         if self.first {
-            self.sums.insert(param.id, vec![0.0; w.len()]);
+            let sum = match self.keep {
+                Keep::Host => Sum::Host(vec![0.0; n]),
+                Keep::Device => {
+                    let zeros = flat(param).zeros_like();
+                    Sum::Device {
+                        sum: zeros.clone(),
+                        lost: zeros,
+                    }
+                }
+            };
+            self.sums.insert(param.id, sum);
         }
-        let Some(sum) = self.sums.get_mut(&param.id).filter(|s| s.len() == w.len()) else {
+        let Some(sum) = self.sums.get_mut(&param.id).filter(|s| s.len() == n) else {
             self.error = Some(anyhow::anyhow!(
-                "parameter {} ({} values) is not among those averaged: the weights are another \
+                "parameter {} ({n} values) is not among those averaged: the weights are another \
                  run's",
                 param.id,
-                w.len()
             ));
             return;
         };
         let d = self.decay;
-        let blend = |(s, w): (&mut [f64], &[f32])| {
-            for (s, &w) in s.iter_mut().zip(w) {
-                *s = d * *s + (1.0 - d) * f64::from(w);
+        match sum {
+            Sum::Host(sum) => {
+                let w = match values(param) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        self.error = Some(e);
+                        return;
+                    }
+                };
+                let blend = |(s, w): (&mut [f64], &[f32])| {
+                    for (s, &w) in s.iter_mut().zip(w) {
+                        *s = d * *s + (1.0 - d) * f64::from(w);
+                    }
+                };
+                if sum.len() >= 2 * CHUNK {
+                    sum.par_chunks_mut(CHUNK)
+                        .zip(w.par_chunks(CHUNK))
+                        .for_each(blend);
+                } else {
+                    blend((sum, &w));
+                }
             }
-        };
-        if sum.len() >= 2 * CHUNK {
-            sum.par_chunks_mut(CHUNK)
-                .zip(w.par_chunks(CHUNK))
-                .for_each(blend);
-        } else {
-            blend((sum, &w));
+            Sum::Device { sum, lost } => {
+                // sum + (1 - d) * (w - sum), the addition compensated (Kahan): `lost` carries
+                // what the last addition rounded away, negated, into the next one.
+                let step = flat(param)
+                    .sub(sum.clone())
+                    .mul_scalar(1.0 - d)
+                    .sub(lost.clone());
+                let next = sum.clone().add(step.clone());
+                *lost = next.clone().sub(sum.clone()).sub(step);
+                *sum = next;
+            }
         }
     }
 }
 
 /// Replaces every averaged parameter's values with its average ([`WeightAverage::weights`]).
 struct Write<'a> {
-    sums: &'a HashMap<ParamId, Vec<f64>>,
+    sums: &'a HashMap<ParamId, Sum>,
     scale: f64,
 }
 
@@ -238,11 +337,22 @@ impl ModuleMapper for Write<'_> {
         let scale = self.scale;
         param.map(|t| {
             let (shape, device, dtype) = (t.shape(), t.device(), t.dtype());
-            let average: Vec<f32> = sum.iter().map(|s| (s * scale) as f32).collect();
-            Tensor::from_data(
-                TensorData::new(average, shape).convert_dtype(dtype),
-                &device,
-            )
+            match sum {
+                Sum::Host(sum) => {
+                    let average: Vec<f32> = sum.iter().map(|s| (s * scale) as f32).collect();
+                    Tensor::from_data(
+                        TensorData::new(average, shape).convert_dtype(dtype),
+                        &device,
+                    )
+                }
+                Sum::Device { sum, .. } => {
+                    let average = sum.clone().mul_scalar(scale).reshape(shape).cast(dtype);
+                    match t.is_autodiff() {
+                        true => average.autodiff(),
+                        false => average,
+                    }
+                }
+            }
         })
     }
 }
@@ -284,20 +394,24 @@ mod tests {
         }
     }
 
+    const KEEPS: [Keep; 2] = [Keep::Host, Keep::Device];
+
     /// The weights after steps 1, 2, 3 (all 1, then 2, then 3) at decay 0.5: factors 1/8, 1/4,
     /// 1/2 over their sum 7/8; after one step, that step's weights.
     #[test]
     fn the_average_is_bias_corrected() {
         let layer = LinearConfig::new(3, 2).init(&Device::flex());
-        let mut average = WeightAverage::new(0.5).unwrap();
-        average.update(&filled(&layer, 1.0)).unwrap();
-        assert_all(&average.weights(layer.clone()), 1.0);
-        average.update(&filled(&layer, 2.0)).unwrap();
-        average.update(&filled(&layer, 3.0)).unwrap();
-        assert_all(
-            &average.weights(layer.clone()),
-            (1.0 / 8.0 + 2.0 / 4.0 + 3.0 / 2.0) / (7.0 / 8.0),
-        );
+        for keep in KEEPS {
+            let mut average = WeightAverage::new(0.5, keep).unwrap();
+            average.update(&filled(&layer, 1.0)).unwrap();
+            assert_all(&average.weights(layer.clone()), 1.0);
+            average.update(&filled(&layer, 2.0)).unwrap();
+            average.update(&filled(&layer, 3.0)).unwrap();
+            assert_all(
+                &average.weights(layer.clone()),
+                (1.0 / 8.0 + 2.0 / 4.0 + 3.0 / 2.0) / (7.0 / 8.0),
+            );
+        }
     }
 
     /// Weights of other parameters than those averaged (another run's: other ids) are refused,
@@ -306,14 +420,17 @@ mod tests {
     fn another_models_weights_and_bad_decays_are_refused() {
         let device = Device::flex();
         let layer = LinearConfig::new(3, 2).init(&device);
-        let mut average = WeightAverage::new(0.5).unwrap();
-        average.update(&layer).unwrap();
-        let other = LinearConfig::new(3, 2).init(&device);
-        let err = average.update(&other).expect_err("another layer");
-        assert!(err.to_string().contains("another run's"), "{err}");
-        assert!(average.check(&layer).is_ok());
-        for decay in [0.0, 1.0, f64::NAN, -0.5] {
-            assert!(WeightAverage::new(decay).is_err(), "{decay}");
+        for keep in KEEPS {
+            let mut average = WeightAverage::new(0.5, keep).unwrap();
+            average.update(&layer).unwrap();
+            let other = LinearConfig::new(3, 2).init(&device);
+            let err = average.update(&other).expect_err("another layer");
+            assert!(err.to_string().contains("another run's"), "{err}");
+            assert!(average.check(&layer).is_ok());
+            assert!(average.check(&other).is_err());
+            for decay in [0.0, 1.0, f64::NAN, -0.5] {
+                assert!(WeightAverage::new(decay, keep).is_err(), "{decay}");
+            }
         }
     }
 
@@ -321,25 +438,49 @@ mod tests {
     #[test]
     fn a_resumed_average_goes_on_as_the_straight_one() {
         let layer = LinearConfig::new(40_000, 1).init(&Device::flex());
-        let mut straight = WeightAverage::new(0.9).unwrap();
-        for value in [0.5, -1.0] {
-            straight.update(&filled(&layer, value)).unwrap();
+        for keep in KEEPS {
+            let mut straight = WeightAverage::new(0.9, keep).unwrap();
+            for value in [0.5, -1.0] {
+                straight.update(&filled(&layer, value)).unwrap();
+            }
+            let saved = straight.weights(layer.clone());
+            let mut resumed = WeightAverage::resume(0.9, keep, 2, &saved).unwrap();
+            for average in [&mut straight, &mut resumed] {
+                average.update(&filled(&layer, 4.0)).unwrap();
+            }
+            let (a, b) = (
+                values(&straight.weights(layer.clone())),
+                values(&resumed.weights(layer.clone())),
+            );
+            assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 1e-5));
+            // Steps 0.5, -1, 4 at factors 0.081, 0.09, 0.1 over 0.271.
+            assert!(
+                (a[0] - (0.081 * 0.5 - 0.09 + 0.4) / 0.271).abs() < 1e-5,
+                "{keep:?}: {}",
+                a[0]
+            );
         }
-        let saved = straight.weights(layer.clone());
-        let mut resumed = WeightAverage::resume(0.9, 2, &saved).unwrap();
-        for average in [&mut straight, &mut resumed] {
-            average.update(&filled(&layer, 4.0)).unwrap();
+    }
+
+    /// At a decay near 1 the device's f32 sums, compensated, end where the host's f64 ones do,
+    /// for weights that drift slowly (uncompensated f32 sums end 4.5e-6 away here, their steps
+    /// partly rounded away; compensated ones within f32's rounding of the result).
+    #[test]
+    fn the_devices_f32_sums_keep_up_with_the_hosts_f64_ones() {
+        let layer = LinearConfig::new(3, 2).init(&Device::flex());
+        let (mut host, mut device) = (
+            WeightAverage::new(0.9999, Keep::Host).unwrap(),
+            WeightAverage::new(0.9999, Keep::Device).unwrap(),
+        );
+        for step in 0..50_000 {
+            let w = filled(&layer, 1.0 + 1e-7 * step as f32);
+            host.update(&w).unwrap();
+            device.update(&w).unwrap();
         }
         let (a, b) = (
-            values(&straight.weights(layer.clone())),
-            values(&resumed.weights(layer)),
+            values(&host.weights(layer.clone()))[0],
+            values(&device.weights(layer))[0],
         );
-        assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 1e-5));
-        // Steps 0.5, -1, 4 at factors 0.081, 0.09, 0.1 over 0.271.
-        assert!(
-            (a[0] - (0.081 * 0.5 - 0.09 + 0.4) / 0.271).abs() < 1e-5,
-            "{}",
-            a[0]
-        );
+        assert!((a - b).abs() < 5e-7, "host {a}, device {b}");
     }
 }

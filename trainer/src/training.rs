@@ -13,7 +13,7 @@ use burn::{
 };
 
 use crate::{
-    average::WeightAverage,
+    average::{Keep, WeightAverage},
     data::{Mnist, SIDE, Split},
     model::{
         CameraDenoiserConfig, Corruption, LossKind, Model, ModelConfig, UpConv, bce_with_logits,
@@ -1108,9 +1108,10 @@ fn run_epochs(
     // training goes on from the trained weights saved beside it.
     let mut average = match config.ema_decay {
         None => None,
-        Some(decay) if done == 0 => Some(WeightAverage::new(decay)?),
+        Some(decay) if done == 0 => Some(WeightAverage::new(decay, Keep::for_device(&device))?),
         Some(decay) => {
-            let average = WeightAverage::resume(decay, (done * batches) as u64, &model)?;
+            let keep = Keep::for_device(&device);
+            let average = WeightAverage::resume(decay, keep, (done * batches) as u64, &model)?;
             match load_trained_weights(out, done, &config.model, &device)? {
                 Some(trained) => {
                     average.check(&trained).with_context(|| {

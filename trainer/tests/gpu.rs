@@ -133,6 +133,22 @@ fn the_gpu_trains_every_family_like_the_cpu() {
     }
 }
 
+/// Weight averaging (`--ema`): the GPU keeps its average on the device (f32 sums with a
+/// compensation term), the CPU in host memory (f64 sums); the averaged weights, which the test
+/// losses are measured on, end the same.
+#[test]
+fn the_gpu_averages_the_weights_like_the_cpu() {
+    let gpu = Device::wgpu(DeviceKind::DefaultDevice);
+    for family in ["conv-ae", "fc-vae"] {
+        let config = short_run(family).with_ema_decay(Some(0.9));
+        let run = tempfile::tempdir().expect("temp dir");
+        let first = first_epoch_on_the_cpu(&config, run.path());
+        let cpu = second_epoch(run.path(), &config, &[Device::flex()]);
+        let on_gpu = second_epoch(run.path(), &config, std::slice::from_ref(&gpu));
+        assert_same_epoch(&format!("{family} --ema 0.9"), &first, &cpu, &on_gpu);
+    }
+}
+
 /// Two GPUs, data parallel (`--devices 2`): the shards run on distinct devices one after the
 /// other and their gradients meet on the first (`gradients` in `training.rs`), unlike the CPU's
 /// shards, which share its one device. The second device is the first other one wgpu lists:
