@@ -11,10 +11,10 @@
 //!
 //! In f32, a step's share of a weight, `(1 - d)` times its change, falls below the sum's rounding
 //! step at decays near 1, so the sums are kept more precisely, where the weights are ([`Keep`]):
-//! - on the CPU, in host memory, in f64, updated with rayon's pool;
-//! - on a GPU, on the device, in f32 with a Kahan compensation term (GPUs seldom have f64), so no
-//!   step reads the weights back to the host: that copy halved the FC VAE's training speed on an
-//!   H200 through wgpu (BENCHMARKS.md, "Weight averaging's cost").
+//! - on the CPU (Burn's `flex` backend), in host memory, in f64, updated with rayon's pool;
+//! - on any other backend (GPUs), on the device, in f32 with a Kahan compensation term (GPUs
+//!   seldom have f64), so no step reads the weights back to the host: that copy halved the FC
+//!   VAE's training speed on an H200 through wgpu (BENCHMARKS.md, "Weight averaging on a GPU").
 
 use std::collections::HashMap;
 
