@@ -169,8 +169,16 @@ def main():
         action="store_true",
         help="at T > 1 threads, Burn splits each batch into T shards, a thread each (--devices T)",
     )
-    parser.add_argument("--gpu", action="store_true", help="Burn on wgpu, PyTorch on CUDA")
+    parser.add_argument(
+        "--gpu", action="store_true", help="Burn on wgpu, PyTorch on CUDA (one thread count)"
+    )
     args = parser.parse_args()
+    if args.gpu and args.shards:
+        parser.error("--shards splits batches over CPU threads; it does not go with --gpu")
+    if args.gpu and not torch.cuda.is_available():
+        parser.error("--gpu: this PyTorch sees no CUDA device")
+    if args.gpu and "," in args.threads:
+        parser.error("--gpu times one thread count: give --threads T")
     images = mnist_images()
     threads = [int(t) for t in args.threads.split(",")]
     where = f"GPU: {torch.cuda.get_device_name()}; " if args.gpu else ""

@@ -149,6 +149,15 @@ fn the_gpu_averages_the_weights_like_the_cpu() {
     }
 }
 
+/// The average's f32 sums on the GPU keep their Kahan compensation (a shader compiler that
+/// reassociated `(t - s) - y` to zero would drop it): they end where the host's f64 sums do in
+/// a case where uncompensated sums end ~2e-6 high ([`trainer::average::compensation_case`]).
+#[test]
+fn the_gpus_average_keeps_its_compensation() {
+    let (host, gpu) = trainer::average::compensation_case(&Device::wgpu(DeviceKind::DefaultDevice));
+    assert!((host - gpu).abs() < 3e-7, "host {host}, gpu {gpu}");
+}
+
 /// Two GPUs, data parallel (`--devices 2`): the shards run on distinct devices one after the
 /// other and their gradients meet on the first (`gradients` in `training.rs`), unlike the CPU's
 /// shards, which share its one device. The second device is the first other one wgpu lists:
