@@ -369,7 +369,7 @@ impl ModuleMapper for Write<'_> {
 /// A case where f32 sums need their compensation, run on `device`: an average of weights at 1
 /// (taken over a million steps, so it is 1, bias correction and all) fed 100 steps of weights
 /// at 1.001 at decay 0.9999. Each step's share, 1e-4 x 0.001, is ~0.84 of f32's rounding step
-/// at 1: uncompensated sums round it up every step and end ~2e-6 (~17 steps of 1.2e-7) too high.
+/// at 1: uncompensated sums round it up every step and end ~2e-6 (~17 of those steps) high.
 /// Returns the first averaged weight from f64 host sums and from `device`'s compensated ones;
 /// both should be `1 + 0.001 (1 - 0.9999^100)`. Public for the GPU tests.
 pub fn compensation_case(device: &Device) -> (f32, f32) {
