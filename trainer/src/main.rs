@@ -676,13 +676,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             // What is left of a run whose config is gone would be overwritten all the same.
-            if let Some(file) = trainer::run::file_of_a_run(&out) {
-                anyhow::bail!(
-                    "{} holds {}, a file of a run: to start over, delete it or give another --out",
-                    out.display(),
-                    file.file_name().unwrap_or_default().to_string_lossy()
-                );
-            }
+            trainer::run::Occupied::check(&out)?;
             machine::errln!("training {} into {}", args.family, out.display());
             let data = training::data_dir(&config, None);
             let vae = config.model.is_variational();
@@ -691,8 +685,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 training::train(&config, &data, &out, &devices, reporter(config.epochs, vae));
             // A run this command created that failed before its first epoch was recorded (bad
             // data, a patch larger than the photographs) holds only its config: removed, so that
-            // the same --out can be trained again. A run with epochs done stays, to resume.
-            if trained.is_err() && fresh && !out.join(trainer::run::METRICS_FILE).exists() {
+            // the same --out can be trained again. A run with epochs done stays, to resume, and
+            // so does one another trainer started there meanwhile.
+            let ours = trained
+                .as_ref()
+                .is_err_and(|e| e.downcast_ref::<trainer::run::Occupied>().is_none());
+            if ours && fresh && !out.join(trainer::run::METRICS_FILE).exists() {
                 std::fs::remove_dir_all(&out).ok();
             }
             trained.context("training failed")?;

@@ -9,7 +9,8 @@
 //!   (`model.bpk` then holds their average), for an exact resume.
 //!
 //! Every file is written atomically ([`machine::write_file`]: a temporary file beside it, then
-//! a rename), so an interrupted run never leaves half a file behind.
+//! a rename), so an interrupted run never leaves half a file behind. While a run trains it holds
+//! a lock on `.train.lock` ([`RunLock`]), so that a second trainer cannot train it at once.
 
 use std::{
     fs,
@@ -370,6 +371,88 @@ pub enum RunError {
         /// Burn's message.
         reason: String,
     },
+}
+
+/// Name of the lock file a training run holds ([`RunLock`]).
+pub const LOCK_FILE: &str = ".train.lock";
+
+/// Why `train` cannot start a new run in a directory: another run is there or being trained.
+#[derive(Debug, thiserror::Error)]
+pub enum Occupied {
+    /// Another process holds the directory's [`RunLock`].
+    #[error(
+        "{} is being trained by another process (it holds {LOCK_FILE}); wait for it to \
+         finish, or give another --out",
+        dir.display()
+    )]
+    Busy {
+        /// The run directory.
+        dir: PathBuf,
+    },
+    /// The directory holds a file of a run ([`file_of_a_run`]), which a new run would replace.
+    #[error(
+        "{} holds {file}, a file of a run: to start over, delete it or give another --out",
+        dir.display()
+    )]
+    Holds {
+        /// The run directory.
+        dir: PathBuf,
+        /// The file's name.
+        file: String,
+    },
+}
+
+impl Occupied {
+    /// [`Occupied::Holds`] when `dir` holds a file of a run.
+    pub fn check(dir: &Path) -> Result<(), Occupied> {
+        match file_of_a_run(dir) {
+            Some(file) => Err(Occupied::Holds {
+                dir: dir.to_path_buf(),
+                file: file
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The right to write a run directory, held while a run trains: an advisory lock on its
+/// [`LOCK_FILE`], which the operating system releases when the process ends, even by `kill -9`,
+/// so an interrupted run never leaves its directory locked. Two trainers on one run would
+/// otherwise write each other's checkpoints and metrics.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: fs::File,
+}
+
+impl RunLock {
+    /// Locks the existing directory `dir`, without waiting.
+    ///
+    /// # Errors
+    /// [`Occupied::Busy`] when another process (or another `RunLock` of this one) holds it; an
+    /// I/O error when the lock file cannot be opened or locked.
+    pub fn take(dir: &Path) -> anyhow::Result<RunLock> {
+        let path = dir.join(LOCK_FILE);
+        let file = fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(Occupied::Busy {
+                dir: dir.to_path_buf(),
+            }
+            .into()),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
 }
 
 /// Name of the weights after `epoch` while they wait for the epoch's metrics row.

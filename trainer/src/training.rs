@@ -24,9 +24,10 @@ use crate::{
     quality::{psnr, ssim},
     rng::SplitMix64,
     run::{
-        METRICS_FILE, TrainingConfig, WEIGHTS_FILE, commit_weights, load_config, load_optimizer,
-        load_run, load_trained_weights, prune_checkpoints, save_config, save_optimizer,
-        save_trained_weights, settle_staged_weights, stage_weights, trained_weights_file,
+        METRICS_FILE, Occupied, RunLock, TrainingConfig, WEIGHTS_FILE, commit_weights, load_config,
+        load_optimizer, load_run, load_trained_weights, prune_checkpoints, save_config,
+        save_optimizer, save_trained_weights, settle_staged_weights, stage_weights,
+        trained_weights_file,
     },
 };
 
@@ -917,7 +918,12 @@ pub enum Progress<'a> {
 /// parallel: see [`gradients`]. The model lives on the first; one device is the plain
 /// single-device loop.
 ///
-/// Stops with an error naming the epoch and batch if the loss becomes NaN or infinite.
+/// Stops with an error naming the epoch and batch if the loss becomes NaN or infinite. The run
+/// holds `out`'s [`RunLock`] while it trains.
+///
+/// # Errors
+/// Besides bad data, settings and I/O: [`Occupied`] when `out` is being trained by another
+/// process or holds a file of a run.
 pub fn train(
     config: &TrainingConfig,
     data_dir: &Path,
@@ -925,28 +931,30 @@ pub fn train(
     devices: &[Device],
     report: impl FnMut(Progress),
 ) -> anyhow::Result<Model> {
-    run_epochs(config, data_dir, out, devices, None, report)
+    run_epochs(config, data_dir, out, devices, None, None, report)
 }
 
 /// Continues the interrupted run in `out` (killed, even with `kill -9`, or stopped by an error)
-/// after its last completed epoch (from scratch if it had not completed one), up to its configured epochs or to `epochs` when given (which
-/// is then saved in its `config.json`). At most the epoch that was running when it stopped is
-/// lost: weights and metrics are written atomically after every epoch.
+/// after its last completed epoch (from scratch if it had not completed one), up to its
+/// configured epochs or to `epochs` when given (which is then saved in its `config.json`). At
+/// most the epoch that was running when it stopped is lost: weights and metrics are written
+/// atomically after every epoch. The run holds `out`'s [`RunLock`] from the start.
 ///
 /// The data order of the remaining epochs is the one the uninterrupted run would have used, and
+/// so are the input noise and the VAEs' latent samples (one stream per epoch, from the seed).
 /// Adam continues from its saved state (`optimizer-<epoch>.bpk`; a run without one starts Adam
-/// afresh, and says so: [`Progress::AdamAfresh`]), and so are the input noise and the VAEs' latent samples (one stream per epoch, from
-/// the seed): a resumed run ends as the uninterrupted one would have, bit for bit. A run that
-/// averages its weights ([`TrainingConfig::ema_decay`]) goes on from its trained weights
-/// (`trained-<epoch>.bpk`; without them from the average, and says so:
-/// [`Progress::TrainedWeightsMissing`]), its average read back from `model.bpk` (the same up to
-/// float rounding).
+/// afresh, and says so: [`Progress::AdamAfresh`]): a resumed run ends as the uninterrupted one
+/// would have, bit for bit. A run that averages its weights ([`TrainingConfig::ema_decay`]) goes
+/// on from its trained weights (`trained-<epoch>.bpk`; without them from the average, and says
+/// so: [`Progress::TrainedWeightsMissing`]), its average read back from `model.bpk` (the same up
+/// to float rounding).
 ///
 /// # Errors
-/// A missing or unreadable run, weights without a metrics row or metrics without weights (a
-/// damaged run, left as it is), an optimizer checkpoint two or more epochs past the last one
-/// `metrics.csv` records (its metrics older than its weights), a `metrics.csv` that does not
-/// count epochs 1, 2, ... in order, or `epochs` below the epochs already done.
+/// A missing or unreadable run, a run another process is training ([`Occupied::Busy`]), weights
+/// without a metrics row or metrics without weights (a damaged run, left as it is), an optimizer
+/// checkpoint two or more epochs past the last one `metrics.csv` records (its metrics older than
+/// its weights), a `metrics.csv` that does not count epochs 1, 2, ... in order, or `epochs`
+/// below the epochs already done.
 pub fn resume(
     out: &Path,
     data_dir: &Path,
@@ -954,6 +962,12 @@ pub fn resume(
     epochs: Option<usize>,
     report: impl FnMut(Progress),
 ) -> anyhow::Result<Model> {
+    // One trainer at a time, before anything in the run is read or settled: a second would
+    // write over this one's checkpoints.
+    if !out.is_dir() {
+        bail!("there is no run to resume at {}", out.display());
+    }
+    let lock = RunLock::take(out)?;
     // The epochs `metrics.csv` records as done (checked row by row below). A file that is there
     // but cannot be read stops here, before any staged weights are settled against it.
     let metrics_path = out.join(METRICS_FILE);
@@ -1007,7 +1021,7 @@ pub fn resume(
         if let Some(epochs) = epochs {
             config.epochs = epochs;
         }
-        return train(&config, data_dir, out, devices, report);
+        return run_epochs(&config, data_dir, out, devices, None, Some(lock), report);
     }
     let Some(device) = devices.first() else {
         bail!("no device to train on");
@@ -1058,17 +1072,21 @@ pub fn resume(
         out,
         devices,
         Some((model, done, csv)),
+        Some(lock),
         report,
     )
 }
 
 /// The epochs of a run: from scratch, or from `start` = (model, epochs done, metrics so far).
+/// `lock` is the run's when the caller holds it; without it `out` is a new run's, locked here
+/// when it is made.
 fn run_epochs(
     config: &TrainingConfig,
     data_dir: &Path,
     out: &Path,
     devices: &[Device],
     start: Option<(Model, usize, String)>,
+    lock: Option<RunLock>,
     mut report: impl FnMut(Progress),
 ) -> anyhow::Result<Model> {
     // The checks `load_config` makes of a saved run, for a configuration built in code too.
@@ -1129,10 +1147,19 @@ fn run_epochs(
         }
     };
     ensure_batch_fits(&model, (&source, config), (&devices, &pools), &mut report)?;
+    // Only once the data has loaded and the batch is known to fit, so a run that cannot start
+    // leaves nothing behind.
+    let _lock = match lock {
+        Some(lock) => lock,
+        None => {
+            std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+            let lock = RunLock::take(out)?;
+            // Another trainer may have started a run here since the caller looked.
+            Occupied::check(out)?;
+            lock
+        }
+    };
     if fresh {
-        // Only once the data has loaded and the batch is known to fit, so a run that cannot
-        // start leaves nothing behind.
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         save_config(config, out)?;
     }
     let mut optim = adam();

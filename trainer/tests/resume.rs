@@ -79,6 +79,8 @@ fn killed_run_resumes_and_completes() {
     child.wait().expect("reap");
     assert!(first.is_some(), "the first epoch was never reported");
 
+    // The killed trainer's lock died with it.
+    drop(trainer::run::RunLock::take(&run).expect("a killed run leaves its folder unlocked"));
     // Whatever was on disk at the kill is whole: the config, and weights that load.
     let done = epochs_done(&run);
     assert!(!done.is_empty() && done.len() <= EPOCHS, "{done:?}");
@@ -157,6 +159,95 @@ fn resuming_a_finished_run_says_there_is_nothing_to_train() {
         weights
     );
     assert_eq!(epochs_done(&run), [1]);
+}
+
+#[test]
+fn a_run_being_trained_is_not_trained_by_a_second_trainer_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let mut child = trainer()
+        .args([
+            "train",
+            "dense-ae",
+            "--epochs",
+            "1000",
+            "--batch-size",
+            "64",
+        ])
+        .args(["--train-subset", "256", "--test-subset", "64", "--out"])
+        .arg(&run)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start trainer");
+    let stderr = child.stderr.take().expect("stderr");
+    let first = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("epoch   1"));
+    assert!(first.is_some(), "the first epoch was never reported");
+    // A second trainer on the same run, while the first trains: refused, its files untouched.
+    let second = trainer().arg("resume").arg(&run).output().expect("resume");
+    let config = std::fs::read(run.join("config.json")).expect("config");
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    assert!(!second.status.success(), "a second trainer trained the run");
+    let message = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        message.contains("is being trained by another process"),
+        "{message}"
+    );
+    assert_eq!(
+        load_config(&run).expect("config").epochs,
+        1000,
+        "the second trainer changed the run"
+    );
+    assert_eq!(
+        std::fs::read(run.join("config.json")).expect("config"),
+        config
+    );
+}
+
+#[test]
+fn train_into_a_folder_another_trainer_holds_is_refused_and_writes_nothing() {
+    use trainer::{data::bundled_dir, run::Occupied, training};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let device = Device::flex();
+    let devices = std::slice::from_ref(&device);
+    let lock = trainer::run::RunLock::take(dir.path()).expect("lock");
+    let error = training::train(
+        &one_short_epoch("dense-ae", 128),
+        &bundled_dir(),
+        dir.path(),
+        devices,
+        |_| {},
+    )
+    .expect_err("trained into a locked folder");
+    assert!(
+        matches!(error.downcast_ref(), Some(Occupied::Busy { .. })),
+        "{error:#}"
+    );
+    assert!(!dir.path().join("config.json").exists(), "wrote a config");
+    // Nor does resume touch a locked run; once the lock is given back, it trains.
+    training::train(
+        &one_short_epoch("dense-ae", 128),
+        &bundled_dir(),
+        &dir.path().join("run"),
+        devices,
+        |_| {},
+    )
+    .expect("trains");
+    let run = dir.path().join("run");
+    let held = trainer::run::RunLock::take(&run).expect("lock");
+    let error = training::resume(&run, &bundled_dir(), devices, Some(2), |_| {})
+        .expect_err("resumed a locked run");
+    assert!(
+        matches!(error.downcast_ref(), Some(Occupied::Busy { .. })),
+        "{error:#}"
+    );
+    assert_eq!(epochs_done(&run), [1]);
+    drop((lock, held));
+    training::resume(&run, &bundled_dir(), devices, Some(2), |_| {}).expect("resumes");
+    assert_eq!(epochs_done(&run), [1, 2]);
 }
 
 #[test]
