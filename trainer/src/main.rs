@@ -94,7 +94,12 @@ struct EvalArgs {
 #[derive(clap::Args)]
 struct PcaArgs {
     /// Numbers of components, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [2, 8, 32])]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = [2, 8, 32],
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=784)
+    )]
     components: Vec<usize>,
     /// A trained run to compare with (its reconstruction MSE from the latent mean).
     #[arg(long)]

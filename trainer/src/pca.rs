@@ -23,7 +23,9 @@ impl Pca {
     /// Fits `k` components to `rows` (`n x dim`, row-major) on `device`.
     ///
     /// # Errors
-    /// When `rows` is not `n x dim` with `n >= 2`, or `k` is 0 or more than `dim`.
+    /// When `rows` is not `n x dim` with `n >= 2`, or `k` is 0, more than `dim`, or more than
+    /// `n - 1` (`n` centred rows span at most `n - 1` directions: further components would be
+    /// arbitrary directions of no variance).
     pub fn fit(rows: &[f32], dim: usize, k: usize, device: &Device) -> anyhow::Result<Pca> {
         if dim == 0 || !rows.len().is_multiple_of(dim) || rows.len() / dim < 2 {
             bail!(
@@ -35,6 +37,12 @@ impl Pca {
             bail!("cannot fit {k} components to {dim}-dimensional data");
         }
         let n = rows.len() / dim;
+        if k > n - 1 {
+            bail!(
+                "cannot fit {k} components to {n} rows: they span at most {} directions",
+                n - 1
+            );
+        }
         let x = Tensor::<1>::from_floats(rows, device).reshape([n, dim]);
         let mean_t = x.clone().mean_dim(0); // [1, dim]
         let centred = x - mean_t.clone();
@@ -188,5 +196,13 @@ mod tests {
         assert!(Pca::fit(&[1.0, 2.0, 3.0], 2, 1, &device).is_err());
         assert!(Pca::fit(&rows(), 3, 0, &device).is_err());
         assert!(Pca::fit(&rows(), 3, 4, &device).is_err());
+        // Three rows span two directions, not three.
+        let three = &rows()[..9];
+        assert!(Pca::fit(three, 3, 2, &device).is_ok());
+        let error = Pca::fit(three, 3, 3, &device).expect_err("a third component of 3 rows");
+        assert!(
+            error.to_string().contains("at most 2 directions"),
+            "{error}"
+        );
     }
 }

@@ -172,3 +172,45 @@ fn a_hidden_width_of_one_is_refused() {
         );
     }
 }
+
+/// `pca` prints one row per number of components, each reconstructing the test set better than
+/// fewer do; a number no PCA of 28x28 images has is refused by name.
+#[test]
+fn pca_prints_a_row_per_component_count_and_refuses_impossible_ones() {
+    let out = trainer()
+        .args(["pca", "--components", "2,8"])
+        .output()
+        .expect("run trainer");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mse: Vec<(usize, f64)> = stdout
+        .lines()
+        .skip(1)
+        .map(|row| {
+            let cells: Vec<&str> = row.split_whitespace().collect();
+            (
+                cells[0].parse().expect("components"),
+                cells[1].parse().expect("PCA MSE"),
+            )
+        })
+        .collect();
+    assert_eq!(mse.len(), 2, "{stdout}");
+    assert_eq!((mse[0].0, mse[1].0), (2, 8));
+    assert!(
+        mse[1].1 < mse[0].1 && mse[0].1 < 0.07,
+        "8 components must reconstruct better than 2: {stdout}"
+    );
+    for bad in ["0", "785"] {
+        let out = trainer()
+            .args(["pca", "--components", bad])
+            .output()
+            .expect("run trainer");
+        assert!(!out.status.success(), "--components {bad} was taken");
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert!(message.contains("not in 1..=784"), "{message}");
+    }
+}
