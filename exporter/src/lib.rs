@@ -145,10 +145,11 @@ pub struct ExportOptions {
     /// camera denoiser's check frames; `None` is the dataset the run was trained on (its
     /// `config.json`), else the family's bundled one.
     pub data_dir: Option<PathBuf>,
-    /// Training images encoded to calibrate the int8 activations.
+    /// Training images encoded to calibrate the int8 activations (more than the dataset has is an
+    /// error).
     pub calibration: usize,
     /// Latents the conv VAE's decoders are checked on (half test-set encodings, half N(0, I)
-    /// samples).
+    /// samples; more encodings than the dataset has test images is an error).
     pub check: usize,
     /// ONNX Runtime shared library; `None` skips the ORT check (tract still runs).
     pub ort_dylib: Option<PathBuf>,
@@ -520,7 +521,14 @@ fn decoder_check_latents(
     );
     // The encodings take the odd one: `--check 3` is 2 encodings and 1 sample.
     let (encodings, samples) = (options.check.div_ceil(2), options.check / 2);
-    let mut latents = vec![encode(model, data, Split::Test, encodings, device)?];
+    let asked_by = format!("--check {} (half of them encodings)", options.check);
+    let mut latents = vec![encode(
+        model,
+        (data, Split::Test),
+        encodings,
+        &asked_by,
+        device,
+    )?];
     if samples > 0 {
         latents.push(prior_samples(model, samples, 7, device));
     }
@@ -568,7 +576,13 @@ fn quantize_conv_vae(
     let device = Device::flex();
     let calibration = Tensor::cat(
         vec![
-            encode(model, data, Split::Train, options.calibration, &device)?,
+            encode(
+                model,
+                (data, Split::Train),
+                options.calibration,
+                &format!("--calibration {}", options.calibration),
+                &device,
+            )?,
             prior_samples(model, options.calibration, 11, &device),
         ],
         0,
@@ -884,12 +898,23 @@ fn check_parity(what: &str, parity: &[Parity]) -> anyhow::Result<()> {
 /// each image's one-hot digit appended), `[n, latent + classes]`.
 fn encode(
     model: &ConvVae,
-    data_dir: &Path,
-    split: Split,
+    (data_dir, split): (&Path, Split),
     n: usize,
+    asked_by: &str,
     device: &Device,
 ) -> anyhow::Result<Tensor<2>> {
     let mut data = Mnist::load(data_dir, split)?;
+    // Fewer than asked would check or calibrate on less than the user thinks: said, not shrunk.
+    anyhow::ensure!(
+        n <= data.len(),
+        "{asked_by} needs {n} {} images; {} has {}",
+        match split {
+            Split::Train => "training",
+            Split::Test => "test",
+        },
+        data_dir.display(),
+        data.len()
+    );
     data.truncate(n);
     let indices: Vec<usize> = (0..data.len()).collect();
     let means = indices

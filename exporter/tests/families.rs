@@ -191,6 +191,28 @@ fn the_conv_vae_exports_its_int8_decoder_as_q8_and_as_qdq_onnx_matching_the_firm
         assert!(format!("{err:#}").contains("needs latents"), "{err:#}");
         assert!(!none.exists(), "nothing written");
     }
+    // Nor are more latents than the dataset's images quietly cut to what it has.
+    for (check, calibration, said) in [
+        (
+            20_002,
+            32,
+            "--check 20002 (half of them encodings) needs 10001 test images",
+        ),
+        (
+            32,
+            60_001,
+            "--calibration 60001 needs 60001 training images",
+        ),
+    ] {
+        let options = ExportOptions {
+            check,
+            calibration,
+            ..options()
+        };
+        let err = export_run(&run, &none, &options).expect_err("too many latents");
+        assert!(format!("{err:#}").contains(said), "{err:#}");
+        assert!(!none.exists(), "nothing written");
+    }
     check_conv_vae_export(run, dir.path(), 32);
 }
 
