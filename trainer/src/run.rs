@@ -185,13 +185,7 @@ fn check_optimizer_state(bytes: &[u8], model: &Model) -> Result<(), String> {
     }
     for tensor in reader.into_tensors().map_err(|e| e.to_string())? {
         let (name, dtype, _, _, data) = tensor.into_parts().map_err(|e| e.to_string())?;
-        let finite = match dtype {
-            burn_pack::DType::F32 => data
-                .chunks_exact(4)
-                .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
-            _ => true,
-        };
-        if !finite {
+        if !all_finite(dtype, &data) {
             // Named `<parameter id>.<field>`: the field says which of Adam's moments it is.
             let field = name
                 .split_once('.')
@@ -200,6 +194,28 @@ fn check_optimizer_state(bytes: &[u8], model: &Model) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether every value of a little-endian tensor of `dtype` is finite. Integers are; so, here,
+/// are quantized floats (their scales are not read).
+fn all_finite(dtype: burn_pack::DType, data: &[u8]) -> bool {
+    use burn_pack::DType;
+    // A half-precision value is NaN or infinite when its exponent bits are all ones.
+    let half = |exponent: u16| {
+        data.chunks_exact(2)
+            .all(|b| u16::from_le_bytes([b[0], b[1]]) & exponent != exponent)
+    };
+    match dtype {
+        DType::F64 => data
+            .chunks_exact(8)
+            .all(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()).is_finite()),
+        DType::F32 | DType::Flex32 => data
+            .chunks_exact(4)
+            .all(|b| f32::from_le_bytes(b.try_into().unwrap_or_default()).is_finite()),
+        DType::F16 => half(0x7C00),
+        DType::BF16 => half(0x7F80),
+        _ => true,
+    }
 }
 
 /// Everything a training run was configured with.
@@ -689,6 +705,36 @@ impl burn::module::ModuleVisitor for AllFinite {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nan_or_an_infinity_is_found_in_every_float_width() {
+        use burn_pack::DType;
+        let f64s = |v: f64| v.to_le_bytes().to_vec();
+        let f32s = |v: f32| v.to_le_bytes().to_vec();
+        // f16 and bf16 by their bit patterns: 1.0, infinity, a NaN.
+        let bits = |v: u16| v.to_le_bytes().to_vec();
+        let cases = [
+            (
+                DType::F64,
+                f64s(1.5),
+                f64s(f64::NAN),
+                f64s(f64::NEG_INFINITY),
+            ),
+            (DType::F32, f32s(1.5), f32s(f32::NAN), f32s(f32::INFINITY)),
+            (DType::F16, bits(0x3C00), bits(0x7E00), bits(0x7C00)),
+            (DType::BF16, bits(0x3F80), bits(0x7FC0), bits(0xFF80)),
+        ];
+        for (dtype, finite, nan, infinite) in cases {
+            let with = |bad: &[u8]| [finite.clone(), bad.to_vec(), finite.clone()].concat();
+            assert!(all_finite(dtype, &with(&finite)), "{dtype:?}");
+            assert!(!all_finite(dtype, &with(&nan)), "{dtype:?} NaN");
+            assert!(!all_finite(dtype, &with(&infinite)), "{dtype:?} infinity");
+        }
+        assert!(
+            all_finite(DType::I32, &f32s(f32::NAN)),
+            "integers are finite"
+        );
+    }
 
     #[test]
     fn the_learning_rate_falls_along_a_half_cosine_when_asked() {
