@@ -67,14 +67,14 @@ stage "build trainer --features wgpu"
 cargo clippy --release -p trainer --features wgpu --all-targets -- -D warnings
 cargo build --release -p trainer --features wgpu --all-targets
 
-# The cuda feature type-checked and linted. cubecl-cuda's LLVM bindings download an LLVM bundle in
-# their build scripts (tracel-llvm-bundler, cubecl-llvm), from outside the package registries;
-# with DOCS_RS set those build scripts skip the native setup, as they do on the docs site, and
-# `check` needs nothing native. This proves our cuda code compiles against Burn's; a cuda binary
-# would still need the bundle to link. Own target dir: DOCS_RS must not touch the real builds.
+# The cuda feature type-checked and linted. cubecl-cuda's LLVM bindings need an LLVM bundle that
+# tracel-llvm-bundler's build script downloads from outside the package registries (and
+# cubecl-llvm's compiles shims against); with DOCS_RS set both build scripts skip that native
+# setup, as they do on the docs site, and `check` needs nothing native. This proves our cuda
+# code compiles against Burn's; a cuda binary would still need the bundle to link. Only those
+# two crates read DOCS_RS, and only the cuda build has them, so the shared target dir is safe.
 stage "check trainer --features cuda"
-DOCS_RS=1 CARGO_TARGET_DIR=target/cuda-check CARGO_PROFILE_DEV_DEBUG=0 \
-  cargo clippy -p trainer --features cuda --all-targets -- -D warnings
+DOCS_RS=1 cargo clippy --release -p trainer --features cuda --all-targets -- -D warnings
 
 stage "test host + e2e"
 cargo test --release --workspace

@@ -18,8 +18,9 @@ target/release/trainer train conv-vae --epochs 1 --train-subset 2048 --test-subs
 target/release/trainer train camera-denoiser --epochs 1 --patches 512 --out "$fixtures/camera-denoiser"
 target/release/trainer train super-res --epochs 1 --train-subset 2048 --test-subset 256 \
     --out "$fixtures/super-res"
-# The runs' optimizer checkpoints are only for resuming: not needed here.
-rm -f "$fixtures"/*/optimizer-*.bpk
+# The runs' optimizer checkpoints are only for resuming, their lock files only while training:
+# not needed here.
+rm -f "$fixtures"/*/optimizer-*.bpk "$fixtures"/*/.train.lock
 target/release/exporter "$fixtures/conv-vae" --out "$work/conv-vae" --no-ort
 target/release/exporter "$fixtures/camera-denoiser" --out "$work/camera-denoiser" --no-ort
 target/release/exporter "$fixtures/super-res" --out "$work/super-res" --no-ort

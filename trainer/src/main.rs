@@ -98,7 +98,7 @@ struct PcaArgs {
         long,
         value_delimiter = ',',
         default_values_t = [2, 8, 32],
-        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=784)
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=trainer::data::PIXELS as u64)
     )]
     components: Vec<usize>,
     /// A trained run to compare with (its reconstruction MSE from the latent mean).
@@ -377,7 +377,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     report(progress)
                 },
             )
-            .context("training failed")?;
+            .map_err(training_failed)?;
             if epochs_run == 0 {
                 // A finished run: nothing was trained.
                 machine::errln!(
@@ -673,6 +673,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // Bad settings are said as such, before anything is made (not as "training failed").
             config.validate().map_err(anyhow::Error::msg)?;
             machine::check_output_folder(&out)?;
+            // A run another trainer is training is said as such, not as one to resume.
+            if out.join(trainer::run::LOCK_FILE).exists() {
+                drop(trainer::run::RunLock::take(&out)?);
+            }
             if out.join(trainer::run::CONFIG_FILE).exists() {
                 anyhow::bail!(
                     "{} already holds a run: `trainer resume {0}` continues it; to start over, \
@@ -685,24 +689,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             machine::errln!("training {} into {}", args.family, out.display());
             let data = training::data_dir(&config, None);
             let vae = config.model.is_variational();
-            let fresh = !out.exists();
-            let trained =
-                training::train(&config, &data, &out, &devices, reporter(config.epochs, vae));
-            // A run this command created that failed before its first epoch was recorded (bad
-            // data, a patch larger than the photographs) holds only its config: removed, so that
-            // the same --out can be trained again. A run with epochs done stays, to resume, and
-            // so does one another trainer started there meanwhile.
-            let ours = trained
-                .as_ref()
-                .is_err_and(|e| e.downcast_ref::<trainer::run::Occupied>().is_none());
-            if ours && fresh && !out.join(trainer::run::METRICS_FILE).exists() {
-                std::fs::remove_dir_all(&out).ok();
-            }
-            trained.context("training failed")?;
+            // A run that fails before its first epoch is recorded leaves no folder it made
+            // (`training::train`), so the same --out can be trained again.
+            training::train(&config, &data, &out, &devices, reporter(config.epochs, vae))
+                .map_err(training_failed)?;
             machine::errln!("wrote {}", out.display());
         }
     }
     Ok(())
+}
+
+/// A training error as the user reads it: "training failed" above its cause, except for a run
+/// another trainer holds ([`trainer::run::Occupied`]), which was refused, not failed.
+fn training_failed(e: anyhow::Error) -> anyhow::Error {
+    if e.is::<trainer::run::Occupied>() {
+        e
+    } else {
+        e.context("training failed")
+    }
 }
 
 /// Prints training progress: a bar on a terminal (redrawn at most 5 times a second) and one line

@@ -392,13 +392,14 @@ pub enum RunError {
 /// Name of the lock file a training run holds ([`RunLock`]).
 pub const LOCK_FILE: &str = ".train.lock";
 
-/// Why `train` cannot start a new run in a directory: another run is there or being trained.
+/// Why a trainer cannot take a run directory: another process is training it (for `train` and
+/// `resume`), or it holds a run already (for `train`).
 #[derive(Debug, thiserror::Error)]
 pub enum Occupied {
     /// Another process holds the directory's [`RunLock`].
     #[error(
-        "{} is being trained by another process (it holds {LOCK_FILE}); wait for it to \
-         finish, or give another --out",
+        "{} is being trained by another process, which holds its {LOCK_FILE}; wait for that \
+         one to end",
         dir.display()
     )]
     Busy {

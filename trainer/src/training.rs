@@ -963,9 +963,10 @@ pub fn resume(
     report: impl FnMut(Progress),
 ) -> anyhow::Result<Model> {
     // One trainer at a time, before anything in the run is read or settled: a second would
-    // write over this one's checkpoints.
-    if !out.is_dir() {
-        bail!("there is no run to resume at {}", out.display());
+    // write over this one's checkpoints. (A folder without a config is no run, and gets no lock
+    // file.)
+    if !out.join(crate::run::CONFIG_FILE).is_file() {
+        load_config(out).context("reading the run to resume")?;
     }
     let lock = RunLock::take(out)?;
     // The epochs `metrics.csv` records as done (checked row by row below). A file that is there
@@ -1077,6 +1078,36 @@ pub fn resume(
     )
 }
 
+/// Makes the folder `dir` (and its parents); whether this call made it, rather than found it.
+fn make_dir(dir: &Path) -> anyhow::Result<bool> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+}
+
+/// A run folder [`run_epochs`] made: when it is left (by an error, or a panic) before the first
+/// epoch's metrics row was written, it holds only the config and is removed, so that the same
+/// `--out` can be trained again. A run with an epoch done stays, to resume; so does a folder the
+/// run found (a run being resumed, a folder the user made).
+struct UnfinishedRun<'a> {
+    dir: &'a Path,
+    made_here: bool,
+}
+
+impl Drop for UnfinishedRun<'_> {
+    fn drop(&mut self) {
+        if self.made_here && !self.dir.join(METRICS_FILE).exists() {
+            std::fs::remove_dir_all(self.dir).ok();
+        }
+    }
+}
+
 /// The epochs of a run: from scratch, or from `start` = (model, epochs done, metrics so far).
 /// `lock` is the run's when the caller holds it; without it `out` is a new run's, locked here
 /// when it is made.
@@ -1149,15 +1180,20 @@ fn run_epochs(
     ensure_batch_fits(&model, (&source, config), (&devices, &pools), &mut report)?;
     // Only once the data has loaded and the batch is known to fit, so a run that cannot start
     // leaves nothing behind.
-    let _lock = match lock {
-        Some(lock) => lock,
+    let (_lock, created) = match lock {
+        Some(lock) => (lock, false),
         None => {
-            std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+            let created = make_dir(out)?;
             let lock = RunLock::take(out)?;
             // Another trainer may have started a run here since the caller looked.
             Occupied::check(out)?;
-            lock
+            (lock, created)
         }
+    };
+    // Dropped before the lock: the folder goes while no other trainer can take it.
+    let _unfinished = UnfinishedRun {
+        dir: out,
+        made_here: created,
     };
     if fresh {
         save_config(config, out)?;

@@ -181,12 +181,15 @@ fn training_error(config: &TrainingConfig, dir: &std::path::Path) -> String {
 #[test]
 fn nan_loss_stops_training_naming_epoch_and_batch() {
     let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
     // An absurd learning rate blows the VAE's log-variance up within a few steps.
-    let message = training_error(&short_run("fc-vae").with_learning_rate(1e30), dir.path());
+    let message = training_error(&short_run("fc-vae").with_learning_rate(1e30), &run);
     assert!(
         message.contains("at epoch 1, batch") && message.contains("learning rate (now 1e30)"),
         "{message}"
     );
+    // The run folder it made holds no epoch: gone, so the same folder can be trained again.
+    assert!(!run.exists(), "a run without an epoch was left behind");
 }
 
 #[test]

@@ -185,17 +185,29 @@ fn a_run_being_trained_is_not_trained_by_a_second_trainer_at_once() {
         .map_while(Result::ok)
         .find(|l| l.starts_with("epoch   1"));
     assert!(first.is_some(), "the first epoch was never reported");
-    // A second trainer on the same run, while the first trains: refused, its files untouched.
+    // A second trainer on the same run, while the first trains: refused (not "failed"), its
+    // files untouched.
     let second = trainer().arg("resume").arg(&run).output().expect("resume");
+    let third = trainer()
+        .args(["train", "dense-ae", "--out"])
+        .arg(&run)
+        .output()
+        .expect("train");
     let config = std::fs::read(run.join("config.json")).expect("config");
     child.kill().expect("kill -9");
     child.wait().expect("reap");
-    assert!(!second.status.success(), "a second trainer trained the run");
-    let message = String::from_utf8_lossy(&second.stderr);
-    assert!(
-        message.contains("is being trained by another process"),
-        "{message}"
-    );
+    for (what, out) in [("resume", second), ("train", third)] {
+        assert!(
+            !out.status.success(),
+            "a second trainer ({what}) took the run"
+        );
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            message.contains("is being trained by another process")
+                && !message.contains("training failed"),
+            "{what}: {message}"
+        );
+    }
     assert_eq!(
         load_config(&run).expect("config").epochs,
         1000,
@@ -227,16 +239,17 @@ fn train_into_a_folder_another_trainer_holds_is_refused_and_writes_nothing() {
         "{error:#}"
     );
     assert!(!dir.path().join("config.json").exists(), "wrote a config");
+    assert!(dir.path().is_dir(), "removed a folder it had not made");
     // Nor does resume touch a locked run; once the lock is given back, it trains.
+    let run = dir.path().join("run");
     training::train(
         &one_short_epoch("dense-ae", 128),
         &bundled_dir(),
-        &dir.path().join("run"),
+        &run,
         devices,
         |_| {},
     )
     .expect("trains");
-    let run = dir.path().join("run");
     let held = trainer::run::RunLock::take(&run).expect("lock");
     let error = training::resume(&run, &bundled_dir(), devices, Some(2), |_| {})
         .expect_err("resumed a locked run");
