@@ -3,9 +3,9 @@ use std::{io::IsTerminal, path::PathBuf};
 
 use anyhow::Context;
 use burn::prelude::*;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum, builder::RangedU64ValueParser};
 use trainer::{
-    data,
+    data::{self, PIXELS},
     model::{ModelConfig, Reconstruction},
     pictures,
     run::TrainingConfig,
@@ -93,12 +93,12 @@ struct EvalArgs {
 
 #[derive(clap::Args)]
 struct PcaArgs {
-    /// Numbers of components, comma-separated.
+    /// Numbers of components, comma-separated (each at most 784, the pixels of an image).
     #[arg(
         long,
         value_delimiter = ',',
         default_values_t = [2, 8, 32],
-        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=trainer::data::PIXELS as u64)
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=PIXELS as u64)
     )]
     components: Vec<usize>,
     /// A trained run to compare with (its reconstruction MSE from the latent mean).
